@@ -1,0 +1,154 @@
+"""Per-image annotations: keypoints, instances, image status. Immutable values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import Enum, IntEnum
+
+from annotator.domain.schema import IndexMap
+
+
+class Visibility(IntEnum):
+    """COCO visibility flag."""
+
+    UNLABELLED = 0
+    OCCLUDED = 1
+    VISIBLE = 2
+
+
+class Origin(str, Enum):
+    """Where a keypoint position came from."""
+
+    MANUAL = "manual"
+    PREDICTED = "predicted"
+    REVIEWED = "reviewed"
+
+
+class ImageStatus(str, Enum):
+    """Review state of an image."""
+
+    UNLABELLED = "unlabelled"
+    PREDICTED = "predicted"
+    REVIEWED = "reviewed"
+    REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Keypoint:
+    """One keypoint in original-image pixel coordinates (0-indexed, x right, y down).
+
+    ``v == UNLABELLED`` means not labelled; its x and y are then meaningless (0 in COCO).
+    ``confidence`` is set for predictions only, in [0, 1].
+    """
+
+    x: float = 0.0
+    y: float = 0.0
+    v: Visibility = Visibility.UNLABELLED
+    origin: Origin = Origin.MANUAL
+    confidence: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "v", Visibility(int(self.v)))
+        object.__setattr__(self, "origin", Origin(self.origin))
+        if not (math.isfinite(self.x) and math.isfinite(self.y)):
+            raise ValueError(f"keypoint position ({self.x}, {self.y}) is not finite")
+        if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"confidence {self.confidence} outside [0, 1]")
+
+    @property
+    def labelled(self) -> bool:
+        return self.v != Visibility.UNLABELLED
+
+    def moved(self, x: float, y: float) -> Keypoint:
+        """This keypoint placed at (x, y) by the user: reviewed if it was predicted."""
+        origin = Origin.REVIEWED if self.origin == Origin.PREDICTED else self.origin
+        v = self.v if self.labelled else Visibility.VISIBLE
+        return replace(self, x=float(x), y=float(y), v=v, origin=origin, confidence=None)
+
+
+UNLABELLED_KEYPOINT = Keypoint()
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One object in an image: K keypoints and an optional user-drawn box (x, y, w, h)."""
+
+    keypoints: tuple[Keypoint, ...]
+    bbox: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keypoints", tuple(self.keypoints))
+        if self.bbox is not None:
+            box = tuple(float(b) for b in self.bbox)
+            if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+                raise ValueError(f"instance box {self.bbox} must be (x, y, w, h) with w, h > 0")
+            object.__setattr__(self, "bbox", box)
+
+    @classmethod
+    def empty(cls, num_keypoints: int) -> Instance:
+        return cls(tuple(UNLABELLED_KEYPOINT for _ in range(num_keypoints)))
+
+    @property
+    def num_labelled(self) -> int:
+        return sum(1 for kp in self.keypoints if kp.labelled)
+
+    def with_keypoint(self, index: int, keypoint: Keypoint) -> Instance:
+        kps = list(self.keypoints)
+        kps[index] = keypoint
+        return replace(self, keypoints=tuple(kps))
+
+    def remapped(self, index_map: IndexMap, new_size: int) -> Instance:
+        """Keypoints moved to their new schema positions; new slots unlabelled."""
+        kps = [UNLABELLED_KEYPOINT] * new_size
+        for old, new in enumerate(index_map):
+            if new is not None and old < len(self.keypoints):
+                kps[new] = self.keypoints[old]
+        return replace(self, keypoints=tuple(kps))
+
+    def labelled_bounds(self) -> tuple[float, float, float, float] | None:
+        """Tight (x, y, w, h) around labelled keypoints, or None when none is labelled."""
+        pts = [(kp.x, kp.y) for kp in self.keypoints if kp.labelled]
+        if not pts:
+            return None
+        xs, ys = zip(*pts)
+        return (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
+
+
+@dataclass(frozen=True)
+class ImageAnnotation:
+    """Everything known about one image: its instances and its review status."""
+
+    instances: tuple[Instance, ...] = ()
+    status: ImageStatus = ImageStatus.UNLABELLED
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instances", tuple(self.instances))
+        object.__setattr__(self, "status", ImageStatus(self.status))
+
+    def with_instance(self, index: int, instance: Instance) -> ImageAnnotation:
+        inst = list(self.instances)
+        if index == len(inst):
+            inst.append(instance)
+        else:
+            inst[index] = instance
+        return replace(self, instances=tuple(inst))
+
+    def remapped(self, index_map: IndexMap, new_size: int) -> ImageAnnotation:
+        return replace(
+            self, instances=tuple(i.remapped(index_map, new_size) for i in self.instances)
+        )
+
+    @property
+    def has_labels(self) -> bool:
+        return any(inst.num_labelled for inst in self.instances)
+
+    def worst_confidence(self) -> float | None:
+        """Lowest confidence over predicted keypoints, or None when nothing is predicted."""
+        confs = [
+            kp.confidence
+            for inst in self.instances
+            for kp in inst.keypoints
+            if kp.labelled and kp.origin == Origin.PREDICTED and kp.confidence is not None
+        ]
+        return min(confs) if confs else None

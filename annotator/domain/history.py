@@ -1,0 +1,90 @@
+"""Undo/redo command stack shared by the GUI and scripts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    """A reversible edit. ``merge_key`` lets consecutive edits (a drag) fold into one step."""
+
+    description: str
+    apply: Callable[[], None]
+    revert: Callable[[], None]
+    merge_key: object | None = None
+
+
+class UndoStack:
+    """Linear history of :class:`Command` objects with a bounded depth."""
+
+    def __init__(self, limit: int = 500) -> None:
+        if limit < 1:
+            raise ValueError("undo limit must be at least 1")
+        self._limit = limit
+        self._done: list[Command] = []
+        self._undone: list[Command] = []
+
+    def push(self, command: Command) -> None:
+        """Apply ``command`` and record it; a command with the same merge key as the last
+        one replaces its forward action but keeps the original revert."""
+        command.apply()
+        self._undone.clear()
+        if (
+            self._done
+            and command.merge_key is not None
+            and self._done[-1].merge_key == command.merge_key
+        ):
+            first = self._done[-1]
+            self._done[-1] = Command(
+                first.description, command.apply, first.revert, command.merge_key
+            )
+            return
+        self._done.append(command)
+        if len(self._done) > self._limit:
+            del self._done[0]
+
+    def undo(self) -> str | None:
+        """Revert the last command; returns its description, or None when nothing to undo."""
+        if not self._done:
+            return None
+        command = self._done.pop()
+        command.revert()
+        self._undone.append(command)
+        return command.description
+
+    def redo(self) -> str | None:
+        """Re-apply the last undone command; returns its description, or None."""
+        if not self._undone:
+            return None
+        command = self._undone.pop()
+        command.apply()
+        self._done.append(command)
+        return command.description
+
+    def clear(self) -> None:
+        self._done.clear()
+        self._undone.clear()
+
+    def end_merge(self) -> None:
+        """Stop merging into the last command (end of a drag)."""
+        if self._done and self._done[-1].merge_key is not None:
+            last = self._done[-1]
+            self._done[-1] = Command(last.description, last.apply, last.revert, None)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._done)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._undone)
+
+    @property
+    def undo_text(self) -> str:
+        return self._done[-1].description if self._done else ""
+
+    @property
+    def redo_text(self) -> str:
+        return self._undone[-1].description if self._undone else ""

@@ -1,0 +1,32 @@
+"""Image paths relative to the image root (pure string logic, POSIX separators)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+
+class PathEscapeError(ValueError):
+    """A path is absolute or would leave the image root."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def normalize_relpath(path: str) -> str:
+    """Normalise ``path`` to a POSIX path relative to the image root.
+
+    Raises :class:`PathEscapeError` for absolute paths, drive letters, empty paths and paths
+    whose ``..`` components leave the root.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise PathEscapeError(f"image path {path!r} is empty")
+    if "\x00" in path:
+        raise PathEscapeError(f"image path {path!r} contains a NUL byte")
+    p = path.replace("\\", "/")
+    if p.startswith("/") or _DRIVE.match(p):
+        raise PathEscapeError(f"image path {path!r} is absolute; it must be relative to the root")
+    norm = posixpath.normpath(p)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        raise PathEscapeError(f"image path {path!r} escapes the image root")
+    return norm

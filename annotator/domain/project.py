@@ -1,0 +1,304 @@
+"""The project: image list, schema, annotations, settings and the undo history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from annotator.domain.annotation import (
+    ImageAnnotation,
+    ImageStatus,
+    Instance,
+    Keypoint,
+    Origin,
+    Visibility,
+)
+from annotator.domain.history import Command, UndoStack
+from annotator.domain.paths import normalize_relpath
+from annotator.domain.schema import IndexMap, KeypointSchema
+
+EMPTY_ANNOTATION = ImageAnnotation()
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of the project; ``path`` is relative to the image root (POSIX)."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", normalize_relpath(self.path))
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"image {self.path!r}: {name} {value!r} must be a positive int")
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """Engine settings stored with the project."""
+
+    sd_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    dino_model: str = "facebook/dinov2-base"
+    preset: str = "paper"
+    fusion: str = "copca"
+    device: str = "auto"
+    dtype: str = "fp32"
+    flip: bool = True
+    soft_argmax: bool = True
+    review_threshold: float = 0.5
+    cache_dir: str = ""
+    cache_cap_gb: float = 20.0
+
+
+class Project:
+    """Mutable project state. Every edit goes through the undo stack and notifies listeners.
+
+    Listeners receive the set of image paths whose annotation changed (empty set for
+    schema/settings changes that affect everything).
+    """
+
+    def __init__(
+        self,
+        image_root: str,
+        images: Iterable[ImageRecord],
+        schema: KeypointSchema,
+        annotations: Mapping[str, ImageAnnotation] | None = None,
+        settings: ProjectSettings | None = None,
+    ) -> None:
+        self.image_root = str(image_root)
+        self._images: list[ImageRecord] = []
+        self._index: dict[str, int] = {}
+        for rec in images:
+            self._add_record(rec)
+        self.schema = schema
+        self._annotations: dict[str, ImageAnnotation] = {}
+        for path, ann in (annotations or {}).items():
+            path = normalize_relpath(path)
+            if path not in self._index:
+                raise ValueError(f"annotation for {path!r}, which is not in the image list")
+            self._check_annotation(path, ann)
+            self._annotations[path] = ann
+        self.settings = settings or ProjectSettings()
+        self.history = UndoStack()
+        self.revision = 0
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
+
+    # ------------------------------------------------------------- images
+    def _add_record(self, rec: ImageRecord) -> None:
+        if rec.path in self._index:
+            raise ValueError(f"image {rec.path!r} is listed twice")
+        self._index[rec.path] = len(self._images)
+        self._images.append(rec)
+
+    @property
+    def images(self) -> tuple[ImageRecord, ...]:
+        return tuple(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def image(self, path: str) -> ImageRecord:
+        return self._images[self._index_of(path)]
+
+    def index_of(self, path: str) -> int:
+        return self._index_of(path)
+
+    def _index_of(self, path: str) -> int:
+        try:
+            return self._index[path]
+        except KeyError:
+            raise KeyError(f"image {path!r} is not in the project") from None
+
+    def set_image_size(self, path: str, width: int, height: int) -> None:
+        """Record the size of an image once it is known (not an undoable edit)."""
+        i = self._index_of(path)
+        self._images[i] = replace(self._images[i], width=int(width), height=int(height))
+
+    # -------------------------------------------------------- annotations
+    def annotation(self, path: str) -> ImageAnnotation:
+        self._index_of(path)
+        return self._annotations.get(path, EMPTY_ANNOTATION)
+
+    def annotations(self) -> dict[str, ImageAnnotation]:
+        """Copy of all non-empty annotations by path."""
+        return dict(self._annotations)
+
+    def status(self, path: str) -> ImageStatus:
+        return self.annotation(path).status
+
+    def paths_with_status(self, *statuses: ImageStatus) -> list[str]:
+        wanted = set(statuses)
+        return [r.path for r in self._images if self.status(r.path) in wanted]
+
+    def reference_paths(self) -> list[str]:
+        """Images usable as references: marked reference or reviewed, with labels."""
+        return [
+            r.path
+            for r in self._images
+            if self.status(r.path) in (ImageStatus.REFERENCE, ImageStatus.REVIEWED)
+            and self.annotation(r.path).has_labels
+        ]
+
+    def _check_annotation(self, path: str, ann: ImageAnnotation) -> None:
+        k = len(self.schema)
+        for i, inst in enumerate(ann.instances):
+            if len(inst.keypoints) != k:
+                raise ValueError(
+                    f"image {path!r} instance {i}: {len(inst.keypoints)} keypoints, schema has {k}"
+                )
+
+    def _store(self, changes: Mapping[str, ImageAnnotation]) -> None:
+        for path, ann in changes.items():
+            if ann == EMPTY_ANNOTATION:
+                self._annotations.pop(path, None)
+            else:
+                self._annotations[path] = ann
+        self._changed(frozenset(changes))
+
+    def set_annotations(
+        self,
+        changes: Mapping[str, ImageAnnotation],
+        description: str,
+        merge_key: object | None = None,
+    ) -> None:
+        """Replace the annotations of several images as one undoable step."""
+        for path, ann in changes.items():
+            self._index_of(path)
+            self._check_annotation(path, ann)
+        old = {p: self.annotation(p) for p in changes}
+        new = dict(changes)
+        self.history.push(
+            Command(description, lambda: self._store(new), lambda: self._store(old), merge_key)
+        )
+
+    def set_annotation(
+        self, path: str, ann: ImageAnnotation, description: str, merge_key: object | None = None
+    ) -> None:
+        self.set_annotations({path: ann}, description, merge_key)
+
+    def set_keypoint(
+        self,
+        path: str,
+        index: int,
+        keypoint: Keypoint,
+        instance: int = 0,
+        description: str | None = None,
+        merge_key: object | None = None,
+    ) -> None:
+        """Set keypoint ``index`` of ``instance`` (created if it is the next one)."""
+        if not 0 <= index < len(self.schema):
+            raise IndexError(f"keypoint index {index} outside 0..{len(self.schema) - 1}")
+        ann = self.annotation(path)
+        if instance < len(ann.instances):
+            inst = ann.instances[instance]
+        elif instance == len(ann.instances):
+            inst = Instance.empty(len(self.schema))
+        else:
+            raise IndexError(f"image {path!r} has no instance {instance}")
+        new = ann.with_instance(instance, inst.with_keypoint(index, keypoint))
+        if new.status == ImageStatus.UNLABELLED and keypoint.labelled:
+            new = replace(new, status=ImageStatus.REFERENCE)
+        name = self.schema.keypoints[index]
+        self.set_annotation(path, new, description or f"Edit {name}", merge_key)
+
+    def move_keypoint(
+        self, path: str, index: int, x: float, y: float, instance: int = 0, drag_id: object = None
+    ) -> None:
+        """Place keypoint ``index`` at (x, y); a prediction becomes reviewed."""
+        ann = self.annotation(path)
+        kp = (
+            ann.instances[instance].keypoints[index]
+            if instance < len(ann.instances)
+            else Keypoint()
+        )
+        key = ("move", path, instance, index, drag_id) if drag_id is not None else None
+        self.set_keypoint(
+            path, index, kp.moved(x, y), instance,
+            f"Move {self.schema.keypoints[index]}", merge_key=key,
+        )
+
+    def set_visibility(self, path: str, index: int, v: Visibility, instance: int = 0) -> None:
+        """Set COCO visibility; v=0 clears the keypoint."""
+        ann = self.annotation(path)
+        if instance >= len(ann.instances):
+            raise IndexError(f"image {path!r} has no instance {instance}")
+        kp = ann.instances[instance].keypoints[index]
+        v = Visibility(v)
+        if v == Visibility.UNLABELLED:
+            new = Keypoint()
+        else:
+            origin = Origin.REVIEWED if kp.origin == Origin.PREDICTED else kp.origin
+            new = replace(kp, v=v, origin=origin)
+        self.set_keypoint(
+            path, index, new, instance, f"Set {self.schema.keypoints[index]} visibility {int(v)}"
+        )
+
+    def set_status(self, path: str, status: ImageStatus) -> None:
+        ann = self.annotation(path)
+        if status == ImageStatus.REVIEWED:
+            insts = tuple(
+                replace(
+                    inst,
+                    keypoints=tuple(
+                        replace(kp, origin=Origin.REVIEWED)
+                        if kp.origin == Origin.PREDICTED and kp.labelled
+                        else kp
+                        for kp in inst.keypoints
+                    ),
+                )
+                for inst in ann.instances
+            )
+            ann = replace(ann, instances=insts)
+        self.set_annotation(path, replace(ann, status=status), f"Mark {status.value}")
+
+    # ----------------------------------------------------------- schema
+    def set_schema(self, schema: KeypointSchema, index_map: IndexMap | None = None) -> None:
+        """Replace the schema; annotations are remapped with ``index_map`` (old -> new)."""
+        if index_map is None:
+            if len(schema) != len(self.schema):
+                raise ValueError("a schema with a different keypoint count needs an index map")
+            index_map = tuple(range(len(schema)))
+        if len(index_map) != len(self.schema):
+            raise ValueError(
+                f"index map has {len(index_map)} entries, schema has {len(self.schema)}"
+            )
+        old_schema, old_ann = self.schema, dict(self._annotations)
+        new_ann = {p: a.remapped(index_map, len(schema)) for p, a in old_ann.items()}
+
+        def apply() -> None:
+            self.schema = schema
+            self._annotations = dict(new_ann)
+            self._changed(frozenset())
+
+        def revert() -> None:
+            self.schema = old_schema
+            self._annotations = dict(old_ann)
+            self._changed(frozenset())
+
+        self.history.push(Command("Edit schema", apply, revert))
+
+    def set_settings(self, settings: ProjectSettings) -> None:
+        """Replace engine settings (not part of the undo history)."""
+        self.settings = settings
+        self._changed(frozenset())
+
+    # -------------------------------------------------------- undo/redo
+    def undo(self) -> str | None:
+        return self.history.undo()
+
+    def redo(self) -> str | None:
+        return self.history.redo()
+
+    # -------------------------------------------------------- listeners
+    def subscribe(self, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+        """Call ``listener(changed_paths)`` after every change; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _changed(self, paths: frozenset[str]) -> None:
+        self.revision += 1
+        for listener in list(self._listeners):
+            listener(paths)

@@ -1,0 +1,403 @@
+"""COCO keypoint export (valid by construction) and import (strictly validated).
+
+Export follows DESIGN.md section 5. Extra fields that COCO readers ignore carry what COCO has
+no place for, so that export -> import -> export round-trips:
+``annotations[].keypoint_scores`` (per-keypoint confidence, null where not predicted),
+``annotations[].keypoint_origins``, ``annotations[].bbox_source`` ("user" or "keypoints")
+and ``images[].annotator_status``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from annotator.domain.annotation import (
+    ImageAnnotation,
+    ImageStatus,
+    Instance,
+    Keypoint,
+    Origin,
+    Visibility,
+)
+from annotator.domain.paths import PathEscapeError, normalize_relpath
+from annotator.domain.project import ImageRecord, Project
+from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
+from annotator.io.images import ImageLoadError, read_size, resolve_image_path
+from annotator.io.project_file import atomic_write_text
+
+CATEGORY_ID = 1
+MIN_BOX_SIDE = 1.0
+
+
+class CocoFormatError(ValueError):
+    """A COCO file is malformed; the message names the offending entry."""
+
+
+# ==================================================================== export
+def _instance_box(
+    inst: Instance, width: int | None, height: int | None
+) -> tuple[float, float, float, float]:
+    """(x, y, w, h) with w, h > 0: the user's box, else the labelled keypoints' bounds."""
+    if inst.bbox is not None:
+        return inst.bbox
+    bounds = inst.labelled_bounds()
+    assert bounds is not None
+    x, y, w, h = bounds
+    # a single point or a line still needs a positive area
+    if w < MIN_BOX_SIDE:
+        x, w = x - (MIN_BOX_SIDE - w) / 2, MIN_BOX_SIDE
+    if h < MIN_BOX_SIDE:
+        y, h = y - (MIN_BOX_SIDE - h) / 2, MIN_BOX_SIDE
+    if width:
+        x = min(max(x, 0.0), max(width - w, 0.0))
+    if height:
+        y = min(max(y, 0.0), max(height - h, 0.0))
+    return (x, y, w, h)
+
+
+def _image_size(project: Project, rec: ImageRecord) -> tuple[int, int]:
+    if rec.width and rec.height:
+        return rec.width, rec.height
+    try:
+        w, h = read_size(resolve_image_path(project.image_root, rec.path))
+    except (ImageLoadError, ValueError) as exc:
+        raise CocoFormatError(f"cannot export image {rec.path!r}: size unknown ({exc})") from None
+    project.set_image_size(rec.path, w, h)
+    return w, h
+
+
+def export_coco(project: Project, include_predictions: bool = True) -> dict[str, Any]:
+    """COCO keypoints document for ``project``.
+
+    ``include_predictions=False`` leaves out images whose status is only *predicted*.
+    """
+    schema = project.schema
+    images, annotations = [], []
+    for image_id, rec in enumerate(project.images, start=1):
+        ann = project.annotation(rec.path)
+        width, height = _image_size(project, rec)
+        images.append(
+            {
+                "id": image_id,
+                "file_name": rec.path,
+                "width": width,
+                "height": height,
+                "annotator_status": ann.status.value,
+            }
+        )
+        if ann.status == ImageStatus.PREDICTED and not include_predictions:
+            continue
+        for inst in ann.instances:
+            if inst.num_labelled == 0 and inst.bbox is None:
+                continue
+            # positions as written (2 decimals), so the box derived on re-export is the same
+            inst = replace(
+                inst,
+                keypoints=tuple(
+                    replace(k, x=round(k.x, 2), y=round(k.y, 2)) for k in inst.keypoints
+                ),
+            )
+            flat: list[float] = []
+            scores: list[float | None] = []
+            for kp in inst.keypoints:
+                if kp.labelled:
+                    flat += [kp.x, kp.y, int(kp.v)]
+                else:
+                    flat += [0, 0, 0]
+                scores.append(None if kp.confidence is None else round(kp.confidence, 4))
+            x, y, w, h = (round(b, 2) for b in _instance_box(inst, width, height))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORY_ID,
+                    "keypoints": flat,
+                    "num_keypoints": inst.num_labelled,
+                    "bbox": [x, y, w, h],
+                    "area": round(w * h, 4),
+                    "bbox_source": "user" if inst.bbox is not None else "keypoints",
+                    "iscrowd": 0,
+                    "segmentation": [],
+                    "keypoint_scores": scores,
+                    "keypoint_origins": [kp.origin.value for kp in inst.keypoints],
+                }
+            )
+    category = {
+        "id": CATEGORY_ID,
+        "name": schema.name,
+        "supercategory": schema.supercategory or schema.name,
+        "keypoints": list(schema.keypoints),
+        "skeleton": [[a + 1, b + 1] for a, b in schema.skeleton],
+    }
+    return {
+        "info": {"description": "exported by keypoint-annotator", "version": "1.0"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [category],
+    }
+
+
+def write_coco(
+    project: Project, path: str | os.PathLike[str], include_predictions: bool = True
+) -> dict[str, Any]:
+    """Export ``project`` to ``path`` atomically; returns the document."""
+    doc = export_coco(project, include_predictions)
+    atomic_write_text(path, json.dumps(doc), backup=False)
+    return doc
+
+
+# ==================================================================== import
+def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise CocoFormatError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise CocoFormatError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CocoFormatError(f"{where}: field {key!r} has the wrong type {type(value).__name__}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CocoFormatError(f"{where}: {value!r} is not a number")
+    f = float(value)
+    if not math.isfinite(f):
+        raise CocoFormatError(f"{where}: {value!r} is not finite")
+    return f
+
+
+def _int_id(obj: dict, key: str, where: str) -> int:
+    value = _need(obj, key, (int, float), where)
+    if not math.isfinite(value) or float(value) != int(value):
+        raise CocoFormatError(f"{where}: {key} {value!r} is not an integer")
+    return int(value)
+
+
+def _pick_category(categories: list, category: str | int | None, source: str) -> dict:
+    kp_cats = []
+    for i, c in enumerate(categories):
+        where = f"{source}: categories[{i}]"
+        _int_id(c, "id", where)
+        _need(c, "name", str, where)
+        if isinstance(c.get("keypoints"), list) and c["keypoints"]:
+            kp_cats.append(c)
+    if category is not None:
+        for c in kp_cats:
+            if c["name"] == category or c["id"] == category:
+                return c
+        raise CocoFormatError(f"{source}: no keypoint category {category!r}")
+    if not kp_cats:
+        raise CocoFormatError(f"{source}: no category defines keypoints")
+    if len(kp_cats) > 1:
+        names = ", ".join(repr(c["name"]) for c in kp_cats)
+        raise CocoFormatError(f"{source}: several keypoint categories ({names}); choose one")
+    return kp_cats[0]
+
+
+def _schema_from_category(cat: dict, source: str) -> KeypointSchema:
+    where = f"{source}: category {cat['name']!r}"
+    names = cat["keypoints"]
+    if not all(isinstance(n, str) for n in names):
+        raise CocoFormatError(f"{where}: keypoint names must be strings")
+    k = len(names)
+    skeleton = []
+    raw_skeleton = cat.get("skeleton") or []
+    if not isinstance(raw_skeleton, list):
+        raise CocoFormatError(f"{where}: skeleton must be a list of [a, b] pairs")
+    for j, edge in enumerate(raw_skeleton):
+        if (
+            not isinstance(edge, list)
+            or len(edge) != 2
+            or not all(isinstance(e, int) and not isinstance(e, bool) for e in edge)
+        ):
+            raise CocoFormatError(f"{where}: skeleton[{j}] = {edge!r} is not a pair of integers")
+        a, b = edge
+        if not (1 <= a <= k and 1 <= b <= k):
+            raise CocoFormatError(
+                f"{where}: skeleton[{j}] = {edge!r} is outside 1..{k} (COCO skeletons are 1-based)"
+            )
+        skeleton.append((a - 1, b - 1))
+    supercategory = cat.get("supercategory", "")
+    try:
+        return KeypointSchema(
+            name=cat["name"],
+            keypoints=tuple(names),
+            skeleton=tuple(skeleton),
+            flip_pairs=infer_flip_pairs(names),
+            supercategory=supercategory if isinstance(supercategory, str) else "",
+        )
+    except SchemaError as exc:
+        raise CocoFormatError(f"{where}: {exc}") from None
+
+
+def _parse_keypoints(ann: dict, k: int, where: str) -> tuple[Keypoint, ...]:
+    flat = _need(ann, "keypoints", list, where)
+    if len(flat) != 3 * k:
+        raise CocoFormatError(f"{where}: {len(flat)} keypoint numbers, expected 3 x {k} = {3 * k}")
+    scores = ann.get("keypoint_scores")
+    origins = ann.get("keypoint_origins")
+    if scores is not None and (not isinstance(scores, list) or len(scores) != k):
+        raise CocoFormatError(f"{where}: keypoint_scores must be a list of {k} values")
+    if origins is not None and (not isinstance(origins, list) or len(origins) != k):
+        raise CocoFormatError(f"{where}: keypoint_origins must be a list of {k} values")
+    kps = []
+    for j in range(k):
+        x = _number(flat[3 * j], f"{where}, keypoint {j} x")
+        y = _number(flat[3 * j + 1], f"{where}, keypoint {j} y")
+        v = _number(flat[3 * j + 2], f"{where}, keypoint {j} visibility")
+        if v not in (0, 1, 2):
+            raise CocoFormatError(f"{where}, keypoint {j}: visibility {v!r} is not 0, 1 or 2")
+        conf = None
+        if scores is not None and scores[j] is not None:
+            conf = _number(scores[j], f"{where}, keypoint_scores[{j}]")
+            if not 0 <= conf <= 1:
+                raise CocoFormatError(f"{where}, keypoint_scores[{j}]: {conf} outside [0, 1]")
+        origin = Origin.MANUAL
+        if origins is not None:
+            try:
+                origin = Origin(origins[j])
+            except (ValueError, TypeError):
+                raise CocoFormatError(
+                    f"{where}, keypoint_origins[{j}]: unknown origin {origins[j]!r}"
+                ) from None
+        if v == 0:
+            kps.append(Keypoint())
+        else:
+            kps.append(Keypoint(x, y, Visibility(int(v)), origin, conf))
+    return tuple(kps)
+
+
+def _parse_bbox(ann: dict, where: str) -> tuple[float, float, float, float] | None:
+    raw = ann.get("bbox")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise CocoFormatError(f"{where}: bbox must be [x, y, w, h]")
+    box = tuple(_number(b, f"{where}, bbox") for b in raw)
+    if box[2] <= 0 or box[3] <= 0:
+        return None
+    return box  # type: ignore[return-value]
+
+
+def coco_to_project(
+    doc: Any,
+    image_root: str | os.PathLike[str],
+    source: str = "<COCO>",
+    category: str | int | None = None,
+) -> Project:
+    """Build a project from a decoded COCO keypoints document (strict validation)."""
+    if not isinstance(doc, dict):
+        raise CocoFormatError(f"{source}: top level must be an object")
+    raw_images = _need(doc, "images", list, source)
+    raw_anns = _need(doc, "annotations", list, source)
+    categories = _need(doc, "categories", list, source)
+    cat = _pick_category(categories, category, source)
+    schema = _schema_from_category(cat, source)
+    k = len(schema)
+
+    images: list[ImageRecord] = []
+    id_to_path: dict[int, str] = {}
+    statuses: dict[str, ImageStatus] = {}
+    for i, im in enumerate(raw_images):
+        where = f"{source}: images[{i}]"
+        image_id = _int_id(im, "id", where)
+        if image_id in id_to_path:
+            raise CocoFormatError(f"{where}: duplicate image id {image_id}")
+        name = _need(im, "file_name", str, where)
+        try:
+            path = normalize_relpath(name)
+        except PathEscapeError as exc:
+            raise CocoFormatError(f"{where}: {exc}") from None
+        if path in statuses:
+            raise CocoFormatError(f"{where}: file_name {name!r} is listed twice")
+        width = height = None
+        if "width" in im or "height" in im:
+            width, height = _int_id(im, "width", where), _int_id(im, "height", where)
+            if width <= 0 or height <= 0:
+                raise CocoFormatError(f"{where}: width and height must be positive")
+        status_raw = im.get("annotator_status")
+        try:
+            statuses[path] = ImageStatus(status_raw) if status_raw else ImageStatus.UNLABELLED
+        except ValueError:
+            raise CocoFormatError(f"{where}: unknown annotator_status {status_raw!r}") from None
+        images.append(ImageRecord(path, width, height))
+        id_to_path[image_id] = path
+
+    instances: dict[str, list[Instance]] = {}
+    seen_ann: set[int] = set()
+    known_cats = {_int_id(c, "id", f"{source}: categories") for c in categories}
+    for i, ann in enumerate(raw_anns):
+        where = f"{source}: annotations[{i}]"
+        ann_id = _int_id(ann, "id", where)
+        where = f"{source}: annotation id {ann_id}"
+        if ann_id in seen_ann:
+            raise CocoFormatError(f"{where}: duplicate annotation id {ann_id}")
+        seen_ann.add(ann_id)
+        image_id = _int_id(ann, "image_id", where)
+        if image_id not in id_to_path:
+            raise CocoFormatError(f"{where}: unknown image_id {image_id}")
+        cat_id = _int_id(ann, "category_id", where)
+        if cat_id not in known_cats:
+            raise CocoFormatError(f"{where}: unknown category_id {cat_id}")
+        if cat_id != cat["id"]:
+            continue
+        kps = _parse_keypoints(ann, k, where)
+        # a box we derived from the keypoints is not a user box: derive it again on export
+        bbox = None if ann.get("bbox_source") == "keypoints" else _parse_bbox(ann, where)
+        instances.setdefault(id_to_path[image_id], []).append(Instance(kps, bbox))
+
+    annotations = {}
+    for path, insts in instances.items():
+        status = statuses[path]
+        if status == ImageStatus.UNLABELLED:  # labelled by another tool: a reference
+            status = ImageStatus.REFERENCE
+        annotations[path] = ImageAnnotation(tuple(insts), status)
+    try:
+        return Project(str(image_root), images, schema, annotations)
+    except ValueError as exc:
+        raise CocoFormatError(f"{source}: {exc}") from None
+
+
+def import_coco(
+    path: str | os.PathLike[str],
+    image_root: str | os.PathLike[str] | None = None,
+    category: str | int | None = None,
+) -> Project:
+    """Read a COCO keypoints file into a new project.
+
+    ``image_root`` defaults to the folder holding the COCO file.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CocoFormatError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CocoFormatError(f"{path}: not valid JSON ({exc})") from None
+    root = Path(image_root) if image_root is not None else path.parent
+    return coco_to_project(doc, root.resolve(), str(path), category)
+
+
+def predictions_to_coco_results(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """COCO *results* list (for COCOeval) from an exported document: one entry per
+    annotation, scored by the mean keypoint confidence (1.0 where none is known)."""
+    results = []
+    for ann in doc["annotations"]:
+        scores = [s for s in ann.get("keypoint_scores") or [] if s is not None]
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "keypoints": list(ann["keypoints"]),
+                "score": float(sum(scores) / len(scores)) if scores else 1.0,
+            }
+        )
+    return results

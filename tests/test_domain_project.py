@@ -1,0 +1,99 @@
+import pytest
+
+from annotator.domain import (
+    ImageAnnotation,
+    ImageRecord,
+    ImageStatus,
+    Instance,
+    Keypoint,
+    KeypointSchema,
+    Origin,
+    PathEscapeError,
+    Project,
+    Visibility,
+)
+from annotator.domain.history import Command, UndoStack
+
+
+def project() -> Project:
+    schema = KeypointSchema("cat", ("nose", "left_eye", "right_eye"), flip_pairs=((1, 2),))
+    return Project("/data", [ImageRecord("a.jpg"), ImageRecord("sub/b.jpg")], schema)
+
+
+def test_place_move_undo_redo():
+    p = project()
+    seen = []
+    p.subscribe(seen.append)
+    p.set_keypoint("a.jpg", 0, Keypoint(10, 20, Visibility.VISIBLE))
+    assert p.status("a.jpg") == ImageStatus.REFERENCE
+    assert p.annotation("a.jpg").instances[0].keypoints[0].x == 10
+    p.move_keypoint("a.jpg", 0, 11, 21, drag_id=1)
+    p.move_keypoint("a.jpg", 0, 12, 22, drag_id=1)  # same drag: one undo step
+    assert p.annotation("a.jpg").instances[0].keypoints[0].x == 12
+    assert p.undo() == "Move nose"
+    assert p.annotation("a.jpg").instances[0].keypoints[0].x == 10
+    p.redo()
+    assert p.annotation("a.jpg").instances[0].keypoints[0].x == 12
+    p.undo()
+    p.undo()
+    assert p.annotation("a.jpg") == ImageAnnotation()
+    assert p.undo() is None
+    assert seen and all(isinstance(s, frozenset) for s in seen)
+
+
+def test_moving_a_prediction_makes_it_reviewed():
+    p = project()
+    pred = Instance((Keypoint(1, 1, 2, Origin.PREDICTED, 0.3),) * 3)
+    p.set_annotation("a.jpg", ImageAnnotation((pred,), ImageStatus.PREDICTED), "predict")
+    p.move_keypoint("a.jpg", 1, 5, 5)
+    kp = p.annotation("a.jpg").instances[0].keypoints[1]
+    assert kp.origin == Origin.REVIEWED and kp.confidence is None
+    assert p.annotation("a.jpg").worst_confidence() == pytest.approx(0.3)
+    p.set_status("a.jpg", ImageStatus.REVIEWED)
+    assert all(k.origin == Origin.REVIEWED for k in p.annotation("a.jpg").instances[0].keypoints)
+    assert p.reference_paths() == ["a.jpg"]
+
+
+def test_visibility_zero_clears_point():
+    p = project()
+    p.set_keypoint("a.jpg", 2, Keypoint(3, 4, Visibility.VISIBLE))
+    p.set_visibility("a.jpg", 2, Visibility.OCCLUDED)
+    assert p.annotation("a.jpg").instances[0].keypoints[2].v == Visibility.OCCLUDED
+    p.set_visibility("a.jpg", 2, Visibility.UNLABELLED)
+    assert not p.annotation("a.jpg").instances[0].keypoints[2].labelled
+
+
+def test_schema_edit_remaps_annotations_and_undoes():
+    p = project()
+    p.set_keypoint("a.jpg", 2, Keypoint(3, 4, Visibility.VISIBLE))
+    new, m = p.schema.delete_keypoint(0)
+    p.set_schema(new, m)
+    inst = p.annotation("a.jpg").instances[0]
+    assert len(inst.keypoints) == 2 and inst.keypoints[1].x == 3
+    p.undo()
+    assert len(p.schema) == 3 and p.annotation("a.jpg").instances[0].keypoints[2].x == 3
+
+
+def test_rejects_bad_paths_and_sizes():
+    with pytest.raises(PathEscapeError, match="escapes"):
+        ImageRecord("../etc/passwd")
+    with pytest.raises(PathEscapeError, match="absolute"):
+        ImageRecord("/etc/passwd")
+    with pytest.raises(PathEscapeError, match="absolute"):
+        ImageRecord("C:\\x.jpg")
+    assert ImageRecord("a/./b/../c.jpg").path == "a/c.jpg"
+    with pytest.raises(ValueError, match="listed twice"):
+        Project("/", [ImageRecord("a.jpg"), ImageRecord("./a.jpg")], project().schema)
+    with pytest.raises(ValueError, match="keypoints, schema has 3"):
+        project().set_annotation("a.jpg", ImageAnnotation((Instance((Keypoint(),)),)), "x")
+
+
+def test_undo_stack_limit_and_redo_cleared():
+    log = []
+    st = UndoStack(limit=2)
+    for i in range(3):
+        st.push(Command(str(i), lambda i=i: log.append(i), lambda i=i: log.append(-i)))
+    assert st.undo() == "2" and st.undo() == "1" and st.undo() is None
+    st.redo()
+    st.push(Command("x", lambda: None, lambda: None))
+    assert not st.can_redo

@@ -1,0 +1,120 @@
+import json
+
+import pytest
+
+from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Origin, Visibility
+from annotator.io.project_file import (
+    FORMAT_VERSION,
+    Autosaver,
+    ProjectFileError,
+    backup_path,
+    load_project,
+    new_project,
+    project_to_dict,
+    save_project,
+)
+from tests.test_io_images import gradient
+
+
+@pytest.fixture
+def folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for n in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray(gradient()).save(root / n)
+    return root
+
+
+def make(folder):
+    schema = KeypointSchema("cat", ("nose", "left_eye", "right_eye"), flip_pairs=((1, 2),))
+    p = new_project(folder, schema)
+    p.set_keypoint("a.jpg", 0, Keypoint(1.5, 2.5, Visibility.VISIBLE))
+    p.set_keypoint("b.jpg", 1, Keypoint(3, 4, Visibility.OCCLUDED, Origin.PREDICTED, 0.25))
+    p.set_status("c.jpg", ImageStatus.REVIEWED)
+    return p
+
+
+def test_save_load_round_trip_with_backup(tmp_path, folder):
+    p = make(folder)
+    path = tmp_path / "proj.kpproj.json"
+    save_project(p, path)
+    assert not backup_path(path).exists()
+    q = load_project(path)
+    assert project_to_dict(q) == project_to_dict(p)
+    assert q.annotation("b.jpg").instances[0].keypoints[1].confidence == 0.25
+    p.move_keypoint("a.jpg", 0, 9, 9)
+    save_project(p, path)
+    assert load_project(backup_path(path)).annotation("a.jpg").instances[0].keypoints[0].x == 1.5
+    assert load_project(path).annotation("a.jpg").instances[0].keypoints[0].x == 9
+    assert not [f for f in path.parent.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_bad_files_are_named_and_untouched(tmp_path, folder):
+    p = make(folder)
+    path = tmp_path / "proj.kpproj.json"
+    save_project(p, path)
+    doc = json.loads(path.read_text())
+    doc["version"] = FORMAT_VERSION + 1
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(doc))
+    before = newer.read_bytes()
+    with pytest.raises(ProjectFileError, match="newer version"):
+        load_project(newer)
+    assert newer.read_bytes() == before
+    trunc = tmp_path / "trunc.json"
+    trunc.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ProjectFileError, match=r"trunc.json: truncated"):
+        load_project(trunc)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"images": []}')
+    with pytest.raises(ProjectFileError, match="wrong.json: not a keypoint-annotator project"):
+        load_project(wrong)
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ProjectFileError, match="bin.json"):
+        load_project(binary)
+    doc = json.loads(path.read_text())
+    doc["images"][0]["path"] = "../../escape.jpg"
+    esc = tmp_path / "esc.json"
+    esc.write_text(json.dumps(doc))
+    with pytest.raises(ProjectFileError, match="escapes the image root"):
+        load_project(esc)
+
+
+def test_failed_save_keeps_previous_file(tmp_path, folder, monkeypatch):
+    p = make(folder)
+    path = tmp_path / "proj.kpproj.json"
+    save_project(p, path)
+    before = path.read_bytes()
+    import annotator.io.project_file as pf
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pf.os, "fsync", boom)
+    with pytest.raises(OSError):
+        save_project(p, path)
+    assert path.read_bytes() == before
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_autosave_coalesces_rapid_edits(tmp_path, folder):
+    now = [0.0]
+    p = make(folder)
+    path = tmp_path / "auto.json"
+    saver = Autosaver(p, path, delay_s=2.0, clock=lambda: now[0])
+    for i in range(20):  # a burst of edits, 0.1 s apart
+        now[0] += 0.1
+        p.move_keypoint("a.jpg", 0, i, i)
+        assert not saver.maybe_save()
+    now[0] += 2.5
+    assert saver.maybe_save()
+    assert saver.saves == 1
+    assert load_project(path).annotation("a.jpg").instances[0].keypoints[0].x == 19
+    now[0] += 10
+    assert not saver.maybe_save()  # nothing new
+    p.undo()
+    saver.close()  # flushes pending change
+    assert saver.saves == 2
