@@ -10,6 +10,7 @@ and ``images[].annotator_status``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ from annotator.domain.project import ImageRecord, Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.images import ImageLoadError, read_size, resolve_image_path
 from annotator.io.project_file import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 CATEGORY_ID = 1
 MIN_BOX_SIDE = 1.0
@@ -61,13 +64,16 @@ def _instance_box(
     return (x, y, w, h)
 
 
-def _image_size(project: Project, rec: ImageRecord) -> tuple[int, int]:
+def _image_size(project: Project, rec: ImageRecord) -> tuple[int, int] | None:
+    """(width, height), read from the file header when the project does not know it yet;
+    None when the file cannot be read."""
     if rec.width and rec.height:
         return rec.width, rec.height
     try:
         w, h = read_size(resolve_image_path(project.image_root, rec.path))
     except (ImageLoadError, ValueError) as exc:
-        raise CocoFormatError(f"cannot export image {rec.path!r}: size unknown ({exc})") from None
+        log.warning("image %s left out of the COCO export: %s", rec.path, exc)
+        return None
     project.set_image_size(rec.path, w, h)
     return w, h
 
@@ -75,13 +81,24 @@ def _image_size(project: Project, rec: ImageRecord) -> tuple[int, int]:
 def export_coco(project: Project, include_predictions: bool = True) -> dict[str, Any]:
     """COCO keypoints document for ``project``.
 
-    ``include_predictions=False`` leaves out images whose status is only *predicted*.
+    ``include_predictions=False`` leaves out the keypoints of images whose status is only
+    *predicted*. Unreadable images without labels are left out (logged).
     """
     schema = project.schema
-    images, annotations = [], []
-    for image_id, rec in enumerate(project.images, start=1):
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for rec in project.images:
         ann = project.annotation(rec.path)
-        width, height = _image_size(project, rec)
+        size = _image_size(project, rec)
+        if size is None:
+            if ann.has_labels:
+                raise CocoFormatError(
+                    f"cannot export image {rec.path!r}: it has keypoints but its size is unknown "
+                    "and the file cannot be read"
+                )
+            continue  # an unreadable image without labels has nothing to export
+        width, height = size
+        image_id = len(images) + 1
         images.append(
             {
                 "id": image_id,

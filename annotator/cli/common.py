@@ -1,0 +1,91 @@
+"""Engine options shared by the headless commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from annotator.domain.project import ProjectSettings
+
+EXTRACTORS = ("sd-dino", "content")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = ProjectSettings()
+    g = p.add_argument_group("engine")
+    g.add_argument("--extractor", choices=EXTRACTORS, default="sd-dino",
+                   help="sd-dino (the product) or content (weight-free colour/gradient "
+                        "descriptor: geometry checks only, not semantic)")
+    g.add_argument("--sd-model", default=None,
+                   help=f"SD 1.5 hub id or local folder (default: env ANNOTATOR_SD_MODEL or "
+                        f"{defaults.sd_model})")
+    g.add_argument("--dino-model", default=None,
+                   help=f"DINOv2 hub id or local folder (default: env ANNOTATOR_DINO_MODEL or "
+                        f"{defaults.dino_model})")
+    g.add_argument("--preset", default=None, help="feature preset: paper (default) or fast")
+    g.add_argument("--fusion", default=None, choices=("copca", "concat", "dino", "sd"))
+    g.add_argument("--feature-config", type=Path, default=None,
+                   help="JSON file of FeatureConfig fields overriding the preset")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip-aware matching with the schema's left/right partners")
+    g.add_argument("--soft-argmax", action=argparse.BooleanOptionalAction, default=None,
+                   help="window soft-argmax refinement (default on)")
+    g.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default: the user cache folder)")
+    g.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
+
+
+def feature_config(args: argparse.Namespace) -> Any:
+    """The FeatureConfig chosen by ``--preset``, ``--feature-config`` and the flags."""
+    from annotator.features.config import FeatureConfig, preset
+
+    overrides: dict[str, Any] = {}
+    if args.feature_config is not None:
+        try:
+            raw = json.loads(args.feature_config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"--feature-config {args.feature_config}: {exc}") from None
+        known = set(FeatureConfig.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise SystemExit(f"--feature-config {args.feature_config}: unknown fields {unknown}")
+        overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    name = args.preset or overrides.pop("preset", None) or "paper"
+    if args.fusion:
+        overrides["fusion"] = args.fusion
+    if args.flip is not None:
+        overrides["flip"] = args.flip
+    if args.soft_argmax is False:
+        overrides["softargmax_window"] = 0
+    try:
+        base = preset(name) if name in ("paper", "fast") else preset("paper", preset=name)
+        return base.replace(**overrides) if overrides else base
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"invalid feature configuration: {exc}") from None
+
+
+def engine_from_args(args: argparse.Namespace) -> Any:
+    """Build the engine the flags describe (models load lazily on first use)."""
+    from annotator.engine import Engine
+    from annotator.features.cache import FeatureCache
+
+    cache = None if args.no_cache else FeatureCache(args.cache_dir)
+    config = feature_config(args)
+    if args.extractor == "content":
+        from annotator.features.content import ContentExtractor
+
+        return Engine(config=config, cache=cache, extractor=ContentExtractor())
+    return Engine.from_pretrained(
+        sd_model=args.sd_model,
+        dino_model=args.dino_model,
+        preset=config,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        feature_cache=cache,
+    )

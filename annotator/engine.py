@@ -1,0 +1,218 @@
+"""Headless correspondence engine: features (through the cache) and keypoint transfer.
+
+Importing this module does not import torch; models load lazily on first use, once.
+
+    engine = Engine.from_pretrained(sd_model="path/or/hub-id", dino_model="facebook/dinov2-base",
+                                    preset="paper", device="auto", dtype="fp32")
+    result = engine.transfer(ref_rgb, ref_points_xy, target_rgb)   # TransferResult
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from annotator.features.config import (
+    FeatureConfig,
+    ModelSource,
+    RuntimeConfig,
+    preset,
+    resolve_device,
+    sd_dino_fingerprint,
+)
+
+if TYPE_CHECKING:
+    from annotator.features.cache import CacheStats, FeatureCache
+    from annotator.features.extractor import FeatureExtractor, FeatureMaps
+    from annotator.matching.transfer import MatchParams, TransferResult
+
+log = logging.getLogger(__name__)
+
+Reference = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # (image, points (K,2), valid (K,))
+
+
+def flip_permutation(k: int, flip_pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """(K,) partner index per keypoint from left/right index pairs (itself when unpaired)."""
+    perm = np.arange(k)
+    for a, b in flip_pairs:
+        if not (0 <= a < k and 0 <= b < k):
+            raise ValueError(f"flip pair ({a}, {b}) out of range for {k} keypoints")
+        perm[a], perm[b] = b, a
+    return perm
+
+
+class Engine:
+    """Facade over an extractor, a feature cache and the transfer functions.
+
+    Either give ``extractor`` (any FeatureExtractor, e.g. ContentExtractor) or let the engine
+    build the SD + DINOv2 extractor from ``source``, ``config`` and ``runtime`` on first use.
+    """
+
+    def __init__(self, source: ModelSource | None = None, config: FeatureConfig | None = None,
+                 runtime: RuntimeConfig | None = None, cache: FeatureCache | None = None, *,
+                 extractor: FeatureExtractor | None = None, match: MatchParams | None = None
+                 ) -> None:
+        self.source = source or ModelSource.from_env()
+        self.config = config or preset("paper")
+        self.runtime = runtime or RuntimeConfig()
+        self.cache = cache
+        self._match = match
+        self._extractor = extractor
+        self._plugged = extractor is not None
+
+    @classmethod
+    def from_pretrained(cls, sd_model: str | None = None, dino_model: str | None = None,
+                        preset: str | FeatureConfig = "paper", device: str = "auto",
+                        dtype: str = "fp32", cache_dir: str | None = None,
+                        local_files_only: bool | None = None, batch_size: int = 1,
+                        feature_cache: FeatureCache | None = None, **config_overrides: Any
+                        ) -> Engine:
+        """Build from hub ids or local folders (None -> env var or default). ``cache_dir`` is
+        the Hugging Face cache; ``feature_cache`` the feature cache (None: no caching)."""
+        from annotator.features import config as cfgmod
+
+        source = ModelSource.from_env(sd_model=sd_model, dino_model=dino_model,
+                                      cache_dir=cache_dir, local_files_only=local_files_only)
+        if isinstance(preset, FeatureConfig):
+            config = preset.replace(**config_overrides) if config_overrides else preset
+        else:
+            config = cfgmod.preset(preset, **config_overrides)
+        return cls(source, config, RuntimeConfig(device, dtype, batch_size), feature_cache)
+
+    # ---- models --------------------------------------------------------------------------
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The extractor (loads the models on first access; raises ModelLoadError)."""
+        if self._extractor is None:
+            from annotator.features.config import resolve_dtype
+            from annotator.features.models import load_dino, load_sd
+            from annotator.features.sd_dino import SDDinoExtractor
+
+            device = resolve_device(self.runtime.device)
+            dtype = resolve_dtype(self.runtime.dtype, device.split(":")[0])
+            sd = load_sd(self.source, device, dtype) if self.config.uses_sd else None
+            dino = load_dino(self.source, device, dtype) if self.config.uses_dino else None
+            self._extractor = SDDinoExtractor(sd, dino, self.config, device, dtype,
+                                              self.runtime.batch_size, identity=self.fingerprint)
+        return self._extractor
+
+    @property
+    def loaded(self) -> bool:
+        return self._extractor is not None
+
+    @property
+    def fingerprint(self) -> str:
+        """Cache-key part; computed without loading any model."""
+        if self._plugged and self._extractor is not None:
+            return self._extractor.fingerprint
+        return sd_dino_fingerprint(self.config, self.source, self.runtime.dtype)
+
+    def release(self) -> None:
+        """Drop the loaded models (a plugged-in extractor is kept)."""
+        if self._plugged:
+            return
+        self._extractor = None
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+    # ---- features ------------------------------------------------------------------------
+    def features_many(self, images: Sequence[np.ndarray]) -> list[FeatureMaps]:
+        """Raw maps per image, through the cache; misses are extracted together."""
+        images = list(images)
+        if self.cache is None:
+            return self.extractor.extract(images)
+        return self.cache.get_or_compute(images, self.fingerprint,
+                                         lambda todo: self.extractor.extract(todo))
+
+    def features(self, image: np.ndarray) -> FeatureMaps:
+        return self.features_many([image])[0]
+
+    def describe_pair(self, maps_a: FeatureMaps, maps_b: FeatureMaps) -> tuple[Any, Any]:
+        return self.extractor.describe_pair(maps_a, maps_b)
+
+    def cache_stats(self) -> CacheStats | None:
+        return self.cache.stats() if self.cache is not None else None
+
+    @property
+    def match_params(self) -> MatchParams:
+        from annotator.matching.transfer import MatchParams
+
+        if self._match is None:
+            cfg = self.config
+            self._match = MatchParams(soft_window=cfg.softargmax_window,
+                                      temperature=cfg.softargmax_temperature)
+        return self._match
+
+    # ---- transfer ------------------------------------------------------------------------
+    def _transfer_maps(self, ref_maps: FeatureMaps, ref_points: np.ndarray,
+                       ref_valid: np.ndarray | None, tgt_maps: FeatureMaps,
+                       flip_ref_maps: FeatureMaps | None, perm: np.ndarray | None
+                       ) -> TransferResult:
+        from annotator.matching.transfer import transfer
+
+        ref_d, tgt_d = self.extractor.describe_pair(ref_maps, tgt_maps)
+        flip_d = None
+        if flip_ref_maps is not None:
+            flip_d, _ = self.extractor.describe_pair(flip_ref_maps, tgt_maps)
+        return transfer(ref_d, tgt_d, ref_points, ref_maps.letterbox, tgt_maps.letterbox,
+                        self.match_params, ref_valid, flip_d, perm)
+
+    def transfer(self, ref_image: np.ndarray, ref_points: np.ndarray, target_image: np.ndarray,
+                 flip_pairs: Iterable[tuple[int, int]] = (), ref_valid: np.ndarray | None = None,
+                 flip: bool | None = None) -> TransferResult:
+        """Move ref_points (K, 2) (original ref pixels) to the target; flip-aware when
+        ``flip`` (default: config.flip or any flip_pairs given)."""
+        return self.transfer_many([(ref_image, ref_points, ref_valid)], [target_image],
+                                  flip_pairs, flip)[0]
+
+    def transfer_many(self, references: Sequence[Reference], targets: Iterable[np.ndarray],
+                      flip_pairs: Iterable[tuple[int, int]] = (), flip: bool | None = None
+                      ) -> list[TransferResult]:
+        """Each target extracted once; with several references the per-keypoint most
+        confident match wins (annotator.matching.transfer.combine)."""
+        return list(self.iter_transfer(references, targets, flip_pairs, flip))
+
+    def iter_transfer(self, references: Sequence[Reference], targets: Iterable[np.ndarray],
+                      flip_pairs: Iterable[tuple[int, int]] = (), flip: bool | None = None
+                      ) -> Iterator[TransferResult]:
+        """Generator form of ``transfer_many`` (one result per target, in order)."""
+        from annotator.matching.transfer import combine
+
+        if not references:
+            raise ValueError("at least one reference is needed")
+        pairs = list(flip_pairs)
+        use_flip = self.config.flip or bool(pairs) if flip is None else flip
+        refs = []
+        for image, points, valid in references:
+            pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            maps = self.features(image)
+            fmaps = self.features(np.ascontiguousarray(image[:, ::-1])) if use_flip else None
+            refs.append((maps, pts, valid, fmaps, flip_permutation(len(pts), pairs)))
+        ks = {len(r[1]) for r in refs}
+        if len(ks) != 1:
+            raise ValueError(f"references have different keypoint counts {sorted(ks)}")
+        for target in targets:
+            tmaps = self.features(target)
+            results = [self._transfer_maps(m, p, v, tmaps, f, perm) for m, p, v, f, perm in refs]
+            yield results[0] if len(results) == 1 else combine(results)
+
+    def similarity_heatmap(self, ref_image: np.ndarray, point: np.ndarray,
+                           target_image: np.ndarray) -> np.ndarray:
+        """(G, G) cosine similarity of the reference cell under ``point`` (original px)."""
+        from annotator.matching.transfer import similarity_heatmap
+
+        rm, tm = self.features(ref_image), self.features(target_image)
+        rd, td = self.extractor.describe_pair(rm, tm)
+        u = rm.letterbox.to_canvas(np.asarray(point, dtype=np.float64).reshape(1, 2))[0]
+        return similarity_heatmap(rd, td, u, rm.cell_size)

@@ -1,0 +1,250 @@
+"""Feature-extraction, model-source and runtime configuration (no torch import here).
+
+Presets
+-------
+``PAPER``: DESIGN.md section 3 exactly (SD at 960 as 2 x 2 tiles of 512, DINOv2-B at 840, 60 grid).
+About 6.9 TFLOP per image (4 x (VAE 1.08 + early-stopped UNet 0.48) + DINOv2 0.61): about a
+minute per image on the project's 2-core CPU, milliseconds on a datacenter GPU.
+
+``FAST``: one 512 SD pass (no tiling) and DINOv2 at 448, 32 grid. About 1.7 TFLOP per image
+(VAE 1.08 + UNet 0.48 + DINOv2 ~0.17): about 4x cheaper than PAPER, ~15 s on the same CPU,
+with a coarser (16 px at 512) grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+FUSIONS = ("copca", "concat", "dino", "sd")
+SD_LAYERS = ("s5", "s4", "s3")
+DTYPES = ("fp32", "fp16", "bf16")
+
+DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_DINO_MODEL = "facebook/dinov2-base"
+
+# Fields of FeatureConfig that do not change the raw per-layer maps (matching/fusion only).
+_MATCH_ONLY_FIELDS = ("preset", "fusion", "pca_dim", "softargmax_window", "softargmax_temperature",
+                      "flip")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Every parameter of the feature pipeline (DESIGN.md section 3).
+
+    The SD canvas (``sd_size``) is covered by square tiles of ``sd_tile`` placed at every
+    (y, x) pair of ``sd_tile_offsets``. The fused grid is ``grid`` x ``grid`` cells covering the
+    reference canvas (the DINOv2 canvas ``dino_size`` when DINOv2 is used, else the SD canvas).
+    """
+
+    preset: str = "paper"
+    sd_size: int = 960
+    sd_tile: int = 512
+    sd_tile_offsets: tuple[int, ...] = (0, 448)
+    timestep: int = 100
+    prompt: str = ""
+    seed: int = 42
+    sd_layers: tuple[str, ...] = SD_LAYERS
+    dino_size: int = 840
+    dino_patch: int = 14
+    dino_layer: int = 12
+    grid: int = 60
+    fusion: str = "copca"
+    pca_dim: int = 256
+    softargmax_window: int = 11
+    softargmax_temperature: float = 0.02
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if not self.sd_layers or any(name not in SD_LAYERS for name in self.sd_layers):
+            raise ValueError(f"sd_layers must be a non-empty subset of {SD_LAYERS}")
+        if not self.sd_tile_offsets or min(self.sd_tile_offsets) != 0:
+            raise ValueError("sd_tile_offsets must be non-empty and start at 0")
+        if max(self.sd_tile_offsets) + self.sd_tile != self.sd_size:
+            raise ValueError(
+                f"tiles of {self.sd_tile} at offsets {self.sd_tile_offsets} must end exactly at "
+                f"sd_size={self.sd_size}")
+        offs = sorted(self.sd_tile_offsets)
+        if any(b - a > self.sd_tile for a, b in zip(offs, offs[1:])):
+            raise ValueError("sd tiles leave gaps: consecutive offsets differ by more than a tile")
+        if self.sd_tile % 64:
+            raise ValueError(f"sd_tile must be a multiple of 64, got {self.sd_tile}")
+        if self.dino_size % self.dino_patch:
+            raise ValueError(f"dino_size {self.dino_size} is not a multiple of {self.dino_patch}")
+        if self.uses_dino and self.dino_size // self.dino_patch != self.grid:
+            raise ValueError(
+                f"dino_size/dino_patch = {self.dino_size // self.dino_patch} must equal grid "
+                f"{self.grid}")
+        if not 0 <= self.timestep < 1000:
+            raise ValueError(f"timestep must be in [0, 1000), got {self.timestep}")
+        if self.pca_dim < 1 or self.grid < 1 or self.dino_layer < 0:
+            raise ValueError("pca_dim and grid must be >= 1 and dino_layer >= 0")
+        if self.softargmax_window < 0 or self.softargmax_temperature <= 0:
+            raise ValueError("softargmax_window must be >= 0 and softargmax_temperature > 0")
+
+    @property
+    def uses_sd(self) -> bool:
+        return self.fusion != "dino"
+
+    @property
+    def uses_dino(self) -> bool:
+        return self.fusion != "sd"
+
+    @property
+    def canvas_size(self) -> int:
+        """Size S of the canvas the descriptor grid covers."""
+        return self.dino_size if self.uses_dino else self.sd_size
+
+    @property
+    def cell_size(self) -> float:
+        """Canvas pixels per grid cell (14 for the paper preset)."""
+        return self.canvas_size / self.grid
+
+    def replace(self, **changes: object) -> FeatureConfig:
+        return dataclasses.replace(self, **changes)
+
+    def feature_fields(self) -> dict[str, object]:
+        """Fields that change the raw per-layer maps (used in cache keys)."""
+        d = dataclasses.asdict(self)
+        for name in _MATCH_ONLY_FIELDS:
+            d.pop(name)
+        d["uses_sd"] = self.uses_sd
+        d["uses_dino"] = self.uses_dino
+        if not self.uses_sd:
+            for name in ("sd_size", "sd_tile", "sd_tile_offsets", "timestep", "prompt", "seed",
+                         "sd_layers"):
+                d.pop(name)
+        if not self.uses_dino:
+            for name in ("dino_size", "dino_patch", "dino_layer"):
+                d.pop(name)
+        return d
+
+
+PAPER = FeatureConfig()
+FAST = FeatureConfig(preset="fast", sd_size=512, sd_tile=512, sd_tile_offsets=(0,),
+                     dino_size=448, grid=32)
+PRESETS: dict[str, FeatureConfig] = {"paper": PAPER, "fast": FAST}
+
+
+def preset(name: str, **overrides: object) -> FeatureConfig:
+    """Return the named preset (``"paper"`` or ``"fast"``) with optional field overrides."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return base.replace(**overrides) if overrides else base
+
+
+def _env_flag(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from: hub ids or local folders (safetensors only)."""
+
+    sd_model: str = DEFAULT_SD_MODEL
+    dino_model: str = DEFAULT_DINO_MODEL
+    sd_revision: str | None = None
+    dino_revision: str | None = None
+    local_files_only: bool = False
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ModelSource:
+        """Defaults overridden by ANNOTATOR_SD_MODEL, ANNOTATOR_DINO_MODEL, HF_HUB_OFFLINE,
+        then by explicit ``overrides`` (None values are ignored)."""
+        kw: dict[str, object] = {}
+        if os.environ.get("ANNOTATOR_SD_MODEL"):
+            kw["sd_model"] = os.environ["ANNOTATOR_SD_MODEL"]
+        if os.environ.get("ANNOTATOR_DINO_MODEL"):
+            kw["dino_model"] = os.environ["ANNOTATOR_DINO_MODEL"]
+        if _env_flag(os.environ.get("HF_HUB_OFFLINE")):
+            kw["local_files_only"] = True
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Device ("auto", "cpu", "cuda", "cuda:N", "mps"), dtype ("fp32", "fp16", "bf16") and the
+    number of images per forward pass. fp16 on CPU is rejected by ``resolve_dtype``."""
+
+    device: str = "auto"
+    dtype: str = "fp32"
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or
+                (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+
+
+def resolve_device(name: str = "auto") -> str:
+    """Concrete torch device string: ``auto`` picks cuda, then mps, then cpu.
+
+    Raises ValueError when a forced device is not available.
+    """
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        return name
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device 'mps' requested but MPS is not available")
+        return name
+    if name == "cpu":
+        return name
+    raise ValueError(f"unknown device {name!r}")
+
+
+def resolve_dtype(name: str, device: str):  # -> torch.dtype
+    """torch dtype for ``name`` on ``device``; fp16 on CPU raises ValueError (use fp32 or bf16)."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
+    if name == "fp16" and device == "cpu":
+        raise ValueError("dtype fp16 is not supported on the CPU; choose fp32 (or bf16)")
+    return table[name]
+
+
+def fingerprint(extractor_name: str, parts: dict[str, object]) -> str:
+    """Stable short hash of everything that changes the features (for cache keys)."""
+    blob = json.dumps({"extractor": extractor_name, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def sd_dino_fingerprint(config: FeatureConfig, source: ModelSource, dtype: str) -> str:
+    """Fingerprint of the SD+DINOv2 extractor, computable without loading any model."""
+    parts: dict[str, object] = {"config": config.feature_fields(), "dtype": dtype}
+    if config.uses_sd:
+        parts["sd"] = [source.sd_model, source.sd_revision]
+    if config.uses_dino:
+        parts["dino"] = [source.dino_model, source.dino_revision]
+    return fingerprint("sd_dino", parts)
+
+

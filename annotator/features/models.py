@@ -1,0 +1,254 @@
+"""Load SD 1.5 components (diffusers) and DINOv2 (transformers) from a hub id or a local folder.
+
+Safetensors only. Hub ids go through ``huggingface_hub.snapshot_download`` restricted to the files
+the engine uses (``SD_ALLOW_PATTERNS`` / ``DINO_ALLOW_PATTERNS``), so the standard HF cache,
+``cache_dir``, ``revision`` and offline mode (``local_files_only``) are honoured. Every failure
+becomes ``ModelLoadError`` with what was looked for, where, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from annotator.features.config import ModelSource
+
+log = logging.getLogger(__name__)
+
+SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def sd_allow_patterns(fp16: bool) -> list[str]:
+    """Files of an SD 1.5 diffusers repository the engine needs (fp16 variant or full)."""
+    v = ".fp16" if fp16 else ""
+    return [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/*",
+        "text_encoder/config.json", f"text_encoder/model{v}.safetensors",
+        "unet/config.json", f"unet/diffusion_pytorch_model{v}.safetensors",
+        "vae/config.json", f"vae/diffusion_pytorch_model{v}.safetensors",
+    ]
+
+
+DINO_ALLOW_PATTERNS = ["config.json", "model.safetensors"]
+
+
+class ModelLoadError(RuntimeError):
+    """Weights could not be loaded; the message says what, where and how to fix it."""
+
+
+@dataclass
+class SDComponents:
+    """Loaded SD 1.5 parts (eval mode, on ``device`` in ``dtype``); no VAE decoder is used."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    source: str
+
+
+@dataclass
+class DinoComponents:
+    model: Any
+    source: str
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith((".", "~", "/")) or "\\" in name or name.count("/") > 1
+            or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"))
+
+
+def _fix_hint(env: str, repo: str, patterns: list[str]) -> str:
+    inc = " ".join(f'"{p}"' for p in patterns)
+    return (f"Fix: set the model id or a local folder in Settings or the {env} environment "
+            f"variable; or run once with internet access; or download the files with\n"
+            f"  huggingface-cli download {repo} --include {inc}")
+
+
+def _snapshot(repo: str, revision: str | None, source: ModelSource, patterns: list[str],
+              env: str, what: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = source.cache_dir or "the Hugging Face cache (HF_HOME / HF_HUB_CACHE)"
+    try:
+        return Path(snapshot_download(repo, revision=revision, cache_dir=source.cache_dir,
+                                      local_files_only=source.local_files_only,
+                                      allow_patterns=patterns))
+    except LocalEntryNotFoundError as exc:
+        mode = "offline mode (HF_HUB_OFFLINE / local files only)" if source.local_files_only \
+            else "no network"
+        raise ModelLoadError(
+            f"{what} weights '{repo}' (revision {revision or 'main'}) are not in {where} and "
+            f"cannot be downloaded ({mode}).\n{_fix_hint(env, repo, patterns)}") from exc
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError,
+            HFValidationError) as exc:
+        raise ModelLoadError(
+            f"{what} model '{repo}' (revision {revision or 'main'}) was not found or is not "
+            f"accessible on the Hugging Face Hub: {exc}.\n{_fix_hint(env, repo, patterns)}"
+        ) from exc
+    except OSError as exc:  # network errors, disk errors
+        raise ModelLoadError(
+            f"could not fetch {what} weights '{repo}' into {where}: {exc}.\n"
+            f"{_fix_hint(env, repo, patterns)}") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_sd_folder(folder: Path, name: str) -> None:
+    missing = [s for s in SD_SUBFOLDERS if not (folder / s).is_dir()]
+    if missing:
+        kind = ""
+        if (folder / "config.json").is_file():
+            mt = _read_json(folder / "config.json").get("model_type")
+            kind = f" (it holds a single '{mt or 'unknown'}' model, not an SD pipeline)"
+        raise ModelLoadError(
+            f"'{name}' ({folder}) is not a Stable Diffusion 1.5 diffusers folder{kind}: missing "
+            f"subfolder(s) {', '.join(missing)}. Expected unet/, vae/, text_encoder/, tokenizer/ "
+            f"and scheduler/. Fix: point the SD model setting (or ANNOTATOR_SD_MODEL) at a "
+            f"diffusers SD 1.5 folder or hub id such as stable-diffusion-v1-5/"
+            f"stable-diffusion-v1-5.")
+    expected = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}
+    for sub, cls in expected.items():
+        got = _read_json(folder / sub / "config.json").get("_class_name")
+        if got != cls:
+            raise ModelLoadError(
+                f"'{name}': {folder / sub / 'config.json'} declares class {got!r}, expected "
+                f"{cls!r}. Fix: point the SD model setting at an SD 1.5 diffusers folder.")
+    if not any((folder / sub).glob("*.safetensors") for sub in ("unet", "vae", "text_encoder")):
+        raise ModelLoadError(
+            f"'{name}' ({folder}) has no .safetensors weights (only safetensors are loaded). "
+            f"Fix: download the safetensors files of the model.")
+
+
+def _from_pretrained(cls: Any, folder: Path, what: str, torch_dtype: Any, half: bool,
+                     **kw: Any) -> Any:
+    """Load with the fp16 variant first when ``half``, falling back to the plain weights."""
+    variants = ["fp16", None] if half else [None]
+    last: Exception | None = None
+    for variant in variants:
+        try:
+            return cls.from_pretrained(str(folder), torch_dtype=torch_dtype, use_safetensors=True,
+                                       local_files_only=True, variant=variant, **kw)
+        except (OSError, ValueError) as exc:
+            last = exc
+    raise ModelLoadError(f"could not load {what} from {folder}: {last}. Fix: make sure the folder "
+                         f"holds the safetensors weights and config of that component.") from last
+
+
+def _check_unet_layout(unet: Any, name: str) -> None:
+    ups = [type(b).__name__ for b in unet.up_blocks]
+    want = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    if ups != want:
+        raise ModelLoadError(f"'{name}': UNet up blocks are {ups}, expected the SD 1.5 layout "
+                             f"{want} (hooks s5/s4/s3 need it).")
+
+
+def load_sd(source: ModelSource, device: str, dtype: Any) -> SDComponents:
+    """Load the SD 1.5 VAE (encoder only used), UNet, CLIP text encoder, tokenizer and scheduler.
+
+    Raises ModelLoadError on any failure.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    name = source.sd_model
+    half = dtype in (torch.float16,)
+    if os.path.isdir(os.path.expanduser(name)):
+        folder = Path(os.path.expanduser(name))
+    elif _looks_like_path(name):
+        raise ModelLoadError(
+            f"SD model folder '{name}' does not exist. Fix: set an existing folder or a hub id "
+            f"(default stable-diffusion-v1-5/stable-diffusion-v1-5) in Settings or "
+            f"ANNOTATOR_SD_MODEL.")
+    else:
+        folder = None
+        if half:
+            try:
+                folder = _snapshot(name, source.sd_revision, source, sd_allow_patterns(True),
+                                   "ANNOTATOR_SD_MODEL", "Stable Diffusion")
+                if not (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file():
+                    folder = None
+            except ModelLoadError:
+                folder = None
+        if folder is None:
+            folder = _snapshot(name, source.sd_revision, source, sd_allow_patterns(False),
+                               "ANNOTATOR_SD_MODEL", "Stable Diffusion")
+    _check_sd_folder(folder, name)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer",
+                                                  local_files_only=True)
+        scheduler = DDPMScheduler.from_pretrained(str(folder), subfolder="scheduler",
+                                                  local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer/scheduler of '{name}' from {folder}: "
+                             f"{exc}") from exc
+    vae = _from_pretrained(AutoencoderKL, folder, "the SD VAE", dtype, half, subfolder="vae")
+    unet = _from_pretrained(UNet2DConditionModel, folder, "the SD UNet", dtype, half,
+                            subfolder="unet")
+    _check_unet_layout(unet, name)
+    text = _from_pretrained(CLIPTextModel, folder, "the CLIP text encoder", dtype, half,
+                            subfolder="text_encoder")
+    for m in (vae, unet, text):
+        m.to(device=device).eval().requires_grad_(False)
+    log.info("loaded Stable Diffusion from %s on %s (%s)", folder, device, dtype)
+    return SDComponents(vae, unet, text, tokenizer, scheduler, source=str(folder))
+
+
+def load_dino(source: ModelSource, device: str, dtype: Any) -> DinoComponents:
+    """Load a transformers Dinov2Model. Raises ModelLoadError on any failure."""
+    from transformers import Dinov2Model
+
+    name = source.dino_model
+    if os.path.isdir(os.path.expanduser(name)):
+        folder = Path(os.path.expanduser(name))
+    elif _looks_like_path(name):
+        raise ModelLoadError(
+            f"DINOv2 model folder '{name}' does not exist. Fix: set an existing folder or a hub "
+            f"id (default facebook/dinov2-base) in Settings or ANNOTATOR_DINO_MODEL.")
+    else:
+        folder = _snapshot(name, source.dino_revision, source, DINO_ALLOW_PATTERNS,
+                           "ANNOTATOR_DINO_MODEL", "DINOv2")
+    cfg = folder / "config.json"
+    model_type = _read_json(cfg).get("model_type") if cfg.is_file() else None
+    if model_type not in ("dinov2", "dinov2_with_registers"):
+        found = ("a diffusers pipeline (model_index.json)" if (folder / "model_index.json").exists()
+                 else f"model_type {model_type!r}" if cfg.is_file() else "no config.json")
+        raise ModelLoadError(
+            f"'{name}' ({folder}) is not a DINOv2 model folder: found {found}, expected a "
+            f"transformers config.json with model_type 'dinov2'. Fix: point the DINOv2 setting "
+            f"(or ANNOTATOR_DINO_MODEL) at facebook/dinov2-base or a folder saved from it.")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(f"'{name}' ({folder}) has no .safetensors weights (only safetensors "
+                             f"are loaded). Fix: download model.safetensors of the model.")
+    if model_type == "dinov2_with_registers":
+        from transformers import Dinov2WithRegistersModel as cls
+    else:
+        cls = Dinov2Model
+    try:
+        model = cls.from_pretrained(str(folder), torch_dtype=dtype, use_safetensors=True,
+                                    local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load DINOv2 from {folder}: {exc}") from exc
+    model.to(device=device).eval().requires_grad_(False)
+    log.info("loaded DINOv2 from %s on %s (%s)", folder, device, dtype)
+    return DinoComponents(model, source=str(folder))

@@ -1,0 +1,229 @@
+"""Vectorised keypoint transfer on grid descriptors (DESIGN.md section 3, "Matching").
+
+Descriptors are (C, G, G) tensors covering a letterbox canvas of S px (cell c = S / G px).
+Query cell = floor(u / c) clamped; cosine similarity to all target cells in one matmul; hard
+argmax -> cell centre c * cell + c / 2; optional window soft-argmax; cycle consistency (match back
+to the reference, distance in cells); confidence = max(sim, 0) * exp(-cycle / cycle_scale).
+
+Multi-reference rule (``combine``): per keypoint, the found match with the highest confidence
+across references wins; a keypoint is found if any reference finds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from annotator.features.letterbox import Letterbox
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """``soft_window`` 0 disables soft-argmax; ``review_threshold`` flags low confidence."""
+
+    soft_window: int = 11
+    temperature: float = 0.02
+    cycle_scale: float = 2.0
+    review_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.soft_window < 0 or (self.soft_window and self.soft_window % 2 == 0):
+            raise ValueError(f"soft_window must be 0 or odd, got {self.soft_window}")
+        if self.temperature <= 0 or self.cycle_scale <= 0:
+            raise ValueError("temperature and cycle_scale must be > 0")
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """Per keypoint (K): ``points`` (K, 2) float64 in target original pixels (NaN if not found),
+    ``similarity`` (K,), ``cycle_error`` (K,) in cells, ``confidence`` (K,) in [0, 1],
+    ``found`` (K,) bool, ``needs_review`` (K,) bool; ``flipped`` whether the flipped reference
+    won; ``reference`` (K,) int index of the reference used (multi-reference, else 0)."""
+
+    points: np.ndarray
+    similarity: np.ndarray
+    cycle_error: np.ndarray
+    confidence: np.ndarray
+    found: np.ndarray
+    needs_review: np.ndarray
+    flipped: bool = False
+    reference: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    @classmethod
+    def empty(cls) -> TransferResult:
+        z = np.zeros(0)
+        return cls(np.zeros((0, 2)), z, z.copy(), z.copy(), np.zeros(0, bool), np.zeros(0, bool),
+                   reference=np.zeros(0, np.int64))
+
+
+def _check_desc(d: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(d, torch.Tensor) or d.ndim != 3 or d.shape[1] != d.shape[2]:
+        raise ValueError(f"{name} must be a (C, G, G) tensor, got "
+                         f"{tuple(d.shape) if isinstance(d, torch.Tensor) else type(d)}")
+    d = d.float()
+    return d / d.norm(dim=0, keepdim=True).clamp_min(1e-8)
+
+
+def _flat(d: torch.Tensor) -> torch.Tensor:
+    return d.flatten(1).T  # (G*G, C)
+
+
+def query_cells(points_canvas: np.ndarray, cell: float, grid: int) -> np.ndarray:
+    """(K, 2) canvas points -> (K, 2) int cells (col, row), floor(u / cell) clamped."""
+    p = np.asarray(points_canvas, dtype=np.float64).reshape(-1, 2)
+    return np.clip(np.floor(p / cell), 0, grid - 1).astype(np.int64)
+
+
+def similarity_heatmap(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, point: np.ndarray,
+                       cell: float) -> np.ndarray:
+    """Cosine similarity (G, G) of the reference cell under canvas ``point`` (2,) to every
+    target cell."""
+    r, t = _check_desc(ref_desc, "ref_desc"), _check_desc(tgt_desc, "tgt_desc")
+    if r.shape != t.shape:
+        raise ValueError(f"descriptor shapes differ: {tuple(r.shape)} vs {tuple(t.shape)}")
+    g = r.shape[1]
+    cx, cy = query_cells(np.asarray(point, dtype=np.float64).reshape(1, 2), cell, g)[0]
+    q = r[:, cy, cx]
+    return (q @ t.flatten(1)).reshape(g, g).numpy()
+
+
+def _soft_argmax(sim: torch.Tensor, idx: torch.Tensor, g: int, window: int,
+                 temperature: float) -> torch.Tensor:
+    """sim (K, G*G), idx (K,) argmax -> (K, 2) expected (col, row) in cells within the window."""
+    r = window // 2
+    off = torch.arange(-r, r + 1)
+    row, col = idx // g, idx % g
+    rows = row[:, None, None] + off[None, :, None]  # (K, W, 1)
+    cols = col[:, None, None] + off[None, None, :]  # (K, 1, W)
+    rows, cols = torch.broadcast_tensors(rows, cols)
+    valid = (rows >= 0) & (rows < g) & (cols >= 0) & (cols < g)
+    flat = (rows.clamp(0, g - 1) * g + cols.clamp(0, g - 1)).flatten(1)
+    vals = torch.gather(sim, 1, flat).masked_fill(~valid.flatten(1), float("-inf"))
+    w = torch.softmax(vals / temperature, dim=1)
+    ex = (w * cols.flatten(1).float()).sum(1)
+    ey = (w * rows.flatten(1).float()).sum(1)
+    return torch.stack([ex, ey], dim=1)
+
+
+@dataclass(frozen=True)
+class _Raw:
+    canvas: np.ndarray  # (K, 2) target canvas points
+    sim: np.ndarray
+    cycle: np.ndarray
+
+
+def _match(ref: torch.Tensor, tgt: torch.Tensor, cells: np.ndarray, cell: float,
+           params: MatchParams) -> _Raw:
+    g = ref.shape[1]
+    rf, tf = _flat(ref), _flat(tgt)  # (N, C)
+    qidx = torch.from_numpy(cells[:, 1] * g + cells[:, 0])
+    sim = rf[qidx] @ tf.T  # (K, N)
+    best_sim, best = sim.max(dim=1)
+    if params.soft_window > 1:
+        pos = _soft_argmax(sim, best, g, params.soft_window, params.temperature)
+    else:
+        pos = torch.stack([best % g, best // g], dim=1).float()
+    canvas = pos.double().numpy() * cell + cell / 2
+    back = (tf[best] @ rf.T).argmax(dim=1)  # cycle: target cell -> reference
+    dx = (back % g - qidx % g).double()
+    dy = (back // g - qidx // g).double()
+    cycle = torch.sqrt(dx * dx + dy * dy).numpy()
+    return _Raw(canvas, best_sim.double().numpy(), cycle)
+
+
+def _finish(raw: _Raw, tgt_lb: Letterbox, valid: np.ndarray, params: MatchParams,
+            flipped: bool) -> TransferResult:
+    inside = tgt_lb.contains(raw.canvas)
+    found = valid & inside
+    pts = tgt_lb.from_canvas(raw.canvas)
+    pts[:, 0] = np.clip(pts[:, 0], 0, tgt_lb.width - 1)
+    pts[:, 1] = np.clip(pts[:, 1], 0, tgt_lb.height - 1)
+    pts[~found] = np.nan
+    conf = np.clip(raw.sim, 0, 1) * np.exp(-raw.cycle / params.cycle_scale)
+    conf = np.where(found, conf, 0.0)
+    return TransferResult(points=pts, similarity=raw.sim, cycle_error=raw.cycle, confidence=conf,
+                          found=found, needs_review=conf < params.review_threshold,
+                          flipped=flipped, reference=np.zeros(len(pts), np.int64))
+
+
+def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndarray,
+             ref_letterbox: Letterbox, tgt_letterbox: Letterbox,
+             params: MatchParams | None = None, ref_valid: np.ndarray | None = None,
+             flipped_ref_desc: torch.Tensor | None = None,
+             flip_perm: Sequence[int] | np.ndarray | None = None) -> TransferResult:
+    """Move reference keypoints (K, 2) in reference original pixels to the target.
+
+    ``ref_valid`` (K,) bool marks labelled reference points (others are not found).
+    Flip-aware: given ``flipped_ref_desc`` (descriptor of the horizontally mirrored reference)
+    and ``flip_perm`` (K,) (index of each keypoint's left/right partner, itself if none), also
+    match keypoint k from the mirror position of its partner in the flipped reference and keep
+    the flipped result when its mean cycle (mutual-NN) distance is smaller.
+    """
+    params = params or MatchParams()
+    ref, tgt = _check_desc(ref_desc, "ref_desc"), _check_desc(tgt_desc, "tgt_desc")
+    if ref.shape != tgt.shape:
+        raise ValueError(f"descriptor shapes differ: {tuple(ref.shape)} vs {tuple(tgt.shape)}")
+    pts = np.asarray(ref_points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"ref_points must have shape (K, 2), got {pts.shape}")
+    k = pts.shape[0]
+    valid = np.ones(k, bool) if ref_valid is None else np.asarray(ref_valid, bool)
+    if valid.shape != (k,):
+        raise ValueError(f"ref_valid must have shape ({k},), got {valid.shape}")
+    valid = valid & np.isfinite(pts).all(axis=1)
+    if k == 0:
+        return TransferResult.empty()
+    g = ref.shape[1]
+    if abs(ref_letterbox.canvas / g - tgt_letterbox.canvas / g) > 1e-9:
+        raise ValueError("reference and target canvases differ")
+    cell = ref_letterbox.canvas / g
+    safe = np.where(np.isfinite(pts), pts, 0.0)
+    cells = query_cells(ref_letterbox.to_canvas(safe), cell, g)
+    result = _finish(_match(ref, tgt, cells, cell, params), tgt_letterbox, valid, params, False)
+    if flipped_ref_desc is None:
+        return result
+    perm = np.arange(k) if flip_perm is None else np.asarray(flip_perm, dtype=np.int64)
+    if perm.shape != (k,) or (k and (perm.min() < 0 or perm.max() >= k)):
+        raise ValueError(f"flip_perm must be a permutation of shape ({k},)")
+    fref = _check_desc(flipped_ref_desc, "flipped_ref_desc")
+    if fref.shape != ref.shape:
+        raise ValueError("flipped_ref_desc must have the shape of ref_desc")
+    # keypoint k in the mirrored reference sits at the mirror of its partner's position
+    fpts = safe[perm].copy()
+    fpts[:, 0] = ref_letterbox.width - 1 - fpts[:, 0]
+    fcells = query_cells(ref_letterbox.to_canvas(fpts), cell, g)
+    fres = _finish(_match(fref, tgt, fcells, cell, params), tgt_letterbox, valid[perm] & valid,
+                   params, True)
+    use = valid & valid[perm]
+    if use.any() and fres.cycle_error[use].mean() < result.cycle_error[use].mean():
+        return fres
+    return result
+
+
+def combine(results: Sequence[TransferResult]) -> TransferResult:
+    """Multi-reference rule: per keypoint keep the found match with the highest confidence
+    (ties: the earlier reference). ``reference`` records which result was used."""
+    if not results:
+        raise ValueError("combine needs at least one result")
+    k = len(results[0])
+    if any(len(r) != k for r in results):
+        raise ValueError("all results must have the same number of keypoints")
+    if k == 0:
+        return TransferResult.empty()
+    conf = np.stack([np.where(r.found, r.confidence, -1.0) for r in results])  # (R, K)
+    pick = conf.argmax(axis=0)
+    idx = np.arange(k)
+
+    def take(name: str) -> np.ndarray:
+        return np.stack([getattr(r, name) for r in results])[pick, idx]
+
+    return TransferResult(points=take("points"), similarity=take("similarity"),
+                          cycle_error=take("cycle_error"), confidence=take("confidence"),
+                          found=take("found"), needs_review=take("needs_review"),
+                          flipped=any(r.flipped for r in results), reference=pick)
