@@ -1,0 +1,228 @@
+"""``annotator eval`` (PCK on SPair-71k, PF-Pascal, TSS or a COCO keypoint file) and
+``annotator geometry`` (warped scikit-image photographs with exact answers)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from annotator.cli.common import add_engine_arguments
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("spair", "pfpascal", "tss", "coco")
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+class TqdmProgress:
+    """Progress sink for jobs (``set_progress``/``check``) drawing a tqdm bar on stderr."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self._bar: Any = None
+
+    def set_progress(self, done: int, total: int, message: str = "") -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.total != total:
+            self.close()
+            self._bar = tqdm(total=total, desc=self.desc, unit="pair", file=sys.stderr,
+                             dynamic_ncols=True)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def check(self) -> None:  # the CLI is cancelled with Ctrl-C
+        return None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _engine_settings(args: argparse.Namespace, extractor: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {"extractor": extractor}
+    if extractor == "sd-dino":
+        settings.update(sd_model=args.sd_model or "default", dino_model=args.dino_model or
+                        "default", device=args.device, dtype=args.dtype)
+    settings["preset"] = args.preset or "paper"
+    for key in ("fusion", "flip", "soft_argmax"):
+        value = getattr(args, key, None)
+        settings[key] = "default" if value is None else value
+    return settings
+
+
+def build_engine(args: argparse.Namespace, extractor: str) -> Any:
+    """The engine the shared engine flags describe, for ``extractor`` (content or sd-dino)."""
+    from annotator.cli.common import engine_from_args
+
+    return engine_from_args(argparse.Namespace(**{**vars(args), "extractor": extractor}))
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"alpha must be in (0, 1], got {text}")
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``eval`` and ``geometry`` subcommands."""
+    p = subparsers.add_parser(
+        "eval", help="PCK benchmark on SPair-71k, PF-Pascal, TSS or a COCO keypoint file",
+        description="Transfer every source keypoint of every pair and report PCK (Markdown, "
+                    "JSON and a PCK-vs-alpha PNG in --out).")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--root", type=Path, default=None,
+                   help="dataset folder (SPair-71k, PF-dataset-PASCAL, TSS_CVPR2016); for coco "
+                        "the image folder (default: the annotation file's folder)")
+    p.add_argument("--annotations", type=Path, default=None, help="COCO keypoint JSON (coco)")
+    p.add_argument("--split", default="test", help="test (default), val, or trn for SPair")
+    p.add_argument("--categories", nargs="+", default=None, help="only these categories")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most N pairs, taken round-robin over categories")
+    p.add_argument("--alpha", dest="alphas", type=_alpha, nargs="+", default=None,
+                   help="alphas of the tables (default: the protocol's)")
+    p.add_argument("--rule", choices=("lt", "le"), default=None,
+                   help="correct when error < (lt) or <= (le) alpha * L (default: the "
+                        "reference code's: lt for SPair/PF-Pascal/COCO, le for TSS)")
+    p.add_argument("--tss-stride", type=int, default=1,
+                   help="TSS: score foreground pixels on this stride grid (1 = all)")
+    p.add_argument("--coco-threshold", choices=("bbox", "image"), default="bbox")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default eval-<dataset>)")
+    add_engine_arguments(p)
+    p.set_defaults(func=run_eval)
+
+    g = subparsers.add_parser(
+        "geometry", help="PCK on scikit-image photos warped by known transforms (no download)",
+        description="Similarity, perspective and mirror warps of scikit-image photographs. The "
+                    "content descriptor always runs; SD+DINOv2 too when weights are given "
+                    "(--sd-model and --dino-model, or --extractor sd-dino).")
+    g.add_argument("--pairs", type=int, default=1, help="pairs per photo and transform")
+    g.add_argument("--keypoints", type=int, default=20)
+    g.add_argument("--max-side", type=int, default=384)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--images", nargs="+", default=None, help="scikit-image data names")
+    g.add_argument("--alpha", dest="alphas", type=_alpha, nargs="+", default=None)
+    g.add_argument("--out", type=Path, default=Path("eval-geometry"))
+    add_engine_arguments(g)
+    # content always runs; sd-dino when asked (--extractor sd-dino) or given both model paths
+    g.set_defaults(func=run_geometry, extractor=None)
+
+
+def load_dataset(args: argparse.Namespace) -> Any:
+    from annotator.io import datasets as ds
+
+    kind = args.dataset
+    if kind == "coco":
+        if args.annotations is None:
+            raise ValueError("eval coco needs --annotations FILE (and --root IMAGE_FOLDER)")
+        return ds.load_coco_pairs(args.annotations, args.root, threshold=args.coco_threshold,
+                                  categories=args.categories)
+    if args.root is None:
+        raise ValueError(f"eval {kind} needs --root DATASET_FOLDER")
+    if kind == "spair":
+        return ds.load_spair(args.root, args.split, args.categories)
+    if kind == "pfpascal":
+        data = ds.load_pfpascal(args.root, args.split)
+    else:
+        data = ds.load_tss(args.root, stride=args.tss_stride)
+    if args.categories:
+        keep = set(args.categories)
+        data = type(data)(data.name, data.root, tuple(r for r in data.records
+                                                      if r.category in keep),
+                          data.protocol, data.split)
+    return data
+
+
+def _print_summary(results: dict[str, Any], files: Any) -> None:
+    for label, res in results.items():
+        st = res.table.overall
+        _say(f"{label}: {res.dataset} {st.num_pairs} pairs, {st.num_points} points, rule "
+             f"{'<' if res.rule == 'lt' else '<='}")
+        for a, kp, im in zip(res.alphas, st.per_keypoint, st.per_image):
+            _say(f"  PCK@{a:g}: per-keypoint {100 * kp:.2f}  per-image {100 * im:.2f}")
+    _say(f"report: {files.markdown}\n        {files.json}\n        {files.plot}")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Handler of ``annotator eval``; returns the exit status."""
+    from annotator.io.datasets import DatasetFormatError
+    from annotator.jobs.evaluate import EvalConfig, engine_predictor, evaluate
+    from annotator.jobs.progress import Cancelled
+    from annotator.jobs.report import write_report
+
+    try:
+        dataset = load_dataset(args)
+        config = EvalConfig(alphas=tuple(args.alphas) if args.alphas else None, rule=args.rule,
+                            limit=args.limit)
+    except (DatasetFormatError, ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"annotator eval: {exc}\n")
+        return 2
+    _say(f"{dataset.name} ({dataset.split}): {len(dataset)} pairs"
+         + (f", evaluating {min(args.limit, len(dataset))}" if args.limit else ""))
+    try:
+        engine = build_engine(args, args.extractor)
+    except (ImportError, OSError, ValueError, SystemExit) as exc:
+        sys.stderr.write(f"annotator eval: cannot build the {args.extractor} engine: {exc}\n")
+        return 3
+    progress = TqdmProgress(dataset.name)
+    try:
+        result = evaluate(dataset, engine_predictor(engine), config, progress=progress,
+                          settings=_engine_settings(args, args.extractor))
+    except DatasetFormatError as exc:
+        sys.stderr.write(f"annotator eval: {exc}\n")
+        return 2
+    except (KeyboardInterrupt, Cancelled):
+        sys.stderr.write("annotator eval: cancelled\n")
+        return 130
+    finally:
+        progress.close()
+    out = args.out or Path(f"eval-{args.dataset}")
+    files = write_report({"ours": result}, out)
+    _print_summary({"ours": result}, files)
+    return 0
+
+
+def run_geometry(args: argparse.Namespace) -> int:
+    """Handler of ``annotator geometry``; returns the exit status."""
+    from annotator.jobs.evaluate import EvalConfig, engine_predictor
+    from annotator.jobs.geometry import SKIMAGE_PHOTOS, GeometryConfig, run_geometry_benchmark
+    from annotator.jobs.report import write_report
+
+    backends = ["content"]
+    if args.extractor == "sd-dino" or (args.sd_model and args.dino_model):
+        backends.append("sd-dino")
+    try:
+        gconfig = GeometryConfig(images=tuple(args.images or SKIMAGE_PHOTOS),
+                                 pairs_per_image=args.pairs, keypoints=args.keypoints,
+                                 max_side=args.max_side, seed=args.seed)
+        econfig = EvalConfig(alphas=tuple(args.alphas) if args.alphas else None)
+        predictors, settings = {}, {}
+        for name in backends:
+            predictors[name] = engine_predictor(build_engine(args, name))
+            settings[name] = _engine_settings(args, name)
+    except (ImportError, OSError, ValueError, SystemExit) as exc:
+        sys.stderr.write(f"annotator geometry: {exc}\n")
+        return 2
+    progress = TqdmProgress("geometry")
+    try:
+        results = run_geometry_benchmark(predictors, gconfig, econfig, progress=progress,
+                                         settings=settings)
+    except KeyboardInterrupt:
+        sys.stderr.write("annotator geometry: cancelled\n")
+        return 130
+    finally:
+        progress.close()
+    files = write_report(results, args.out, title="Geometry benchmark (known warps of "
+                                                  "scikit-image photographs)",
+                         references=(), stem="geometry")
+    _print_summary(results, files)
+    return 0
