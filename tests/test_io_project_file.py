@@ -118,3 +118,17 @@ def test_autosave_coalesces_rapid_edits(tmp_path, folder):
     p.undo()
     saver.close()  # flushes pending change
     assert saver.saves == 2
+
+
+def test_project_and_images_can_move_together(tmp_path, folder):
+    import shutil
+
+    p = make(folder)
+    path = tmp_path / "proj.kpproj.json"
+    save_project(p, path)
+    assert json.loads(path.read_text())["image_root"] == "imgs"
+    moved = tmp_path.parent / (tmp_path.name + "_moved")
+    shutil.move(str(tmp_path), moved)
+    q = load_project(moved / "proj.kpproj.json")
+    assert q.image_root == str((moved / "imgs").resolve())
+    assert q.annotation("a.jpg").instances[0].keypoints[0].x == 1.5

@@ -169,9 +169,21 @@ def backup_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + "~")
 
 
+def _portable_root(image_root: str, project_dir: Path) -> str:
+    """The image root relative to the project file's folder (so both can move together),
+    or absolute when that is not possible (another drive)."""
+    try:
+        return Path(os.path.relpath(Path(image_root).resolve(), project_dir.resolve())).as_posix()
+    except ValueError:
+        return image_root
+
+
 def save_project(project: Project, path: str | os.PathLike[str]) -> None:
-    """Save atomically, keeping one backup of the previous file."""
-    text = json.dumps(project_to_dict(project), indent=1, ensure_ascii=False)
+    """Save atomically, keeping one backup of the previous file. The image root is stored
+    relative to the project file's folder."""
+    doc = project_to_dict(project)
+    doc["image_root"] = _portable_root(project.image_root, Path(path).parent)
+    text = json.dumps(doc, indent=1, ensure_ascii=False)
     atomic_write_text(path, text)
     log.debug("saved project %s (revision %d)", path, project.revision)
 
@@ -196,6 +208,10 @@ def load_project(path: str | os.PathLike[str]) -> Project:
         raise ProjectFileError(
             f"{path}: truncated or invalid JSON at line {exc.lineno} column {exc.colno}{hint}"
         ) from None
+    if isinstance(doc, dict) and isinstance(doc.get("image_root"), str):
+        root = Path(doc["image_root"])
+        if not root.is_absolute():
+            doc["image_root"] = str((path.parent / root).resolve())
     return project_from_dict(doc, str(path))
 
 
