@@ -1,0 +1,303 @@
+"""The image view: zoom to cursor, pan, fit; click to place, drag to move, right-click menu."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import (
+    QAction,
+    QColor,
+    QContextMenuEvent,
+    QImage,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QPixmap,
+    QResizeEvent,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import QMenu, QSizePolicy, QWidget
+
+from annotator.domain import Keypoint, Origin, Visibility
+from annotator.gui.colors import confidence_color
+
+HIT_RADIUS = 10.0  # screen pixels
+POINT_RADIUS = 6.0
+MIN_SCALE, MAX_SCALE = 0.02, 64.0
+_drag_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class PointStyle:
+    """What the canvas needs to draw one keypoint slot."""
+
+    name: str
+    color: str
+    keypoint: Keypoint
+
+
+class ImageCanvas(QWidget):
+    """Shows one image with its keypoints; emits edit requests, never edits the project."""
+
+    place_requested = Signal(int, float, float)  # keypoint index, x, y (image pixels)
+    drag_moved = Signal(int, float, float, int)  # index, x, y, drag id
+    drag_finished = Signal(int)  # index
+    keypoint_clicked = Signal(int)
+    visibility_requested = Signal(int, int)  # index, v
+    zoom_changed = Signal(float)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMinimumSize(200, 150)
+        self._pixmap: QPixmap | None = None
+        self._message = "No image"
+        self._points: list[PointStyle] = []
+        self._skeleton: tuple[tuple[int, int], ...] = ()
+        self._current = 0
+        self._heat: QImage | None = None
+        self._scale = 1.0
+        self._offset = QPointF(0, 0)
+        self._fitted = True
+        self._drag: tuple[int, int] | None = None
+        self._pan_from: QPointF | None = None
+        self.threshold = 0.5
+        self.show_names = True
+
+    # ------------------------------------------------------------- content
+    def set_image(self, image: QImage | None, message: str = "") -> None:
+        """Show ``image`` fitted to the window (``message`` when there is none)."""
+        self._pixmap = QPixmap.fromImage(image) if image is not None else None
+        self._message = message
+        self._heat = None
+        self._drag = None
+        self.fit()
+
+    def set_points(
+        self,
+        points: list[PointStyle],
+        skeleton: tuple[tuple[int, int], ...],
+        current: int,
+    ) -> None:
+        self._points = points
+        self._skeleton = skeleton
+        self._current = current
+        self.update()
+
+    def set_current(self, index: int) -> None:
+        self._current = index
+        self.update()
+
+    def set_heatmap(self, heat: QImage | None) -> None:
+        self._heat = heat
+        self.update()
+
+    @property
+    def has_heatmap(self) -> bool:
+        return self._heat is not None
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        return (self._pixmap.width(), self._pixmap.height()) if self._pixmap else None
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    def to_widget(self, x: float, y: float) -> QPointF:
+        """Image pixels -> widget coordinates."""
+        return QPointF(self._offset.x() + x * self._scale, self._offset.y() + y * self._scale)
+
+    def to_image(self, p: QPointF) -> tuple[float, float]:
+        """Widget coordinates -> image pixels."""
+        return ((p.x() - self._offset.x()) / self._scale, (p.y() - self._offset.y()) / self._scale)
+
+    def fit(self) -> None:
+        """Scale the whole image into the window and centre it."""
+        self._fitted = True
+        if self._pixmap is not None and self.width() > 0 and self.height() > 0:
+            iw, ih = self._pixmap.width(), self._pixmap.height()
+            self._scale = max(MIN_SCALE, min(self.width() / iw, self.height() / ih) * 0.98)
+            self._offset = QPointF(
+                (self.width() - iw * self._scale) / 2, (self.height() - ih * self._scale) / 2
+            )
+            self.zoom_changed.emit(self._scale)
+        self.update()
+
+    def zoom_at(self, factor: float, anchor: QPointF) -> None:
+        """Zoom by ``factor`` keeping the image point under ``anchor`` fixed."""
+        new = min(MAX_SCALE, max(MIN_SCALE, self._scale * factor))
+        x, y = self.to_image(anchor)
+        self._scale = new
+        self._offset = QPointF(anchor.x() - x * new, anchor.y() - y * new)
+        self._fitted = False
+        self.zoom_changed.emit(new)
+        self.update()
+
+    def pan_by(self, dx: float, dy: float) -> None:
+        self._offset += QPointF(dx, dy)
+        self._fitted = False
+        self.update()
+
+    def hit(self, pos: QPointF) -> int | None:
+        """Index of the labelled keypoint nearest ``pos`` within the hit radius."""
+        best, best_d = None, HIT_RADIUS
+        for i, p in enumerate(self._points):
+            if not p.keypoint.labelled:
+                continue
+            w = self.to_widget(p.keypoint.x, p.keypoint.y)
+            d = ((w.x() - pos.x()) ** 2 + (w.y() - pos.y()) ** 2) ** 0.5
+            if d <= best_d:
+                best, best_d = i, d
+        return best
+
+    def _inside(self, x: float, y: float) -> bool:
+        size = self.image_size
+        return size is not None and 0 <= x < size[0] and 0 <= y < size[1]
+
+    # --------------------------------------------------------------- events
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        if self._fitted:
+            self.fit()
+        super().resizeEvent(event)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            self.zoom_at(1.15**steps, event.position())
+        event.accept()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        pos = event.position()
+        pan = event.button() == Qt.MouseButton.MiddleButton or (
+            event.button() == Qt.MouseButton.LeftButton
+            and event.modifiers() & Qt.KeyboardModifier.ControlModifier
+        )
+        if pan:
+            self._pan_from = pos
+            self.setCursor(Qt.CursorShape.ClosedHandCursor)
+            return
+        if event.button() != Qt.MouseButton.LeftButton or self._pixmap is None:
+            return
+        index = self.hit(pos)
+        if index is not None:
+            self._current = index
+            self.keypoint_clicked.emit(index)
+            self._drag = (index, next(_drag_ids))
+            return
+        x, y = self.to_image(pos)
+        if self._inside(x, y) and 0 <= self._current < len(self._points):
+            self.place_requested.emit(self._current, x, y)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        pos = event.position()
+        if self._pan_from is not None:
+            d = pos - self._pan_from
+            self._pan_from = pos
+            self.pan_by(d.x(), d.y())
+            return
+        if self._drag is not None:
+            x, y = self.to_image(pos)
+            size = self.image_size or (1, 1)
+            x = min(max(x, 0.0), size[0] - 1e-3)
+            y = min(max(y, 0.0), size[1] - 1e-3)
+            self.drag_moved.emit(self._drag[0], x, y, self._drag[1])
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if self._pan_from is not None:
+            self._pan_from = None
+            self.unsetCursor()
+            return
+        if self._drag is not None:
+            index = self._drag[0]
+            self._drag = None
+            self.drag_finished.emit(index)
+
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        index = self.hit(QPointF(event.pos()))
+        if index is None:
+            return
+        self.keypoint_clicked.emit(index)
+        self.visibility_menu(index).exec(event.globalPos())
+
+    def visibility_menu(self, index: int) -> QMenu:
+        """The right-click menu of keypoint ``index``."""
+        menu = QMenu(self)
+        for label, v in (
+            ("Visible (2)", Visibility.VISIBLE),
+            ("Occluded (1)", Visibility.OCCLUDED),
+            ("Delete / not labelled (0)", Visibility.UNLABELLED),
+        ):
+            action = QAction(label, menu)
+            action.triggered.connect(lambda _=False, v=v: self.visibility_requested.emit(index, v))
+            menu.addAction(action)
+        return menu
+
+    # ---------------------------------------------------------------- paint
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor("#1b1b1b"))
+        if self._pixmap is None:
+            painter.setPen(QColor("#c0c0c0"))
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self._message)
+            return
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._scale < 2)
+        target = QRectF(
+            self._offset.x(), self._offset.y(),
+            self._pixmap.width() * self._scale, self._pixmap.height() * self._scale,
+        )
+        painter.drawPixmap(target, self._pixmap, QRectF(self._pixmap.rect()))
+        if self._heat is not None:
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(target, self._heat, QRectF(self._heat.rect()))
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        self._paint_skeleton(painter)
+        self._paint_points(painter)
+
+    def _paint_skeleton(self, painter: QPainter) -> None:
+        for a, b in self._skeleton:
+            if a >= len(self._points) or b >= len(self._points):
+                continue
+            ka, kb = self._points[a].keypoint, self._points[b].keypoint
+            if not (ka.labelled and kb.labelled):
+                continue
+            pen = QPen(QColor(0, 0, 0, 160), 4)
+            painter.setPen(pen)
+            pa, pb = self.to_widget(ka.x, ka.y), self.to_widget(kb.x, kb.y)
+            painter.drawLine(pa, pb)
+            color = QColor(self._points[a].color)
+            color.setAlpha(220)
+            painter.setPen(QPen(color, 2))
+            painter.drawLine(pa, pb)
+
+    def _paint_points(self, painter: QPainter) -> None:
+        for i, p in enumerate(self._points):
+            kp = p.keypoint
+            if not kp.labelled:
+                continue
+            c = self.to_widget(kp.x, kp.y)
+            own = QColor(p.color)
+            predicted = kp.origin == Origin.PREDICTED
+            fill = confidence_color(kp.confidence, self.threshold) if predicted else own
+            if i == self._current:
+                painter.setPen(QPen(QColor("#ffff40"), 2))
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawEllipse(c, POINT_RADIUS + 4, POINT_RADIUS + 4)
+            pen = QPen(own if predicted else QColor("white"), 2.5 if predicted else 1.5)
+            if kp.v == Visibility.OCCLUDED:
+                pen.setStyle(Qt.PenStyle.DashLine)
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                pen.setColor(fill)
+            else:
+                painter.setBrush(fill)
+            painter.setPen(pen)
+            painter.drawEllipse(c, POINT_RADIUS, POINT_RADIUS)
+            if self.show_names and (i == self._current or self._drag is not None):
+                painter.setPen(QColor("white"))
+                painter.drawText(c + QPointF(POINT_RADIUS + 4, -POINT_RADIUS), p.name)

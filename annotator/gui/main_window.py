@@ -1,0 +1,587 @@
+"""The main window: welcome page or editor, menus, propagation, saving and autosave."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QStandardPaths, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QStackedWidget,
+    QWidget,
+)
+
+from annotator.domain import ImageAnnotation, KeypointSchema, Project
+from annotator.gui.editor import EditorPage
+from annotator.gui.progress import RateEstimator
+from annotator.gui.recent import add_recent_project
+from annotator.gui.schema_dialog import SchemaDialog
+from annotator.gui.settings_dialog import SettingsDialog
+from annotator.gui.thumbnails import ThumbnailLoader
+from annotator.gui.welcome import WelcomePage
+from annotator.gui.worker import EngineFactory, WorkerController
+from annotator.io.coco import CocoFormatError, import_coco, write_coco
+from annotator.io.project_file import (
+    PROJECT_SUFFIX,
+    Autosaver,
+    ProjectFileError,
+    load_project,
+    new_project,
+    save_project,
+)
+from annotator.io.templates import load_template
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo"
+PROJECT_FILTER = f"Annotator projects (*{PROJECT_SUFFIX});;All files (*)"
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+class MainWindow(QMainWindow):
+    """One window; ``engine_factory`` is injected by tests (default: the real engine)."""
+
+    def __init__(
+        self,
+        engine_factory: EngineFactory | None = None,
+        autosave_delay_s: float = 2.0,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Keypoint-transfer annotator")
+        self.resize(1400, 860)
+        self.project: Project | None = None
+        self.project_path: str | None = None
+        self.autosaver: Autosaver | None = None
+        self._autosave_delay = autosave_delay_s
+        self._unsubscribe: Callable[[], None] | None = None
+        self._pending: list[Any] = []
+        self._baseline: dict[str, ImageAnnotation] = {}
+        self._rate: RateEstimator | None = None
+        self._shut_down = False
+        self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
+
+        self.loader = ThumbnailLoader(parent=self)
+        self.controller = WorkerController(engine_factory, self)
+        self.welcome = WelcomePage()
+        self.editor = EditorPage(self.loader)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.welcome)
+        self.stack.addWidget(self.editor)
+        self.setCentralWidget(self.stack)
+        self._build_status_bar()
+        self._build_actions()
+        self._connect()
+
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.setInterval(500)
+        self.autosave_timer.timeout.connect(self._autosave_tick)
+        self.autosave_timer.start()
+        self.flush_timer = QTimer(self)
+        self.flush_timer.setInterval(250)
+        self.flush_timer.timeout.connect(self.flush_predictions)
+        self._update_actions()
+
+    # ---------------------------------------------------------------- layout
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setMaximumWidth(220)
+        self.progress_label = QLabel()
+        self.cancel_button = QPushButton("Cancel")
+        self.device_label = QLabel("device: -")
+        self.model_label = QLabel("models: not loaded")
+        self.cache_label = QLabel("cache: -")
+        for w in (self.progress_bar, self.progress_label, self.cancel_button):
+            bar.addPermanentWidget(w)
+            w.hide()
+        for w in (self.device_label, self.model_label, self.cache_label):
+            bar.addPermanentWidget(w)
+        self.cancel_button.clicked.connect(self.cancel_propagation)
+
+    def _action(
+        self, menu: Any, text: str, slot: Callable[[], Any], keys: tuple[Any, ...] = ()
+    ) -> QAction:
+        action = QAction(text, self)
+        if keys:
+            action.setShortcuts([QKeySequence(k) for k in keys])
+        action.triggered.connect(lambda _=False: slot())
+        menu.addAction(action)
+        self.addAction(action)  # shortcuts work whichever widget has focus
+        return action
+
+    def _build_actions(self) -> None:
+        K = QKeySequence.StandardKey
+        m = self.menuBar().addMenu("&File")
+        self.act_new = self._action(m, "&New project...", self.new_project_dialog, (K.New,))
+        self.act_open = self._action(m, "&Open project...", self.open_project_dialog, (K.Open,))
+        self.act_import = self._action(m, "&Import COCO...", self.import_coco_dialog)
+        self.act_demo = self._action(m, "Open &demo project", self.open_demo)
+        m.addSeparator()
+        self.act_save = self._action(m, "&Save", self.save, (K.Save,))
+        self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
+        self.act_export = self._action(m, "&Export COCO...", self.export_coco_dialog, ("Ctrl+E",))
+        m.addSeparator()
+        self.act_close_project = self._action(m, "&Close project", self.close_project)
+        self._action(m, "&Quit", self.close, (K.Quit,))
+
+        m = self.menuBar().addMenu("&Edit")
+        self.act_undo = self._action(m, "&Undo", self.undo, ("Ctrl+Z",))
+        self.act_redo = self._action(m, "&Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"))
+        m.addSeparator()
+        self.act_schema = self._action(m, "Keypoint &schema...", self.edit_schema)
+        self.act_settings = self._action(m, "Se&ttings...", self.edit_settings)
+
+        m = self.menuBar().addMenu("&Image")
+        e = self.editor
+        self.act_accept = self._action(m, "&Accept (mark reviewed)", e.accept_image,
+                                       ("A", "Ctrl+Return"))
+        self.act_next = self._action(m, "&Next image", lambda: e.step_image(1), ("PgDown", "."))
+        self.act_prev = self._action(m, "&Previous image", lambda: e.step_image(-1),
+                                     ("PgUp", ","))
+        self.act_next_kp = self._action(m, "Next &keypoint", lambda: e.step_keypoint(1), ("]",))
+        self.act_prev_kp = self._action(m, "Previous keypoint", lambda: e.step_keypoint(-1),
+                                        ("[",))
+        m.addSeparator()
+        self.act_v2 = self._action(m, "Visible (v=2)", lambda: e.set_visibility(2), ("2",))
+        self.act_v1 = self._action(m, "Occluded (v=1)", lambda: e.set_visibility(1), ("1",))
+        self.act_v0 = self._action(m, "Delete keypoint (v=0)", lambda: e.set_visibility(0),
+                                   ("0", "Del", "Backspace"))
+        m.addSeparator()
+        self.act_fit = self._action(m, "&Fit to window", e.canvas.fit, ("F",))
+        self.act_heatmap = self._action(
+            m, "Similarity &heatmap", lambda: e.heatmap_box.toggle(), ("H",)
+        )
+
+        m = self.menuBar().addMenu("&Run")
+        self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
+        self.act_cancel = self._action(m, "&Cancel", self.cancel_propagation, ("Esc",))
+        self.project_actions = [
+            self.act_save, self.act_save_as, self.act_export, self.act_close_project,
+            self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
+            self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
+            self.act_fit, self.act_heatmap, self.act_propagate,
+        ]
+
+    def _connect(self) -> None:
+        w = self.welcome
+        w.new_button.clicked.connect(self.new_project_dialog)
+        w.open_button.clicked.connect(self.open_project_dialog)
+        w.import_button.clicked.connect(self.import_coco_dialog)
+        w.demo_button.clicked.connect(self.open_demo)
+        w.recent_chosen.connect(self.open_project)
+        self.editor.propagate_button.clicked.connect(self.propagate)
+        self.editor.message.connect(lambda text: self.statusBar().showMessage(text, 5000))
+        self.editor.heatmap_wanted.connect(self._on_heatmap_wanted)
+        self.editor.heatmap_cleared.connect(self.controller.cancel_heatmap)
+        c = self.controller
+        c.run_progress.connect(self._on_progress)
+        c.prediction_ready.connect(self._on_prediction)
+        c.run_finished.connect(self._on_run_finished)
+        c.error.connect(self._on_worker_error)
+        c.heatmap_ready.connect(self.editor.set_heatmap)
+        c.model_state.connect(self._on_model_state)
+        c.cache_usage.connect(self._on_cache_usage)
+
+    # -------------------------------------------------------------- messages
+    def show_message(self, level: str, title: str, text: str) -> None:
+        """A message box (``level``: info, warning, error); recorded for tests."""
+        self.messages.append((level, title, text))
+        log.log(logging.ERROR if level == "error" else logging.INFO, "%s: %s", title, text)
+        box = {"info": QMessageBox.information, "warning": QMessageBox.warning,
+               "error": QMessageBox.critical}[level]
+        box(self, title, text)
+
+    def _ask_existing_dir(self, title: str, start: str = "") -> str:
+        return QFileDialog.getExistingDirectory(self, title, start)
+
+    def _ask_open_file(self, title: str, filters: str) -> str:
+        return QFileDialog.getOpenFileName(self, title, "", filters)[0]
+
+    def _ask_save_file(self, title: str, start: str, filters: str) -> str:
+        return QFileDialog.getSaveFileName(self, title, start, filters)[0]
+
+    # -------------------------------------------------------------- projects
+    def set_project(self, project: Project | None, path: str | None) -> None:
+        """Show ``project`` (saved at ``path``); None returns to the welcome page."""
+        self._detach_project()
+        self.project, self.project_path = project, path
+        if project is not None:
+            self.loader.set_root(project.image_root)
+            self._unsubscribe = project.subscribe(self._on_project_changed)
+            if path:
+                self.autosaver = Autosaver(project, path, delay_s=self._autosave_delay)
+                add_recent_project(path)
+            self.editor.set_project(project)
+            self.stack.setCurrentWidget(self.editor)
+            self.device_label.setText(f"device: {project.settings.device}")
+        else:
+            self.editor.set_project(None)
+            self.welcome.refresh()
+            self.stack.setCurrentWidget(self.welcome)
+        self._update_title()
+        self._update_actions()
+
+    def _detach_project(self) -> None:
+        if self.controller.busy:
+            self.controller.cancel()
+        self.flush_predictions()
+        if self.autosaver is not None:
+            try:
+                self.autosaver.close()
+            except OSError as exc:
+                self.show_message("error", "Autosave failed", str(exc))
+            self.autosaver = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def close_project(self) -> None:
+        self.set_project(None, None)
+
+    def new_project(self, image_root: str, schema: KeypointSchema, path: str) -> Project | None:
+        """Create a project over the images under ``image_root`` and save it at ``path``."""
+        try:
+            project = new_project(image_root, schema)
+        except (OSError, ValueError) as exc:
+            self.show_message("error", "New project", str(exc))
+            return None
+        if not len(project):
+            self.show_message("error", "New project", f"No images found under {image_root}")
+            return None
+        try:
+            save_project(project, path)
+        except OSError as exc:
+            self.show_message("error", "New project", f"Cannot save {path}: {exc}")
+            return None
+        self.set_project(project, path)
+        return project
+
+    def new_project_dialog(self) -> None:
+        root = self._ask_existing_dir("Image folder")
+        if not root:
+            return
+        try:
+            start = load_template("person")
+        except ValueError:
+            start = None
+        dialog = SchemaDialog(start, self)
+        if dialog.exec() != SchemaDialog.DialogCode.Accepted:
+            return
+        default = os.path.join(root, Path(root).name + PROJECT_SUFFIX)
+        path = self._ask_save_file("Save the new project as", default, PROJECT_FILTER)
+        if path:
+            self.new_project(root, dialog.schema, path)
+
+    def open_project(self, path: str) -> Project | None:
+        try:
+            project = load_project(path)
+        except ProjectFileError as exc:
+            self.show_message("error", "Open project", str(exc))
+            return None
+        if not os.path.isdir(project.image_root):
+            self.show_message("warning", "Open project",
+                              f"The image folder {project.image_root} is missing; images will "
+                              "show as unreadable.")
+        self.set_project(project, path)
+        return project
+
+    def open_project_dialog(self) -> None:
+        path = self._ask_open_file("Open project", PROJECT_FILTER)
+        if path:
+            self.open_project(path)
+
+    def import_coco(self, json_path: str, image_root: str, path: str) -> Project | None:
+        try:
+            project = import_coco(json_path, image_root)
+            save_project(project, path)
+        except (CocoFormatError, OSError, ValueError) as exc:
+            self.show_message("error", "Import COCO", str(exc))
+            return None
+        self.set_project(project, path)
+        return project
+
+    def import_coco_dialog(self) -> None:
+        json_path = self._ask_open_file("COCO keypoints file", "COCO JSON (*.json);;All (*)")
+        if not json_path:
+            return
+        root = self._ask_existing_dir("Image folder of that file", os.path.dirname(json_path))
+        if not root:
+            return
+        default = os.path.splitext(json_path)[0] + PROJECT_SUFFIX
+        path = self._ask_save_file("Save the imported project as", default, PROJECT_FILTER)
+        if path:
+            self.import_coco(json_path, root, path)
+
+    def open_demo(self, target: str | None = None) -> Project | None:
+        """Copy the shipped demo to a writable folder (once) and open it."""
+        base = target or os.path.join(
+            QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+            or os.path.expanduser("~/.keypoint-annotator"),
+            "demo",
+        )
+        project_file = os.path.join(base, "demo" + PROJECT_SUFFIX)
+        try:
+            if not os.path.isfile(project_file):
+                shutil.copytree(DEMO_DIR, base, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("make_demo.py", "*~"))
+        except OSError as exc:
+            self.show_message("error", "Demo project", f"Cannot copy the demo: {exc}")
+            return None
+        return self.open_project(project_file)
+
+    def save(self) -> bool:
+        if self.project is None:
+            return False
+        if not self.project_path:
+            return self.save_as_dialog()
+        return self.save_as(self.project_path)
+
+    def save_as(self, path: str) -> bool:
+        assert self.project is not None
+        try:
+            save_project(self.project, path)
+        except OSError as exc:
+            self.show_message("error", "Save", f"Cannot save {path}: {exc}")
+            return False
+        if path != self.project_path:
+            if self.autosaver is not None:
+                self.autosaver.close()
+            self.project_path = path
+            self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay)
+            add_recent_project(path)
+        else:
+            self.autosaver and self.autosaver.flush()
+        self.statusBar().showMessage(f"Saved {path}", 3000)
+        self._update_title()
+        return True
+
+    def save_as_dialog(self) -> bool:
+        if self.project is None:
+            return False
+        path = self._ask_save_file("Save project as", self.project_path or "", PROJECT_FILTER)
+        return self.save_as(path) if path else False
+
+    def export_coco(self, path: str) -> bool:
+        if self.project is None:
+            return False
+        self.flush_predictions()
+        try:
+            write_coco(self.project, path)
+        except (OSError, ValueError) as exc:
+            self.show_message("error", "Export COCO", str(exc))
+            return False
+        self.statusBar().showMessage(f"Exported {path}", 5000)
+        return True
+
+    def export_coco_dialog(self) -> None:
+        if self.project is None:
+            return
+        start = os.path.splitext(self.project_path or "annotations")[0] + "_coco.json"
+        path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
+        if path:
+            self.export_coco(path)
+
+    def _autosave_tick(self) -> None:
+        if self.autosaver is None:
+            return
+        try:
+            if self.autosaver.maybe_save():
+                self._update_title()
+        except OSError as exc:
+            self.autosaver.notify()  # retry after the delay
+            self.statusBar().showMessage(f"Autosave failed: {exc}", 10_000)
+
+    # ---------------------------------------------------------------- edits
+    def undo(self) -> None:
+        if self.project is not None:
+            text = self.project.undo()
+            if text:
+                self.statusBar().showMessage(f"Undid: {text}", 3000)
+
+    def redo(self) -> None:
+        if self.project is not None:
+            text = self.project.redo()
+            if text:
+                self.statusBar().showMessage(f"Redid: {text}", 3000)
+
+    def edit_schema(self) -> None:
+        if self.project is None:
+            return
+        dialog = SchemaDialog(self.project.schema, self)
+        if dialog.exec() == SchemaDialog.DialogCode.Accepted and (
+            dialog.schema != self.project.schema
+        ):
+            self.project.set_schema(dialog.schema, dialog.index_map)
+
+    def edit_settings(self) -> None:
+        if self.project is None:
+            return
+        dialog = SettingsDialog(self.project.settings, self)
+        if dialog.exec() == SettingsDialog.DialogCode.Accepted:
+            self.project.set_settings(dialog.settings())
+            self.device_label.setText(f"device: {self.project.settings.device}")
+
+    def _on_project_changed(self, paths: frozenset[str]) -> None:
+        self.editor.project_changed(paths)
+        self._update_actions()
+        self._update_title()
+
+    def _update_actions(self) -> None:
+        has = self.project is not None
+        for action in self.project_actions:
+            action.setEnabled(has)
+        history = self.project.history if has else None
+        self.act_undo.setEnabled(bool(history and history.can_undo))
+        self.act_redo.setEnabled(bool(history and history.can_redo))
+        self.act_undo.setText(f"&Undo {history.undo_text}" if history and history.can_undo
+                              else "&Undo")
+        self.act_redo.setText(f"&Redo {history.redo_text}" if history and history.can_redo
+                              else "&Redo")
+        self.act_cancel.setEnabled(self.controller.busy)
+
+    def _update_title(self) -> None:
+        title = "Keypoint-transfer annotator"
+        if self.project is not None:
+            name = os.path.basename(self.project_path) if self.project_path else "unsaved"
+            dirty = self.autosaver is None or self.autosaver.dirty
+            title = f"{name}{' *' if dirty else ''} - {title}"
+        self.setWindowTitle(title)
+
+    # ----------------------------------------------------------- propagation
+    def propagate(self) -> bool:
+        """Send the project to the worker; predictions stream back into the gallery."""
+        if self.project is None:
+            return False
+        if not self.project.reference_paths():
+            self.show_message("info", "Propagate",
+                              "Label a reference image first: select an image, click to place "
+                              "its keypoints, then press Propagate.")
+            return False
+        self.flush_predictions()
+        self._baseline = self.project.annotations()
+        self.controller.propagate(self.project)
+        self._rate = RateEstimator(0)
+        self.progress_bar.setRange(0, 0)
+        for w in (self.progress_bar, self.progress_label, self.cancel_button):
+            w.show()
+        self.progress_label.setText("starting...")
+        self.flush_timer.start()
+        self._update_actions()
+        return True
+
+    def cancel_propagation(self) -> None:
+        if self.controller.busy:
+            self.controller.cancel()
+
+    def _on_progress(self, done: int, total: int, _message: str) -> None:
+        if self._rate is None:
+            return
+        if done == 0:  # models are loaded now: time the images only
+            self._rate = RateEstimator(total)
+        self._rate.update(done, total)
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(done)
+        self.progress_label.setText(self._rate.text())
+
+    def _on_prediction(self, prediction: Any) -> None:
+        self._pending.append(prediction)
+
+    def flush_predictions(self) -> None:
+        """Apply the predictions received so far as one undo step."""
+        if not self._pending or self.project is None:
+            self._pending.clear()
+            return
+        preds, self._pending = self._pending, []
+        fresh = []
+        for pred in preds:
+            if pred.error is not None:
+                self.editor.gallery.model.mark_unreadable(pred.path, pred.error)
+                continue
+            empty = ImageAnnotation()
+            if self.project.annotation(pred.path) != self._baseline.get(pred.path, empty):
+                continue  # the user edited this image during the run: keep their work
+            fresh.append(pred)
+        if fresh:
+            # The worker imported this module already; this is a dictionary lookup.
+            from annotator.jobs.propagate import apply_predictions
+
+            apply_predictions(self.project, fresh)
+            for path in (p.path for p in fresh):
+                self._baseline[path] = self.project.annotation(path)
+
+    def _on_run_finished(self, outcome: str) -> None:
+        self.flush_predictions()
+        self.flush_timer.stop()
+        for w in (self.progress_bar, self.progress_label, self.cancel_button):
+            w.hide()
+        text = {"done": "Propagation finished", "cancelled": "Propagation cancelled",
+                "failed": "Propagation failed"}.get(outcome, outcome)
+        if self._rate is not None and outcome == "done":
+            text += f": {self._rate.done} images in {self._rate.elapsed:.1f} s"
+        self._rate = None
+        self.statusBar().showMessage(text, 8000)
+        self._update_actions()
+        self.editor.gallery.model.images_changed(frozenset())
+
+    def _on_worker_error(self, kind: str, message: str) -> None:
+        if kind == "models":
+            self.show_message("warning", "Models unavailable", message)
+        else:
+            self.show_message("error", "Worker error", message)
+
+    def _on_model_state(self, state: str, detail: str) -> None:
+        if state == "ready":
+            self.model_label.setText("models: ready")
+            self.device_label.setText(f"device: {detail}")
+        elif state == "loading":
+            self.model_label.setText("models: loading...")
+        else:
+            self.model_label.setText("models: unavailable")
+            self.model_label.setToolTip(detail)
+
+    def _on_cache_usage(self, used: int) -> None:
+        cap = self.project.settings.cache_cap_gb if self.project else 0
+        self.cache_label.setText(f"cache: {human_bytes(int(used))} / {cap:g} GB")
+
+    def _on_heatmap_wanted(self, reference: str, x: float, y: float, target: str) -> None:
+        if self.project is not None:
+            self.controller.request_heatmap(self.project, reference, (x, y), target)
+
+    # ---------------------------------------------------------------- close
+    def shutdown(self) -> None:
+        """Cancel and join the worker, stop thumbnail loads, flush the autosave (idempotent)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.autosave_timer.stop()
+        self.flush_timer.stop()
+        self.controller.shutdown()
+        self.loader.stop()
+        self._detach_project()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.shutdown()
+        event.accept()
+
+
+__all__ = ["MainWindow", "Qt"]

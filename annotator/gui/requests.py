@@ -1,0 +1,61 @@
+"""Frozen orders the GUI sends to the worker thread: the worker never reads live objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from annotator.domain import (
+    ImageAnnotation,
+    ImageRecord,
+    KeypointSchema,
+    Project,
+    ProjectSettings,
+)
+
+
+@dataclass(frozen=True)
+class ProjectSnapshot:
+    """An immutable copy of everything a job needs from a project."""
+
+    image_root: str
+    images: tuple[ImageRecord, ...]
+    schema: KeypointSchema
+    annotations: tuple[tuple[str, ImageAnnotation], ...]
+    settings: ProjectSettings
+
+    @classmethod
+    def of(cls, project: Project) -> ProjectSnapshot:
+        return cls(
+            project.image_root,
+            project.images,
+            project.schema,
+            tuple(project.annotations().items()),
+            project.settings,
+        )
+
+    def to_project(self) -> Project:
+        """A private project rebuilt from the snapshot (owned by whoever calls this)."""
+        return Project(
+            self.image_root, self.images, self.schema, dict(self.annotations), self.settings
+        )
+
+
+@dataclass(frozen=True)
+class PropagateOrder:
+    """Transfer keypoints from the references to ``targets`` (None: the job's default)."""
+
+    request_id: int
+    snapshot: ProjectSnapshot
+    targets: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class HeatmapOrder:
+    """Similarity of one reference keypoint over every cell of a target image."""
+
+    request_id: int
+    image_root: str
+    settings: ProjectSettings
+    reference: str
+    point: tuple[float, float]
+    target: str

@@ -1,0 +1,122 @@
+"""Engine settings: model ids or local folders, device, precision, preset, cache."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
+
+from annotator.domain import ProjectSettings
+
+# Kept here rather than imported from annotator.features so the GUI never imports that package.
+PRESETS = ("paper", "fast")
+FUSIONS = ("copca", "concat", "dino", "sd")
+DEVICES = ("auto", "cuda", "cpu", "mps")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def _combo(values: tuple[str, ...], current: str) -> QComboBox:
+    box = QComboBox()
+    box.setEditable(current not in values)
+    box.addItems(list(values) + ([current] if current not in values else []))
+    box.setCurrentText(current)
+    return box
+
+
+class PathField(QWidget):
+    """A line edit with a Browse... button for a folder."""
+
+    def __init__(self, text: str, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.edit = QLineEdit(text)
+        self.button = QPushButton("Browse...")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(self.button)
+        self.button.clicked.connect(
+            lambda: self.edit.setText(
+                QFileDialog.getExistingDirectory(self, title, self.edit.text()) or self.edit.text()
+            )
+        )
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+
+class SettingsDialog(QDialog):
+    """Edit a :class:`ProjectSettings`; ``settings()`` returns the result."""
+
+    def __init__(self, settings: ProjectSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.resize(620, 380)
+        self._base = settings
+        self.sd_model = PathField(settings.sd_model, "Stable Diffusion 1.5 folder")
+        self.sd_model.edit.setToolTip("Hugging Face id or a local diffusers folder")
+        self.dino_model = PathField(settings.dino_model, "DINOv2 folder")
+        self.dino_model.edit.setToolTip("Hugging Face id or a local transformers folder")
+        self.preset = _combo(PRESETS, settings.preset)
+        self.fusion = _combo(FUSIONS, settings.fusion)
+        self.device = _combo(DEVICES, settings.device)
+        self.dtype = _combo(DTYPES, settings.dtype)
+        self.flip = QCheckBox("Flip-aware matching (uses left/right partners)")
+        self.flip.setChecked(settings.flip)
+        self.soft_argmax = QCheckBox("Sub-cell refinement (window soft-argmax)")
+        self.soft_argmax.setChecked(settings.soft_argmax)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(settings.review_threshold)
+        self.cache_dir = PathField(settings.cache_dir, "Feature cache folder")
+        self.cache_dir.edit.setPlaceholderText("default: the user cache folder")
+        self.cache_cap = QDoubleSpinBox()
+        self.cache_cap.setRange(0.0, 10_000.0)
+        self.cache_cap.setSuffix(" GB")
+        self.cache_cap.setValue(settings.cache_cap_gb)
+        form = QFormLayout(self)
+        form.addRow("SD 1.5 model", self.sd_model)
+        form.addRow("DINOv2 model", self.dino_model)
+        form.addRow("Preset", self.preset)
+        form.addRow("Fusion", self.fusion)
+        form.addRow("Device", self.device)
+        form.addRow("Precision", self.dtype)
+        form.addRow("", self.flip)
+        form.addRow("", self.soft_argmax)
+        form.addRow("Review below confidence", self.threshold)
+        form.addRow("Cache folder", self.cache_dir)
+        form.addRow("Cache size cap", self.cache_cap)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def settings(self) -> ProjectSettings:
+        return replace(
+            self._base,
+            sd_model=self.sd_model.text() or self._base.sd_model,
+            dino_model=self.dino_model.text() or self._base.dino_model,
+            preset=self.preset.currentText(),
+            fusion=self.fusion.currentText(),
+            device=self.device.currentText(),
+            dtype=self.dtype.currentText(),
+            flip=self.flip.isChecked(),
+            soft_argmax=self.soft_argmax.isChecked(),
+            review_threshold=float(self.threshold.value()),
+            cache_dir=self.cache_dir.text(),
+            cache_cap_gb=float(self.cache_cap.value()),
+        )

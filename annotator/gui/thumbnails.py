@@ -1,0 +1,153 @@
+"""Lazy thumbnails: decoded on a QThreadPool off the GUI thread, newest request first, cached."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QThreadPool, Signal
+from PySide6.QtGui import QImage, QPixmap
+
+from annotator.gui.qimage import rgb_to_qimage
+from annotator.io.images import ImageLoadError, load_thumbnail
+
+log = logging.getLogger(__name__)
+
+
+class _Emitter(QObject):
+    """Lives on the GUI thread; pool threads emit through it (queued to the GUI)."""
+
+    done = Signal(int, str, object, str)  # generation, path, QImage or None, error
+
+
+def _decode(emit: Callable[..., None], generation: int, path: str, full: str, size: int) -> None:
+    """Pool-thread body: decode one thumbnail and report it (QImage is thread-safe)."""
+    try:
+        img: QImage | None = rgb_to_qimage(load_thumbnail(full, size))
+        err = ""
+    except ImageLoadError as exc:
+        img, err = None, str(exc)
+    except Exception as exc:  # never let a pool thread die silently
+        img, err = None, f"{type(exc).__name__}: {exc}"
+    emit(generation, path, img, err)
+
+
+_LOADERS: weakref.WeakSet[ThumbnailLoader] = weakref.WeakSet()
+
+
+def busy_thumbnail_threads() -> int:
+    """Pool threads of all loaders still decoding (for tests)."""
+    return sum(loader.active_threads for loader in list(_LOADERS))
+
+
+class ThumbnailLoader(QObject):
+    """Serves cached thumbnails and loads missing ones in the background.
+
+    Requests form a stack (the most recent first) and at most ``max_threads`` decodes run at
+    once, so fast scrolling through 10,000 images only decodes what was last on screen.
+    """
+
+    loaded = Signal(str)  # path whose thumbnail (or error) is now available
+
+    def __init__(
+        self, size: int = 128, cache_size: int = 4000, max_threads: int = 2,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.size = size
+        self._cache_size = cache_size
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(max_threads)
+        self._emitter = _Emitter(self)
+        self._emitter.done.connect(self._on_done)
+        self._cache: OrderedDict[str, QPixmap] = OrderedDict()
+        self._errors: dict[str, str] = {}
+        self._stack: list[str] = []
+        self._queued: set[str] = set()
+        self._in_flight: set[str] = set()
+        self._root = ""
+        self._generation = 0
+        self._max_stack = 512
+        _LOADERS.add(self)
+
+    def set_root(self, root: str) -> None:
+        """Forget everything and serve images under ``root``."""
+        self._generation += 1
+        self._root = root
+        self._cache.clear()
+        self._errors.clear()
+        self._stack.clear()
+        self._queued.clear()
+        self._in_flight.clear()
+
+    def pixmap(self, path: str) -> QPixmap | None:
+        """The cached thumbnail, or None (and a background load is scheduled)."""
+        pm = self._cache.get(path)
+        if pm is not None:
+            self._cache.move_to_end(path)
+            return pm
+        if path not in self._errors:
+            self.request(path)
+        return None
+
+    def error(self, path: str) -> str | None:
+        """Why ``path`` could not be read, if it could not."""
+        return self._errors.get(path)
+
+    def request(self, path: str) -> None:
+        if path in self._in_flight:
+            return
+        if path in self._queued:
+            self._stack.remove(path)
+        self._stack.append(path)
+        self._queued.add(path)
+        if len(self._stack) > self._max_stack:  # long-gone rows: forget them
+            for old in self._stack[: -self._max_stack]:
+                self._queued.discard(old)
+            del self._stack[: -self._max_stack]
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._stack and len(self._in_flight) < self._pool.maxThreadCount():
+            path = self._stack.pop()
+            self._queued.discard(path)
+            self._in_flight.add(path)
+            full = str(Path(self._root) / path)
+            task = partial(_decode, self._emitter.done.emit, self._generation, path, full,
+                           self.size)
+            self._pool.start(task)
+
+    def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:
+        if generation != self._generation:
+            return
+        self._in_flight.discard(path)
+        if image is not None:
+            self._cache[path] = QPixmap.fromImage(image)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            log.info("thumbnail of %s failed: %s", path, error)
+            self._errors[path] = error or "unreadable"
+        self.loaded.emit(path)
+        self._pump()
+
+    def mark_unreadable(self, path: str, error: str) -> None:
+        """Record an error found elsewhere (e.g. by the worker)."""
+        self._errors[path] = error
+        self.loaded.emit(path)
+
+    def stop(self, timeout_ms: int = 10_000) -> bool:
+        """Drop queued work and wait for running decodes."""
+        self._generation += 1
+        self._stack.clear()
+        self._queued.clear()
+        self._in_flight.clear()
+        return bool(self._pool.waitForDone(timeout_ms))
+
+    @property
+    def active_threads(self) -> int:
+        return self._pool.activeThreadCount()

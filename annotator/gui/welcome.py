@@ -1,0 +1,62 @@
+"""The start page: new project, open, import COCO, the demo, recent projects."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from annotator.gui.recent import recent_projects
+
+
+class WelcomePage(QWidget):
+    """Buttons for the ways to start; the main window connects them."""
+
+    recent_chosen = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        title = QLabel("<h1>Keypoint-transfer annotator</h1>"
+                       "<p>Label one image, propagate to the rest, review the worst first.</p>")
+        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.new_button = QPushButton("New project from an image folder...")
+        self.open_button = QPushButton("Open project...")
+        self.import_button = QPushButton("Import COCO keypoints...")
+        self.demo_button = QPushButton("Open the demo project (cat faces)")
+        self.recent = QListWidget()
+        self.recent.setMaximumHeight(220)
+        buttons = QVBoxLayout()
+        for b in (self.new_button, self.open_button, self.import_button, self.demo_button):
+            b.setMinimumHeight(36)
+            buttons.addWidget(b)
+        buttons.addWidget(QLabel("Recent projects"))
+        buttons.addWidget(self.recent)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addLayout(buttons, 2)
+        row.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addStretch(1)
+        layout.addWidget(title)
+        layout.addLayout(row)
+        layout.addStretch(2)
+        self.recent.itemActivated.connect(
+            lambda item: self.recent_chosen.emit(item.data(Qt.ItemDataRole.UserRole))
+        )
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.recent.clear()
+        for path in recent_projects():
+            item = QListWidgetItem(f"{os.path.basename(path)}   ({os.path.dirname(path)})")
+            item.setData(Qt.ItemDataRole.UserRole, path)
+            self.recent.addItem(item)

@@ -1,0 +1,318 @@
+"""The one long-lived worker thread that owns the engine (models, GPU).
+
+:class:`EngineWorker` is a thin Qt adapter around the plain-Python jobs in ``annotator.jobs``;
+it lives on its own QThread and imports the model stack (torch) lazily, on that thread only.
+:class:`WorkerController` is its GUI-side handle: it sends frozen orders through queued
+signals, drops stale results by request id, cancels cooperatively and joins on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from annotator.domain import Project, ProjectSettings
+from annotator.gui.requests import HeatmapOrder, ProjectSnapshot, PropagateOrder
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ProjectSettings], Any]
+_LIVE_THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
+
+MODELS_HELP = (
+    "The feature models could not be loaded, so Propagate is unavailable for now.\n\n"
+    "What to do:\n"
+    "  - online: press Propagate again; the weights download through Hugging Face "
+    "(a few GB, once);\n"
+    "  - offline: download the models on another machine (huggingface-cli download "
+    "stable-diffusion-v1-5/stable-diffusion-v1-5 and facebook/dinov2-base) and set their "
+    "local folders in Settings > Models;\n"
+    "  - check the device and precision in Settings.\n\n"
+    "Manual annotation, review and export keep working."
+)
+
+
+def default_engine_factory(settings: ProjectSettings) -> Any:
+    """Build the real engine (imports torch); called on the worker thread only."""
+    from annotator.jobs.propagate import build_engine
+
+    return build_engine(settings)
+
+
+def running_worker_threads() -> list[QThread]:
+    """Worker threads created by this module that are still running (for tests)."""
+    return [t for t in list(_LIVE_THREADS) if t.isRunning()]
+
+
+def folder_size(path: str) -> int:
+    """Total bytes of the files under ``path`` (0 when it does not exist)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, name))
+            except OSError:
+                pass
+    return total
+
+
+class EngineWorker(QObject):
+    """Runs jobs on the worker thread; every result goes out through a signal."""
+
+    model_state = Signal(str, str)  # state ("loading", "ready", "failed"), device or message
+    progress = Signal(int, int, int, str)  # request id, done, total, message
+    prediction = Signal(int, object)  # request id, annotator.jobs.propagate.Prediction
+    finished = Signal(int, str)  # request id, outcome: "done", "cancelled", "failed"
+    failed = Signal(int, str, str)  # request id, kind ("models" or "error"), message
+    heatmap_ready = Signal(int, object)  # request id, (H, W) float array over the target
+    cache_usage = Signal(object)  # bytes used by the feature cache
+
+    def __init__(self, engine_factory: EngineFactory | None = None) -> None:
+        super().__init__()
+        self._factory = engine_factory or default_engine_factory
+        self._engine: Any = None
+        self._engine_key: object = None
+        self._lock = threading.Lock()
+        self._states: dict[int, Any] = {}
+        self._cancelled: set[int] = set()
+
+    # ------------------------------------------------ called from the GUI thread
+    def request_cancel(self, request_id: int) -> None:
+        """Thread-safe: cancel ``request_id`` (running or still queued)."""
+        with self._lock:
+            self._cancelled.add(request_id)
+            state = self._states.get(request_id)
+        if state is not None:
+            state.cancel()
+
+    # ------------------------------------------------------ worker-thread slots
+    def _engine_for(self, settings: ProjectSettings) -> Any:
+        key = settings
+        if self._engine is None or self._engine_key != key:
+            self._engine = None
+            self.model_state.emit("loading", settings.device)
+            engine = self._factory(settings)
+            extractor = getattr(engine, "extractor", None)  # loads the models now, if lazy
+            device = getattr(extractor, "device", None) or getattr(
+                getattr(engine, "runtime", None), "device", settings.device
+            )
+            self._engine, self._engine_key = engine, key
+            self.model_state.emit("ready", str(device))
+        return self._engine
+
+    def _load_engine(self, request_id: int, settings: ProjectSettings) -> Any | None:
+        try:
+            return self._engine_for(settings)
+        except Exception as exc:  # missing weights, no torch, bad device: all "models"
+            log.warning("engine could not be built: %s", exc, exc_info=True)
+            self.model_state.emit("failed", f"{type(exc).__name__}: {exc}")
+            self.failed.emit(request_id, "models", f"{exc}\n\n{MODELS_HELP}")
+            return None
+
+    @Slot(object)
+    def run_propagation(self, order: PropagateOrder) -> None:
+        rid = order.request_id
+        outcome = "failed"
+        try:
+            from annotator.jobs.progress import Cancelled, TaskState
+
+            state = TaskState()
+            with self._lock:
+                self._states[rid] = state
+                if rid in self._cancelled:
+                    state.cancel()
+            if state.is_cancelled():
+                outcome = "cancelled"
+                return
+            engine = self._load_engine(rid, order.snapshot.settings)
+            if engine is None:
+                return
+            from annotator.jobs import propagate as job
+
+            project = order.snapshot.to_project()
+            targets = list(order.targets) if order.targets is not None else None
+            request = job.PropagateRequest.from_project(project, targets=targets)
+            total = len(request.targets)
+            self.progress.emit(rid, 0, total, "")
+            done = 0
+            try:
+                for pred in job.run_propagation(request, engine, state):
+                    done += 1
+                    self.prediction.emit(rid, pred)
+                    self.progress.emit(rid, done, total, str(pred.path))
+                    if state.is_cancelled():
+                        break
+                outcome = "cancelled" if state.is_cancelled() else "done"
+            except Cancelled:
+                outcome = "cancelled"
+        except Exception as exc:
+            log.error("propagation %d failed:\n%s", rid, traceback.format_exc())
+            if type(exc).__name__ == "ModelLoadError":
+                self.failed.emit(rid, "models", f"{exc}\n\n{MODELS_HELP}")
+            else:
+                self.failed.emit(rid, "error", f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._states.pop(rid, None)
+                self._cancelled.discard(rid)
+            self.finished.emit(rid, outcome)
+            self._report_cache(order.snapshot.settings)
+
+    @Slot(object)
+    def compute_heatmap(self, order: HeatmapOrder) -> None:
+        rid = order.request_id
+        with self._lock:
+            if rid in self._cancelled:
+                self._cancelled.discard(rid)
+                return
+        engine = self._load_engine(rid, order.settings)
+        if engine is None:
+            return
+        try:
+            from annotator.gui.heatmap_job import similarity_map
+
+            heat = similarity_map(engine, order)
+            self.heatmap_ready.emit(rid, heat)
+        except Exception as exc:
+            log.error("heatmap %d failed:\n%s", rid, traceback.format_exc())
+            self.failed.emit(rid, "error", f"Heatmap: {type(exc).__name__}: {exc}")
+
+    def _report_cache(self, settings: ProjectSettings) -> None:
+        stats_fn = getattr(self._engine, "cache_stats", None)
+        try:
+            stats = stats_fn() if stats_fn is not None else None
+        except Exception:  # a cache problem must not break the run
+            log.warning("cache statistics unavailable", exc_info=True)
+            stats = None
+        if stats is not None:
+            self.cache_usage.emit(int(stats.disk_bytes))
+        elif settings.cache_dir:
+            self.cache_usage.emit(folder_size(settings.cache_dir))
+
+
+class WorkerController(QObject):
+    """GUI-side handle of the worker: request ids, stale-result filtering, cancel, join."""
+
+    model_state = Signal(str, str)
+    run_started = Signal(int)  # total is unknown until the worker reports
+    run_progress = Signal(int, int, str)  # done, total, message
+    prediction_ready = Signal(object)
+    run_finished = Signal(str)  # outcome
+    error = Signal(str, str)  # kind, message
+    heatmap_ready = Signal(object)
+    cache_usage = Signal(object)
+
+    _send_propagate = Signal(object)
+    _send_heatmap = Signal(object)
+
+    def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self._next_id = 0
+        self._run_id: int | None = None
+        self._heatmap_id: int | None = None
+        self._thread = QThread()
+        self._thread.setObjectName("annotator-engine-worker")
+        _LIVE_THREADS.add(self._thread)
+        self._worker = EngineWorker(engine_factory)
+        self._worker.moveToThread(self._thread)
+        self._send_propagate.connect(self._worker.run_propagation)
+        self._send_heatmap.connect(self._worker.compute_heatmap)
+        self._worker.model_state.connect(self.model_state)
+        self._worker.progress.connect(self._on_progress)
+        self._worker.prediction.connect(self._on_prediction)
+        self._worker.finished.connect(self._on_finished)
+        self._worker.failed.connect(self._on_failed)
+        self._worker.heatmap_ready.connect(self._on_heatmap)
+        self._worker.cache_usage.connect(self.cache_usage)
+        self._thread.finished.connect(self._worker.deleteLater)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """True while a propagation is queued or running."""
+        return self._run_id is not None
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # -------------------------------------------------------------- requests
+    def propagate(self, project: Project, targets: list[str] | None = None) -> int:
+        """Start propagating from a snapshot of ``project``; cancels any run in progress."""
+        if self._run_id is not None:
+            self.cancel()
+        rid = self._new_id()
+        self._run_id = rid
+        t = tuple(targets) if targets is not None else None
+        self._send_propagate.emit(PropagateOrder(rid, ProjectSnapshot.of(project), t))
+        self.run_started.emit(rid)
+        return rid
+
+    def request_heatmap(
+        self, project: Project, reference: str, point: tuple[float, float], target: str
+    ) -> int:
+        """Ask for a similarity heatmap; only the newest request's result is delivered."""
+        if self._heatmap_id is not None:
+            self._worker.request_cancel(self._heatmap_id)
+        rid = self._new_id()
+        self._heatmap_id = rid
+        self._send_heatmap.emit(
+            HeatmapOrder(rid, project.image_root, project.settings, reference, point, target)
+        )
+        return rid
+
+    def cancel_heatmap(self) -> None:
+        if self._heatmap_id is not None:
+            self._worker.request_cancel(self._heatmap_id)
+            self._heatmap_id = None
+
+    def cancel(self) -> None:
+        """Cancel the current run; its later results are dropped."""
+        rid, self._run_id = self._run_id, None
+        if rid is not None:
+            self._worker.request_cancel(rid)
+            self.run_finished.emit("cancelled")
+
+    def shutdown(self, timeout_ms: int = 120_000) -> bool:
+        """Cancel everything, stop the thread and join it; returns whether it stopped."""
+        self.cancel()
+        self.cancel_heatmap()
+        if not self._thread.isRunning():
+            return True
+        self._thread.quit()
+        ok = self._thread.wait(timeout_ms)
+        if not ok:
+            log.error("worker thread did not stop within %d ms", timeout_ms)
+        return bool(ok)
+
+    # --------------------------------------------------------------- results
+    def _on_progress(self, rid: int, done: int, total: int, message: str) -> None:
+        if rid == self._run_id:
+            self.run_progress.emit(done, total, message)
+
+    def _on_prediction(self, rid: int, pred: object) -> None:
+        if rid == self._run_id:
+            self.prediction_ready.emit(pred)
+
+    def _on_finished(self, rid: int, outcome: str) -> None:
+        if rid == self._run_id:
+            self._run_id = None
+            self.run_finished.emit(outcome)
+
+    def _on_failed(self, rid: int, kind: str, message: str) -> None:
+        if rid in (self._run_id, self._heatmap_id):
+            if rid == self._heatmap_id:
+                self._heatmap_id = None
+            self.error.emit(kind, message)
+
+    def _on_heatmap(self, rid: int, heat: object) -> None:
+        if rid == self._heatmap_id:
+            self._heatmap_id = None
+            self.heatmap_ready.emit(heat)

@@ -1,0 +1,184 @@
+"""Gallery at scale, schema editing, startup cost and small helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from PySide6.QtCore import Qt
+
+from annotator.domain import (
+    ImageAnnotation,
+    ImageRecord,
+    ImageStatus,
+    Instance,
+    Keypoint,
+    KeypointSchema,
+    Origin,
+    Project,
+    Visibility,
+)
+from annotator.gui.gallery import GalleryFilter, GalleryPanel, GallerySort
+from annotator.gui.progress import RateEstimator, format_duration
+from annotator.gui.schema_dialog import SchemaDialog
+from annotator.gui.thumbnails import ThumbnailLoader
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    DEMO_IMAGES,
+    ROOT,
+    no_thread_leaks,
+    qt_isolated,
+)
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
+SCHEMA = KeypointSchema("thing", ("a", "b"))
+
+
+def big_project(tmp_path, n: int) -> Project:  # noqa: ANN001
+    """``n`` images (hard links to one small JPEG), a third of them predicted."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    src = DEMO_IMAGES / "chelsea_small.jpg"
+    records = []
+    annotations = {}
+    for i in range(n):
+        name = f"img_{i:05d}.jpg"
+        os.link(src, folder / name)
+        records.append(ImageRecord(name))
+        if i % 3 == 0:
+            kp = Keypoint(5, 5, Visibility.VISIBLE, Origin.PREDICTED, (i * 7919 % 1000) / 1000)
+            annotations[name] = ImageAnnotation(
+                (Instance((kp, kp)),), ImageStatus.PREDICTED
+            )
+    return Project(str(folder), records, SCHEMA, annotations)
+
+
+def test_gallery_with_10000_images_stays_fast(qtbot, tmp_path):  # noqa: ANN001
+    project = big_project(tmp_path, 10_000)
+    loader = ThumbnailLoader()
+    panel = GalleryPanel(loader)
+    qtbot.addWidget(panel)
+    panel.resize(400, 900)
+    panel.show()
+    qtbot.waitExposed(panel)
+    loader.set_root(project.image_root)
+    t = time.perf_counter()
+    panel.model.set_project(project)
+    qtbot.wait(1)
+    t_open = time.perf_counter() - t
+    t = time.perf_counter()
+    panel.sort_box.setCurrentText(GallerySort.WORST_FIRST.value)
+    t_sort = time.perf_counter() - t
+    first = panel.model.path_at(0)
+    assert project.annotation(first).worst_confidence() == min(
+        a.worst_confidence() for a in project.annotations().values()
+    )
+    panel.filter_box.setCurrentText(GalleryFilter.NEEDS_REVIEW.value)
+    assert 0 < panel.model.rowCount() < 3334
+    panel.filter_box.setCurrentText(GalleryFilter.ALL.value)
+    # scroll through everything; each step must stay short, decodes happen off the GUI thread
+    bar = panel.view.verticalScrollBar()
+    worst = 0.0
+    for value in range(0, bar.maximum() + 1, max(1, bar.maximum() // 50)):
+        t = time.perf_counter()
+        bar.setValue(value)
+        qtbot.wait(5)
+        worst = max(worst, time.perf_counter() - t)
+    qtbot.waitUntil(lambda: loader.active_threads == 0, timeout=10_000)
+    cached = len(loader._cache)
+    print(f"\n10,000 images: open {t_open * 1000:.0f} ms, sort worst-first {t_sort * 1000:.0f} ms, "
+          f"longest scroll step {worst * 1000:.0f} ms, thumbnails decoded {cached}")
+    assert t_open < 2.0 and t_sort < 2.0
+    assert 0 < cached < 2000  # only what was on screen, not the whole folder
+    loader.stop()
+
+
+def test_thumbnails_load_off_thread_and_report_unreadable(qtbot, tmp_path):  # noqa: ANN001
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    loader = ThumbnailLoader()
+    loader.set_root(str(DEMO_IMAGES.parent / "images"))
+    assert loader.pixmap("chelsea.jpg") is None  # not yet: scheduled
+    with qtbot.waitSignal(loader.loaded, timeout=5000):
+        pass
+    assert loader.pixmap("chelsea.jpg") is not None
+    loader.set_root(str(tmp_path))
+    loader.pixmap("bad.jpg")
+    with qtbot.waitSignal(loader.loaded, timeout=5000):
+        pass
+    assert "bad.jpg" in (loader.error("bad.jpg") or "")
+    loader.stop()
+
+
+def test_schema_dialog_keeps_annotations_consistent(qtbot):  # noqa: ANN001
+    schema = KeypointSchema("cat", ("left_eye", "right_eye", "nose"), flip_pairs=((0, 1),))
+    kps = tuple(Keypoint(float(i), 0.0, Visibility.VISIBLE) for i in range(3))
+    project = Project("/x", [ImageRecord("a.jpg")], schema,
+                      {"a.jpg": ImageAnnotation((Instance(kps),), ImageStatus.REFERENCE)})
+    dialog = SchemaDialog(schema)
+    qtbot.addWidget(dialog)
+    assert dialog.move_keypoint(2, -1)  # nose before right_eye
+    assert dialog.remove_keypoint(0)  # drop left_eye (and its flip pair)
+    assert dialog.add_keypoint("mouth")
+    dialog.table.item(1, 0).setText("right_eye_renamed")  # in-place rename
+    assert dialog.schema.keypoints == ("nose", "right_eye_renamed", "mouth")
+    assert dialog.schema.flip_pairs == ()
+    assert not dialog.add_keypoint("nose")  # duplicate: refused with a message
+    assert "twice" in dialog.error_label.text()
+    project.set_schema(dialog.schema, dialog.index_map)
+    got = project.annotation("a.jpg").instances[0].keypoints
+    assert [k.x for k in got[:2]] == [2.0, 1.0] and not got[2].labelled
+    project.undo()
+    assert project.schema == schema
+
+
+def test_rate_estimator():
+    now = [0.0]
+    rate = RateEstimator(10, clock=lambda: now[0])
+    assert rate.text() == "0 / 10 images"
+    now[0] = 4.0
+    rate.update(2)
+    assert rate.rate == pytest.approx(0.5) and rate.eta == pytest.approx(16.0)
+    assert rate.text() == "2 / 10 images, 0.50 img/s, 16 s left"
+    assert format_duration(3725) == "1:02:05"
+
+
+def test_startup_is_fast_and_imports_no_torch():
+    code = (
+        "import os, sys, time; os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
+        "t = time.perf_counter()\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "from annotator.gui.main_window import MainWindow\n"
+        "app = QApplication([]); w = MainWindow(); w.show(); app.processEvents()\n"
+        "print(f'{time.perf_counter() - t:.3f}')\n"
+        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'annotator.engine', "
+        "'annotator.jobs.propagate') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "w.close()\n"
+    )
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    total = time.perf_counter() - t
+    print(f"\nstartup: window shown {float(out.stdout.strip()) * 1000:.0f} ms after import "
+          f"start; whole process {total * 1000:.0f} ms")
+    assert float(out.stdout.strip()) < 2.0
+
+
+def test_keyboard_navigation(qtbot, tmp_path):  # noqa: ANN001
+    from tests.test_gui_support import make_window, open_demo_project
+
+    window = make_window(qtbot)
+    open_demo_project(window, tmp_path)
+    editor = window.editor
+    start = editor.current_path
+    qtbot.keyClick(editor.canvas, Qt.Key.Key_PageDown)
+    assert editor.current_path != start
+    qtbot.keyClick(editor.canvas, Qt.Key.Key_PageUp)
+    assert editor.current_path == start
+    k = editor.current_keypoint
+    qtbot.keyClick(editor.canvas, Qt.Key.Key_BracketRight)
+    assert editor.current_keypoint == k + 1
+    assert editor.keypoints.currentRow() == k + 1
+    window.close()
