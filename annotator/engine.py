@@ -44,6 +44,35 @@ def flip_permutation(k: int, flip_pairs: Iterable[tuple[int, int]]) -> np.ndarra
     return perm
 
 
+class OutOfMemory(RuntimeError):
+    """Feature extraction ran out of (GPU) memory even at batch size 1."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator out-of-memory error (CUDA, MPS or CPU)."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 class Engine:
     """Facade over an extractor, a feature cache and the transfer functions.
 
@@ -115,25 +144,35 @@ class Engine:
         if self._plugged:
             return
         self._extractor = None
-        import gc
-
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        _free_accelerator_memory()
 
     # ---- features ------------------------------------------------------------------------
+    def _extract(self, images: list[np.ndarray]) -> list[FeatureMaps]:
+        """Extract; on out-of-memory halve the extractor's batch size and retry, down to 1."""
+        extractor = self.extractor
+        while True:
+            try:
+                return extractor.extract(images)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                batch = int(getattr(extractor, "batch_size", 1))
+                _free_accelerator_memory()
+                if batch <= 1:
+                    raise OutOfMemory(
+                        "out of memory while extracting features even one image at a time; "
+                        "use the fast preset, fp16/bf16 precision, or close other programs "
+                        f"using the GPU ({exc})"
+                    ) from exc
+                extractor.batch_size = batch // 2  # type: ignore[attr-defined]
+                log.warning("out of memory at batch size %d: retrying at %d", batch, batch // 2)
+
     def features_many(self, images: Sequence[np.ndarray]) -> list[FeatureMaps]:
         """Raw maps per image, through the cache; misses are extracted together."""
         images = list(images)
         if self.cache is None:
-            return self.extractor.extract(images)
-        return self.cache.get_or_compute(images, self.fingerprint,
-                                         lambda todo: self.extractor.extract(todo))
+            return self._extract(images)
+        return self.cache.get_or_compute(images, self.fingerprint, self._extract)
 
     def features(self, image: np.ndarray) -> FeatureMaps:
         return self.features_many([image])[0]
