@@ -10,7 +10,7 @@ Importing this module does not import torch; models load lazily on first use, on
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -82,8 +82,8 @@ class Engine:
 
     def __init__(self, source: ModelSource | None = None, config: FeatureConfig | None = None,
                  runtime: RuntimeConfig | None = None, cache: FeatureCache | None = None, *,
-                 extractor: FeatureExtractor | None = None, match: MatchParams | None = None
-                 ) -> None:
+                 extractor: FeatureExtractor | None = None, match: MatchParams | None = None,
+                 on_download: Callable[[str, int, int], None] | None = None) -> None:
         self.source = source or ModelSource.from_env()
         self.config = config or preset("paper")
         self.runtime = runtime or RuntimeConfig()
@@ -91,6 +91,8 @@ class Engine:
         self._match = match
         self._extractor = extractor
         self._plugged = extractor is not None
+        #: called as (what, files_done, files_total) while model weights download
+        self.on_download = on_download
 
     @classmethod
     def from_pretrained(cls, sd_model: str | None = None, dino_model: str | None = None,
@@ -122,8 +124,9 @@ class Engine:
 
             device = resolve_device(self.runtime.device)
             dtype = resolve_dtype(self.runtime.dtype, device.split(":")[0])
-            sd = load_sd(self.source, device, dtype) if self.config.uses_sd else None
-            dino = load_dino(self.source, device, dtype) if self.config.uses_dino else None
+            cfg, progress = self.config, self.on_download
+            sd = load_sd(self.source, device, dtype, progress) if cfg.uses_sd else None
+            dino = load_dino(self.source, device, dtype, progress) if cfg.uses_dino else None
             self._extractor = SDDinoExtractor(sd, dino, self.config, device, dtype,
                                               self.runtime.batch_size, identity=self.fingerprint)
         return self._extractor

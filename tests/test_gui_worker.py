@@ -129,3 +129,32 @@ def test_heatmap_is_computed_on_the_worker(qtbot, tmp_path):  # noqa: ANN001
     window.editor.heatmap_box.setChecked(False)
     assert not window.editor.canvas.has_heatmap
     window.close()
+
+
+class DownloadingEngine:
+    """Reports a weight download while its models load, then works as the content engine."""
+
+    def __init__(self) -> None:
+        self.on_download = None
+        self._engine = Engine(extractor=ContentExtractor())
+
+    @property
+    def extractor(self):  # noqa: ANN201
+        for done in range(1, 4):
+            self.on_download("Stable Diffusion", done, 3)
+        return self._engine.extractor
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._engine, name)
+
+
+def test_first_run_shows_download_progress(qtbot, tmp_path):  # noqa: ANN001
+    window = make_window(qtbot, lambda settings: DownloadingEngine())
+    open_demo_project(window, tmp_path)
+    texts = []
+    window.controller.model_state.connect(lambda state, detail: texts.append((state, detail)))
+    with qtbot.waitSignal(window.controller.run_finished, timeout=30_000):
+        window.propagate()
+    assert ("downloading", "Stable Diffusion: 3/3 files") in texts
+    assert texts[-1][0] == "ready" and window.model_label.text() == "models: ready"
+    window.close()

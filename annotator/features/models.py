@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,29 @@ def _fix_hint(env: str, repo: str, patterns: list[str]) -> str:
             f"  huggingface-cli download {repo} --include {inc}")
 
 
+DownloadProgress = Callable[[str, int, int], None]
+"""Called as ``progress(what, files_done, files_total)`` while weights download."""
+
+
+def _reporting_tqdm(progress: DownloadProgress, what: str) -> type:
+    """A tqdm class for ``snapshot_download`` that forwards its file count to ``progress``."""
+    from tqdm.auto import tqdm
+
+    class ReportingTqdm(tqdm):  # type: ignore[misc, valid-type]
+        # counts itself: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS) does not track n
+        _done = 0
+
+        def update(self, n: float | None = 1) -> bool | None:
+            out = super().update(n)
+            self._done += int(n or 0)
+            progress(what, self._done, int(self.total or 0))
+            return out
+
+    return ReportingTqdm
+
+
 def _snapshot(repo: str, revision: str | None, source: ModelSource, patterns: list[str],
-              env: str, what: str) -> Path:
+              env: str, what: str, progress: DownloadProgress | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -85,9 +107,10 @@ def _snapshot(repo: str, revision: str | None, source: ModelSource, patterns: li
 
     where = source.cache_dir or "the Hugging Face cache (HF_HOME / HF_HUB_CACHE)"
     try:
+        extra = {"tqdm_class": _reporting_tqdm(progress, what)} if progress else {}
         return Path(snapshot_download(repo, revision=revision, cache_dir=source.cache_dir,
                                       local_files_only=source.local_files_only,
-                                      allow_patterns=patterns))
+                                      allow_patterns=patterns, **extra))
     except LocalEntryNotFoundError as exc:
         mode = "offline mode (HF_HUB_OFFLINE / local files only)" if source.local_files_only \
             else "no network"
@@ -162,10 +185,11 @@ def _check_unet_layout(unet: Any, name: str) -> None:
                              f"{want} (hooks s5/s4/s3 need it).")
 
 
-def load_sd(source: ModelSource, device: str, dtype: Any) -> SDComponents:
+def load_sd(source: ModelSource, device: str, dtype: Any,
+            progress: DownloadProgress | None = None) -> SDComponents:
     """Load the SD 1.5 VAE (encoder only used), UNet, CLIP text encoder, tokenizer and scheduler.
 
-    Raises ModelLoadError on any failure.
+    ``progress`` hears about downloads. Raises ModelLoadError on any failure.
     """
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -185,14 +209,14 @@ def load_sd(source: ModelSource, device: str, dtype: Any) -> SDComponents:
         if half:
             try:
                 folder = _snapshot(name, source.sd_revision, source, sd_allow_patterns(True),
-                                   "ANNOTATOR_SD_MODEL", "Stable Diffusion")
+                                   "ANNOTATOR_SD_MODEL", "Stable Diffusion", progress)
                 if not (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file():
                     folder = None
             except ModelLoadError:
                 folder = None
         if folder is None:
             folder = _snapshot(name, source.sd_revision, source, sd_allow_patterns(False),
-                               "ANNOTATOR_SD_MODEL", "Stable Diffusion")
+                               "ANNOTATOR_SD_MODEL", "Stable Diffusion", progress)
     _check_sd_folder(folder, name)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer",
@@ -214,8 +238,10 @@ def load_sd(source: ModelSource, device: str, dtype: Any) -> SDComponents:
     return SDComponents(vae, unet, text, tokenizer, scheduler, source=str(folder))
 
 
-def load_dino(source: ModelSource, device: str, dtype: Any) -> DinoComponents:
-    """Load a transformers Dinov2Model. Raises ModelLoadError on any failure."""
+def load_dino(source: ModelSource, device: str, dtype: Any,
+              progress: DownloadProgress | None = None) -> DinoComponents:
+    """Load a transformers Dinov2Model (``progress`` hears about downloads). Raises
+    ModelLoadError on any failure."""
     from transformers import Dinov2Model
 
     name = source.dino_model
@@ -227,7 +253,7 @@ def load_dino(source: ModelSource, device: str, dtype: Any) -> DinoComponents:
             f"id (default facebook/dinov2-base) in Settings or ANNOTATOR_DINO_MODEL.")
     else:
         folder = _snapshot(name, source.dino_revision, source, DINO_ALLOW_PATTERNS,
-                           "ANNOTATOR_DINO_MODEL", "DINOv2")
+                           "ANNOTATOR_DINO_MODEL", "DINOv2", progress)
     cfg = folder / "config.json"
     model_type = _read_json(cfg).get("model_type") if cfg.is_file() else None
     if model_type not in ("dinov2", "dinov2_with_registers"):

@@ -555,6 +555,8 @@ class MainWindow(QMainWindow):
             self.device_label.setText(f"device: {detail}")
         elif state == "loading":
             self.model_label.setText("models: loading...")
+        elif state == "downloading":
+            self.model_label.setText(f"models: downloading {detail}")
         else:
             self.model_label.setText("models: unavailable")
             self.model_label.setToolTip(detail)

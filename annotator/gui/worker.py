@@ -66,7 +66,8 @@ def folder_size(path: str) -> int:
 class EngineWorker(QObject):
     """Runs jobs on the worker thread; every result goes out through a signal."""
 
-    model_state = Signal(str, str)  # state ("loading", "ready", "failed"), device or message
+    # state ("loading", "downloading", "ready", "failed"), device or message
+    model_state = Signal(str, str)
     progress = Signal(int, int, int, str)  # request id, done, total, message
     prediction = Signal(int, object)  # request id, annotator.jobs.propagate.Prediction
     finished = Signal(int, str)  # request id, outcome: "done", "cancelled", "failed"
@@ -99,6 +100,10 @@ class EngineWorker(QObject):
             self._engine = None
             self.model_state.emit("loading", settings.device)
             engine = self._factory(settings)
+            if hasattr(engine, "on_download"):  # first run: weights download, with progress
+                engine.on_download = lambda what, done, total: self.model_state.emit(
+                    "downloading", f"{what}: {done}/{total} files"
+                )
             extractor = getattr(engine, "extractor", None)  # loads the models now, if lazy
             device = getattr(extractor, "device", None) or getattr(
                 getattr(engine, "runtime", None), "device", settings.device
