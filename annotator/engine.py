@@ -204,11 +204,11 @@ class Engine:
         from annotator.matching.transfer import transfer
 
         ref_d, tgt_d = self.extractor.describe_pair(ref_maps, tgt_maps)
-        flip_d = None
-        if flip_ref_maps is not None:
-            flip_d, _ = self.extractor.describe_pair(flip_ref_maps, tgt_maps)
+        flip_d = flip_t = None
+        if flip_ref_maps is not None:  # pair-dependent fusions: the flipped pair's own basis
+            flip_d, flip_t = self.extractor.describe_pair(flip_ref_maps, tgt_maps)
         return transfer(ref_d, tgt_d, ref_points, ref_maps.letterbox, tgt_maps.letterbox,
-                        self.match_params, ref_valid, flip_d, perm)
+                        self.match_params, ref_valid, flip_d, perm, flip_t)
 
     def transfer(self, ref_image: np.ndarray, ref_points: np.ndarray, target_image: np.ndarray,
                  flip_pairs: Iterable[tuple[int, int]] = (), ref_valid: np.ndarray | None = None,

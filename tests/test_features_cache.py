@@ -79,3 +79,42 @@ def test_eviction_under_caps(tmp_path):
     s = cache.stats()
     assert s.memory_bytes <= 2 * one
     assert s.disk_entries == 2 and s.disk_bytes <= 2 * one + 2000
+
+
+def test_fingerprint_follows_the_weights_not_just_the_name(tmp_path, monkeypatch):
+    from annotator.features.config import PAPER, ModelSource, sd_dino_fingerprint
+
+    sd, dino = tmp_path / "sd", tmp_path / "dino"
+    for folder in (sd / "unet", dino):
+        folder.mkdir(parents=True)
+    (sd / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"a" * 10)
+    (dino / "model.safetensors").write_bytes(b"b" * 10)
+    src = ModelSource(sd_model=str(sd), dino_model=str(dino))
+    before = sd_dino_fingerprint(PAPER, src, "fp32")
+    assert sd_dino_fingerprint(PAPER, src, "fp32") == before
+    (dino / "model.safetensors").write_bytes(b"c" * 12)  # other weights, same folder
+    assert sd_dino_fingerprint(PAPER, src, "fp32") != before
+    # hub ids: the commit the local Hugging Face cache resolves "main" to
+    hub = tmp_path / "hub"
+    refs = hub / "models--org--dino" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40)
+    hub_src = ModelSource(sd_model=str(sd), dino_model="org/dino", cache_dir=str(hub))
+    first = sd_dino_fingerprint(PAPER, hub_src, "fp32")
+    (refs / "main").write_text("b" * 40)  # upstream moved on and was downloaded
+    assert sd_dino_fingerprint(PAPER, hub_src, "fp32") != first
+
+
+def test_disk_errors_do_not_stop_extraction(tmp_path, monkeypatch):
+    import annotator.features.cache as cache_mod
+
+    cache = FeatureCache(tmp_path / "c")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_mod.FeatureCache, "_write", full_disk)
+    img = _imgs(1)[0]
+    maps = cache.get_or_compute([img], "fp", Counting())
+    assert len(maps) == 1
+    assert cache.get(cache.key(img, "fp")) is not None  # still served from memory

@@ -191,6 +191,8 @@ def base_doc() -> dict:
         (lambda d: d["categories"][0].update(skeleton=[[0, 1]]), "1-based"),
         (lambda d: d["categories"][0].update(keypoints=[]), "no category defines keypoints"),
         (lambda d: d["annotations"][0].update(category_id=5), "unknown category_id 5"),
+        (lambda d: d["categories"].append(dict(d["categories"][0], name="y")),
+         r"categories\[1\]: duplicate category id 1"),
     ],
 )
 def test_malformed_input_names_the_entry(tmp_path, mutate, message):
@@ -254,3 +256,11 @@ def test_fuzzed_coco_only_raises_coco_errors(data):
     except CocoFormatError:
         return
     assert isinstance(project, Project)
+
+
+def test_a_sliver_user_box_still_exports_a_positive_area(tmp_path):
+    doc = base_doc()
+    doc["annotations"][0]["bbox"] = [5, 5, 0.004, 8]
+    p = coco_to_project(doc, tmp_path)
+    out = export_coco(p)
+    assert out["annotations"][0]["bbox"][2] >= 1 and out["annotations"][0]["area"] > 0

@@ -132,3 +132,44 @@ def test_project_and_images_can_move_together(tmp_path, folder):
     q = load_project(moved / "proj.kpproj.json")
     assert q.image_root == str((moved / "imgs").resolve())
     assert q.annotation("a.jpg").instances[0].keypoints[0].x == 1.5
+
+
+def test_interrupted_save_leaves_a_project_file_and_keeps_permissions(tmp_path, folder,
+                                                                      monkeypatch):
+    import os
+    import stat
+
+    import annotator.io.project_file as pf
+
+    p = make(folder)
+    path = tmp_path / "proj.kpproj.json"
+    save_project(p, path)
+    os.chmod(path, 0o644)
+    p.move_keypoint("a.jpg", 0, 9, 9)
+    real_replace = os.replace
+
+    def crash_on_final_rename(src, dst):
+        if str(dst) == str(path):
+            raise OSError("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pf.os, "replace", crash_on_final_rename)
+    with pytest.raises(OSError, match="power cut"):
+        save_project(p, path)
+    monkeypatch.undo()
+    # the project file is still there, whole, with its old content; the backup too
+    assert load_project(path).annotation("a.jpg").instances[0].keypoints[0].x == 1.5
+    assert backup_path(path).exists()
+    save_project(p, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith((".tmp", ".bak"))]
+
+
+def test_settings_of_the_wrong_type_are_named(tmp_path, folder):
+    path = tmp_path / "proj.kpproj.json"
+    save_project(make(folder), path)
+    doc = json.loads(path.read_text())
+    doc["settings"]["cache_cap_gb"] = "20"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ProjectFileError, match="setting 'cache_cap_gb' is '20', expected float"):
+        load_project(path)

@@ -27,7 +27,8 @@ def test_identity_transfer_and_cell_centres():
     lb = Letterbox.fit(80, 80, 80)  # cell 10 px
     pts = np.array([[3.0, 4.0], [55.0, 71.0], [79.0, 0.0]])
     r = transfer(d, d, pts, lb, lb, HARD)
-    np.testing.assert_allclose(r.points, np.floor(pts / 10) * 10 + 5 - 0.0)
+    # pixel-centre convention: cell c holds pixels 10c..10c+9, centre 10c + 4.5
+    np.testing.assert_allclose(r.points, np.floor((pts + 0.5) / 10) * 10 + 4.5)
     assert r.found.all() and (r.cycle_error == 0).all()
     np.testing.assert_allclose(r.similarity, 1.0, atol=1e-6)
     assert ((r.confidence > 0.99) & (r.confidence <= 1)).all() and not r.needs_review.any()
@@ -70,8 +71,8 @@ def test_soft_argmax_subcell():
     pts = np.array([[25.0, 25.0]])
     hard = transfer(ref, tgt, pts, lb, lb, HARD)
     soft = transfer(ref, tgt, pts, lb, lb, MatchParams(soft_window=3, temperature=0.02))
-    np.testing.assert_allclose(hard.points[0], [45, 45])
-    assert 45 < soft.points[0, 0] < 55 and abs(soft.points[0, 1] - 45) < 1e-3
+    np.testing.assert_allclose(hard.points[0], [44.5, 44.5])  # centre of cell (4, 4)
+    assert 44.5 < soft.points[0, 0] < 54.5 and abs(soft.points[0, 1] - 44.5) < 1e-3
 
 
 def test_flip_aware_picks_flipped():
@@ -88,7 +89,7 @@ def test_flip_aware_picks_flipped():
     # keypoint k is taken from the mirror position of its partner
     truth = pts[perm].copy()
     truth[:, 0] = 79 - truth[:, 0]
-    np.testing.assert_allclose(r.points, np.floor(truth / 10) * 10 + 5, atol=1e-6)
+    np.testing.assert_allclose(r.points, np.floor((truth + 0.5) / 10) * 10 + 4.5, atol=1e-6)
     plain = transfer(ref, ref, pts, lb, lb, HARD, flipped_ref_desc=flipped_ref, flip_perm=perm)
     assert not plain.flipped
     with pytest.raises(ValueError):

@@ -60,6 +60,12 @@ class Keypoint:
     def labelled(self) -> bool:
         return self.v != Visibility.UNLABELLED
 
+    @property
+    def user_set(self) -> bool:
+        """Placed, moved, reviewed or deliberately deleted by the user (not a prediction
+        and not an untouched empty slot): propagation must not overwrite it."""
+        return self.origin == Origin.REVIEWED or (self.labelled and self.origin == Origin.MANUAL)
+
     def moved(self, x: float, y: float) -> Keypoint:
         """This keypoint placed at (x, y) by the user: reviewed if it was predicted."""
         origin = Origin.REVIEWED if self.origin == Origin.PREDICTED else self.origin

@@ -228,7 +228,9 @@ class Project:
         kp = ann.instances[instance].keypoints[index]
         v = Visibility(v)
         if v == Visibility.UNLABELLED:
-            new = Keypoint()
+            # a prediction the user deleted stays "reviewed", so propagation keeps it deleted
+            reviewed = kp.origin in (Origin.PREDICTED, Origin.REVIEWED)
+            new = Keypoint(origin=Origin.REVIEWED if reviewed else Origin.MANUAL)
         else:
             origin = Origin.REVIEWED if kp.origin == Origin.PREDICTED else kp.origin
             new = replace(kp, v=v, origin=origin)

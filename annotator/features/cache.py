@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,9 +79,10 @@ class FeatureCache:
         self._mem_used = 0
         self._counts = {"hits": 0, "misses": 0, "memory_hits": 0, "disk_hits": 0, "corrupt": 0}
 
-    @staticmethod
-    def key(image: np.ndarray, fingerprint: str) -> str:
-        return hashlib.sha256(f"{image_hash(image)}:{fingerprint}".encode()).hexdigest()
+    def key(self, image: np.ndarray, fingerprint: str) -> str:
+        """Entry key: image content, extractor fingerprint and the storage precision."""
+        blob = f"{image_hash(image)}:{fingerprint}:{self.storage_dtype}"
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
         assert self.directory is not None
@@ -121,7 +123,10 @@ class FeatureCache:
             self._counts["corrupt"] += 1
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # LRU by mtime
+        try:
+            os.utime(path)  # LRU by mtime
+        except OSError:  # evicted meanwhile by another process: the maps are still good
+            pass
         return maps
 
     def _write(self, key: str, maps: FeatureMaps) -> None:
@@ -158,6 +163,14 @@ class FeatureCache:
         return out
 
     def _evict_disk(self) -> None:
+        assert self.directory is not None
+        stale = time.time() - 3600  # temporary files left by a killed process
+        for tmp in self.directory.glob("*/*.tmp"):
+            try:
+                if tmp.stat().st_mtime < stale:
+                    tmp.unlink()
+            except OSError:
+                pass
         entries = sorted(self._entries(), key=lambda e: e[0])
         total = sum(e[1] for e in entries)
         for _, size, p in entries:
@@ -189,7 +202,10 @@ class FeatureCache:
             layers={k: v.detach().to("cpu", self.storage_dtype).contiguous()
                     for k, v in maps.layers.items()},
             letterbox=maps.letterbox, grid=maps.grid)
-        self._write(key, stored)
+        try:
+            self._write(key, stored)
+        except OSError as exc:  # full disk, read-only folder: keep working from memory
+            log.warning("feature cache entry not written to disk (%s)", exc)
         self._remember(key, stored)
         return stored
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 FUSIONS = ("copca", "concat", "dino", "sd")
 SD_LAYERS = ("s5", "s4", "s3")
@@ -69,6 +70,10 @@ class FeatureConfig:
             raise ValueError(
                 f"tiles of {self.sd_tile} at offsets {self.sd_tile_offsets} must end exactly at "
                 f"sd_size={self.sd_size}")
+        if any(o % 64 for o in self.sd_tile_offsets):
+            raise ValueError(
+                f"sd_tile_offsets {self.sd_tile_offsets} must be multiples of 64 (the s5 stride), "
+                "so that tile feature maps line up on the canvas grid")
         offs = sorted(self.sd_tile_offsets)
         if any(b - a > self.sd_tile for a, b in zip(offs, offs[1:])):
             raise ValueError("sd tiles leave gaps: consecutive offsets differ by more than a tile")
@@ -238,13 +243,44 @@ def fingerprint(extractor_name: str, parts: dict[str, object]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def weights_stamp(name: str, revision: str | None, cache_dir: str | None) -> str:
+    """What identifies the weights behind ``name`` without loading them: for a local folder
+    the size and modification time of its safetensors files; for a hub id the commit that
+    the Hugging Face cache resolves the revision to ("unresolved" before the download)."""
+    folder = Path(os.path.expanduser(name))
+    if folder.is_dir():
+        files = sorted(folder.rglob("*.safetensors"))
+        stats = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            stats.append(f"{f.relative_to(folder).as_posix()}:{st.st_size}:{st.st_mtime_ns}")
+        return hashlib.sha256("|".join(stats).encode()).hexdigest()[:16]
+    rev = revision or "main"
+    if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev):
+        return rev  # already a commit
+    from huggingface_hub import constants
+
+    hub = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+    ref = hub / ("models--" + name.replace("/", "--")) / "refs" / rev
+    try:
+        return ref.read_text().strip()
+    except OSError:
+        return "unresolved"
+
+
 def sd_dino_fingerprint(config: FeatureConfig, source: ModelSource, dtype: str) -> str:
-    """Fingerprint of the SD+DINOv2 extractor, computable without loading any model."""
+    """Fingerprint of the SD+DINOv2 extractor, computable without loading any model: the
+    feature settings, the precision, the model ids and the weights they resolve to."""
     parts: dict[str, object] = {"config": config.feature_fields(), "dtype": dtype}
     if config.uses_sd:
-        parts["sd"] = [source.sd_model, source.sd_revision]
+        parts["sd"] = [source.sd_model, source.sd_revision,
+                       weights_stamp(source.sd_model, source.sd_revision, source.cache_dir)]
     if config.uses_dino:
-        parts["dino"] = [source.dino_model, source.dino_revision]
+        parts["dino"] = [source.dino_model, source.dino_revision,
+                         weights_stamp(source.dino_model, source.dino_revision, source.cache_dir)]
     return fingerprint("sd_dino", parts)
 
 

@@ -156,7 +156,8 @@ def _check_sd_folder(folder: Path, name: str) -> None:
             raise ModelLoadError(
                 f"'{name}': {folder / sub / 'config.json'} declares class {got!r}, expected "
                 f"{cls!r}. Fix: point the SD model setting at an SD 1.5 diffusers folder.")
-    if not any((folder / sub).glob("*.safetensors") for sub in ("unet", "vae", "text_encoder")):
+    if not any(any((folder / sub).glob("*.safetensors"))
+               for sub in ("unet", "vae", "text_encoder")):
         raise ModelLoadError(
             f"'{name}' ({folder}) has no .safetensors weights (only safetensors are loaded). "
             f"Fix: download the safetensors files of the model.")

@@ -46,17 +46,21 @@ class CocoFormatError(ValueError):
 def _instance_box(
     inst: Instance, width: int | None, height: int | None
 ) -> tuple[float, float, float, float]:
-    """(x, y, w, h) with w, h > 0: the user's box, else the labelled keypoints' bounds."""
+    """(x, y, w, h) with w, h >= 1: the user's box, else the labelled keypoints' bounds."""
+    user = inst.bbox is not None
     if inst.bbox is not None:
-        return inst.bbox
-    bounds = inst.labelled_bounds()
-    assert bounds is not None
-    x, y, w, h = bounds
-    # a single point or a line still needs a positive area
+        x, y, w, h = inst.bbox
+    else:
+        bounds = inst.labelled_bounds()
+        assert bounds is not None
+        x, y, w, h = bounds
+    # a single point, a line or a sliver still needs a positive area after rounding
     if w < MIN_BOX_SIDE:
         x, w = x - (MIN_BOX_SIDE - w) / 2, MIN_BOX_SIDE
     if h < MIN_BOX_SIDE:
         y, h = y - (MIN_BOX_SIDE - h) / 2, MIN_BOX_SIDE
+    if user:
+        return (x, y, w, h)
     if width:
         x = min(max(x, 0.0), max(width - w, 0.0))
     if height:
@@ -286,7 +290,7 @@ def _parse_keypoints(ann: dict, k: int, where: str) -> tuple[Keypoint, ...]:
                     f"{where}, keypoint_origins[{j}]: unknown origin {origins[j]!r}"
                 ) from None
         if v == 0:
-            kps.append(Keypoint())
+            kps.append(Keypoint(origin=origin))  # a reviewed deletion stays reviewed
         else:
             kps.append(Keypoint(x, y, Visibility(int(v)), origin, conf))
     return tuple(kps)
@@ -316,6 +320,12 @@ def coco_to_project(
     raw_images = _need(doc, "images", list, source)
     raw_anns = _need(doc, "annotations", list, source)
     categories = _need(doc, "categories", list, source)
+    known_cats: set[int] = set()
+    for i, c in enumerate(categories):
+        cat_id = _int_id(c, "id", f"{source}: categories[{i}]")
+        if cat_id in known_cats:
+            raise CocoFormatError(f"{source}: categories[{i}]: duplicate category id {cat_id}")
+        known_cats.add(cat_id)
     cat = _pick_category(categories, category, source)
     schema = _schema_from_category(cat, source)
     k = len(schema)
@@ -350,7 +360,6 @@ def coco_to_project(
 
     instances: dict[str, list[Instance]] = {}
     seen_ann: set[int] = set()
-    known_cats = {_int_id(c, "id", f"{source}: categories") for c in categories}
     for i, ann in enumerate(raw_anns):
         where = f"{source}: annotations[{i}]"
         ann_id = _int_id(ann, "id", where)

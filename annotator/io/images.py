@@ -27,22 +27,24 @@ class ImageLoadError(ValueError):
 def _open(path: Path, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own limit below decides; Pillow still refuses beyond twice its own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageLoadError(
-                    f"{path}: {w} x {h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
-                    "(decompression-bomb guard)"
-                )
-            return img
+        w, h = img.size
+        if w * h > max_pixels:
+            img.close()
+            raise ImageLoadError(
+                f"{path}: {w} x {h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                "(decompression-bomb guard)"
+            )
+        return img
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ImageLoadError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image or an unsupported format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{path}: too large (decompression-bomb guard): {exc}") from None
     except OSError as exc:
         raise ImageLoadError(f"{path}: cannot be read ({exc})") from None

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -87,6 +89,31 @@ def _decode_keypoint(raw: Any, where: str) -> Keypoint:
     return Keypoint(float(x), float(y), Visibility(int(v)), Origin(origin), conf)
 
 
+def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
+    """Settings with every value type-checked; unknown keys (newer versions) are ignored."""
+    if not isinstance(raw, dict):
+        raise ProjectFileError(f"{source}: settings must be an object")
+    defaults = ProjectSettings()
+    values = {}
+    for f in dataclasses.fields(ProjectSettings):
+        if f.name not in raw:
+            continue
+        value, default = raw[f.name], getattr(defaults, f.name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ProjectFileError(
+                f"{source}: setting {f.name!r} is {value!r}, expected {type(default).__name__}"
+            )
+        values[f.name] = value
+    return ProjectSettings(**values)
+
+
 def project_from_dict(doc: Any, source: str = "<document>") -> Project:
     """Build a :class:`Project` from a decoded document; raises :class:`ProjectFileError`."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
@@ -109,10 +136,7 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
             colors=tuple(sd.get("colors", ())),
             supercategory=sd.get("supercategory", ""),
         )
-        known = {f.name for f in dataclasses.fields(ProjectSettings)}
-        settings = ProjectSettings(
-            **{k: v for k, v in doc.get("settings", {}).items() if k in known}
-        )
+        settings = _settings_from_dict(doc.get("settings", {}), source)
         images = [
             ImageRecord(i["path"], i.get("width"), i.get("height")) for i in doc["images"]
         ]
@@ -141,17 +165,26 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, backup: bool = Tr
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    bak_tmp = None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if backup and path.exists():
-            os.replace(path, backup_path(path))
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # keep the file's permissions
+            if backup:  # copy, never move: the project file exists at every instant
+                bak_fd, bak_tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".bak",
+                                                   dir=path.parent)
+                os.close(bak_fd)
+                shutil.copy2(path, bak_tmp)
+                os.replace(bak_tmp, backup_path(path))
+                bak_tmp = None
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, bak_tmp):
+            if leftover and os.path.exists(leftover):
+                os.unlink(leftover)
         raise
     try:  # make the rename durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -194,7 +227,10 @@ def load_project(path: str | os.PathLike[str]) -> Project:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ProjectFileError(f"{path}: file not found") from None
+        hint = ""
+        if backup_path(path).exists():
+            hint = f"; the previous version is in {backup_path(path)}"
+        raise ProjectFileError(f"{path}: file not found{hint}") from None
     except OSError as exc:
         raise ProjectFileError(f"{path}: cannot be read ({exc})") from None
     try:

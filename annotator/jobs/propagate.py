@@ -180,11 +180,27 @@ def prediction_annotation(
     return ImageAnnotation((Instance(tuple(kps)),), ImageStatus.PREDICTED)
 
 
+def merge_prediction(old: ImageAnnotation, new: ImageAnnotation) -> ImageAnnotation:
+    """``new`` predictions merged into ``old``: keypoints the user placed, moved or deleted
+    keep their state; the user's box and further instances are kept."""
+    if not old.instances:
+        return new
+    first = old.instances[0]
+    kps = tuple(
+        mine if mine.user_set else predicted
+        for mine, predicted in zip(first.keypoints, new.instances[0].keypoints)
+    )
+    return ImageAnnotation(
+        (replace(first, keypoints=kps), *old.instances[1:]), ImageStatus.PREDICTED
+    )
+
+
 def apply_predictions(
     project: Project, predictions: Sequence[Prediction], description: str = "Propagate"
 ) -> list[str]:
-    """Store predictions as one undoable step; images the user reviewed or labelled
-    meanwhile are left alone. Returns the paths updated."""
+    """Store predictions as one undoable step. Images the user reviewed or made references
+    are left alone; on other images only keypoints the user has not touched change.
+    Returns the paths updated."""
     changes = {}
     for pred in predictions:
         ann = prediction_annotation(pred, len(project.schema))
@@ -192,6 +208,7 @@ def apply_predictions(
             continue
         if project.status(pred.path) in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
             continue
+        ann = merge_prediction(project.annotation(pred.path), ann)
         if pred.size is not None and project.image(pred.path).width is None:
             project.set_image_size(pred.path, *pred.size)
         changes[pred.path] = ann

@@ -75,9 +75,20 @@ def _flat(d: torch.Tensor) -> torch.Tensor:
 
 
 def query_cells(points_canvas: np.ndarray, cell: float, grid: int) -> np.ndarray:
-    """(K, 2) canvas points -> (K, 2) int cells (col, row), floor(u / cell) clamped."""
+    """(K, 2) canvas points -> (K, 2) int cells (col, row), clamped to the grid.
+
+    Canvas coordinates are pixel-centre coordinates (letterbox convention): cell c covers
+    canvas pixels c * cell .. (c + 1) * cell - 1, i.e. centre coordinates from c * cell - 0.5,
+    so the cell is floor((u + 0.5) / cell).
+    """
     p = np.asarray(points_canvas, dtype=np.float64).reshape(-1, 2)
-    return np.clip(np.floor(p / cell), 0, grid - 1).astype(np.int64)
+    return np.clip(np.floor((p + 0.5) / cell), 0, grid - 1).astype(np.int64)
+
+
+def cell_centres(cells: np.ndarray, cell: float) -> np.ndarray:
+    """(K, 2) (possibly fractional) cells -> canvas pixel-centre coordinates of their centres:
+    c * cell + cell / 2 - 0.5 (14 c + 6.5 for 14-pixel cells)."""
+    return np.asarray(cells, dtype=np.float64) * cell + cell / 2 - 0.5
 
 
 def similarity_heatmap(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, point: np.ndarray,
@@ -129,7 +140,7 @@ def _match(ref: torch.Tensor, tgt: torch.Tensor, cells: np.ndarray, cell: float,
         pos = _soft_argmax(sim, best, g, params.soft_window, params.temperature)
     else:
         pos = torch.stack([best % g, best // g], dim=1).float()
-    canvas = pos.double().numpy() * cell + cell / 2
+    canvas = cell_centres(pos.double().numpy(), cell)
     back = (tf[best] @ rf.T).argmax(dim=1)  # cycle: target cell -> reference
     dx = (back % g - qidx % g).double()
     dy = (back // g - qidx // g).double()
@@ -156,14 +167,19 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
              ref_letterbox: Letterbox, tgt_letterbox: Letterbox,
              params: MatchParams | None = None, ref_valid: np.ndarray | None = None,
              flipped_ref_desc: torch.Tensor | None = None,
-             flip_perm: Sequence[int] | np.ndarray | None = None) -> TransferResult:
+             flip_perm: Sequence[int] | np.ndarray | None = None,
+             flipped_tgt_desc: torch.Tensor | None = None) -> TransferResult:
     """Move reference keypoints (K, 2) in reference original pixels to the target.
 
     ``ref_valid`` (K,) bool marks labelled reference points (others are not found).
     Flip-aware: given ``flipped_ref_desc`` (descriptor of the horizontally mirrored reference)
     and ``flip_perm`` (K,) (index of each keypoint's left/right partner, itself if none), also
     match keypoint k from the mirror position of its partner in the flipped reference and keep
-    the flipped result when its mean cycle (mutual-NN) distance is smaller.
+    the flipped result when its mean cycle (mutual-NN) distance is smaller; keypoints the
+    flipped match cannot place (partner unlabelled) keep their direct match.
+    ``flipped_tgt_desc`` is the target's descriptor computed together with the flipped
+    reference, for pair-dependent fusions (copca projects each pair on its own PCA basis);
+    default ``tgt_desc``.
     """
     params = params or MatchParams()
     ref, tgt = _check_desc(ref_desc, "ref_desc"), _check_desc(tgt_desc, "tgt_desc")
@@ -198,12 +214,26 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
     fpts = safe[perm].copy()
     fpts[:, 0] = ref_letterbox.width - 1 - fpts[:, 0]
     fcells = query_cells(ref_letterbox.to_canvas(fpts), cell, g)
-    fres = _finish(_match(fref, tgt, fcells, cell, params), tgt_letterbox, valid[perm] & valid,
-                   params, True)
-    use = valid & valid[perm]
-    if use.any() and fres.cycle_error[use].mean() < result.cycle_error[use].mean():
+    ftgt = tgt if flipped_tgt_desc is None else _check_desc(flipped_tgt_desc, "flipped_tgt_desc")
+    if ftgt.shape != tgt.shape:
+        raise ValueError("flipped_tgt_desc must have the shape of tgt_desc")
+    fvalid = valid[perm] & valid
+    fres = _finish(_match(fref, ftgt, fcells, cell, params), tgt_letterbox, fvalid, params, True)
+    use = fvalid
+    if not (use.any() and fres.cycle_error[use].mean() < result.cycle_error[use].mean()):
+        return result
+    keep = valid & ~fvalid  # the flipped match cannot place these: keep the direct match
+    if not keep.any():
         return fres
-    return result
+
+    def pick(name: str) -> np.ndarray:
+        a, b = getattr(result, name), getattr(fres, name)
+        return np.where(keep[:, None] if a.ndim == 2 else keep, a, b)
+
+    return TransferResult(points=pick("points"), similarity=pick("similarity"),
+                          cycle_error=pick("cycle_error"), confidence=pick("confidence"),
+                          found=pick("found"), needs_review=pick("needs_review"), flipped=True,
+                          reference=fres.reference)
 
 
 def combine(results: Sequence[TransferResult]) -> TransferResult:
