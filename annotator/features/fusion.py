@@ -35,23 +35,37 @@ def l2n(t: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 def joint_pca(a: torch.Tensor, b: torch.Tensor | None, dim: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Project (C, Ha, Wa) [and (C, Hb, Wb)] onto the top ``dim`` principal components of their
-    stacked, jointly mean-centred tokens. Exact (eigh of the C x C covariance, float64), so it is
-    deterministic. Returns (d, Ha, Wa) [and (d, Hb, Wb)], d = min(dim, C)."""
+    stacked, jointly mean-centred tokens. Exact and deterministic (no random projection): the
+    eigenvectors of the C x C covariance, or, when there are fewer tokens N than channels, of the
+    N x N Gram matrix mapped back to channel space (same components, much smaller problem).
+    Computed in float32 on the tensors' device. Returns (d, Ha, Wa) [and (d, Hb, Wb)],
+    d = min(dim, C)."""
     a = _check(a, "a")
-    ta = a.flatten(1).T.double()
-    tb = _check(b, "b").flatten(1).T.double() if b is not None else None
+    ta = a.flatten(1).T.float()
+    tb = _check(b, "b").flatten(1).T.float() if b is not None else None
     if tb is not None and tb.shape[1] != ta.shape[1]:
         raise ValueError(f"channel mismatch {ta.shape[1]} vs {tb.shape[1]}")
     x = ta if tb is None else torch.cat([ta, tb])
+    n, c = x.shape
     mean = x.mean(0, keepdim=True)
     xc = x - mean
-    _, vecs = torch.linalg.eigh(xc.T @ xc)
-    d = min(dim, x.shape[1])
-    basis = vecs[:, -d:].flip(1)  # (C, d), largest first
-    pa = ((ta - mean) @ basis).T.float().reshape(d, *a.shape[1:])
+    d = min(dim, c)
+    if n < c:
+        vals, u = torch.linalg.eigh(xc @ xc.T)  # ascending
+        k = min(d, n)
+        vals, u = vals[-k:].flip(0), u[:, -k:].flip(1)
+        keep = vals > vals[0].clamp_min(0) * 1e-6  # drop null directions (rank <= n - 1)
+        scale = torch.where(keep, vals.clamp_min(1e-30).rsqrt(), torch.zeros_like(vals))
+        basis = (xc.T @ u) * scale  # (C, k) unit columns
+        if k < d:
+            basis = torch.cat([basis, basis.new_zeros(c, d - k)], dim=1)
+    else:
+        _, vecs = torch.linalg.eigh(xc.T @ xc)
+        basis = vecs[:, -d:].flip(1)  # (C, d), largest first
+    pa = ((ta - mean) @ basis).T.reshape(d, *a.shape[1:])
     pb = None
     if tb is not None and b is not None:
-        pb = ((tb - mean) @ basis).T.float().reshape(d, *b.shape[1:])
+        pb = ((tb - mean) @ basis).T.reshape(d, *b.shape[1:])
     return pa, pb
 
 
