@@ -175,7 +175,8 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
     Flip-aware: given ``flipped_ref_desc`` (descriptor of the horizontally mirrored reference)
     and ``flip_perm`` (K,) (index of each keypoint's left/right partner, itself if none), also
     match keypoint k from the mirror position of its partner in the flipped reference and keep
-    the flipped result when its mean cycle (mutual-NN) distance is smaller; keypoints the
+    the flipped result when its mean cycle (mutual-NN) distance is smaller (on a tie: when its
+    mean similarity is higher); keypoints the
     flipped match cannot place (partner unlabelled) keep their direct match.
     ``flipped_tgt_desc`` is the target's descriptor computed together with the flipped
     reference, for pair-dependent fusions (copca projects each pair on its own PCA basis);
@@ -220,7 +221,13 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
     fvalid = valid[perm] & valid
     fres = _finish(_match(fref, ftgt, fcells, cell, params), tgt_letterbox, fvalid, params, True)
     use = fvalid
-    if not (use.any() and fres.cycle_error[use].mean() < result.cycle_error[use].mean()):
+    if not use.any():
+        return result
+    # the more cycle-consistent result wins; ties (whole-cell cycle errors are often both 0)
+    # go to the more similar one
+    fc, dc = fres.cycle_error[use].mean(), result.cycle_error[use].mean()
+    better = fc < dc or (fc == dc and fres.similarity[use].mean() > result.similarity[use].mean())
+    if not better:
         return result
     keep = valid & ~fvalid  # the flipped match cannot place these: keep the direct match
     if not keep.any():
