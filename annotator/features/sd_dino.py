@@ -126,6 +126,11 @@ class SDDinoExtractor:
         self.sd, self.dino, self.config = sd, dino, config
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self._identity = identity
+        if sd is not None:
+            # channels_last convolutions: about 10 % less time for the UNet and the VAE encoder
+            # on the CPU (``annotator bench`` ablations, BENCHMARKS.md); results unchanged
+            for module in (sd.unet, sd.vae):
+                module.to(memory_format=torch.channels_last)
         self._prompt_emb: torch.Tensor | None = None
         self._noise: torch.Tensor | None = None
 

@@ -1,0 +1,149 @@
+"""Small helpers of the benchmark: device timers, memory sampling, matmul peak, machine info."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_timer(device: str):
+    """A perf_counter that first waits for the device's queued work."""
+
+    def timer() -> float:
+        sync(device)
+        return time.perf_counter()
+
+    return timer
+
+
+class MemoryPeak:
+    """Peak memory over a block: process RSS (sampled every 20 ms with psutil) on the CPU,
+    torch.cuda.max_memory_allocated on CUDA. ``peak`` and ``before`` in bytes."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.before = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rss(self) -> int:
+        import psutil
+
+        return int(psutil.Process(os.getpid()).memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> MemoryPeak:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = int(torch.cuda.memory_allocated())
+        else:
+            self.before = self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = int(torch.cuda.max_memory_allocated())
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+    def as_dict(self) -> dict[str, Any]:
+        kind = "cuda_max_memory_allocated" if self.device.startswith("cuda") else "process_rss"
+        return {"kind": kind, "before_bytes": self.before, "peak_bytes": self.peak,
+                "increase_bytes": max(0, self.peak - self.before)}
+
+
+def matmul_peak(device: str, dtype: torch.dtype, size: int, seconds: float = 2.0
+                ) -> dict[str, Any]:
+    """Measured peak of a square matmul (FLOP/s), the best of several timed rounds."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    flops = 2.0 * size ** 3
+    with torch.inference_mode():
+        a @ b
+        sync(device)
+        best = 0.0
+        t_end = time.perf_counter() + seconds
+        n = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                a @ b
+            sync(device)
+            dt = time.perf_counter() - t0
+            best = max(best, n * flops / dt)
+            if time.perf_counter() > t_end:
+                break
+            if dt < 0.05:
+                n *= 4
+    return {"size": size, "dtype": str(dtype).replace("torch.", ""), "flops_per_s": best}
+
+
+@contextlib.contextmanager
+def count_flops(enabled: bool = True) -> Iterator[Any]:
+    """FlopCounterMode over a block (yields the counter, or None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        yield counter
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": platform.node(), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__,
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["ram_bytes"] = int(psutil.virtual_memory().total)
+    except ImportError:  # pragma: no cover
+        pass
+    for mod in ("diffusers", "transformers"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    info["device"] = device
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["device_memory_bytes"] = int(torch.cuda.get_device_properties(device).total_memory)
+    else:
+        info["device_name"] = info.get("cpu_model", "cpu")
+    return info

@@ -1,0 +1,136 @@
+"""The benchmark machinery on tiny models (scaled-down configs with the real layouts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tiny_models import TINY, TINY_FAST
+
+SMALL_MAPS = {"s5": 32, "s4": 32, "s3": 16, "dino": 16}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids oversubscription when other processes share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_parts():
+    from annotator.jobs.bench_models import build_components, tiny_configs
+
+    return build_components(tiny_configs(), "cpu")
+
+
+def test_shipped_configs_are_full_size():
+    from annotator.jobs.bench_models import load_configs
+
+    cfg = load_configs()
+    assert cfg["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
+    assert cfg["unet"]["cross_attention_dim"] == 768
+    assert cfg["vae"]["block_out_channels"] == [128, 256, 512, 512]
+    assert cfg["vae"]["scaling_factor"] == pytest.approx(0.18215)
+    assert cfg["text_encoder"]["hidden_size"] == 768
+    assert cfg["text_encoder"]["num_hidden_layers"] == 12
+    assert cfg["dinov2"]["hidden_size"] == 768 and cfg["dinov2"]["patch_size"] == 14
+    assert cfg["scheduler"]["beta_schedule"] == "scaled_linear"
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_FAST], ids=["tiles", "single"])
+def test_baseline_gives_the_engine_features(tiny_parts, config):
+    """Same weights, same image: the reference-style baseline (batch 1, full UNet, decoder,
+    classic attention) and the optimised extractor give the same raw maps."""
+    from annotator.features.sd_dino import SDDinoExtractor
+    from annotator.jobs.bench import synthetic_image
+    from annotator.jobs.bench_baseline import BaselineExtractor
+
+    sd, dino = tiny_parts
+    img = synthetic_image((90, 130), 1)
+    engine = SDDinoExtractor(sd, dino, config).extract([img])[0].layers
+    base = BaselineExtractor(sd, dino, config).extract_one(img)
+    assert set(base) == set(engine) == {"s3", "s4", "s5", "dino"}
+    for key in engine:
+        assert base[key].shape == engine[key].shape
+        torch.testing.assert_close(base[key], engine[key], atol=1e-4, rtol=1e-4)
+    # the baseline left the models with their SDPA processors
+    from diffusers.models.attention_processor import AttnProcessor
+
+    assert not any(isinstance(p, AttnProcessor) for p in sd.unet.attn_processors.values())
+
+
+def test_loop_match_agrees_with_vectorised_match():
+    from annotator.features.letterbox import Letterbox
+    from annotator.jobs.bench_baseline import loop_match
+    from annotator.matching.transfer import MatchParams, query_cells, transfer
+
+    g = torch.Generator().manual_seed(0)
+    ref, tgt = torch.randn(8, 6, 6, generator=g), torch.randn(8, 6, 6, generator=g)
+    lb = Letterbox.fit(60, 60, 60)
+    pts = np.array([[5.0, 5.0], [33.0, 12.0], [58.0, 40.0]])
+    cells = query_cells(lb.to_canvas(pts), 10.0, 6)
+    best = loop_match(ref, tgt, cells)
+    res = transfer(ref, tgt, pts, lb, lb, MatchParams(soft_window=0))
+    want = np.floor(lb.to_canvas(res.points) / 10.0).astype(int)
+    np.testing.assert_array_equal(best, want)
+
+
+def test_bench_run_produces_table_and_json(tmp_path):
+    from annotator.jobs.bench import BenchOptions, format_table, run_bench, write_json
+    from annotator.jobs.bench_models import tiny_configs
+
+    msgs: list[str] = []
+    opts = BenchOptions(
+        quick=True, device="cpu", presets={"tiny-fast": TINY_FAST, "tiny": TINY},
+        configs=tiny_configs(), image_hw=(60, 80), transfer_preset="tiny", disk_targets=3,
+        memory_targets=3, targets=1000, peak_size=128, peak_seconds=0.2, map_channels=SMALL_MAPS,
+        gui=lambda say: {"open_seconds": 0.5, "max_stall_ms": 12.0})
+    res = run_bench(opts, msgs.append)
+    assert msgs
+    for name in ("tiny-fast", "tiny"):
+        e = res["extraction"][name]
+        for part in ("engine", "baseline"):
+            assert e[part]["seconds_per_image"] > 0
+            assert e[part]["flops_per_image"] > 0
+            assert e[part]["achieved_flops_per_s"] > 0
+            assert 0 < e[part]["fraction_of_peak"]
+            assert e[part]["memory"]["peak_bytes"] > 0
+        assert e["speedup"] > 0
+    base = res["extraction"]["tiny"]["baseline"]
+    assert base["extrapolated"] and base["tiles_measured"] == 0 and base["tiles"] == 4
+    assert base["tile_figures_from"] == "tiny-fast"
+    assert {"text", "vae_encode", "unet", "vae_decode", "dino"} <= set(base["stages_seconds"])
+    assert res["peak"]["flops_per_s"] > 0
+    assert res["ablations"]["unet_full_sdpa_s"] > 0
+    assert res["ablations"]["vae_encode_contiguous_s"] > 0
+    assert res["ablations"]["unet_early_stop_contiguous_s"] > 0
+    tr = res["transfer"]
+    assert tr["cache_bytes_per_image"] > 0
+    for fusion_name in ("copca", "concat"):
+        for where in ("disk", "memory"):
+            assert tr["fusions"][fusion_name][where]["targets_measured"] == 3
+            assert tr["fusions"][fusion_name][where]["projected_seconds"] > 0
+    assert tr["match_loop_seconds_per_target"] > 0
+    assert res["gui"]["open_seconds"] == 0.5
+    table = format_table(res)
+    assert "ratio" in table and "tiny-fast" in table and "transfer" in table
+    path = write_json(res, tmp_path / "bench.json")
+    back = json.loads(path.read_text())
+    assert set(back) >= {"machine", "peak", "extraction", "transfer", "gui", "date"}
+
+
+def test_cli_registers_bench():
+    from annotator.cli import bench as cli_bench
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    cli_bench.add_parser(sub)
+    args = parser.parse_args(["bench", "--quick", "--device", "cpu", "--out", "x.json"])
+    assert args.quick and args.device == "cpu" and callable(args.func)
