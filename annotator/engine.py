@@ -228,8 +228,12 @@ class Engine:
     def iter_transfer(self, references: Sequence[Reference], targets: Iterable[np.ndarray],
                       flip_pairs: Iterable[tuple[int, int]] = (), flip: bool | None = None
                       ) -> Iterator[TransferResult]:
-        """Generator form of ``transfer_many`` (one result per target, in order)."""
-        from annotator.matching.transfer import combine
+        """Generator form of ``transfer_many`` (one result per target, in order).
+
+        Pair-independent fusions describe each reference once and each target once; copca
+        fuses every (reference, target) pair on its own PCA basis."""
+        from annotator.features.extractor import pair_dependent
+        from annotator.matching.transfer import combine, transfer
 
         if not references:
             raise ValueError("at least one reference is needed")
@@ -244,9 +248,21 @@ class Engine:
         ks = {len(r[1]) for r in refs}
         if len(ks) != 1:
             raise ValueError(f"references have different keypoint counts {sorted(ks)}")
+        per_pair = pair_dependent(self.extractor)
+        if not per_pair:
+            describe = self.extractor.describe
+            ref_desc = [(describe(m), describe(f) if f is not None else None) for m, _, _, f, _
+                        in refs]
         for target in targets:
             tmaps = self.features(target)
-            results = [self._transfer_maps(m, p, v, tmaps, f, perm) for m, p, v, f, perm in refs]
+            if per_pair:
+                results = [self._transfer_maps(m, p, v, tmaps, f, perm)
+                           for m, p, v, f, perm in refs]
+            else:
+                tgt_d = self.extractor.describe(tmaps)
+                results = [transfer(rd, tgt_d, p, m.letterbox, tmaps.letterbox, self.match_params,
+                                    v, fd, perm)
+                           for (m, p, v, _, perm), (rd, fd) in zip(refs, ref_desc)]
             yield results[0] if len(results) == 1 else combine(results)
 
     def similarity_heatmap(self, ref_image: np.ndarray, point: np.ndarray,

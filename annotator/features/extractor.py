@@ -66,6 +66,16 @@ class FeatureExtractor(Protocol):
         ...
 
 
+def pair_dependent(extractor: Any) -> bool:
+    """Whether ``extractor``'s descriptors depend on the pair (copca's joint PCA). Then each
+    pair is fused anew; otherwise one descriptor per image serves every pair. Extractors may
+    say so with a ``pair_dependent`` attribute; without it, copca fusion is the one that is."""
+    flag = getattr(extractor, "pair_dependent", None)
+    if flag is not None:
+        return bool(flag)
+    return getattr(getattr(extractor, "config", None), "fusion", None) == "copca"
+
+
 def check_image(image: np.ndarray) -> np.ndarray:
     """Validate an (H, W, 3) uint8 RGB array and return it contiguous."""
     img = np.asarray(image)
