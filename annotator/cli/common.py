@@ -34,7 +34,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip-aware matching with the schema's left/right partners")
     g.add_argument("--soft-argmax", action=argparse.BooleanOptionalAction, default=None,
-                   help="window soft-argmax refinement (default on)")
+                   help="window soft-argmax refinement (default on; off for the content "
+                        "descriptor)")
     g.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default: the user cache folder)")
     g.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
@@ -79,6 +80,8 @@ def engine_from_args(args: argparse.Namespace) -> Any:
     if args.extractor == "content":
         from annotator.features.content import ContentExtractor
 
+        if args.soft_argmax is None:  # tuned for SD+DINO similarities; content uses hard argmax
+            config = config.replace(softargmax_window=0)
         return Engine(config=config, cache=cache, extractor=ContentExtractor())
     return Engine.from_pretrained(
         sd_model=args.sd_model,
