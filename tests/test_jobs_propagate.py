@@ -100,7 +100,9 @@ def test_apply_keeps_user_work_and_marks_not_found(project):
                       np.ones(k, bool))
     assert apply_predictions(project, [pred, miss]) == ["img2.png"]
     assert project.annotation("img1.png").instances[0].keypoints[0].x == 5
-    assert not any(kp.labelled for kp in project.annotation("img2.png").instances[0].keypoints)
+    missed = project.annotation("img2.png")
+    assert not any(kp.labelled for kp in missed.instances[0].keypoints)
+    assert missed.worst_confidence() == 0.0  # not found counts as the worst: reviewed first
 
 
 def test_propagating_again_keeps_the_users_corrections(project):

@@ -150,11 +150,12 @@ class ImageAnnotation:
         return any(inst.num_labelled for inst in self.instances)
 
     def worst_confidence(self) -> float | None:
-        """Lowest confidence over predicted keypoints, or None when nothing is predicted."""
+        """Lowest confidence over predicted keypoints (those not found included), or None
+        when nothing is predicted."""
         confs = [
             kp.confidence
             for inst in self.instances
             for kp in inst.keypoints
-            if kp.labelled and kp.origin == Origin.PREDICTED and kp.confidence is not None
+            if kp.origin == Origin.PREDICTED and kp.confidence is not None
         ]
         return min(confs) if confs else None

@@ -290,7 +290,8 @@ def _parse_keypoints(ann: dict, k: int, where: str) -> tuple[Keypoint, ...]:
                     f"{where}, keypoint_origins[{j}]: unknown origin {origins[j]!r}"
                 ) from None
         if v == 0:
-            kps.append(Keypoint(origin=origin))  # a reviewed deletion stays reviewed
+            # a reviewed deletion stays reviewed; a prediction not found keeps its confidence
+            kps.append(Keypoint(origin=origin, confidence=conf))
         else:
             kps.append(Keypoint(x, y, Visibility(int(v)), origin, conf))
     return tuple(kps)

@@ -175,8 +175,8 @@ def prediction_annotation(
         if found and np.isfinite(x) and np.isfinite(y):
             c = float(np.clip(conf, 0.0, 1.0))
             kps.append(Keypoint(float(x), float(y), Visibility.VISIBLE, Origin.PREDICTED, c))
-        else:
-            kps.append(Keypoint())  # not found: left unlabelled for the user
+        else:  # not found: unlabelled (v = 0) for the user, with its (low) confidence
+            kps.append(Keypoint(origin=Origin.PREDICTED, confidence=float(np.clip(conf, 0, 1))))
     return ImageAnnotation((Instance(tuple(kps)),), ImageStatus.PREDICTED)
 
 
