@@ -1,13 +1,25 @@
 """GUI part of ``annotator bench`` (offscreen Qt, run in a child process by the CLI).
 
-Builds an N-image project (one small JPEG hard-linked N times: the gallery loads thumbnails
-lazily, so the image content does not matter), then measures with the real MainWindow:
-- ``open_seconds``: load_project(path) + MainWindow.set_project (what open_project does, minus
-  the recent-files entry and autosaver) plus the first event-loop pass (paint);
-- ``max_stall_open_ms``: the longest gap of a 2 ms heartbeat timer during 1 s after opening;
-- ``max_stall_scroll_ms``: the same while the gallery scrolls top to bottom in 60 steps
-  (one step every 16 ms, thumbnails loading).
-Stall = gap between heartbeat ticks minus the 2 ms interval. Writes JSON to --out.
+Measures the real MainWindow, built by :func:`annotator.gui.bench_support.open_window` (isolated:
+no recent-files entry, no autosave, nothing of the user's QSettings touched):
+
+- ``open_seconds``: ``load_project`` of an N-image project file (one small JPEG hard-linked N
+  times: the gallery loads thumbnails lazily, so the content does not matter) plus building and
+  showing the window with the gallery populated (one event-loop pass, so laid out and painted);
+  ``first_thumbnails_seconds``: from the same start until the thumbnails on screen are decoded;
+- ``max_stall_open_ms``: the longest event-loop stall during 1 s after opening;
+- ``max_stall_scroll_ms``: the same while the gallery scrolls top to bottom in 60 steps, one
+  every 16 ms, thumbnails loading (``thumbnails_decoded`` says how many were);
+- ``max_stall_worker_ms``: the same while the worker thread propagates a reference to
+  ``--worker-images`` real small images (views cropped, scaled, mirrored and dimmed from the demo
+  photographs) with the weight-free content engine (``fast`` preset, hard argmax); predictions
+  stream into the project and the gallery every 250 ms as in normal use. ``worker_seconds``,
+  ``worker_images`` and ``worker_images_per_s`` describe that run; the stall is also split into
+  ``max_stall_worker_engine_load_ms`` (start until the engine is built: the worker thread
+  imports torch, whose C initialisation holds the GIL) and ``max_stall_worker_images_ms``.
+
+A stall is the gap between ticks of a 2 ms timer, less the 2 ms. Writes JSON to --out (flat
+keys: ``annotator bench`` prints them as they are).
 
     QT_QPA_PLATFORM=offscreen python benchmarks/gui_bench.py --images 10000 --out gui.json
 """
@@ -22,8 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "resources" / "demo"
+
 
 def make_project(folder: Path, n: int) -> Path:
+    """An ``n``-image project file over hard links to one small JPEG."""
     from PIL import Image
 
     from annotator.domain.schema import KeypointSchema
@@ -46,81 +62,99 @@ def make_project(folder: Path, n: int) -> Path:
     return path
 
 
-class Heartbeat:
-    def __init__(self, interval_ms: int = 2) -> None:
-        from PySide6.QtCore import Qt, QTimer
+def make_worker_project(folder: Path, n: int, seed: int = 0):  # noqa: ANN201
+    """The demo project (its labelled reference and schema) plus ``n`` distinct small views
+    of its photographs: random crops, scales (longer side 160-320 px), mirrors, brightness."""
+    import numpy as np
+    from PIL import Image, ImageEnhance, ImageOps
 
-        self.interval = interval_ms / 1000
-        self.timer = QTimer()
-        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.last = time.perf_counter()
-        self.max_gap = 0.0
+    from annotator.domain import ImageRecord, Project
+    from annotator.io.project_file import load_project
 
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.max_gap = max(self.max_gap, now - self.last - self.interval)
-        self.last = now
-
-    def start(self) -> None:
-        self.last = time.perf_counter()
-        self.max_gap = 0.0
-        self.timer.start()
-
-    def stop_ms(self) -> float:
-        self.timer.stop()
-        return max(0.0, self.max_gap * 1000)
-
-
-def run_for(app, seconds: float) -> None:
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    QTimer.singleShot(int(seconds * 1000), loop.quit)
-    loop.exec()
+    demo = load_project(DEMO / "demo.kpproj.json")
+    img_dir = folder / "images"
+    img_dir.mkdir(parents=True)
+    sources = []
+    for rec in demo.images:
+        src = Path(demo.image_root) / rec.path
+        (img_dir / rec.path).write_bytes(src.read_bytes())
+        with Image.open(src) as im:
+            sources.append(im.convert("RGB"))
+    rng = np.random.default_rng(seed)
+    records = [ImageRecord(r.path, r.width, r.height) for r in demo.images]
+    for i in range(n):
+        im = sources[i % len(sources)]
+        w, h = im.size
+        f = rng.uniform(0.6, 1.0)
+        cw, ch = int(w * f), int(h * f)
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        view = im.crop((x0, y0, x0 + cw, y0 + ch))
+        side = int(rng.integers(160, 321))
+        view.thumbnail((side, side))
+        if rng.random() < 0.5:
+            view = ImageOps.mirror(view)
+        view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.7, 1.2)))
+        name = f"view_{i:04d}.jpg"
+        view.save(img_dir / name, quality=85)
+        records.append(ImageRecord(name, view.width, view.height))
+    project = Project(str(img_dir), records, demo.schema, demo.annotations(), demo.settings)
+    return project
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--worker-images", type=int, default=300,
+                    help="targets of the propagation timed on the worker (0: skip)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from annotator.gui.main_window import MainWindow
+    from annotator.gui.bench_support import (
+        StallMeter,
+        content_engine_factory,
+        open_window,
+        run_for,
+        run_until,
+    )
+    from annotator.gui.thumbnails import busy_thumbnail_threads
     from annotator.io.project_file import load_project
 
     result: dict[str, object] = {"images": args.images,
                                  "platform": os.environ.get("QT_QPA_PLATFORM")}
+
+    def save() -> None:  # after each phase, so a crash keeps what was measured
+        args.out.write_text(json.dumps(result, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="annotator-gui-") as tmp:
         t = time.perf_counter()
         path = make_project(Path(tmp), args.images)
         result["project_build_seconds"] = time.perf_counter() - t
         app = QApplication.instance() or QApplication([])
-        win = MainWindow()
-        win.show()
         app.processEvents()
+
+        # ---- open
         t = time.perf_counter()
-        # = MainWindow.open_project minus the recent-files entry and the autosaver (the
-        # benchmark must not write into the user's settings)
         project = load_project(path)
-        win.set_project(project, None)
-        app.processEvents()
+        win = open_window(project)
         result["open_seconds"] = time.perf_counter() - t
-        result["loaded_images"] = len(project) if project is not None else 0
-        beat = Heartbeat()
+        gallery = win.editor.gallery
+        result["loaded_images"] = gallery.model.rowCount()
+        loader = win.loader
+        run_until(lambda: busy_thumbnail_threads() == 0 and not loader._stack, 10.0, poll_ms=2)
+        result["first_thumbnails_seconds"] = time.perf_counter() - t
+        beat = StallMeter()
         beat.start()
-        run_for(app, 1.0)
+        run_for(1.0)
         result["max_stall_open_ms"] = beat.stop_ms()
         result["scroll"] = "crashed or did not finish"
-        args.out.write_text(json.dumps(result, indent=2))  # kept if scrolling crashes
+        save()
 
-        view = win.editor.gallery.view
-        bar = view.verticalScrollBar()
+        # ---- scroll
+        bar = gallery.view.verticalScrollBar()
         steps = 60
         state = {"i": 0}
 
@@ -133,15 +167,59 @@ def main(argv: list[str] | None = None) -> int:
         scroller.timeout.connect(step)
         beat.start()
         scroller.start()
-        run_for(app, steps * 0.016 + 0.5)
+        run_for(steps * 0.016 + 0.5)
         scroller.stop()
+        run_until(lambda: busy_thumbnail_threads() == 0, 10.0)
         result["max_stall_scroll_ms"] = beat.stop_ms()
         result["scroll_range"] = bar.maximum()
+        result["thumbnails_decoded"] = len(loader._cache)
         result["scroll"] = "done"
-        result["worker"] = "not measured (needs an engine factory for a fake worker run)"
+        save()
+
+        # ---- propagation on the worker
+        if args.worker_images > 0:
+            result["worker"] = "crashed or did not finish"
+            t = time.perf_counter()
+            wproject = make_worker_project(Path(tmp) / "worker", args.worker_images)
+            result["worker_project_build_seconds"] = time.perf_counter() - t
+            win.set_project(wproject, None)
+            app.processEvents()
+            run_until(lambda: busy_thumbnail_threads() == 0, 10.0)
+            outcome: list[str] = []
+            loading: dict[str, float] = {}
+
+            def on_progress(_done: int, _total: int, _message: str) -> None:
+                if not loading:  # the first report: the engine is built, images follow
+                    loading["stall_ms"] = beat.stop_ms()
+                    loading["seconds"] = time.perf_counter() - t
+                    beat.start()
+
+            win.controller.run_finished.connect(outcome.append)
+            win.controller.run_progress.connect(on_progress)
+            targets = len(wproject) - len(wproject.reference_paths())
+            beat.start()
+            t = time.perf_counter()
+            started = win.start_propagation(content_engine_factory)
+            finished = started and run_until(lambda: bool(outcome), 600.0)
+            result["worker_seconds"] = time.perf_counter() - t
+            running_ms = beat.stop_ms()
+            result["max_stall_worker_ms"] = max(running_ms, loading.get("stall_ms", 0.0))
+            # first run: the worker thread imports the engine stack (torch) before any image
+            result["worker_engine_load_seconds"] = loading.get("seconds")
+            result["max_stall_worker_engine_load_ms"] = loading.get("stall_ms")
+            result["max_stall_worker_images_ms"] = running_ms
+            done = sum(1 for p in wproject.images
+                       if wproject.annotation(p.path).status.value == "predicted")
+            result["worker_images"] = done
+            result["worker_targets"] = targets
+            result["worker_images_per_s"] = done / max(1e-9, float(result["worker_seconds"]))
+            result["worker"] = outcome[0] if finished and outcome else "did not finish"
+            save()
+        else:
+            result["worker"] = "skipped (--worker-images 0)"
         win.shutdown()
         win.close()
-    args.out.write_text(json.dumps(result, indent=2))
+    save()
     print(json.dumps(result, indent=2), flush=True)
     os._exit(0)  # skip Qt/Python finalisation (PySide6 can crash while tearing down)
 

@@ -97,3 +97,15 @@ def test_undo_stack_limit_and_redo_cleared():
     st.redo()
     st.push(Command("x", lambda: None, lambda: None))
     assert not st.can_redo
+
+
+def test_accepting_an_image_reviews_its_unfound_keypoints_too():
+    p = project()
+    kps = (Keypoint(1, 1, 2, Origin.PREDICTED, 0.9), Keypoint(origin=Origin.PREDICTED,
+                                                                confidence=0.0), Keypoint())
+    p.set_annotation("a.jpg", ImageAnnotation((Instance(kps),), ImageStatus.PREDICTED), "x")
+    assert p.annotation("a.jpg").worst_confidence() == 0.0
+    p.set_status("a.jpg", ImageStatus.REVIEWED)
+    ann = p.annotation("a.jpg")
+    assert ann.worst_confidence() is None  # nothing left to review
+    assert [k.origin for k in ann.instances[0].keypoints[:2]] == [Origin.REVIEWED] * 2

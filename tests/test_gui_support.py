@@ -123,7 +123,27 @@ def make_window(qtbot, factory=content_engine, size=(1280, 800)):  # noqa: ANN00
     return window
 
 
+def wait_image(window, path=None, timeout=10.0):  # noqa: ANN001, ANN201
+    """Run the event loop until the editor shows ``path`` (default: the current image);
+    the canvas decodes images on a pool thread."""
+    from PySide6.QtWidgets import QApplication
+
+    editor = window.editor
+    deadline = time.monotonic() + timeout
+    while editor.shown_path is None or editor.shown_path != (path or editor.current_path):
+        assert time.monotonic() < deadline, f"image {path or editor.current_path} not shown"
+        QApplication.processEvents()
+        time.sleep(0.002)
+
+
+def show_image(window, path):  # noqa: ANN001, ANN201
+    """Select ``path`` in the editor and wait until its image is on the canvas."""
+    window.editor.show_image(path)
+    wait_image(window, path)
+
+
 def open_demo_project(window, tmp_path):  # noqa: ANN001, ANN201
     project = window.open_demo(str(tmp_path / "demo"))
     assert project is not None
+    wait_image(window)
     return project

@@ -17,6 +17,7 @@ from tests.test_gui_support import (  # noqa: F401 (fixtures)
     no_thread_leaks,
     open_demo_project,
     qt_isolated,
+    show_image,
     slow_factory,
 )
 
@@ -72,7 +73,7 @@ def test_missing_weights_keeps_manual_annotation(qtbot, tmp_path):  # noqa: ANN0
     assert (level, title) == ("warning", "Models unavailable")
     assert "offline" in text and "Settings" in text and "Manual annotation" in text
     assert window.model_label.text() == "models: unavailable"
-    window.editor.show_image("chelsea_small.jpg")
+    show_image(window, "chelsea_small.jpg")
     canvas = window.editor.canvas
     p = canvas.to_widget(30, 30)
     qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=p.toPoint())
@@ -119,7 +120,7 @@ def test_event_loop_serves_timers_while_worker_runs(qtbot, tmp_path):  # noqa: A
 def test_heatmap_is_computed_on_the_worker(qtbot, tmp_path):  # noqa: ANN001
     window = make_window(qtbot)
     open_demo_project(window, tmp_path)
-    window.editor.show_image("chelsea_mirror.jpg")
+    show_image(window, "chelsea_mirror.jpg")
     with qtbot.waitSignal(window.controller.heatmap_ready, timeout=20_000) as got:
         window.editor.heatmap_box.setChecked(True)
     heat = got.args[0]

@@ -20,6 +20,8 @@ from tests.test_gui_support import (  # noqa: F401 (fixtures)
     make_window,
     no_thread_leaks,
     qt_isolated,
+    show_image,
+    wait_image,
 )
 
 pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
@@ -33,6 +35,7 @@ def click_gallery(qtbot, window, path):  # noqa: ANN001, ANN201
     rect = gallery.view.visualRect(index)
     qtbot.mouseClick(gallery.view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert window.editor.current_path == path
+    wait_image(window, path)  # decoded on a pool thread
 
 
 def widget_point(canvas, x, y):  # noqa: ANN001, ANN201
@@ -149,7 +152,9 @@ def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F81
     assert project.status(target) == ImageStatus.REVIEWED
     assert target in project.reference_paths()
     assert window.editor.current_path != target
-    assert all(kp.origin != Origin.PREDICTED for kp in keypoints(project, target))
+    # placed keypoints are reviewed now (ones not found stay unlabelled, with their score)
+    assert all(kp.origin != Origin.PREDICTED for kp in keypoints(project, target)
+               if kp.labelled)
 
     # 8. propagate again: only the remaining images are updated
     before_ref = project.annotation(target)
@@ -204,10 +209,59 @@ def test_manual_annotation_autosaves(qtbot, tmp_path):  # noqa: ANN001
     window = make_window(qtbot)
     project = window.open_demo(str(tmp_path / "demo"))
     assert project is not None
-    window.editor.show_image("chelsea_small.jpg")
+    show_image(window, "chelsea_small.jpg")
     canvas = window.editor.canvas
     qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 50, 40))
     qtbot.waitUntil(lambda: not window.autosaver.dirty, timeout=5000)
     saved = load_project(window.project_path)
     assert saved.annotation("chelsea_small.jpg").has_labels
+    window.close()
+
+
+def test_editor_decodes_off_thread_drops_stale(qtbot, tmp_path, monkeypatch):  # noqa: ANN001
+    import time
+
+    from annotator.gui import image_loader
+
+    real = image_loader.load_image
+
+    def slow(path):  # noqa: ANN001, ANN202
+        time.sleep(0.3)
+        return real(path)
+
+    monkeypatch.setattr(image_loader, "load_image", slow)
+    window = make_window(qtbot)
+    assert window.open_demo(str(tmp_path / "demo")) is not None  # chelsea.jpg starts decoding
+    editor = window.editor
+    shown: list[str] = []
+    editor.image_shown.connect(shown.append)
+    t = time.perf_counter()
+    editor.show_image("chelsea_small.jpg")
+    editor.show_image("chelsea_mirror.jpg")  # before any decode could finish
+    elapsed = time.perf_counter() - t
+    assert elapsed < 0.3, f"show_image waited for a decode ({elapsed:.2f} s)"
+    assert editor.canvas.image_size is None and editor.shown_path is None  # placeholder
+    assert editor.keypoints.count() == 6  # the rest of the page is there already
+    qtbot.waitUntil(lambda: editor.shown_path == "chelsea_mirror.jpg", timeout=10_000)
+    qtbot.wait(800)  # late results of the images passed by must not replace it
+    assert shown == ["chelsea_mirror.jpg"]
+    assert editor.canvas.image_size == (451, 300)
+    # back to an image decoded before: from the cache, at once
+    qtbot.waitUntil(lambda: editor.images.pending == 0, timeout=10_000)
+    editor.show_image("chelsea.jpg")
+    assert editor.shown_path == "chelsea.jpg" and editor.canvas.image_size == (451, 300)
+    window.close()
+
+
+def test_unreadable_image_shows_a_message(qtbot, tmp_path, image_folder):  # noqa: ANN001, F811
+    from annotator.domain import KeypointSchema
+
+    window = make_window(qtbot)
+    path = str(tmp_path / "p.kpproj.json")
+    assert window.new_project(str(image_folder), KeypointSchema("thing", ("a", "b")), path)
+    show_image(window, "zz_broken.jpg")
+    assert window.editor.canvas.image_size is None
+    assert window.editor.gallery.model.error("zz_broken.jpg")
+    show_image(window, "chelsea.jpg")  # and the next image still shows
+    assert window.editor.canvas.image_size == (451, 300)
     window.close()

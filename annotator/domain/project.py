@@ -245,8 +245,8 @@ class Project:
                 replace(
                     inst,
                     keypoints=tuple(
-                        replace(kp, origin=Origin.REVIEWED)
-                        if kp.origin == Origin.PREDICTED and kp.labelled
+                        replace(kp, origin=Origin.REVIEWED)  # accepted as is, found or not
+                        if kp.origin == Origin.PREDICTED
                         else kp
                         for kp in inst.keypoints
                     ),

@@ -7,8 +7,6 @@ events into those calls and repaints when the project notifies a change.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage
@@ -25,10 +23,10 @@ from PySide6.QtWidgets import (
 from annotator.domain import ImageStatus, Keypoint, Project, Visibility
 from annotator.gui.canvas import ImageCanvas, PointStyle
 from annotator.gui.gallery import GalleryPanel
+from annotator.gui.image_loader import ImageLoader
 from annotator.gui.keypoint_list import KeypointList
-from annotator.gui.qimage import heatmap_to_qimage, rgb_to_qimage
+from annotator.gui.qimage import heatmap_to_qimage
 from annotator.gui.thumbnails import ThumbnailLoader
-from annotator.io.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +37,17 @@ class EditorPage(QWidget):
     heatmap_wanted = Signal(str, float, float, str)  # reference, x, y, target
     heatmap_cleared = Signal()
     message = Signal(str)
+    image_shown = Signal(str)  # path whose image (or unreadable message) the canvas now shows
 
     def __init__(self, loader: ThumbnailLoader, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.project: Project | None = None
         self.current_path: str | None = None
         self.current_keypoint = 0
-        self._images: OrderedDict[str, QImage] = OrderedDict()
+        self.shown_path: str | None = None  # the path whose image is on the canvas
+        self.images = ImageLoader(parent=self)
+        self.images.loaded.connect(self._on_image_loaded)
+        self._heat: QImage | None = None  # the heatmap over the current image, once it came
         self.gallery = GalleryPanel(loader)
         self.canvas = ImageCanvas()
         self.keypoints = KeypointList()
@@ -90,7 +92,8 @@ class EditorPage(QWidget):
         self.project = project
         self.current_path = None
         self.current_keypoint = 0
-        self._images.clear()
+        self.shown_path = None
+        self.images.set_root(project.image_root if project is not None else "")
         self.gallery.model.set_project(project)
         if project is not None:
             self.apply_settings()
@@ -117,38 +120,55 @@ class EditorPage(QWidget):
             self._refresh_points()
 
     # ------------------------------------------------------------- images
-    def _load(self, path: str) -> QImage:
-        img = self._images.get(path)
-        if img is None:
-            assert self.project is not None
-            img = rgb_to_qimage(load_image(Path(self.project.image_root) / path))
-            self._images[path] = img
-            while len(self._images) > 6:
-                self._images.popitem(last=False)
-            rec = self.project.image(path)
-            if rec.width is None:
-                self.project.set_image_size(path, img.width(), img.height())
-        self._images.move_to_end(path)
-        return img
-
     def show_image(self, path: str) -> None:
-        """Make ``path`` the current image."""
+        """Make ``path`` the current image.
+
+        The points, list and gallery follow at once; the image itself comes from the cache or
+        from a decode on a pool thread (a "Loading" placeholder meanwhile, :attr:`image_shown`
+        when it is on the canvas).
+        """
         if self.project is None:
             return
         changed = path != self.current_path
         self.current_path = path
-        try:
-            self.canvas.set_image(self._load(path))
-        except ImageLoadError as exc:
-            self.canvas.set_image(None, f"Unreadable image\n{exc}")
-            self.gallery.model.mark_unreadable(path, str(exc))
-            self.message.emit(f"Unreadable: {exc}")
+        img = self.images.request(path)
+        if img is not None:
+            if changed or self.shown_path != path:
+                self._display(path, img)
+        else:
+            self.shown_path = None
+            self.canvas.set_image(None, f"Loading {path}...")
         ann = self.project.annotation(path)
         if changed and not ann.has_labels:
             self.current_keypoint = 0
         self.gallery.select(path, emit=False)
         self._refresh_points()
         self._request_heatmap()
+        nxt = self.gallery.neighbour(path, 1)
+        if nxt is not None and nxt != path:
+            self.images.prefetch(nxt)  # Accept and Next usually go there
+
+    def _on_image_loaded(self, path: str, image: QImage | None, error: str) -> None:
+        if self.project is None or path != self.current_path:
+            return  # a stale result: the user has moved on
+        if image is None:
+            self.canvas.set_image(None, f"Unreadable image\n{error}")
+            self.gallery.model.mark_unreadable(path, error)
+            self.message.emit(f"Unreadable: {error}")
+            self.shown_path = path
+            self.image_shown.emit(path)
+            return
+        self._display(path, image)
+
+    def _display(self, path: str, image: QImage) -> None:
+        assert self.project is not None
+        self.canvas.set_image(image)
+        if self._heat is not None:  # it arrived before the image
+            self.canvas.set_heatmap(self._heat)
+        self.shown_path = path
+        if self.project.image(path).width is None:
+            self.project.set_image_size(path, image.width(), image.height())
+        self.image_shown.emit(path)
 
     def step_image(self, step: int) -> None:
         nxt = self.gallery.neighbour(self.current_path, step)
@@ -243,10 +263,12 @@ class EditorPage(QWidget):
         if on:
             self._request_heatmap()
         else:
+            self._heat = None
             self.canvas.set_heatmap(None)
             self.heatmap_cleared.emit()
 
     def _request_heatmap(self) -> None:
+        self._heat = None
         self.canvas.set_heatmap(None)
         if not self.heatmap_box.isChecked() or self.project is None or not self.current_path:
             return
@@ -261,4 +283,5 @@ class EditorPage(QWidget):
 
     def set_heatmap(self, heat: object) -> None:
         if self.heatmap_box.isChecked():
-            self.canvas.set_heatmap(heatmap_to_qimage(heat))  # type: ignore[arg-type]
+            self._heat = heatmap_to_qimage(heat)  # type: ignore[arg-type]
+            self.canvas.set_heatmap(self._heat)

@@ -58,15 +58,23 @@ def human_bytes(n: int) -> str:
 
 
 class MainWindow(QMainWindow):
-    """One window; ``engine_factory`` is injected by tests (default: the real engine)."""
+    """One window; ``engine_factory`` is injected by tests (default: the real engine).
+
+    ``isolated=True`` (benchmarks, scripted use) leaves the user's state alone: no recent-files
+    list is read or written (QSettings) and no autosaver is created, whatever path a project
+    is shown with. See :mod:`annotator.gui.bench_support`.
+    """
 
     def __init__(
         self,
         engine_factory: EngineFactory | None = None,
         autosave_delay_s: float = 2.0,
         parent: QWidget | None = None,
+        *,
+        isolated: bool = False,
     ) -> None:
         super().__init__(parent)
+        self.isolated = isolated
         self.setWindowTitle("Keypoint-transfer annotator")
         self.resize(1400, 860)
         self.project: Project | None = None
@@ -82,7 +90,7 @@ class MainWindow(QMainWindow):
 
         self.loader = ThumbnailLoader(parent=self)
         self.controller = WorkerController(engine_factory, self)
-        self.welcome = WelcomePage()
+        self.welcome = WelcomePage(show_recent=not isolated)
         self.editor = EditorPage(self.loader)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
@@ -95,7 +103,8 @@ class MainWindow(QMainWindow):
         self.autosave_timer = QTimer(self)
         self.autosave_timer.setInterval(500)
         self.autosave_timer.timeout.connect(self._autosave_tick)
-        self.autosave_timer.start()
+        if not isolated:
+            self.autosave_timer.start()
         self.flush_timer = QTimer(self)
         self.flush_timer.setInterval(250)
         self.flush_timer.timeout.connect(self.flush_predictions)
@@ -189,7 +198,7 @@ class MainWindow(QMainWindow):
         w.import_button.clicked.connect(self.import_coco_dialog)
         w.demo_button.clicked.connect(self.open_demo)
         w.recent_chosen.connect(self.open_project)
-        self.editor.propagate_button.clicked.connect(self.propagate)
+        self.editor.propagate_button.clicked.connect(lambda _=False: self.propagate())
         self.editor.message.connect(lambda text: self.statusBar().showMessage(text, 5000))
         self.editor.heatmap_wanted.connect(self._on_heatmap_wanted)
         self.editor.heatmap_cleared.connect(self.controller.cancel_heatmap)
@@ -228,7 +237,7 @@ class MainWindow(QMainWindow):
         if project is not None:
             self.loader.set_root(project.image_root)
             self._unsubscribe = project.subscribe(self._on_project_changed)
-            if path:
+            if path and not self.isolated:
                 self.autosaver = Autosaver(project, path, delay_s=self._autosave_delay)
                 add_recent_project(path)
             self.editor.set_project(project)
@@ -366,9 +375,11 @@ class MainWindow(QMainWindow):
         if path != self.project_path:
             if self.autosaver is not None:
                 self.autosaver.close()
+                self.autosaver = None
             self.project_path = path
-            self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay)
-            add_recent_project(path)
+            if not self.isolated:
+                self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay)
+                add_recent_project(path)
         else:
             self.autosaver and self.autosaver.flush()
         self.statusBar().showMessage(f"Saved {path}", 3000)
@@ -468,7 +479,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(title)
 
     # ----------------------------------------------------------- propagation
-    def propagate(self) -> bool:
+    def propagate(self, targets: list[str] | None = None) -> bool:
         """Send the project to the worker; predictions stream back into the gallery."""
         if self.project is None:
             return False
@@ -479,7 +490,7 @@ class MainWindow(QMainWindow):
             return False
         self.flush_predictions()
         self._baseline = self.project.annotations()
-        self.controller.propagate(self.project)
+        self.controller.propagate(self.project, targets)
         self._rate = RateEstimator(0)
         self.progress_bar.setRange(0, 0)
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
@@ -488,6 +499,19 @@ class MainWindow(QMainWindow):
         self.flush_timer.start()
         self._update_actions()
         return True
+
+    def start_propagation(
+        self, engine_factory: EngineFactory | None = None, targets: list[str] | None = None
+    ) -> bool:
+        """Propagate like :meth:`propagate`, optionally with another engine or fewer targets.
+
+        ``engine_factory`` replaces the window's factory from this run on (the worker builds
+        its engine with it, on the worker thread); ``targets`` limits the run to those paths.
+        Returns whether a run was started.
+        """
+        if engine_factory is not None:
+            self.controller.set_engine_factory(engine_factory)
+        return self.propagate(targets)
 
     def cancel_propagation(self) -> None:
         if self.controller.busy:
@@ -579,6 +603,7 @@ class MainWindow(QMainWindow):
         self.flush_timer.stop()
         self.controller.shutdown()
         self.loader.stop()
+        self.editor.images.stop()
         self._detach_project()
 
     def closeEvent(self, event: QCloseEvent) -> None:

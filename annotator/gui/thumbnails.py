@@ -9,6 +9,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage, QPixmap
 
@@ -36,12 +37,17 @@ def _decode(emit: Callable[..., None], generation: int, path: str, full: str, si
     emit(generation, path, img, err)
 
 
-_LOADERS: weakref.WeakSet[ThumbnailLoader] = weakref.WeakSet()
+_LOADERS: weakref.WeakSet[QObject] = weakref.WeakSet()
+
+
+def register_pool_user(loader: QObject) -> None:
+    """Count ``loader.active_threads`` in :func:`busy_thumbnail_threads`."""
+    _LOADERS.add(loader)
 
 
 def busy_thumbnail_threads() -> int:
-    """Pool threads of all loaders still decoding (for tests)."""
-    return sum(loader.active_threads for loader in list(_LOADERS))
+    """Pool threads of all loaders (thumbnails, full images) still decoding (for tests)."""
+    return sum(loader.active_threads for loader in list(_LOADERS))  # type: ignore[attr-defined]
 
 
 class ThumbnailLoader(QObject):
@@ -72,7 +78,7 @@ class ThumbnailLoader(QObject):
         self._root = ""
         self._generation = 0
         self._max_stack = 512
-        _LOADERS.add(self)
+        register_pool_user(self)
 
     def set_root(self, root: str) -> None:
         """Forget everything and serve images under ``root``."""
@@ -146,8 +152,18 @@ class ThumbnailLoader(QObject):
         self._stack.clear()
         self._queued.clear()
         self._in_flight.clear()
+        if not shiboken6.isValid(self._pool):
+            return True
         return bool(self._pool.waitForDone(timeout_ms))
 
     @property
+    def pending(self) -> int:
+        """Thumbnails queued or being decoded for the current root."""
+        return len(self._stack) + len(self._in_flight)
+
+    @property
     def active_threads(self) -> int:
+        """Pool threads decoding now (0 once the loader's C++ side is gone)."""
+        if not shiboken6.isValid(self._pool):
+            return 0
         return self._pool.activeThreadCount()

@@ -23,8 +23,9 @@ class WelcomePage(QWidget):
 
     recent_chosen = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, show_recent: bool = True) -> None:
         super().__init__(parent)
+        self._show_recent = show_recent  # False: never read the user's settings
         title = QLabel("<h1>Keypoint-transfer annotator</h1>"
                        "<p>Label one image, propagate to the rest, review the worst first.</p>")
         title.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -56,7 +57,7 @@ class WelcomePage(QWidget):
 
     def refresh(self) -> None:
         self.recent.clear()
-        for path in recent_projects():
+        for path in recent_projects() if self._show_recent else []:
             item = QListWidgetItem(f"{os.path.basename(path)}   ({os.path.dirname(path)})")
             item.setData(Qt.ItemDataRole.UserRole, path)
             self.recent.addItem(item)

@@ -94,6 +94,13 @@ class EngineWorker(QObject):
             state.cancel()
 
     # ------------------------------------------------------ worker-thread slots
+    @Slot(object)
+    def set_factory(self, engine_factory: EngineFactory | None) -> None:
+        """Build engines with ``engine_factory`` from now on (the current one is dropped)."""
+        self._factory = engine_factory or default_engine_factory
+        self._engine = None
+        self._engine_key = None
+
     def _engine_for(self, settings: ProjectSettings) -> Any:
         key = settings
         if self._engine is None or self._engine_key != key:
@@ -216,6 +223,7 @@ class WorkerController(QObject):
 
     _send_propagate = Signal(object)
     _send_heatmap = Signal(object)
+    _send_factory = Signal(object)
 
     def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None):
         super().__init__(parent)
@@ -229,6 +237,7 @@ class WorkerController(QObject):
         self._worker.moveToThread(self._thread)
         self._send_propagate.connect(self._worker.run_propagation)
         self._send_heatmap.connect(self._worker.compute_heatmap)
+        self._send_factory.connect(self._worker.set_factory)
         self._worker.model_state.connect(self.model_state)
         self._worker.progress.connect(self._on_progress)
         self._worker.prediction.connect(self._on_prediction)
@@ -249,6 +258,14 @@ class WorkerController(QObject):
         return self._next_id
 
     # -------------------------------------------------------------- requests
+    def set_engine_factory(self, engine_factory: EngineFactory | None) -> None:
+        """Use ``engine_factory`` (None: the real engine) for the requests sent after this.
+
+        It travels to the worker thread in the same queue as the orders, so a run already
+        queued keeps the engine it was sent for and the next one gets the new factory.
+        """
+        self._send_factory.emit(engine_factory)
+
     def propagate(self, project: Project, targets: list[str] | None = None) -> int:
         """Start propagating from a snapshot of ``project``; cancels any run in progress."""
         if self._run_id is not None:

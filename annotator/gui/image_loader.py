@@ -1,0 +1,148 @@
+"""Full-size images for the canvas, decoded on a pool thread so the GUI never waits for a file.
+
+The editor asks for the image it is about to show; only the newest request matters. At most one
+decode runs at a time and at most one more waits (the newest wanted image, else a prefetch), so
+paging quickly through a folder decodes the images the user stops at, not every one passed.
+Results come back through a queued signal; a result for a path no longer wanted is cached but
+not delivered, and results from before :meth:`ImageLoader.set_root` or :meth:`stop` are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import shiboken6
+from PySide6.QtCore import QObject, QThreadPool, Signal
+from PySide6.QtGui import QImage
+
+from annotator.gui.qimage import rgb_to_qimage
+from annotator.gui.thumbnails import register_pool_user
+from annotator.io.images import ImageLoadError, load_image
+
+log = logging.getLogger(__name__)
+
+
+class _Emitter(QObject):
+    """Lives on the GUI thread; the pool thread emits through it (queued to the GUI)."""
+
+    done = Signal(int, str, object, str)  # generation, path, QImage or None, error
+
+
+def _decode(emit: Callable[..., None], generation: int, path: str, full: str) -> None:
+    """Pool-thread body: decode one image into a QImage that owns its pixels."""
+    try:
+        img: QImage | None = rgb_to_qimage(load_image(full))
+        err = ""
+    except ImageLoadError as exc:
+        img, err = None, str(exc)
+    except Exception as exc:  # never let a pool thread die silently
+        img, err = None, f"{type(exc).__name__}: {exc}"
+    emit(generation, path, img, err)
+
+
+class ImageLoader(QObject):
+    """Decodes the images the editor shows, newest request first, keeping a few recent ones."""
+
+    loaded = Signal(str, object, str)  # path, QImage or None, error: for the wanted path only
+
+    def __init__(self, cache_size: int = 6, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)
+        self._emitter = _Emitter(self)
+        self._emitter.done.connect(self._on_done)
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, QImage] = OrderedDict()
+        self._root = ""
+        self._generation = 0
+        self._wanted: str | None = None  # the path last requested
+        self._next: str | None = None  # wanted, waiting for the running decode
+        self._prefetch: str | None = None
+        self._in_flight: str | None = None
+        register_pool_user(self)
+
+    def set_root(self, root: str) -> None:
+        """Forget everything and serve images under ``root``."""
+        self._generation += 1
+        self._root = root
+        self._cache.clear()
+        self._wanted = self._next = self._prefetch = self._in_flight = None
+
+    def cached(self, path: str) -> QImage | None:
+        img = self._cache.get(path)
+        if img is not None:
+            self._cache.move_to_end(path)
+        return img
+
+    def request(self, path: str) -> QImage | None:
+        """The image at once if cached; otherwise None and :attr:`loaded` follows for it
+        (unless another path is requested first)."""
+        self._wanted = path
+        img = self.cached(path)
+        if img is not None:
+            self._next = None
+            return img
+        if self._in_flight != path:
+            self._next = path
+            self._pump()
+        return None
+
+    def prefetch(self, path: str) -> None:
+        """Decode ``path`` into the cache when nothing wanted is waiting (e.g. the next image)."""
+        if path not in self._cache and path != self._in_flight:
+            self._prefetch = path
+            self._pump()
+
+    @property
+    def pending(self) -> int:
+        """Decodes running or waiting."""
+        return sum(p is not None for p in (self._in_flight, self._next, self._prefetch))
+
+    def _pump(self) -> None:
+        if self._in_flight is not None:
+            return
+        while True:
+            if self._next is not None:
+                path, self._next = self._next, None
+            elif self._prefetch is not None:
+                path, self._prefetch = self._prefetch, None
+            else:
+                return
+            if path not in self._cache:
+                break
+        self._in_flight = path
+        full = str(Path(self._root) / path)
+        self._pool.start(partial(_decode, self._emitter.done.emit, self._generation, path, full))
+
+    def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:
+        if generation != self._generation:
+            return
+        self._in_flight = None
+        if image is not None:
+            self._cache[path] = image
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            log.info("image %s failed: %s", path, error)
+        if path == self._wanted:
+            self.loaded.emit(path, image, error or "unreadable")
+        self._pump()
+
+    def stop(self, timeout_ms: int = 10_000) -> bool:
+        """Drop waiting work and wait for the running decode (its result is dropped)."""
+        self._generation += 1
+        self._wanted = self._next = self._prefetch = self._in_flight = None
+        if not shiboken6.isValid(self._pool):
+            return True
+        return bool(self._pool.waitForDone(timeout_ms))
+
+    @property
+    def active_threads(self) -> int:
+        """Pool threads decoding now (0 once the loader's C++ side is gone)."""
+        if not shiboken6.isValid(self._pool):
+            return 0
+        return self._pool.activeThreadCount()
