@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
-from annotator.gui.qimage import rgb_to_qimage
+from annotator.gui.qimage import decode_and_emit
 from annotator.gui.thumbnails import register_pool_user
-from annotator.io.images import ImageLoadError, load_image
+from annotator.io.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +29,6 @@ class _Emitter(QObject):
     """Lives on the GUI thread; the pool thread emits through it (queued to the GUI)."""
 
     done = Signal(int, str, object, str)  # generation, path, QImage or None, error
-
-
-def _decode(emit: Callable[..., None], generation: int, path: str, full: str) -> None:
-    """Pool-thread body: decode one image into a QImage that owns its pixels."""
-    try:
-        img: QImage | None = rgb_to_qimage(load_image(full))
-        err = ""
-    except ImageLoadError as exc:
-        img, err = None, str(exc)
-    except Exception as exc:  # never let a pool thread die silently
-        img, err = None, f"{type(exc).__name__}: {exc}"
-    emit(generation, path, img, err)
 
 
 class ImageLoader(QObject):
@@ -116,7 +103,8 @@ class ImageLoader(QObject):
                 break
         self._in_flight = path
         full = str(Path(self._root) / path)
-        self._pool.start(partial(_decode, self._emitter.done.emit, self._generation, path, full))
+        self._pool.start(partial(decode_and_emit, self._emitter.done.emit, self._generation, path,
+                                 partial(load_image, full)))
 
     def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:
         if generation != self._generation:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from PySide6.QtGui import QImage
+
+from annotator.io.images import ImageLoadError
 
 
 def rgb_to_qimage(rgb: np.ndarray) -> QImage:
@@ -32,3 +36,19 @@ def heatmap_to_qimage(heat: np.ndarray, alpha: float = 0.55) -> QImage:
     rgba = np.ascontiguousarray(rgba)
     hh, ww = h.shape
     return QImage(rgba.data, ww, hh, 4 * ww, QImage.Format.Format_RGBA8888).copy()
+
+
+def decode_and_emit(
+    emit: Callable[..., None], generation: int, path: str, load: Callable[[], np.ndarray]
+) -> None:
+    """Pool-thread body: ``load()`` an RGB array, turn it into a QImage that owns its pixels
+    (QImage is thread-safe) and ``emit(generation, path, image or None, error)``; never lets
+    an exception kill the pool thread silently."""
+    try:
+        img: QImage | None = rgb_to_qimage(load())
+        err = ""
+    except ImageLoadError as exc:
+        img, err = None, str(exc)
+    except Exception as exc:  # noqa: BLE001
+        img, err = None, f"{type(exc).__name__}: {exc}"
+    emit(generation, path, img, err)

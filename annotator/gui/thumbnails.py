@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage, QPixmap
 
-from annotator.gui.qimage import rgb_to_qimage
-from annotator.io.images import ImageLoadError, load_thumbnail
+from annotator.gui.qimage import decode_and_emit
+from annotator.io.images import load_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +22,6 @@ class _Emitter(QObject):
     """Lives on the GUI thread; pool threads emit through it (queued to the GUI)."""
 
     done = Signal(int, str, object, str)  # generation, path, QImage or None, error
-
-
-def _decode(emit: Callable[..., None], generation: int, path: str, full: str, size: int) -> None:
-    """Pool-thread body: decode one thumbnail and report it (QImage is thread-safe)."""
-    try:
-        img: QImage | None = rgb_to_qimage(load_thumbnail(full, size))
-        err = ""
-    except ImageLoadError as exc:
-        img, err = None, str(exc)
-    except Exception as exc:  # never let a pool thread die silently
-        img, err = None, f"{type(exc).__name__}: {exc}"
-    emit(generation, path, img, err)
 
 
 _LOADERS: weakref.WeakSet[QObject] = weakref.WeakSet()
@@ -123,8 +110,8 @@ class ThumbnailLoader(QObject):
             self._queued.discard(path)
             self._in_flight.add(path)
             full = str(Path(self._root) / path)
-            task = partial(_decode, self._emitter.done.emit, self._generation, path, full,
-                           self.size)
+            task = partial(decode_and_emit, self._emitter.done.emit, self._generation, path,
+                           partial(load_thumbnail, full, self.size))
             self._pool.start(task)
 
     def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:
