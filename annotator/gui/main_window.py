@@ -373,8 +373,8 @@ class MainWindow(QMainWindow):
             self.show_message("error", "Save", f"Cannot save {path}: {exc}")
             return False
         if path != self.project_path:
-            if self.autosaver is not None:
-                self.autosaver.close()
+            if self.autosaver is not None:  # everything is in the new file now
+                self.autosaver.detach()
                 self.autosaver = None
             self.project_path = path
             if not self.isolated:
@@ -607,8 +607,34 @@ class MainWindow(QMainWindow):
         self._detach_project()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._shut_down and not self._saved_or_confirmed():
+            event.ignore()  # the user keeps the window and the unsaved work
+            return
         self.shutdown()
         event.accept()
+
+    def _saved_or_confirmed(self) -> bool:
+        """Save pending edits before closing; when that fails, let the user save elsewhere,
+        discard on purpose, or cancel the close. Returns whether closing may go on."""
+        if self.project is None or self.autosaver is None:
+            return True
+        try:
+            self.autosaver.flush()
+            return True
+        except OSError as exc:
+            error = str(exc)
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(
+            self, "Unsaved changes",
+            f"The project could not be saved ({error}).\n\nSave it somewhere else?",
+            buttons.Save | buttons.Discard | buttons.Cancel, buttons.Save,
+        )
+        if answer == buttons.Save:
+            return self.save_as_dialog()
+        if answer == buttons.Discard:
+            self.autosaver = None  # closing on purpose without the last edits
+            return True
+        return False
 
 
 __all__ = ["MainWindow", "Qt"]

@@ -279,7 +279,9 @@ class Autosaver:
         self._saved_revision = project.revision
         self._last_change = clock()
         self.saves = 0
-        self._unsubscribe = project.subscribe(lambda _paths: self.notify())
+        self._unsubscribe: Callable[[], None] | None = project.subscribe(
+            lambda _paths: self.notify()
+        )
 
     @property
     def dirty(self) -> bool:
@@ -308,4 +310,10 @@ class Autosaver:
     def close(self) -> None:
         """Flush and stop listening to the project."""
         self.flush()
-        self._unsubscribe()
+        self.detach()
+
+    def detach(self) -> None:
+        """Stop listening to the project without saving (it was saved elsewhere)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None

@@ -1,0 +1,47 @@
+"""Closing when the project cannot be saved never silently drops the user's edits."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtWidgets import QMessageBox
+
+import annotator.io.project_file as project_file
+from annotator.io.project_file import load_project
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    make_window,
+    no_thread_leaks,
+    open_demo_project,
+    qt_isolated,
+)
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
+
+
+def failing_at(bad_path, real):  # noqa: ANN001, ANN201
+    def save(project, path):  # noqa: ANN001, ANN202
+        if str(path) == str(bad_path):
+            raise OSError(28, "No space left on device")
+        return real(project, path)
+
+    return save
+
+
+def test_close_offers_save_elsewhere_then_cancel_or_save(qtbot, tmp_path, monkeypatch):
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    old_path = window.project_path
+    path0 = project.images[0].path
+    project.move_keypoint(project.reference_paths()[0], 0, 3.0, 4.0)
+    monkeypatch.setattr(project_file, "save_project",
+                        failing_at(old_path, project_file.save_project))
+    answers = [QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save]
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answers.pop(0))
+    assert not window.close()  # cancelled: the window and the edit stay
+    assert window.isVisible() and window.project is project
+    new_path = tmp_path / "elsewhere.kpproj.json"
+    monkeypatch.setattr(window, "_ask_save_file", lambda *a: str(new_path))
+    assert window.close()
+    saved = load_project(new_path)
+    ref = project.reference_paths()[0]
+    assert saved.annotation(ref).instances[0].keypoints[0].x == 3.0
+    assert path0 in {r.path for r in saved.images}
