@@ -226,12 +226,14 @@ class Engine:
         return list(self.iter_transfer(references, targets, flip_pairs, flip))
 
     def iter_transfer(self, references: Sequence[Reference], targets: Iterable[np.ndarray],
-                      flip_pairs: Iterable[tuple[int, int]] = (), flip: bool | None = None
-                      ) -> Iterator[TransferResult]:
+                      flip_pairs: Iterable[tuple[int, int]] = (), flip: bool | None = None,
+                      *, fast: bool = True) -> Iterator[TransferResult]:
         """Generator form of ``transfer_many`` (one result per target, in order).
 
         Pair-independent fusions describe each reference once and each target once; copca
-        fuses every (reference, target) pair on its own PCA basis."""
+        fuses every (reference, target) pair on its own PCA basis. With ``fast`` (default),
+        "concat"/"sd"/"dino" on the SD + DINOv2 extractor never materialise a target's fused
+        descriptor (annotator.matching.transfer_parts: same results to float32 rounding)."""
         from annotator.features.extractor import pair_dependent
         from annotator.matching.transfer import combine, transfer
 
@@ -249,15 +251,30 @@ class Engine:
         if len(ks) != 1:
             raise ValueError(f"references have different keypoint counts {sorted(ks)}")
         per_pair = pair_dependent(self.extractor)
+        parts_fusion = None
         if not per_pair:
             describe = self.extractor.describe
             ref_desc = [(describe(m), describe(f) if f is not None else None) for m, _, _, f, _
                         in refs]
+            if fast:
+                from annotator.matching import transfer_parts as tp
+
+                parts_fusion = tp.parts_fusion(self.extractor)
+        if parts_fusion is not None:
+            ref_parts = [(tp.PartsReference(parts_fusion, rd, m.layers, m.grid),
+                          tp.PartsReference(parts_fusion, fd, f.layers, f.grid)
+                          if f is not None and fd is not None else None)
+                         for (m, _, _, f, _), (rd, fd) in zip(refs, ref_desc)]
         for target in targets:
             tmaps = self.features(target)
             if per_pair:
                 results = [self._transfer_maps(m, p, v, tmaps, f, perm)
                            for m, p, v, f, perm in refs]
+            elif parts_fusion is not None:
+                tgt_parts = tp.PartsDescriptor(parts_fusion, tmaps.layers, tmaps.grid)
+                results = [tp.transfer_parts(rp, tgt_parts, p, m.letterbox, tmaps.letterbox,
+                                             self.match_params, v, fp, perm)
+                           for (m, p, v, _, perm), (rp, fp) in zip(refs, ref_parts)]
             else:
                 tgt_d = self.extractor.describe(tmaps)
                 results = [transfer(rd, tgt_d, p, m.letterbox, tmaps.letterbox, self.match_params,

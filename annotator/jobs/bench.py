@@ -402,6 +402,7 @@ class _CachedOnly:
     """Extractor stand-in for the transfer benchmark: every map comes from the cache."""
 
     name = "bench-cached"
+    parts_transfer = True  # describe() is fusion.fuse: the engine's fast transfer path applies
 
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config

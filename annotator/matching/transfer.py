@@ -11,7 +11,7 @@ across references wins; a keypoint is found if any reference finds it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,23 +129,32 @@ class _Raw:
     cycle: np.ndarray
 
 
-def _match(ref: torch.Tensor, tgt: torch.Tensor, cells: np.ndarray, cell: float,
-           params: MatchParams) -> _Raw:
-    g = ref.shape[1]
-    rf, tf = _flat(ref), _flat(tgt)  # (N, C)
-    qidx = torch.from_numpy(cells[:, 1] * g + cells[:, 0])
-    sim = rf[qidx] @ tf.T  # (K, N)
+def match_similarity(sim: torch.Tensor, back: Callable[[torch.Tensor], torch.Tensor],
+                     qidx: torch.Tensor, g: int, cell: float, params: MatchParams) -> _Raw:
+    """Post-processing of one direction of ``transfer`` on a precomputed similarity ``sim``
+    (K, G*G) of the K query cells ``qidx`` (flat row * G + col) to every target cell: hard argmax,
+    optional soft-argmax, and cycle consistency, where ``back(best)`` gives the (K, G*G)
+    similarity of the target cells ``best`` (K,) to every reference cell."""
     best_sim, best = sim.max(dim=1)
     if params.soft_window > 1:
         pos = _soft_argmax(sim, best, g, params.soft_window, params.temperature)
     else:
         pos = torch.stack([best % g, best // g], dim=1).float()
     canvas = cell_centres(pos.double().numpy(), cell)
-    back = (tf[best] @ rf.T).argmax(dim=1)  # cycle: target cell -> reference
-    dx = (back % g - qidx % g).double()
-    dy = (back // g - qidx // g).double()
+    back_idx = back(best).argmax(dim=1)  # cycle: target cell -> reference
+    dx = (back_idx % g - qidx % g).double()
+    dy = (back_idx // g - qidx // g).double()
     cycle = torch.sqrt(dx * dx + dy * dy).numpy()
     return _Raw(canvas, best_sim.double().numpy(), cycle)
+
+
+def _match(ref: torch.Tensor, tgt: torch.Tensor, cells: np.ndarray, cell: float,
+           params: MatchParams) -> _Raw:
+    g = ref.shape[1]
+    rf, tf = _flat(ref), _flat(tgt)  # (N, C)
+    qidx = torch.from_numpy(cells[:, 1] * g + cells[:, 0])
+    sim = rf[qidx] @ tf.T  # (K, N)
+    return match_similarity(sim, lambda best: tf[best] @ rf.T, qidx, g, cell, params)
 
 
 def _finish(raw: _Raw, tgt_lb: Letterbox, valid: np.ndarray, params: MatchParams,
@@ -186,6 +195,32 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
     ref, tgt = _check_desc(ref_desc, "ref_desc"), _check_desc(tgt_desc, "tgt_desc")
     if ref.shape != tgt.shape:
         raise ValueError(f"descriptor shapes differ: {tuple(ref.shape)} vs {tuple(tgt.shape)}")
+
+    def match(cells: np.ndarray, cell: float, flipped: bool) -> _Raw:
+        if not flipped:
+            return _match(ref, tgt, cells, cell, params)
+        fref = _check_desc(flipped_ref_desc, "flipped_ref_desc")  # type: ignore[arg-type]
+        if fref.shape != ref.shape:
+            raise ValueError("flipped_ref_desc must have the shape of ref_desc")
+        ftgt = (tgt if flipped_tgt_desc is None
+                else _check_desc(flipped_tgt_desc, "flipped_tgt_desc"))
+        if ftgt.shape != tgt.shape:
+            raise ValueError("flipped_tgt_desc must have the shape of tgt_desc")
+        return _match(fref, ftgt, cells, cell, params)
+
+    return transfer_with(match, ref.shape[1], ref_points, ref_letterbox, tgt_letterbox, params,
+                         ref_valid, flipped_ref_desc is not None, flip_perm)
+
+
+def transfer_with(match: Callable[[np.ndarray, float, bool], _Raw], g: int,
+                  ref_points: np.ndarray, ref_letterbox: Letterbox, tgt_letterbox: Letterbox,
+                  params: MatchParams, ref_valid: np.ndarray | None = None, flip: bool = False,
+                  flip_perm: Sequence[int] | np.ndarray | None = None) -> TransferResult:
+    """``transfer`` on any matcher: ``match(cells, cell, flipped)`` -> _Raw for the (K, 2) query
+    cells (col, row) of the reference (``flipped``: of the mirrored reference) on a ``g`` x ``g``
+    grid of ``cell`` px (see ``match_similarity``). Validation, query cells, the flip choice and
+    the result are exactly ``transfer``'s."""
+    params = params or MatchParams()
     pts = np.asarray(ref_points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise ValueError(f"ref_points must have shape (K, 2), got {pts.shape}")
@@ -196,30 +231,23 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
     valid = valid & np.isfinite(pts).all(axis=1)
     if k == 0:
         return TransferResult.empty()
-    g = ref.shape[1]
     if abs(ref_letterbox.canvas / g - tgt_letterbox.canvas / g) > 1e-9:
         raise ValueError("reference and target canvases differ")
     cell = ref_letterbox.canvas / g
     safe = np.where(np.isfinite(pts), pts, 0.0)
     cells = query_cells(ref_letterbox.to_canvas(safe), cell, g)
-    result = _finish(_match(ref, tgt, cells, cell, params), tgt_letterbox, valid, params, False)
-    if flipped_ref_desc is None:
+    result = _finish(match(cells, cell, False), tgt_letterbox, valid, params, False)
+    if not flip:
         return result
     perm = np.arange(k) if flip_perm is None else np.asarray(flip_perm, dtype=np.int64)
     if perm.shape != (k,) or (k and (perm.min() < 0 or perm.max() >= k)):
         raise ValueError(f"flip_perm must be a permutation of shape ({k},)")
-    fref = _check_desc(flipped_ref_desc, "flipped_ref_desc")
-    if fref.shape != ref.shape:
-        raise ValueError("flipped_ref_desc must have the shape of ref_desc")
     # keypoint k in the mirrored reference sits at the mirror of its partner's position
     fpts = safe[perm].copy()
     fpts[:, 0] = ref_letterbox.width - 1 - fpts[:, 0]
     fcells = query_cells(ref_letterbox.to_canvas(fpts), cell, g)
-    ftgt = tgt if flipped_tgt_desc is None else _check_desc(flipped_tgt_desc, "flipped_tgt_desc")
-    if ftgt.shape != tgt.shape:
-        raise ValueError("flipped_tgt_desc must have the shape of tgt_desc")
     fvalid = valid[perm] & valid
-    fres = _finish(_match(fref, ftgt, fcells, cell, params), tgt_letterbox, fvalid, params, True)
+    fres = _finish(match(fcells, cell, True), tgt_letterbox, fvalid, params, True)
     use = fvalid
     if not use.any():
         return result

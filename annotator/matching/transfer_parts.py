@@ -1,0 +1,234 @@
+"""Exact fast path of ``transfer`` for pair-independent fusions ("concat", "sd", "dino"), one
+reference to many targets, without materialising the target's fused (C, G, G) descriptor.
+
+The fused descriptor is a per-cell scaling of the concatenated resized layers. For "concat"
+(``annotator.features.fusion.concat``, then ``transfer``'s own ``_check_desc`` normalisation)::
+
+    D(cell) = [SD(cell) * a_sd(cell) | DINO(cell) * a_dino(cell)],
+    SD = [s3 | up(s4) | up(s5)] at G x G,  DINO = up(dino) (identity at paper sizes),
+    a_h = f_h * c2 * c3,  f_h = 1 / max(|h|, eps),  t = sqrt(sum_h (|h| f_h)^2),
+    c2 = 1 / max(t, eps),  c3 = 1 / max(t c2, eps)          (so a_h = 1 / (sqrt(2) |h|) normally)
+
+("sd"/"dino": one half, a = f * c3 with c3 = 1 / max(|h| f, eps)). Bilinear resizing is linear
+and per channel, so for a query q (a row of the reference's fused descriptor, split by layer)
+``q_l . up(x_l)(cell) = up(q_l . x_l)(cell)``: the (K, h, w) layer similarities are resized with
+the same ``F.interpolate`` call as ``fusion.resize``. The per-cell norms |up(x)|^2 come from the
+separable interpolation matrices A_h (G, h), A_w (G, w) (bilinear: at most two adjacent taps per
+row) and the channel Gram blocks R[i, i'] = x[:, i, :]^T x[:, i', :] (w x w) of equal and adjacent
+rows: |up(x)(y, x)|^2 = A_w[x] (sum_{i, i'} A_h[y, i] A_h[y, i'] R[i, i']) A_w[x]^T, all matmuls.
+Cycle consistency needs the target's fused vectors at the K best cells (gathered through the same
+weights) against every reference cell: the same decomposition on the reference's layers, built
+once per reference. Hard argmax, soft-argmax, cycle, confidence and the flip choice are
+``annotator.matching.transfer``'s own code (``transfer_with``, ``match_similarity``).
+
+Results equal ``transfer(fuse(...), fuse(...))`` up to float32 rounding (different summation
+order); an argmax can only differ where two cells' similarities tie to within ~1e-6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from annotator.features.letterbox import Letterbox
+from annotator.matching.transfer import (
+    MatchParams,
+    TransferResult,
+    _check_desc,
+    _Raw,
+    match_similarity,
+    transfer_with,
+)
+
+EPS = 1e-8  # fusion.l2n and transfer._check_desc
+#: fusion name -> halves (layer names per half, in the fused channel order)
+HALVES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "concat": (("s3", "s4", "s5"), ("dino",)),
+    "sd": (("s3", "s4", "s5"),),
+    "dino": (("dino",),),
+}
+
+
+def supports(fusion: str) -> bool:
+    return fusion in HALVES
+
+
+@lru_cache(maxsize=32)
+def _interp_matrix(n: int, g: int) -> torch.Tensor:
+    """(g, n) weights of ``F.interpolate(..., mode="bilinear", align_corners=False)`` along one
+    axis from n to g samples (PyTorch's own weights: an identity of n channels resized)."""
+    eye = torch.eye(n, dtype=torch.float32)[None, :, :, None]  # (1, n, n, 1)
+    a = F.interpolate(eye, size=(g, 1), mode="bilinear", align_corners=False)[0, :, :, 0].T
+    a = a.contiguous()
+    nz = (a != 0).float()
+    first, last = nz.argmax(1), n - 1 - nz.flip(1).argmax(1)
+    if bool((last - first > 1).any()):  # pragma: no cover - bilinear never does this
+        raise AssertionError("bilinear weights must have at most two adjacent taps")
+    return a
+
+
+class _Layer:
+    """One raw layer (C, h, w) as a part of a G x G descriptor (bilinear resize when h, w != G)."""
+
+    def __init__(self, x: torch.Tensor, grid: int) -> None:
+        if x.ndim != 3:
+            raise ValueError(f"layer must have shape (C, H, W), got {tuple(x.shape)}")
+        self.x = x.float()
+        self.c, self.h, self.w = self.x.shape
+        self.g = grid
+        self.same = self.h == grid and self.w == grid
+        self.flat = self.x.reshape(self.c, -1)  # (C, h*w)
+        if not self.same:
+            self.ah = _interp_matrix(self.h, grid)  # (G, h)
+            self.aw = _interp_matrix(self.w, grid)  # (G, w)
+
+    def norm2(self) -> torch.Tensor:
+        """(G*G,) squared norms of the resized layer per cell."""
+        if self.same:
+            return torch.linalg.vecdot(self.flat.T, self.flat.T)  # (x * x).sum(0), no temp
+        rows = self.x.permute(1, 2, 0)  # (h, w, C)
+        cols = self.x.permute(1, 0, 2)  # (h, C, w)
+        diag = torch.bmm(rows, cols)  # (h, w, w): R[i, i]
+        ah, aw = self.ah, self.aw
+        gy = (ah * ah) @ diag.reshape(self.h, -1)  # (G, w*w)
+        if self.h > 1:
+            off = torch.bmm(rows[:-1], cols[1:])  # (h-1, w, w): R[i, i+1]
+            off = off + off.transpose(1, 2)
+            gy = gy + (ah[:, :-1] * ah[:, 1:]) @ off.reshape(self.h - 1, -1)
+        gy = gy.reshape(self.g, self.w, self.w)  # per output row: sum A_h A_h R
+        n2 = ((gy @ aw.T) * aw.T[None]).sum(1)  # (G rows, G cols)
+        return n2.reshape(-1)
+
+    def similarity(self, q: torch.Tensor) -> torch.Tensor:
+        """(Q, C) queries -> (Q, G*G) dot products with the resized layer."""
+        m = q @ self.flat  # (Q, h*w)
+        if self.same:
+            return m
+        m = F.interpolate(m.reshape(1, -1, self.h, self.w), size=(self.g, self.g),
+                          mode="bilinear", align_corners=False)[0]
+        return m.reshape(q.shape[0], -1)
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        """(K,) flat cells -> (K, C) resized layer vectors there."""
+        if self.same:
+            return self.flat[:, idx].T
+        w = self.ah[idx // self.g][:, :, None] * self.aw[idx % self.g][:, None, :]  # (K, h, w)
+        return w.reshape(len(idx), -1) @ self.flat.T
+
+
+class PartsDescriptor:
+    """The fused (C, G, G) descriptor of one image, kept as its raw layers and per-cell scales.
+
+    ``similarity(q)`` equals ``q @ D.flatten(1)`` and ``vectors(idx)`` equals
+    ``D.flatten(1)[:, idx].T`` for D = ``_check_desc(fusion.fuse(fusion, layers, grid))``."""
+
+    def __init__(self, fusion: str, layers: Mapping[str, torch.Tensor], grid: int) -> None:
+        if fusion not in HALVES:
+            raise ValueError(f"no parts fast path for fusion {fusion!r}")
+        missing = [k for half in HALVES[fusion] for k in half if k not in layers]
+        if missing:
+            raise ValueError(f"fusion {fusion!r} needs layers {missing}")
+        self.grid = grid
+        self.halves = [[_Layer(layers[k], grid) for k in half] for half in HALVES[fusion]]
+        self.channels = sum(p.c for half in self.halves for p in half)
+        norms = [torch.stack([p.norm2() for p in half]).sum(0).sqrt() for half in self.halves]
+        f = [1.0 / n.clamp_min(EPS) for n in norms]  # l2n of each half
+        unit = [n * fi for n, fi in zip(norms, f)]  # each half's norm after its l2n
+        if len(self.halves) > 1:  # concat: l2n of the concatenation, then _check_desc's l2n
+            t = torch.stack(unit).square().sum(0).sqrt()
+            c2 = 1.0 / t.clamp_min(EPS)
+            c3 = 1.0 / (t * c2).clamp_min(EPS)
+            self.scales = [fi * c2 * c3 for fi in f]
+        else:  # single half: _check_desc's l2n only
+            self.scales = [f[0] / unit[0].clamp_min(EPS)]
+
+    def _split(self, q: torch.Tensor) -> list[list[torch.Tensor]]:
+        out, o = [], 0
+        for half in self.halves:
+            out.append([q[:, o + sum(p.c for p in half[:j]): o + sum(p.c for p in half[:j + 1])]
+                        for j in range(len(half))])
+            o += sum(p.c for p in half)
+        return out
+
+    def similarity(self, q: torch.Tensor) -> torch.Tensor:
+        """(Q, C) -> (Q, G*G) cosine similarities with every cell of the fused descriptor."""
+        if q.shape[1] != self.channels:
+            raise ValueError(f"queries have {q.shape[1]} channels, descriptor {self.channels}")
+        total = None
+        for half, qs, scale in zip(self.halves, self._split(q.float()), self.scales):
+            s = half[0].similarity(qs[0])
+            for p, qp in zip(half[1:], qs[1:]):
+                s = s + p.similarity(qp)
+            s = s * scale[None]
+            total = s if total is None else total + s
+        assert total is not None
+        return total
+
+    def vectors(self, idx: torch.Tensor) -> torch.Tensor:
+        """(K,) flat cells -> (K, C) fused unit vectors there."""
+        return torch.cat([p.at(idx) * scale[idx][:, None]
+                          for half, scale in zip(self.halves, self.scales) for p in half], dim=1)
+
+
+class PartsReference:
+    """A reference prepared once for many targets: its fused descriptor (query rows, exactly
+    what ``transfer`` uses) and its parts (the cycle's matching back)."""
+
+    def __init__(self, fusion: str, desc: torch.Tensor, layers: Mapping[str, torch.Tensor],
+                 grid: int) -> None:
+        d = _check_desc(desc, "ref_desc")
+        if d.shape[1] != grid:
+            raise ValueError(f"descriptor grid {d.shape[1]} differs from {grid}")
+        self.flat = d.flatten(1).T.contiguous()  # (N, C)
+        self.parts = PartsDescriptor(fusion, layers, grid)
+        if self.parts.channels != self.flat.shape[1]:
+            raise ValueError("descriptor channels differ from the layers'")
+        self.grid = grid
+
+
+def transfer_parts(ref: PartsReference, tgt: PartsDescriptor, ref_points: np.ndarray,
+                   ref_letterbox: Letterbox, tgt_letterbox: Letterbox,
+                   params: MatchParams | None = None, ref_valid: np.ndarray | None = None,
+                   flipped_ref: PartsReference | None = None,
+                   flip_perm: Sequence[int] | np.ndarray | None = None) -> TransferResult:
+    """``transfer(ref_desc, tgt_desc, ...)`` with the target kept as parts (same arguments and
+    result; ``flipped_ref`` is the mirrored reference prepared the same way)."""
+    params = params or MatchParams()
+    g = ref.grid
+    if tgt.grid != g or tgt.channels != ref.parts.channels:
+        raise ValueError("reference and target descriptors differ in shape")
+
+    def match(cells: np.ndarray, cell: float, flipped: bool) -> _Raw:
+        r = ref
+        if flipped:
+            if flipped_ref is None or flipped_ref.flat.shape != ref.flat.shape:
+                raise ValueError("flipped_ref must have the shape of ref")
+            r = flipped_ref
+        qidx = torch.from_numpy(cells[:, 1] * g + cells[:, 0])
+        sim = tgt.similarity(r.flat[qidx])  # (K, N)
+        return match_similarity(sim, lambda best: r.parts.similarity(tgt.vectors(best)),
+                                qidx, g, cell, params)
+
+    return transfer_with(match, g, ref_points, ref_letterbox, tgt_letterbox, params, ref_valid,
+                         flipped_ref is not None, flip_perm)
+
+
+def parts_fusion(extractor: object) -> str | None:
+    """The fusion to run through the parts fast path for ``extractor``, or None where it does not
+    apply. It applies where ``extractor.describe(maps)`` is ``fusion.fuse(config.fusion,
+    maps.layers, maps.grid)`` for a supported fusion: the SD + DINOv2 extractor, or any extractor
+    that says so with a true ``parts_transfer`` attribute (False opts out)."""
+    fusion = getattr(getattr(extractor, "config", None), "fusion", None)
+    if not isinstance(fusion, str) or not supports(fusion):
+        return None
+    flag = getattr(extractor, "parts_transfer", None)
+    if flag is None:
+        import sys
+
+        mod = sys.modules.get("annotator.features.sd_dino")
+        flag = mod is not None and isinstance(extractor, mod.SDDinoExtractor)
+    return fusion if flag else None
