@@ -10,6 +10,7 @@ from annotator.domain import (
     Origin,
     PathEscapeError,
     Project,
+    SchemaError,
     Visibility,
 )
 from annotator.domain.history import Command, UndoStack
@@ -109,3 +110,27 @@ def test_accepting_an_image_reviews_its_unfound_keypoints_too():
     ann = p.annotation("a.jpg")
     assert ann.worst_confidence() is None  # nothing left to review
     assert [k.origin for k in ann.instances[0].keypoints[:2]] == [Origin.REVIEWED] * 2
+
+
+def test_batches_of_one_run_are_one_undo_step_and_keep_redo():
+    p = project()
+    p.set_keypoint("a.jpg", 0, Keypoint(1, 1, Visibility.VISIBLE))
+    p.undo()  # the user's edit is now on the redo stack
+    pred = ImageAnnotation((Instance((Keypoint(5, 5, 2, Origin.PREDICTED, 0.5),) * 3),),
+                           ImageStatus.PREDICTED)
+    run = object()
+    p.set_annotations({"sub/b.jpg": pred}, "Propagate", merge_key=run, keep_redo=True)
+    p.set_annotations({"a.jpg": pred}, "Propagate", merge_key=run, keep_redo=True)
+    assert p.history.can_redo  # streamed predictions did not wipe the user's redo
+    assert p.undo() == "Propagate"  # one step takes back both batches
+    assert p.annotation("a.jpg") == ImageAnnotation()
+    assert p.annotation("sub/b.jpg") == ImageAnnotation()
+    assert p.redo() == "Propagate"
+    assert p.annotation("sub/b.jpg") == pred and p.annotation("a.jpg") == pred
+
+
+def test_a_schema_needs_a_keypoint():
+    with pytest.raises(SchemaError, match="at least one"):
+        KeypointSchema("empty", ())
+    with pytest.raises(SchemaError, match="at least one"):
+        KeypointSchema("one", ("a",)).delete_keypoint(0)

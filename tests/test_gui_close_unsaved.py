@@ -45,3 +45,47 @@ def test_close_offers_save_elsewhere_then_cancel_or_save(qtbot, tmp_path, monkey
     ref = project.reference_paths()[0]
     assert saved.annotation(ref).instances[0].keypoints[0].x == 3.0
     assert path0 in {r.path for r in saved.images}
+
+
+def test_reopening_the_open_project_keeps_unsaved_edits(qtbot, tmp_path):
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    ref = project.reference_paths()[0]
+    project.move_keypoint(ref, 0, 11.0, 12.0)  # not yet autosaved
+    assert window.open_project(window.project_path) is project
+    assert window.project.annotation(ref).instances[0].keypoints[0].x == 11.0
+    window.close()
+
+
+def test_switching_projects_when_saving_fails_asks_first(qtbot, tmp_path, monkeypatch):
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    ref = project.reference_paths()[0]
+    project.move_keypoint(ref, 0, 5.0, 6.0)
+    monkeypatch.setattr(project_file, "save_project",
+                        failing_at(window.project_path, project_file.save_project))
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a, **k: QMessageBox.StandardButton.Cancel)
+    window.close_project()
+    assert window.project is project  # cancelled: nothing dropped
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a, **k: QMessageBox.StandardButton.Discard)
+    window.close_project()
+    assert window.project is None
+    window.close()
+
+
+def test_schema_cannot_change_under_a_running_propagation(qtbot, tmp_path):
+    from tests.test_gui_support import slow_factory
+
+    window = make_window(qtbot, slow_factory(0.3))
+    project = open_demo_project(window, tmp_path)
+    schema = project.schema
+    with qtbot.waitSignal(window.controller.prediction_ready, timeout=20_000):
+        assert window.propagate()
+    window.edit_schema()  # refused with a message, no dialog
+    assert window.messages[-1][1] == "Keypoint schema" and project.schema is schema
+    with qtbot.waitSignal(window.controller.run_finished, timeout=10_000):
+        window.cancel_propagation()
+    assert project.history.undo_text == "Propagate"
+    window.close()

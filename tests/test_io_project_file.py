@@ -173,3 +173,18 @@ def test_settings_of_the_wrong_type_are_named(tmp_path, folder):
     path.write_text(json.dumps(doc))
     with pytest.raises(ProjectFileError, match="setting 'cache_cap_gb' is '20', expected float"):
         load_project(path)
+
+
+def test_autosave_saves_during_a_steady_stream_of_edits(tmp_path, folder):
+    now = [0.0]
+    p = make(folder)
+    saver = Autosaver(p, tmp_path / "s.json", delay_s=2.0, max_wait_s=15.0,
+                      clock=lambda: now[0])
+    saves_at = []
+    for i in range(80):  # an edit every 0.25 s for 20 s: never 2 s of quiet
+        now[0] += 0.25
+        p.move_keypoint("a.jpg", 0, i, i)
+        if saver.maybe_save():
+            saves_at.append(now[0])
+    assert saves_at and saves_at[0] <= 15.25
+    assert load_project(tmp_path / "s.json").annotation("a.jpg").instances[0].keypoints[0].x <= 60

@@ -14,6 +14,7 @@ class Command:
     apply: Callable[[], None]
     revert: Callable[[], None]
     merge_key: object | None = None
+    payload: object | None = None  # what the owner needs to fold a later edit into this one
 
 
 class UndoStack:
@@ -26,11 +27,14 @@ class UndoStack:
         self._done: list[Command] = []
         self._undone: list[Command] = []
 
-    def push(self, command: Command) -> None:
+    def push(self, command: Command, keep_redo: bool = False) -> None:
         """Apply ``command`` and record it; a command with the same merge key as the last
-        one replaces its forward action but keeps the original revert."""
+        one replaces its forward action but keeps the original revert. ``keep_redo`` keeps
+        the redo history (for edits that do not conflict with it, such as predictions for
+        images the user has not touched)."""
         command.apply()
-        self._undone.clear()
+        if not keep_redo:
+            self._undone.clear()
         if (
             self._done
             and command.merge_key is not None
@@ -44,6 +48,17 @@ class UndoStack:
         self._done.append(command)
         if len(self._done) > self._limit:
             del self._done[0]
+
+    @property
+    def top(self) -> Command | None:
+        """The command the next undo reverts, or None."""
+        return self._done[-1] if self._done else None
+
+    def replace_top(self, command: Command) -> None:
+        """Swap the newest command for ``command`` (already applied by the caller)."""
+        if not self._done:
+            raise IndexError("no command to replace")
+        self._done[-1] = command
 
     def undo(self) -> str | None:
         """Revert the last command; returns its description, or None when nothing to undo."""

@@ -163,15 +163,38 @@ class Project:
         changes: Mapping[str, ImageAnnotation],
         description: str,
         merge_key: object | None = None,
+        keep_redo: bool = False,
     ) -> None:
-        """Replace the annotations of several images as one undoable step."""
+        """Replace the annotations of several images as one undoable step.
+
+        While the newest step has the same ``merge_key`` (a drag, the batches of one
+        propagation), the change folds into it: undo then restores every image it touched
+        to its state before the first change. ``keep_redo`` keeps the redo history."""
         for path, ann in changes.items():
             self._index_of(path)
             self._check_annotation(path, ann)
         old = {p: self.annotation(p) for p in changes}
         new = dict(changes)
-        self.history.push(
-            Command(description, lambda: self._store(new), lambda: self._store(old), merge_key)
+        top = self.history.top
+        if merge_key is not None and top is not None and top.merge_key == merge_key:
+            top_old, top_new = top.payload  # type: ignore[misc]
+            old = {**old, **top_old}  # the state before the first change wins
+            new = {**top_new, **new}  # the latest change wins
+            self._store(changes)
+            self.history.replace_top(self._annotation_command(description, old, new, merge_key))
+            return
+        self.history.push(self._annotation_command(description, old, new, merge_key), keep_redo)
+
+    def _annotation_command(
+        self,
+        description: str,
+        old: dict[str, ImageAnnotation],
+        new: dict[str, ImageAnnotation],
+        merge_key: object | None,
+    ) -> Command:
+        return Command(
+            description, lambda: self._store(new), lambda: self._store(old), merge_key,
+            payload=(old, new),
         )
 
     def set_annotation(

@@ -66,6 +66,8 @@ class KeypointSchema:
         if not isinstance(self.name, str) or not self.name.strip():
             raise SchemaError("schema name must be a non-empty string")
         k = len(self.keypoints)
+        if k == 0:
+            raise SchemaError(f"schema {self.name!r} has no keypoints; it needs at least one")
         seen: set[str] = set()
         for i, name in enumerate(self.keypoints):
             if not isinstance(name, str) or not name.strip():

@@ -70,6 +70,11 @@ class ImageCanvas(QWidget):
         self.show_names = True
 
     # ------------------------------------------------------------- content
+
+    @property
+    def dragging(self) -> bool:
+        """Whether the user is dragging a keypoint right now."""
+        return self._drag is not None
     def set_image(self, image: QImage | None, message: str = "") -> None:
         """Show ``image`` fitted to the window (``message`` when there is none)."""
         self._pixmap = QPixmap.fromImage(image) if image is not None else None

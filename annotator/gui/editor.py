@@ -270,6 +270,7 @@ class EditorPage(QWidget):
     def _request_heatmap(self) -> None:
         self._heat = None
         self.canvas.set_heatmap(None)
+        self.heatmap_cleared.emit()  # a heatmap still on its way is for another keypoint
         if not self.heatmap_box.isChecked() or self.project is None or not self.current_path:
             return
         k = self.current_keypoint

@@ -265,10 +265,23 @@ class MainWindow(QMainWindow):
             self._unsubscribe = None
 
     def close_project(self) -> None:
-        self.set_project(None, None)
+        if self._saved_or_confirmed():
+            self.set_project(None, None)
+
+    def _may_replace_project(self) -> bool:
+        """Before another project replaces this one: its edits are saved, or the user chose."""
+        return self._saved_or_confirmed()
+
+    def _is_open(self, path: str) -> bool:
+        try:
+            return bool(self.project_path) and os.path.samefile(path, self.project_path or "")
+        except OSError:
+            return False
 
     def new_project(self, image_root: str, schema: KeypointSchema, path: str) -> Project | None:
         """Create a project over the images under ``image_root`` and save it at ``path``."""
+        if not self._may_replace_project():
+            return None
         try:
             project = new_project(image_root, schema)
         except (OSError, ValueError) as exc:
@@ -302,6 +315,10 @@ class MainWindow(QMainWindow):
             self.new_project(root, dialog.schema, path)
 
     def open_project(self, path: str) -> Project | None:
+        if self.project is not None and self._is_open(path):
+            return self.project  # already open: the file on disk may be older than the edits
+        if not self._may_replace_project():
+            return None
         try:
             project = load_project(path)
         except ProjectFileError as exc:
@@ -320,6 +337,8 @@ class MainWindow(QMainWindow):
             self.open_project(path)
 
     def import_coco(self, json_path: str, image_root: str, path: str) -> Project | None:
+        if not self._may_replace_project():
+            return None
         try:
             project = import_coco(json_path, image_root)
             save_project(project, path)
@@ -438,6 +457,11 @@ class MainWindow(QMainWindow):
     def edit_schema(self) -> None:
         if self.project is None:
             return
+        if self.controller.busy:  # predictions in flight use the current keypoints
+            self.show_message("info", "Keypoint schema",
+                              "Propagation is running; cancel it or let it finish before "
+                              "changing the keypoints.")
+            return
         dialog = SchemaDialog(self.project.schema, self)
         if dialog.exec() == SchemaDialog.DialogCode.Accepted and (
             dialog.schema != self.project.schema
@@ -490,6 +514,8 @@ class MainWindow(QMainWindow):
             return False
         self.flush_predictions()
         self._baseline = self.project.annotations()
+        self._run_schema = self.project.schema
+        self._run_key = object()  # this run's predictions accumulate into one undo step
         self.controller.propagate(self.project, targets)
         self._rate = RateEstimator(0)
         self.progress_bar.setRange(0, 0)
@@ -531,11 +557,16 @@ class MainWindow(QMainWindow):
         self._pending.append(prediction)
 
     def flush_predictions(self) -> None:
-        """Apply the predictions received so far as one undo step."""
+        """Apply the predictions received so far; a run's batches form one undo step."""
         if not self._pending or self.project is None:
             self._pending.clear()
             return
+        if self.editor.canvas.dragging:
+            return  # never split the user's drag: apply after it ends
         preds, self._pending = self._pending, []
+        if self.project.schema != getattr(self, "_run_schema", self.project.schema):
+            log.warning("dropped %d predictions made for another keypoint schema", len(preds))
+            return
         fresh = []
         for pred in preds:
             if pred.error is not None:
@@ -549,13 +580,18 @@ class MainWindow(QMainWindow):
             # The worker imported this module already; this is a dictionary lookup.
             from annotator.jobs.propagate import apply_predictions
 
-            apply_predictions(self.project, fresh)
+            apply_predictions(self.project, fresh, merge_key=("propagate", self._run_key))
             for path in (p.path for p in fresh):
                 self._baseline[path] = self.project.annotation(path)
 
     def _on_run_finished(self, outcome: str) -> None:
-        self.flush_predictions()
         self.flush_timer.stop()
+        try:
+            self.flush_predictions()
+        finally:
+            self._finish_run_ui(outcome)
+
+    def _finish_run_ui(self, outcome: str) -> None:
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             w.hide()
         text = {"done": "Propagation finished", "cancelled": "Propagation cancelled",
@@ -614,8 +650,8 @@ class MainWindow(QMainWindow):
         event.accept()
 
     def _saved_or_confirmed(self) -> bool:
-        """Save pending edits before closing; when that fails, let the user save elsewhere,
-        discard on purpose, or cancel the close. Returns whether closing may go on."""
+        """Save pending edits before the project is closed or replaced; when that fails, let
+        the user save elsewhere, discard on purpose, or cancel. Returns whether to go on."""
         if self.project is None or self.autosaver is None:
             return True
         try:

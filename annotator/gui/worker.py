@@ -8,6 +8,7 @@ signals, drops stale results by request id, cancels cooperatively and joins on s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -102,7 +103,8 @@ class EngineWorker(QObject):
         self._engine_key = None
 
     def _engine_for(self, settings: ProjectSettings) -> Any:
-        key = settings
+        # the review threshold only colours the GUI: changing it must not reload the models
+        key = dataclasses.replace(settings, review_threshold=0.0)
         if self._engine is None or self._engine_key != key:
             self._engine = None
             self.model_state.emit("loading", settings.device)

@@ -261,8 +261,10 @@ def new_project(image_root: str | os.PathLike[str], schema: KeypointSchema) -> P
 class Autosaver:
     """Coalesces rapid edits into one save ``delay_s`` after the last change.
 
-    Call :meth:`maybe_save` from a timer (the GUI) or after edits (scripts); it saves only
-    when the project changed and no further edit arrived for ``delay_s`` seconds.
+    Call :meth:`maybe_save` from a timer (the GUI) or after edits (scripts); it saves when
+    the project changed and no further edit arrived for ``delay_s`` seconds, or when changes
+    have been waiting for ``max_wait_s`` (a stream of edits, such as predictions arriving
+    during a long propagation, still gets saved regularly).
     """
 
     def __init__(
@@ -271,13 +273,16 @@ class Autosaver:
         path: str | os.PathLike[str],
         delay_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        max_wait_s: float = 15.0,
     ) -> None:
         self.project = project
         self.path = Path(path)
         self.delay_s = delay_s
+        self.max_wait_s = max(max_wait_s, delay_s)
         self._clock = clock
         self._saved_revision = project.revision
         self._last_change = clock()
+        self._dirty_since: float | None = None
         self.saves = 0
         self._unsubscribe: Callable[[], None] | None = project.subscribe(
             lambda _paths: self.notify()
@@ -290,11 +295,17 @@ class Autosaver:
     def notify(self) -> None:
         """Record that an edit happened now."""
         self._last_change = self._clock()
+        if self._dirty_since is None:
+            self._dirty_since = self._last_change
 
     def maybe_save(self, now: float | None = None) -> bool:
-        """Save if dirty and quiet for ``delay_s``; returns whether it saved."""
+        """Save if dirty and quiet for ``delay_s`` (or waiting for ``max_wait_s``); returns
+        whether it saved."""
         now = self._clock() if now is None else now
-        if self.dirty and now - self._last_change >= self.delay_s:
+        if not self.dirty:
+            return False
+        waiting = now - (self._dirty_since if self._dirty_since is not None else now)
+        if now - self._last_change >= self.delay_s or waiting >= self.max_wait_s:
             self.flush()
             return True
         return False
@@ -305,6 +316,7 @@ class Autosaver:
             revision = self.project.revision
             save_project(self.project, self.path)
             self._saved_revision = revision
+            self._dirty_since = None
             self.saves += 1
 
     def close(self) -> None:

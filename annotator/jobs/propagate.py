@@ -196,11 +196,15 @@ def merge_prediction(old: ImageAnnotation, new: ImageAnnotation) -> ImageAnnotat
 
 
 def apply_predictions(
-    project: Project, predictions: Sequence[Prediction], description: str = "Propagate"
+    project: Project,
+    predictions: Sequence[Prediction],
+    description: str = "Propagate",
+    merge_key: object | None = None,
 ) -> list[str]:
-    """Store predictions as one undoable step. Images the user reviewed or made references
-    are left alone; on other images only keypoints the user has not touched change.
-    Returns the paths updated."""
+    """Store predictions as one undoable step (batches with the same ``merge_key`` grow one
+    step while it is the newest; the redo history is kept). Images the user reviewed or made
+    references are left alone; on other images only keypoints the user has not touched
+    change. Returns the paths updated."""
     changes = {}
     for pred in predictions:
         ann = prediction_annotation(pred, len(project.schema))
@@ -213,7 +217,7 @@ def apply_predictions(
             project.set_image_size(pred.path, *pred.size)
         changes[pred.path] = ann
     if changes:
-        project.set_annotations(changes, description)
+        project.set_annotations(changes, description, merge_key=merge_key, keep_redo=True)
     return list(changes)
 
 
