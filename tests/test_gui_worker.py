@@ -159,3 +159,36 @@ def test_first_run_shows_download_progress(qtbot, tmp_path):  # noqa: ANN001
     assert ("downloading", "Stable Diffusion: 3/3 files") in texts
     assert texts[-1][0] == "ready" and window.model_label.text() == "models: ready"
     window.close()
+
+
+class EndlessDownloadEngine(DownloadingEngine):
+    """A weight download that would take for ever unless the worker abandons it."""
+
+    @property
+    def extractor(self):  # noqa: ANN201
+        done = 0
+        while True:
+            done += 1
+            self.on_download("Stable Diffusion", done, 10**9)
+            time.sleep(0.01)
+
+
+def test_closing_during_a_weight_download_does_not_hang(qtbot, tmp_path):  # noqa: ANN001
+    window = make_window(qtbot, lambda settings: EndlessDownloadEngine())
+    project = open_demo_project(window, tmp_path)
+    states = []
+    window.controller.model_state.connect(lambda state, detail: states.append(state))
+    window.propagate()
+    qtbot.waitUntil(lambda: "downloading" in states, timeout=10_000)
+    ref = project.reference_paths()[0]
+    project.move_keypoint(ref, 0, 9.0, 9.0)  # an edit right before closing
+    timer = QElapsedTimer()
+    timer.start()
+    window.close()
+    print(f"\nclose during download: {timer.elapsed()} ms")
+    assert timer.elapsed() < 10_000
+    assert not window.controller.busy or not window.isVisible()
+    from annotator.io.project_file import load_project
+
+    saved = load_project(window.project_path or str(tmp_path / "demo" / "demo.kpproj.json"))
+    assert saved.annotation(ref).instances[0].keypoints[0].x == 9.0

@@ -637,10 +637,11 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         self.autosave_timer.stop()
         self.flush_timer.stop()
+        self.hide()  # the user sees the close at once; a model load may hold the join
+        self._detach_project()  # cancel the run, apply what arrived, save: before any wait
         self.controller.shutdown()
         self.loader.stop()
         self.editor.images.stop()
-        self._detach_project()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self._shut_down and not self._saved_or_confirmed():

@@ -84,6 +84,7 @@ class EngineWorker(QObject):
         self._lock = threading.Lock()
         self._states: dict[int, Any] = {}
         self._cancelled: set[int] = set()
+        self._stopping = threading.Event()  # the window is closing: abandon downloads
 
     # ------------------------------------------------ called from the GUI thread
     def request_cancel(self, request_id: int) -> None:
@@ -102,7 +103,16 @@ class EngineWorker(QObject):
         self._engine = None
         self._engine_key = None
 
-    def _engine_for(self, settings: ProjectSettings) -> Any:
+    def request_stop(self) -> None:
+        """Thread-safe: the application is closing; a weight download stops at its next
+        file instead of holding up the close."""
+        self._stopping.set()
+
+    def _abandoned(self, request_id: int) -> bool:
+        with self._lock:
+            return self._stopping.is_set() or request_id in self._cancelled
+
+    def _engine_for(self, settings: ProjectSettings, request_id: int = -1) -> Any:
         # the review threshold only colours the GUI: changing it must not reload the models
         key = dataclasses.replace(settings, review_threshold=0.0)
         if self._engine is None or self._engine_key != key:
@@ -110,9 +120,15 @@ class EngineWorker(QObject):
             self.model_state.emit("loading", settings.device)
             engine = self._factory(settings)
             if hasattr(engine, "on_download"):  # first run: weights download, with progress
-                engine.on_download = lambda what, done, total: self.model_state.emit(
-                    "downloading", f"{what}: {done}/{total} files"
-                )
+
+                def on_download(what: str, done: int, total: int) -> None:
+                    if self._abandoned(request_id):
+                        from annotator.jobs.progress import Cancelled
+
+                        raise Cancelled()
+                    self.model_state.emit("downloading", f"{what}: {done}/{total} files")
+
+                engine.on_download = on_download
             extractor = getattr(engine, "extractor", None)  # loads the models now, if lazy
             device = getattr(extractor, "device", None) or getattr(
                 getattr(engine, "runtime", None), "device", settings.device
@@ -123,8 +139,11 @@ class EngineWorker(QObject):
 
     def _load_engine(self, request_id: int, settings: ProjectSettings) -> Any | None:
         try:
-            return self._engine_for(settings)
+            return self._engine_for(settings, request_id)
         except Exception as exc:  # missing weights, no torch, bad device: all "models"
+            if type(exc).__name__ == "Cancelled" or self._abandoned(request_id):
+                self.model_state.emit("failed", "model download cancelled")
+                return None
             log.warning("engine could not be built: %s", exc, exc_info=True)
             self.model_state.emit("failed", f"{type(exc).__name__}: {exc}")
             self.failed.emit(request_id, "models", f"{exc}\n\n{MODELS_HELP}")
@@ -147,6 +166,7 @@ class EngineWorker(QObject):
                 return
             engine = self._load_engine(rid, order.snapshot.settings)
             if engine is None:
+                outcome = "cancelled" if self._abandoned(rid) else "failed"
                 return
             from annotator.jobs import propagate as job
 
@@ -306,6 +326,7 @@ class WorkerController(QObject):
 
     def shutdown(self, timeout_ms: int = 120_000) -> bool:
         """Cancel everything, stop the thread and join it; returns whether it stopped."""
+        self._worker.request_stop()
         self.cancel()
         self.cancel_heatmap()
         if not self._thread.isRunning():
