@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -28,23 +28,13 @@ class UndoStack:
         self._undone: list[Command] = []
 
     def push(self, command: Command, keep_redo: bool = False) -> None:
-        """Apply ``command`` and record it; a command with the same merge key as the last
-        one replaces its forward action but keeps the original revert. ``keep_redo`` keeps
-        the redo history (for edits that do not conflict with it, such as predictions for
-        images the user has not touched)."""
+        """Apply ``command`` and record it. ``keep_redo`` keeps the redo history (for edits
+        that do not conflict with it, such as predictions for images the user has not
+        touched). Folding edits into the newest step is the owner's job (see
+        :meth:`top` and :meth:`replace_top`)."""
         command.apply()
         if not keep_redo:
             self._undone.clear()
-        if (
-            self._done
-            and command.merge_key is not None
-            and self._done[-1].merge_key == command.merge_key
-        ):
-            first = self._done[-1]
-            self._done[-1] = Command(
-                first.description, command.apply, first.revert, command.merge_key
-            )
-            return
         self._done.append(command)
         if len(self._done) > self._limit:
             del self._done[0]
@@ -83,10 +73,9 @@ class UndoStack:
         self._undone.clear()
 
     def end_merge(self) -> None:
-        """Stop merging into the last command (end of a drag)."""
+        """Stop folding further edits into the last command (end of a drag)."""
         if self._done and self._done[-1].merge_key is not None:
-            last = self._done[-1]
-            self._done[-1] = Command(last.description, last.apply, last.revert, None)
+            self._done[-1] = replace(self._done[-1], merge_key=None)
 
     @property
     def can_undo(self) -> bool:

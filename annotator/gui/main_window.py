@@ -268,10 +268,6 @@ class MainWindow(QMainWindow):
         if self._saved_or_confirmed():
             self.set_project(None, None)
 
-    def _may_replace_project(self) -> bool:
-        """Before another project replaces this one: its edits are saved, or the user chose."""
-        return self._saved_or_confirmed()
-
     def _is_open(self, path: str) -> bool:
         try:
             return bool(self.project_path) and os.path.samefile(path, self.project_path or "")
@@ -280,7 +276,7 @@ class MainWindow(QMainWindow):
 
     def new_project(self, image_root: str, schema: KeypointSchema, path: str) -> Project | None:
         """Create a project over the images under ``image_root`` and save it at ``path``."""
-        if not self._may_replace_project():
+        if not self._saved_or_confirmed():
             return None
         try:
             project = new_project(image_root, schema)
@@ -317,7 +313,7 @@ class MainWindow(QMainWindow):
     def open_project(self, path: str) -> Project | None:
         if self.project is not None and self._is_open(path):
             return self.project  # already open: the file on disk may be older than the edits
-        if not self._may_replace_project():
+        if not self._saved_or_confirmed():
             return None
         try:
             project = load_project(path)
@@ -337,7 +333,7 @@ class MainWindow(QMainWindow):
             self.open_project(path)
 
     def import_coco(self, json_path: str, image_root: str, path: str) -> Project | None:
-        if not self._may_replace_project():
+        if not self._saved_or_confirmed():
             return None
         try:
             project = import_coco(json_path, image_root)

@@ -241,7 +241,3 @@ def build_engine(settings: ProjectSettings, feature_cache_dir: str | None = None
         **({} if settings.soft_argmax else {"softargmax_window": 0}),
     )
 
-
-def with_targets(request: PropagateRequest, targets: Sequence[str]) -> PropagateRequest:
-    """The same request restricted to ``targets``."""
-    return replace(request, targets=tuple(targets))
