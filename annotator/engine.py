@@ -227,13 +227,20 @@ class Engine:
 
     def iter_transfer(self, references: Sequence[Reference], targets: Iterable[np.ndarray],
                       flip_pairs: Iterable[tuple[int, int]] = (), flip: bool | None = None,
-                      *, fast: bool = True) -> Iterator[TransferResult]:
+                      *, fast: bool = True, prefetch: int = 0) -> Iterator[TransferResult]:
         """Generator form of ``transfer_many`` (one result per target, in order).
 
         Pair-independent fusions describe each reference once and each target once; copca
         fuses every (reference, target) pair on its own PCA basis. With ``fast`` (default),
         "concat"/"sd"/"dino" on the SD + DINOv2 extractor never materialise a target's fused
-        descriptor (annotator.matching.transfer_parts: same results to float32 rounding)."""
+        descriptor (annotator.matching.transfer_parts: same results to float32 rounding).
+
+        ``prefetch`` > 0 (fast path only): a background thread consumes ``targets`` and reads
+        their features (cache, or extraction for misses) up to ``prefetch`` targets ahead, and
+        the targets that are ready are matched together, up to ``prefetch`` at a time
+        (annotator.matching.transfer_batch: same results). ``targets`` is then consumed ahead
+        of the results, in that thread: only for iterables that do not rely on lockstep
+        consumption. Closing the generator waits for the target being read."""
         from annotator.features.extractor import pair_dependent
         from annotator.matching.transfer import combine, transfer
 
@@ -265,6 +272,10 @@ class Engine:
                           tp.PartsReference(parts_fusion, fd, f.layers, f.grid)
                           if f is not None and fd is not None else None)
                          for (m, _, _, f, _), (rd, fd) in zip(refs, ref_desc)]
+        if parts_fusion is not None and prefetch > 0:
+            yield from self._iter_parts_prefetched(refs, ref_parts, parts_fusion, targets,
+                                                   prefetch)
+            return
         for target in targets:
             tmaps = self.features(target)
             if per_pair:
@@ -281,6 +292,43 @@ class Engine:
                                     v, fd, perm)
                            for (m, p, v, _, perm), (rd, fd) in zip(refs, ref_desc)]
             yield results[0] if len(results) == 1 else combine(results)
+
+    def _iter_parts_prefetched(self, refs: list[Any], ref_parts: list[Any], fusion: str,
+                               targets: Iterable[np.ndarray], depth: int
+                               ) -> Iterator[TransferResult]:
+        """``iter_transfer``'s fast path with a prefetch thread and batched matching."""
+        from annotator.matching import transfer_batch as tb
+        from annotator.matching.transfer import combine
+        from annotator.matching.transfer_parts import PartsDescriptor
+
+        def load(target: np.ndarray) -> tuple[Any, Any]:
+            maps = self.features(target)  # only this thread uses the cache meanwhile
+            return PartsDescriptor(fusion, maps.layers, maps.grid), maps.letterbox
+
+        pf = tb.Prefetch(targets, load, depth)
+        try:
+            for first in pf:
+                batch, error = [first], None
+                while len(batch) < depth and pf.ready():
+                    try:
+                        batch.append(next(pf))
+                    except StopIteration:
+                        break
+                    except Exception as exc:  # raised after the targets before it
+                        error = exc
+                        break
+                descs = [d for d, _ in batch]
+                lbs = [lb for _, lb in batch]
+                per_ref = [tb.transfer_parts_batch(rp, descs, p, m.letterbox, lbs,
+                                                   self.match_params, v, fp, perm)
+                           for (m, p, v, _, perm), (rp, fp) in zip(refs, ref_parts)]
+                for i in range(len(batch)):
+                    results = [r[i] for r in per_ref]
+                    yield results[0] if len(results) == 1 else combine(results)
+                if error is not None:
+                    raise error
+        finally:
+            pf.close()
 
     def similarity_heatmap(self, ref_image: np.ndarray, point: np.ndarray,
                            target_image: np.ndarray) -> np.ndarray:
