@@ -14,7 +14,10 @@ no recent-files entry, no autosave, nothing of the user's QSettings touched):
   ``--worker-images`` real small images (views cropped, scaled, mirrored and dimmed from the demo
   photographs) with the weight-free content engine (``fast`` preset, hard argmax); predictions
   stream into the project and the gallery every 250 ms as in normal use. ``worker_seconds``,
-  ``worker_images`` and ``worker_images_per_s`` describe that run; the stall is also split into
+  ``worker_images`` and ``worker_images_per_s`` describe that run (one-off included);
+  ``worker_one_off_seconds`` (until the engine is built), ``worker_steady_images_per_s`` (the
+  images after it) and ``worker_projected_seconds_10000_images`` (one-off + 10,000 / steady
+  rate) keep one-off and steady-state costs apart; the stall is also split into
   ``max_stall_worker_engine_load_ms`` (start until the engine is built: the worker thread
   imports torch, whose C initialisation holds the GIL) and ``max_stall_worker_images_ms``.
 
@@ -213,6 +216,15 @@ def main(argv: list[str] | None = None) -> int:
             result["worker_images"] = done
             result["worker_targets"] = targets
             result["worker_images_per_s"] = done / max(1e-9, float(result["worker_seconds"]))
+            # one-off (engine import and build, before the first image) apart from the steady
+            # rate; a projection for N images is one-off + N / steady rate
+            load_s = float(loading.get("seconds") or 0.0)
+            result["worker_one_off_seconds"] = load_s
+            steady_s = float(result["worker_seconds"]) - load_s
+            result["worker_steady_images_per_s"] = done / steady_s if steady_s > 0 else None
+            if result["worker_steady_images_per_s"]:
+                result["worker_projected_seconds_10000_images"] = (
+                    load_s + 10000 / float(result["worker_steady_images_per_s"]))
             result["worker"] = outcome[0] if finished and outcome else "did not finish"
             save()
         else:
