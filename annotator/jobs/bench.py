@@ -37,6 +37,7 @@ from annotator.features.letterbox import Letterbox
 from annotator.jobs.bench_baseline import BaselineExtractor, classic_attention, loop_match
 from annotator.jobs.bench_util import (
     MemoryPeak,
+    compile_modules,
     count_flops,
     machine_info,
     make_timer,
@@ -79,6 +80,7 @@ class BenchOptions:
     map_channels: dict[str, int] | None = None  # synthetic cached maps (None: SD 1.5/DINOv2-B)
     ablations: bool = True
     precision_check: bool = True
+    compile: str = "off"  # engine: torch.compile mode (bench_util.COMPILE_MODES)
     gui: Callable[[Progress], dict[str, Any]] | None = None
     command: str = ""
 
@@ -164,12 +166,25 @@ class _Models:
 
 # ---- extraction ----------------------------------------------------------------------------
 def _bench_engine(models: _Models, cfg: FeatureConfig, images: list[np.ndarray], batch: int,
-                  reps: int, device: str, progress: Progress) -> dict[str, Any]:
+                  reps: int, device: str, progress: Progress, compile_mode: str = "off"
+                  ) -> dict[str, Any]:
     from annotator.features.sd_dino import SDDinoExtractor
 
     sd, dino = models.engine_parts()
     ext = SDDinoExtractor(sd if cfg.uses_sd else None, dino if cfg.uses_dino else None, cfg,
                           device, models.dtype, batch_size=batch)
+    restore = compile_modules(sd if cfg.uses_sd else None, dino if cfg.uses_dino else None,
+                              compile_mode)
+    try:
+        res = _time_engine(ext, cfg, images, batch, reps, device, progress)
+    finally:
+        restore()
+    res["compile"] = compile_mode
+    return res
+
+
+def _time_engine(ext: Any, cfg: FeatureConfig, images: list[np.ndarray], batch: int, reps: int,
+                 device: str, progress: Progress) -> dict[str, Any]:
     timer = make_timer(device)
     times: list[float] = []
     flops = None
@@ -196,7 +211,7 @@ def _bench_engine(models: _Models, cfg: FeatureConfig, images: list[np.ndarray],
             "first_call_seconds": first,
             "warmup_seconds": max(0.0, first - best * len(images)),
             "images_per_second": 1.0 / best, "images": len(images), "batch_size": batch,
-            "dtype": str(models.dtype).replace("torch.", ""), "flops_per_image": flops,
+            "dtype": str(ext.dtype).replace("torch.", ""), "flops_per_image": flops,
             "achieved_flops_per_s": (flops / best) if flops else None,
             "memory": mem.as_dict()}
 
@@ -622,7 +637,7 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
     result: dict[str, Any] = {
         "date": _dt.date.today().isoformat(), "command": opts.command, "quick": opts.quick,
         "machine": machine_info(device), "dtype": str(dtype).replace("torch.", ""),
-        "full_size_models": opts.configs is None,
+        "full_size_models": opts.configs is None, "compile": opts.compile,
     }
     say(f"device {device} ({result['machine']['device_name']}), engine dtype {dtype}")
     peak_dtype = dtype if device.startswith("cuda") else torch.float32
@@ -644,7 +659,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
         n = opts.images or opts.batch_size or 1
         imgs = [synthetic_image(opts.image_hw, 100 + i) for i in range(n)]
         reps = (opts.reps or {}).get(name, 1)
-        eng = _bench_engine(models, cfg, imgs, opts.batch_size or 1, reps, device, say)
+        eng = _bench_engine(models, cfg, imgs, opts.batch_size or 1, reps, device, say,
+                            opts.compile)
         bimgs = [synthetic_image(opts.image_hw, 200 + i) for i in range(opts.baseline_images)]
         base = _bench_baseline(models, cfg, bimgs, opts.baseline_tiles, device, say, tile_record)
         one_off = result["model_build_seconds"] + eng["warmup_seconds"]

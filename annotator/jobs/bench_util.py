@@ -7,7 +7,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -147,3 +147,31 @@ def machine_info(device: str) -> dict[str, Any]:
     else:
         info["device_name"] = info.get("cpu_model", "cpu")
     return info
+
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def compile_modules(sd: Any, dino: Any, mode: str) -> Callable[[], None]:
+    """``torch.compile`` the engine's hook-free parts in place: the VAE encoder, the UNet's down
+    blocks and mid block (the up blocks carry the early-stop hooks and stay eager) and the
+    DINOv2 encoder. ``mode`` "reduce-overhead" also captures CUDA graphs on CUDA. Compilation
+    happens on the first call (the engine's one-off warm-up). Returns a function restoring the
+    eager modules."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode == "off":
+        return lambda: None
+    targets = []
+    if sd is not None:
+        targets += [sd.vae.encoder, *sd.unet.down_blocks, sd.unet.mid_block]
+    if dino is not None:
+        targets.append(dino.model.encoder)
+    for m in targets:
+        m.compile(mode=None if mode == "default" else mode, dynamic=False)
+
+    def restore() -> None:
+        for m in targets:
+            m._compiled_call_impl = None  # nn.Module.compile's handle: eager again
+
+    return restore
