@@ -640,7 +640,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
         "full_size_models": opts.configs is None, "compile": opts.compile,
     }
     say(f"device {device} ({result['machine']['device_name']}), engine dtype {dtype}")
-    peak_dtype = dtype if device.startswith("cuda") else torch.float32
+    # the peak of the engine's own dtype (bf16 on CPUs with avx512_bf16/AMX has its own)
+    peak_dtype = dtype
     peak = matmul_peak(device, peak_dtype, opts.peak_size, opts.peak_seconds)
     result["peak"] = peak
     say(f"matmul peak ({peak['dtype']}, {peak['size']}): {peak['flops_per_s'] / 1e12:.3f} "
