@@ -73,9 +73,9 @@ def profile(fn: Any) -> dict[str, Any]:
 
 
 def flop_groups(fn: Any) -> dict[str, float]:
-    from torch.utils.flop_counter import FlopCounterMode
+    from annotator.jobs.bench_util import count_flops
 
-    with FlopCounterMode(display=False) as fc:
+    with count_flops() as fc:
         fn()
     out: dict[str, float] = defaultdict(float)
     for op, n in fc.get_flop_counts().get("Global", {}).items():

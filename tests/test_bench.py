@@ -173,3 +173,20 @@ def test_cli_registers_bench():
     cli_bench.add_parser(sub)
     args = parser.parse_args(["bench", "--quick", "--device", "cpu", "--out", "x.json"])
     assert args.quick and args.device == "cpu" and callable(args.func)
+
+
+def test_count_flops_counts_cpu_attention():
+    """SDPA on the CPU dispatches to a flash kernel torch's counter has no formula for; the
+    bench's counter adds it: QK^T and AV are 2 * N * M * d FLOPs each, per batch and head."""
+    import torch.nn.functional as F
+
+    from annotator.jobs.bench_util import count_flops
+
+    q = torch.randn(2, 3, 50, 16)
+    k = torch.randn(2, 3, 70, 16)
+    with count_flops() as fc:
+        F.scaled_dot_product_attention(q, k, k)
+    assert fc.get_total_flops() == 2 * 3 * (2 * 50 * 70 * 16) * 2
+    with count_flops() as fc:  # and matmuls are still counted as before
+        q @ k.transpose(-1, -2)
+    assert fc.get_total_flops() == 2 * 3 * 2 * 50 * 70 * 16
