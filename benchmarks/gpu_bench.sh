@@ -69,11 +69,11 @@ if [ "$DRY" = 1 ]; then
     DTYPES=$(echo "$DTYPES" | tr ',' '\n' | grep -v '^fp16$' | paste -sd, -)
     [ -n "$DTYPES" ] || DTYPES=bf16
     EXTRA=(--tiny-models --no-ablations --disk-targets 3 --memory-targets 3)
-    LIMIT=900
+    LIMIT=600; LIMIT_COMPILE=600
 else
     DEVICE=cuda
     EXTRA=()
-    LIMIT=900
+    LIMIT="${LIMIT:-200}"; LIMIT_COMPILE="${LIMIT_COMPILE:-300}"  # per run, seconds
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv \
         >"$OUT/nvidia-smi.csv" 2>&1
 fi
@@ -93,27 +93,29 @@ if sys.argv[1] == "cuda" and not ok:
 PY
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 
-bench() {  # name, then annotator bench arguments
-    local name="$1"; shift
+bench() {  # limit, name, then annotator bench arguments
+    local limit="$1" name="$2"; shift 2
     echo "== $name: annotator bench $*" | tee "$OUT/$name.log"
-    timeout "$LIMIT" "$PY" -m annotator bench --quick --device "$DEVICE" --no-gui \
+    timeout "$limit" "$PY" -m annotator bench --quick --device "$DEVICE" --no-gui \
         --images "$IMAGES" --batch "$BATCH" --out "$OUT/$name.json" "$@" 2>&1 \
         | tee -a "$OUT/$name.log"
 }
 IFS=',' read -r -a DT <<<"$DTYPES"
 IFS=',' read -r -a PR <<<"$PRESETS"
 RUNS=()
-for dt in "${DT[@]}"; do
-    bench "gpu-bench-$dt" --dtype "$dt" --presets "$PRESETS" "${EXTRA[@]}"
-    RUNS+=("gpu-bench-$dt")
+SMALL=(--no-ablations --disk-targets 5 --memory-targets 5)
+for i in "${!DT[@]}"; do  # the first dtype with ablations and the full transfer part
+    if [ "$i" = 0 ]; then MORE=(); else MORE=("${SMALL[@]}"); fi
+    bench "$LIMIT" "gpu-bench-${DT[$i]}" --dtype "${DT[$i]}" --presets "$PRESETS" \
+        "${MORE[@]}" "${EXTRA[@]}"
+    RUNS+=("gpu-bench-${DT[$i]}")
 done
 if [ "$COMPILE" != off ]; then
-    bench "gpu-bench-${DT[0]}-compile" --dtype "${DT[0]}" --presets "$PRESETS" \
-        --compile "$COMPILE" --no-ablations --disk-targets 5 --memory-targets 5 "${EXTRA[@]}"
+    bench "$LIMIT_COMPILE" "gpu-bench-${DT[0]}-compile" --dtype "${DT[0]}" \
+        --presets "$PRESETS" --compile "$COMPILE" "${SMALL[@]}" "${EXTRA[@]}"
     RUNS+=("gpu-bench-${DT[0]}-compile")
 fi
-bench "gpu-bench-fp32" --dtype fp32 --presets "${PR[0]}" --no-ablations --disk-targets 5 \
-    --memory-targets 5 "${EXTRA[@]}"
+bench "$LIMIT" "gpu-bench-fp32" --dtype fp32 --presets "${PR[0]}" "${SMALL[@]}" "${EXTRA[@]}"
 RUNS+=("gpu-bench-fp32")
 
 "$PY" - "$OUT" "${RUNS[@]}" <<'PY' | tee "$OUT/summary.txt"
