@@ -476,25 +476,29 @@ def _key_image(i: int) -> np.ndarray:
 
 def _time_transfer(make_engine: Callable[[], Any], ref_img: np.ndarray, pts: np.ndarray,
                    targets: list[np.ndarray], prefetch: int, projected: int) -> dict[str, Any]:
-    """Time ``iter_transfer`` over ``targets``: the first result carries the one-off costs
-    (reference read and preparation, first-call warm-up); the steady state is the mean time per
-    target over the others. Projection = one-off + steady x ``projected``."""
-    eng = make_engine()
+    """Time ``iter_transfer`` over ``targets`` apart from its one-off costs (reference read and
+    preparation, first-call warm-up): a run over the first target alone gives one-off + one
+    target, the run over all ``targets`` adds the steady state of the others (a two-point fit:
+    exact for batched and prefetched runs too, whose first result already carries a batch of
+    targets). Projection = one-off + steady x ``projected``. Each run uses a fresh engine."""
+    def run(ts: list[np.ndarray]) -> tuple[float, float]:
+        eng = make_engine()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in eng.iter_transfer([(ref_img, pts, None)], iter(ts), flip=False,
+                                   prefetch=prefetch):
+            pass
+        return time.perf_counter() - t0, time.process_time() - c0
+
     n = len(targets)
-    t0, c0 = time.perf_counter(), time.process_time()
-    it = eng.iter_transfer([(ref_img, pts, None)], iter(targets), flip=False, prefetch=prefetch)
-    next(it)
-    t1, c1 = time.perf_counter(), time.process_time()
-    for _ in it:
-        pass
-    t2, c2 = time.perf_counter(), time.process_time()
-    first = t1 - t0
-    steady = (t2 - t1) / max(1, n - 1)
-    one_off = max(0.0, first - steady)
-    return {"targets_measured": n, "seconds": t2 - t0, "first_result_seconds": first,
+    if n < 2:
+        raise ValueError("the transfer timing needs at least 2 targets")
+    one, one_cpu = run(targets[:1])
+    total, cpu = run(targets)
+    steady = max(0.0, total - one) / (n - 1)
+    one_off = max(0.0, one - steady)
+    return {"targets_measured": n, "seconds": total, "first_target_run_seconds": one,
             "one_off_seconds": one_off, "seconds_per_target": steady,
-            "cpu_seconds_per_target": (c2 - c1) / max(1, n - 1),
-            "one_off_cpu_seconds": c1 - c0,
+            "cpu_seconds_per_target": max(0.0, cpu - one_cpu) / (n - 1),
             "projected_seconds": one_off + steady * projected, "prefetch": prefetch}
 
 
