@@ -83,7 +83,7 @@ class SettingsDialog(QDialog):
         self.cache_dir = PathField(settings.cache_dir, "Feature cache folder")
         self.cache_dir.edit.setPlaceholderText("default: the user cache folder")
         self.cache_cap = QDoubleSpinBox()
-        self.cache_cap.setRange(0.0, 10_000.0)
+        self.cache_cap.setRange(0.1, 10_000.0)  # > 0: the cache needs room
         self.cache_cap.setSuffix(" GB")
         self.cache_cap.setValue(settings.cache_cap_gb)
         form = QFormLayout(self)
