@@ -98,9 +98,9 @@ def test_cap_must_be_positive_everywhere(tmp_path, cap):
 
 def test_cap_in_a_project_file_and_cli_is_checked(tmp_path):
     from annotator.cli import main as cli_main
+    from annotator.domain.project import ImageRecord, Project
     from annotator.domain.schema import KeypointSchema
     from annotator.io.project_file import ProjectFileError, load_project, project_to_dict
-    from annotator.domain.project import ImageRecord, Project
 
     doc = project_to_dict(Project(str(tmp_path), [ImageRecord("a.png")],
                                   KeypointSchema("s", ("p",))))
