@@ -324,10 +324,14 @@ class Autosaver:
             return True
         return False
 
-    def _fold(self, snap: pf.ProjectSnapshot, seq: int) -> None:
+    def _fold(self, snap: pf.ProjectSnapshot, seq: int, cooperative: bool = False) -> None:
         """Write the project file holding journal records up to ``seq``, then drop them."""
         with self._fold_lock:
-            pf.save_project(snap, self.path, journal={"id": self._id, "seq": seq})
+            stamp = {"id": self._id, "seq": seq}
+            if cooperative:
+                pf.save_project(snap, self.path, journal=stamp, cooperative=True)
+            else:
+                pf.save_project(snap, self.path, journal=stamp)
             with self._lock:
                 self._records = [(s, line) for s, line in self._records if s > seq]
             self._rewrite_journal()
@@ -342,7 +346,7 @@ class Autosaver:
 
         def run() -> None:
             try:
-                self._fold(snap, seq)
+                self._fold(snap, seq, cooperative=True)
             except Exception as exc:  # reported through poll(); the journal keeps the edits
                 log.warning("saving %s failed: %s", self.path, exc)
                 with self._lock:

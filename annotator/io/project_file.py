@@ -311,17 +311,63 @@ def _portable_root(image_root: str, project_dir: Path) -> str:
         return image_root
 
 
+def _dump(obj: Any) -> str:
+    """Compact one-line JSON (C encoder); \\u escapes only for undecodable names."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def document_text(project: Project | ProjectSnapshot, image_root: str | None = None,
+                  journal: Mapping[str, Any] | None = None, cooperative: bool = False) -> str:
+    """The project file's text: one line per top-level field, image and annotation.
+
+    Written entry by entry from small temporary objects rather than one big document, so a
+    save on a background thread neither holds the GIL for long nor grows the heap enough to
+    trigger full garbage collections that would stall the GUI thread. ``cooperative`` (a
+    background save) sleeps 1 ms every 64 entries: a CPU-bound Python thread otherwise makes
+    every GIL hand-over of the GUI thread wait up to the 5 ms switch interval."""
+    pause = (lambda: time.sleep(0.001)) if cooperative else (lambda: None)
+    head: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+    if journal is not None:  # near the top, so a short read of the file finds it
+        head["journal"] = dict(journal)
+    head["image_root"] = project.image_root if image_root is None else image_root
+    head["schema"] = encode_schema(project.schema)
+    head["settings"] = dataclasses.asdict(project.settings)
+    parts = ["{\n"]
+    parts.extend(f"{_dump(k)}: {_dump(v)},\n" for k, v in head.items())
+    images = project.images
+    parts.append('"images": [\n')
+    last = len(images) - 1
+    for i, r in enumerate(images):
+        rec = {"path": r.path, **({"width": r.width, "height": r.height} if r.width else {})}
+        parts.append(_dump(rec) + (",\n" if i < last else "\n"))
+        if i % 64 == 63:
+            pause()
+    parts.append('],\n"annotations": {\n')
+    annotations = project.annotations()
+    last = len(annotations) - 1
+    for i, (path, ann) in enumerate(annotations.items()):
+        parts.append(f"{_dump(path)}: {_dump(encode_annotation(ann))}"
+                     + (",\n" if i < last else "\n"))
+        if i % 64 == 63:
+            pause()
+    parts.append("}\n}\n")
+    return "".join(parts)
+
+
 def save_project(project: Project | ProjectSnapshot, path: str | os.PathLike[str],
-                 journal: Mapping[str, Any] | None = None) -> None:
+                 journal: Mapping[str, Any] | None = None, cooperative: bool = False) -> None:
     """Save atomically, keeping one backup of the previous file. The image root is stored
     relative to the project file's folder. ``journal`` ({"id", "seq"}) records which edit
-    journal entries the file already holds (see :mod:`annotator.io.autosave`)."""
-    doc = project_to_dict(project)
-    doc["image_root"] = _portable_root(project.image_root, Path(path).parent)
-    if journal is not None:  # near the top, so a short read of the file finds it
-        doc = {"format": doc.pop("format"), "version": doc.pop("version"),
-               "journal": dict(journal), **doc}
-    atomic_write_text(path, dumps_document(doc))
+    journal entries the file already holds (see :mod:`annotator.io.autosave`);
+    ``cooperative``: see :func:`document_text`."""
+    root = _portable_root(project.image_root, Path(path).parent)
+    atomic_write_text(path, document_text(project, root, journal, cooperative))
     log.debug("saved project %s (revision %d)", path, project.revision)
 
 
