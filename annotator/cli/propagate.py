@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from annotator.jobs.progress import Cancelled, TaskState
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
+    if args.out.exists() and args.input.exists() and os.path.samefile(args.out, args.input):
+        print(f"--out {args.out} is the input file: it would be overwritten (and any other "
+              "categories in it dropped); choose another output file", file=sys.stderr)
+        return 2
     project = load_input(args.input, args.images)
     engine = engine_from_args(args)
     request = PropagateRequest.from_project(project)
@@ -102,7 +107,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except (Cancelled, KeyboardInterrupt):
         bar.close()
-        print("interrupted; features computed so far are cached", file=sys.stderr)
+        try:  # keep what is done: a second Ctrl-C during this write stops it
+            apply_predictions(project, predictions)
+            write_coco(project, args.out)
+        except (OSError, ValueError) as exc:
+            print(f"interrupted; the {len(predictions)} prediction(s) made could not be "
+                  f"written ({exc})", file=sys.stderr)
+            return 130
+        print(f"interrupted after {len(predictions) + len(failed)} of {len(request.targets)} "
+              f"image(s): wrote the {len(predictions)} prediction(s) made so far to "
+              f"{args.out}; features computed so far are cached", file=sys.stderr)
         return 130
     except ValueError as exc:
         bar.close()
