@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -36,14 +35,17 @@ def load_input(path: Path, images: Path | None):
     from annotator.domain.project import ImageRecord, Project
     from annotator.io.coco import CocoFormatError, import_coco
     from annotator.io.images import list_images
+    from annotator.io.jsonio import InputFormatError, loads_strict
     from annotator.io.project_file import FORMAT_NAME, ProjectFileError, load_project
 
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
+        head = loads_strict(path.read_bytes(), str(path))
     except FileNotFoundError:
         raise SystemExit(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"{path}: not a JSON file ({exc})") from None
+    except OSError as exc:
+        raise SystemExit(f"{path}: cannot be read ({exc})") from None
+    except InputFormatError as exc:
+        raise SystemExit(f"not a JSON file: {exc}") from None
     try:
         if isinstance(head, dict) and head.get("format") == FORMAT_NAME:
             project = load_project(path)

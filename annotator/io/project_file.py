@@ -26,6 +26,7 @@ from annotator.domain.annotation import (
 from annotator.domain.project import ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
 from annotator.io.images import list_images
+from annotator.io.jsonio import InputFormatError, check_coordinate, loads_strict
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ FORMAT_VERSION = 1
 PROJECT_SUFFIX = ".kpproj.json"
 
 
-class ProjectFileError(ValueError):
+class ProjectFileError(InputFormatError):
     """A project file cannot be read; the message names the file and the problem."""
 
 
@@ -116,7 +117,37 @@ def _decode_keypoint(raw: Any, where: str) -> Keypoint:
         raise ValueError(f"{where}: keypoint must be [x, y, v, origin(, confidence)]")
     x, y, v, origin = raw[:4]
     conf = raw[4] if len(raw) == 5 else None
-    return Keypoint(float(x), float(y), Visibility(int(v)), Origin(origin), conf)
+    x = check_coordinate(x, f"{where}: x", ProjectFileError)
+    y = check_coordinate(y, f"{where}: y", ProjectFileError)
+    if isinstance(v, bool) or not isinstance(v, int) or v not in (0, 1, 2):
+        raise ProjectFileError(f"{where}: visibility {v!r} is not 0, 1 or 2")
+    if not isinstance(origin, str):
+        raise ProjectFileError(f"{where}: origin {origin!r} is not a string")
+    if conf is not None:
+        conf = check_coordinate(conf, f"{where}: confidence", ProjectFileError, 0.0, 1.0)
+    return Keypoint(x, y, Visibility(v), Origin(origin), conf)
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise ProjectFileError(f"{where} must be a list of strings")
+    return tuple(raw)
+
+
+def _int_pairs(raw: Any, where: str) -> tuple[tuple[int, int], ...]:
+    ok = isinstance(raw, list) and all(
+        isinstance(e, list) and len(e) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in e) for e in raw)
+    if not ok:
+        raise ProjectFileError(f"{where} must be a list of [int, int] pairs")
+    return tuple((int(a), int(b)) for a, b in raw)
+
+
+def _kind(raw: Any, kind: type, where: str) -> Any:
+    if not isinstance(raw, kind) or isinstance(raw, bool):
+        what = "an object" if kind is dict else f"a {kind.__name__}"
+        raise ProjectFileError(f"{where} must be {what}")
+    return raw
 
 
 def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
@@ -157,34 +188,48 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
             f"this version reads up to {FORMAT_VERSION}); update the annotator to open it"
         )
     try:
-        sd = doc["schema"]
+        sd = _kind(doc["schema"], dict, "schema")
         schema = KeypointSchema(
-            name=sd["name"],
-            keypoints=tuple(sd["keypoints"]),
-            skeleton=tuple(tuple(e) for e in sd.get("skeleton", [])),
-            flip_pairs=tuple(tuple(p) for p in sd.get("flip_pairs", [])),
-            colors=tuple(sd.get("colors", ())),
-            supercategory=sd.get("supercategory", ""),
+            name=_kind(sd["name"], str, "schema.name"),
+            keypoints=_strings(sd["keypoints"], "schema.keypoints"),
+            skeleton=_int_pairs(sd.get("skeleton", []), "schema.skeleton"),
+            flip_pairs=_int_pairs(sd.get("flip_pairs", []), "schema.flip_pairs"),
+            colors=_strings(sd.get("colors", []), "schema.colors"),
+            supercategory=_kind(sd.get("supercategory", ""), str, "schema.supercategory"),
         )
         settings = _settings_from_dict(doc.get("settings", {}), source)
-        images = [
-            ImageRecord(i["path"], i.get("width"), i.get("height")) for i in doc["images"]
-        ]
+        images = []
+        for n, i in enumerate(_kind(doc["images"], list, "images")):
+            i = _kind(i, dict, f"images[{n}]")
+            images.append(ImageRecord(_kind(i["path"], str, f"images[{n}].path"),
+                                      i.get("width"), i.get("height")))
         annotations = {}
-        for path, a in doc.get("annotations", {}).items():
+        for path, a in _kind(doc.get("annotations", {}), dict, "annotations").items():
+            a = _kind(a, dict, f"annotation of {path!r}")
             instances = []
-            for n, inst in enumerate(a["instances"]):
+            for n, inst in enumerate(_kind(a["instances"], list, f"annotation of {path!r}")):
                 where = f"annotation of {path!r}, instance {n}"
-                kps = tuple(_decode_keypoint(k, where) for k in inst["keypoints"])
-                bbox = tuple(inst["bbox"]) if inst.get("bbox") else None
+                inst = _kind(inst, dict, where)
+                kps = tuple(_decode_keypoint(k, where)
+                            for k in _kind(inst["keypoints"], list, f"{where}: keypoints"))
+                bbox = None
+                if inst.get("bbox"):
+                    raw_box = _kind(inst["bbox"], list, f"{where}: bbox")
+                    if len(raw_box) != 4:
+                        raise ProjectFileError(f"{where}: bbox must be [x, y, w, h]")
+                    bbox = tuple(check_coordinate(b, f"{where}: bbox", ProjectFileError)
+                                 for b in raw_box)
                 instances.append(Instance(kps, bbox))
-            annotations[path] = ImageAnnotation(tuple(instances), ImageStatus(a["status"]))
-        return Project(doc["image_root"], images, schema, annotations, settings)
-    except ProjectFileError:
-        raise
+            status = _kind(a["status"], str, f"annotation of {path!r}: status")
+            annotations[path] = ImageAnnotation(tuple(instances), ImageStatus(status))
+        root = _kind(doc["image_root"], str, "image_root")
+        return Project(root, images, schema, annotations, settings)
+    except ProjectFileError as exc:
+        msg = str(exc)
+        raise ProjectFileError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     except KeyError as exc:
         raise ProjectFileError(f"{source}: missing field {exc}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         raise ProjectFileError(f"{source}: invalid content: {exc}") from None
 
 
@@ -406,16 +451,15 @@ def read_project_document(path: str | os.PathLike[str]) -> Any:
     except OSError as exc:
         raise ProjectFileError(f"{path}: cannot be read ({exc})") from None
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ProjectFileError(f"{path}: not a text file (not a project file)") from None
-    except json.JSONDecodeError as exc:
+        doc = loads_strict(raw, str(path), ProjectFileError)
+    except ProjectFileError as exc:
+        if "not UTF-8" in str(exc):
+            raise ProjectFileError(f"{path}: not a text file (not a project file)") from None
         hint = ""
         if backup_path(path).exists():
             hint = f"; the previous version is in {backup_path(path)}"
-        raise ProjectFileError(
-            f"{path}: truncated or invalid JSON at line {exc.lineno} column {exc.colno}{hint}"
-        ) from None
+        raise ProjectFileError(str(exc).replace("invalid or truncated", "truncated or invalid")
+                               + hint) from None
     if isinstance(doc, dict) and isinstance(doc.get("image_root"), str):
         root = Path(doc["image_root"])
         if not root.is_absolute():
