@@ -220,3 +220,40 @@ def test_eval_coco_goes_on_past_an_unreadable_image(tmp_path):
         result = evaluate(load_coco_pairs(path), predictor)
     assert result.skipped and all("3.png" in s for s in result.skipped)
     assert len(result.scores) + len(result.skipped) == 8 and result.scores
+
+
+def test_ctrl_c_in_propagate_writes_what_is_done(tmp_path, capsys, monkeypatch):
+    import json
+
+    import annotator.jobs.propagate as jp
+    from annotator.cli import main
+    from annotator.domain import Keypoint, KeypointSchema, Visibility
+    from annotator.io.project_file import new_project, save_project
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("ref.png", "t1.png", "t2.png", "t3.png", "t4.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(root / name)
+    p = new_project(root, KeypointSchema("s", ("a",)))
+    p.set_keypoint("ref.png", 0, Keypoint(10, 10, Visibility.VISIBLE))
+    proj = tmp_path / "p.kpproj.json"
+    save_project(p, proj)
+    real = jp.run_propagation
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        for n, pred in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield pred
+
+    monkeypatch.setattr(jp, "run_propagation", interrupted)
+    out = tmp_path / "out.json"
+    code = main(["propagate", str(proj), "--out", str(out), "--extractor", "content",
+                 "--preset", "fast", "--no-flip", "--no-soft-argmax", "--no-cache"])
+    assert code == 130
+    assert "wrote the 2 prediction(s) made so far" in capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    names = {im["id"]: im["file_name"] for im in doc["images"]}
+    predicted = {names[a["image_id"]] for a in doc["annotations"]} - {"ref.png"}
+    assert predicted == {"t1.png", "t2.png"}

@@ -387,8 +387,10 @@ class Autosaver:
 
     def close(self) -> None:
         """Flush, stop listening to the project and remove the (folded) journal."""
-        self.flush()
-        self.detach()
+        try:
+            self.flush()
+        finally:  # stop the journal thread even when the save fails (the journal stays)
+            self.detach()
         with self._lock:
             if not self._records:
                 with contextlib.suppress(OSError):
