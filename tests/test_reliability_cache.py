@@ -113,13 +113,27 @@ def test_cap_in_a_project_file_and_cli_is_checked(tmp_path):
     assert err.value.code == 2
 
 
-def test_settings_dialog_does_not_offer_a_zero_cap(qtbot):
+def test_settings_dialog_refuses_a_zero_cap_and_a_foreign_folder(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
     from annotator.gui.settings_dialog import SettingsDialog
 
+    shown = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a: shown.append(a[2]))
     dialog = SettingsDialog(ProjectSettings())
     qtbot.addWidget(dialog)
     dialog.cache_cap.setValue(0.0)
     assert dialog.settings().cache_cap_gb > 0
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.safetensors").write_bytes(b"w")
+    dialog.cache_dir.edit.setText(str(models))
+    dialog.accept()
+    assert dialog.result() != SettingsDialog.DialogCode.Accepted
+    assert shown and "holds other files" in shown[0]
+    dialog.cache_dir.edit.setText(str(tmp_path / "new-cache"))
+    dialog.accept()
+    assert dialog.result() == SettingsDialog.DialogCode.Accepted
 
 
 def test_every_single_byte_damage_is_detected_or_harmless(tmp_path):

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from collections import OrderedDict
@@ -37,17 +36,17 @@ import torch
 
 from annotator.features.extractor import FeatureMaps
 from annotator.features.letterbox import Letterbox
+from annotator.io.cache_folder import ENTRY as _ENTRY
+from annotator.io.cache_folder import HEX64 as _HEX64
+from annotator.io.cache_folder import MARKER_NAME, cache_folder_problem
+from annotator.io.cache_folder import SHARD as _SHARD
+from annotator.io.cache_folder import TMP as _TMP
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "keypoint-annotator"
-MARKER_NAME = ".keypoint-annotator-feature-cache"
 FORMAT = "keypoint-annotator-feature-cache"
 ENTRY_FORMAT = "2"  # metadata-covering checksum; older entries are recomputed
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SHARD = re.compile(r"^[0-9a-f]{2}$")
-_ENTRY = re.compile(r"^([0-9a-f]{64})\.safetensors$")
-_TMP = re.compile(r"^\.[0-9a-f]{64}\.[A-Za-z0-9_]+\.kpc-tmp$")
 _STALE_TMP_S = 3600.0  # temporary files older than this were left by a killed process
 
 
@@ -89,13 +88,6 @@ def _letterbox_json(lb: Letterbox) -> str:
     return json.dumps(lb.__dict__, sort_keys=True, allow_nan=False)
 
 
-def is_cache_entry(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` has the exact name and place of an entry this cache writes."""
-    p = Path(path)
-    m = _ENTRY.match(p.name)
-    return bool(m) and p.parent.name == m.group(1)[:2]
-
-
 class FeatureCache:
     """LRU in memory (``memory_bytes``) and on disk (``disk_bytes`` > 0, evicting the oldest
     mtime), in a folder the cache owns (see the module docstring)."""
@@ -134,13 +126,9 @@ class FeatureCache:
             return
         if folder.exists() and not folder.is_dir():
             raise CacheFolderError(f"feature cache folder {folder} is a file, not a folder")
-        if folder.is_dir():
-            foreign = self._foreign_content(folder)
-            if foreign is not None:
-                raise CacheFolderError(
-                    f"feature cache folder {folder} holds other files ({foreign}); the cache "
-                    "only uses a new or empty folder (it marks it with "
-                    f"{MARKER_NAME}). Choose another folder.")
+        problem = cache_folder_problem(folder)
+        if problem is not None:
+            raise CacheFolderError(problem)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"format": FORMAT, "version": 1}) + "\n")
@@ -148,24 +136,6 @@ class FeatureCache:
             log.warning("feature cache folder %s cannot be created or marked (%s): features "
                         "are computed without the disk cache", folder, exc)
             self._write_warned = True
-
-    @staticmethod
-    def _foreign_content(folder: Path) -> str | None:
-        """The first name in ``folder`` that is not of our layout, or None."""
-        try:
-            with os.scandir(folder) as top:
-                for shard in top:
-                    if not (_SHARD.match(shard.name) and shard.is_dir(follow_symlinks=False)):
-                        return shard.name
-                    with os.scandir(shard.path) as inner:
-                        for f in inner:
-                            ok = f.is_file(follow_symlinks=False) and (
-                                is_cache_entry(f.path) or _TMP.match(f.name))
-                            if not ok:
-                                return f"{shard.name}/{f.name}"
-        except OSError as exc:
-            return f"unreadable: {exc}"
-        return None
 
     def key(self, image: np.ndarray, fingerprint: str) -> str:
         """Entry key: image content, extractor fingerprint and the storage precision."""
