@@ -191,7 +191,8 @@ class Autosaver:
         self._last_change = clock()
         self._dirty_since: float | None = self._last_change if dirty else None
         self.saves = 0
-        self._lock = threading.Lock()  # journal file and records
+        self._lock = threading.Lock()  # journal file and records (held across fsyncs)
+        self._results_lock = threading.Lock()  # never held long: poll() runs on the GUI
         self._fold_lock = threading.Lock()  # one project-file write at a time
         self._results: list[tuple[bool, str]] = []
         self._fold_thread: threading.Thread | None = None
@@ -243,7 +244,7 @@ class Autosaver:
                 pf.atomic_write_bytes(self.journal, data)
             except OSError as exc:
                 log.warning("edit journal %s not written (%s)", self.journal, exc)
-                self._results.append((False, f"edit journal not written: {exc}"))
+                self._report(False, f"edit journal not written: {exc}")
 
     def _append(self, changes: list[_Change]) -> None:
         lines = [(c.seq, _encode_change(c)) for c in changes]
@@ -256,7 +257,7 @@ class Autosaver:
                     os.fsync(f.fileno())
             except OSError as exc:  # kept in memory: the next fold writes them
                 log.warning("edit journal %s not written (%s)", self.journal, exc)
-                self._results.append((False, f"edit journal not written: {exc}"))
+                self._report(False, f"edit journal not written: {exc}")
 
     def _journal_loop(self) -> None:
         while True:
@@ -349,21 +350,23 @@ class Autosaver:
                 self._fold(snap, seq, cooperative=True)
             except Exception as exc:  # reported through poll(); the journal keeps the edits
                 log.warning("saving %s failed: %s", self.path, exc)
-                with self._lock:
-                    self._results.append((False, f"Cannot save {self.path}: {exc}"))
+                self._report(False, f"Cannot save {self.path}: {exc}")
                 return
             self._saved_revision = snap.revision
             self.saves += 1
-            with self._lock:
-                self._results.append((True, f"Saved {self.path}"))
+            self._report(True, f"Saved {self.path}")
 
         self._fold_thread = threading.Thread(target=run, name="autosave-save", daemon=True)
         self._fold_thread.start()
         return True
 
+    def _report(self, ok: bool, message: str) -> None:
+        with self._results_lock:
+            self._results.append((ok, message))
+
     def poll(self) -> list[tuple[bool, str]]:
         """(ok, message) for each background save or journal problem since the last poll."""
-        with self._lock:
+        with self._results_lock:
             out, self._results = self._results, []
         return out
 
