@@ -109,6 +109,18 @@ def test_torn_journal_tail_is_ignored_and_repaired(tmp_path):
     saver.detach()
 
 
+def test_attaching_to_a_freshly_saved_file_does_not_save_again(tmp_path):
+    path = tmp_path / "p.kpproj.json"
+    project = _project(tmp_path, 50)
+    save_project(project, path)
+    before = path.stat().st_mtime_ns, path.read_bytes()
+    saver = Autosaver(project, path, delay_s=3600)
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+    project.set_keypoint("im0.png", 0, _kp(4))
+    assert _x(load_project(path), 0) == 4  # journaled against the plain save's stamp
+    saver.detach()
+
+
 def test_a_journal_of_another_file_is_never_applied_and_kept_aside(tmp_path):
     path = tmp_path / "p.kpproj.json"
     project = _project(tmp_path)

@@ -225,6 +225,11 @@ class Autosaver:
         if self.journal.exists():  # another file's journal: keep it aside, never delete
             with contextlib.suppress(OSError):
                 os.replace(self.journal, str(self.journal) + "~")
+        if stamp is not None:  # the file names a journal that is not there: start it
+            self._id, self._seq = stamp
+            self._records = []
+            self._rewrite_journal()
+            return
         self._id = uuid.uuid4().hex
         self._seq = 0
         self._rewrite_journal()

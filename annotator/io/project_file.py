@@ -11,6 +11,7 @@ import shutil
 import stat
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -409,9 +410,12 @@ def save_project(project: Project | ProjectSnapshot, path: str | os.PathLike[str
                  journal: Mapping[str, Any] | None = None, cooperative: bool = False) -> None:
     """Save atomically, keeping one backup of the previous file. The image root is stored
     relative to the project file's folder. ``journal`` ({"id", "seq"}) records which edit
-    journal entries the file already holds (see :mod:`annotator.io.autosave`);
+    journal entries the file already holds (see :mod:`annotator.io.autosave`; None: a new
+    journal identity, so no older journal is ever applied to this file);
     ``cooperative``: see :func:`document_text`."""
     root = _portable_root(project.image_root, Path(path).parent)
+    if journal is None:  # a new journal identity: no older journal applies to this file
+        journal = {"id": uuid.uuid4().hex, "seq": 0}
     atomic_write_text(path, document_text(project, root, journal, cooperative))
     log.debug("saved project %s (revision %d)", path, project.revision)
 
