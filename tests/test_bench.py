@@ -127,7 +127,9 @@ def test_bench_run_produces_table_and_json(tmp_path):
         for where in ("disk", "memory"):
             d = tr["fusions"][case][where]
             assert d["targets_measured"] == 3
-            assert d["seconds_per_target"] > 0 and d["one_off_seconds"] >= 0
+            # tiny maps: the two-point fit may clamp the steady state at 0 under jitter
+            assert d["seconds"] > 0 and d["seconds_per_target"] >= 0
+            assert d["one_off_seconds"] >= 0
             assert d["projected_seconds"] == pytest.approx(
                 d["one_off_seconds"] + 1000 * d["seconds_per_target"])
     assert tr["fusions"]["concat"]["disk"]["prefetch"] == 8
