@@ -13,6 +13,7 @@ from pathlib import Path
 
 from annotator.domain.project import Project
 from annotator.io.formats._common import (
+    DEFAULT_EXPORT,
     FORMATS_EXTRA,
     ExportOptions,
     ExportReport,
@@ -136,7 +137,7 @@ def import_dataset(
 
 
 def export_project(
-    project: Project, fmt: str, out: str | Path, options: ExportOptions = ExportOptions()
+    project: Project, fmt: str, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
 ) -> ExportReport:
     """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
     out = Path(out)

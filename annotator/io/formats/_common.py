@@ -61,6 +61,9 @@ class ExportOptions:
             raise ValueError(f"val_fraction {self.val_fraction} outside [0, 1)")
 
 
+DEFAULT_EXPORT = ExportOptions()
+
+
 @dataclass(frozen=True)
 class ExportReport:
     """What an export wrote and what the format could not keep."""

@@ -32,10 +32,11 @@ from annotator.domain.annotation import ImageAnnotation, Instance, Keypoint, Ori
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.formats._common import (
+    DEFAULT_EXPORT,
     ExportOptions,
     ExportReport,
-    Frame,
     FormatError,
+    Frame,
     copy_image,
     export_frames,
     imported_status,
@@ -98,7 +99,7 @@ def _value(kp: Keypoint, drop_occluded: bool) -> tuple[str, str]:
 
 
 def write_dlc(
-    project: Project, out: str | Path, options: ExportOptions = ExportOptions()
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
 ) -> ExportReport:
     """Write ``project`` as a DeepLabCut project folder ``out`` (labelled frames)."""
     yaml = require_yaml()

@@ -41,6 +41,7 @@ from annotator.domain.annotation import (
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.formats._common import (
+    DEFAULT_EXPORT,
     ExportOptions,
     ExportReport,
     FormatError,
@@ -88,7 +89,7 @@ def _region(rid: str, kind: str, name: str, w: int, h: int, value: dict) -> dict
 
 
 def write_label_studio(
-    project: Project, out: str | Path, options: ExportOptions = ExportOptions()
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
 ) -> ExportReport:
     """Write ``project`` as Label Studio tasks (JSON) plus the labelling configuration."""
     out = Path(out)

@@ -27,6 +27,7 @@ from annotator.domain.annotation import (
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError
 from annotator.io.formats._common import (
+    DEFAULT_EXPORT,
     ExportOptions,
     ExportReport,
     FormatError,
@@ -74,7 +75,7 @@ def _to_sleap(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
 
 
 def write_sleap(
-    project: Project, out: str | Path, options: ExportOptions = ExportOptions()
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
 ) -> ExportReport:
     """Write ``project`` as a SLEAP labels file ``out`` (``.slp``)."""
     sio = require_sleap_io()

@@ -29,10 +29,11 @@ from annotator.domain.annotation import ImageAnnotation, Instance, Keypoint, Vis
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.formats._common import (
+    DEFAULT_EXPORT,
     ExportOptions,
     ExportReport,
-    Frame,
     FormatError,
+    Frame,
     clip_box,
     copy_image,
     export_frames,
@@ -106,7 +107,7 @@ def data_yaml(schema: KeypointSchema, splits: Sequence[str]) -> dict[str, Any]:
 
 
 def write_yolo_pose(
-    project: Project, out: str | Path, options: ExportOptions = ExportOptions()
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
 ) -> ExportReport:
     """Write ``project`` as a train-ready Ultralytics pose dataset in folder ``out``."""
     yaml = require_yaml()
