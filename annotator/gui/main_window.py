@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from annotator.domain import ImageAnnotation, KeypointSchema, Project
 from annotator.gui.editor import EditorPage
+from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.progress import RateEstimator
 from annotator.gui.recent import add_recent_project
 from annotator.gui.schema_dialog import SchemaDialog
@@ -32,6 +33,7 @@ from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController
 from annotator.io.coco import CocoFormatError, import_coco, write_coco
+from annotator.io.formats import ExportOptions, FormatError, export_project
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
     Autosaver,
@@ -149,6 +151,7 @@ class MainWindow(QMainWindow):
         self.act_save = self._action(m, "&Save", self.save, (K.Save,))
         self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
         self.act_export = self._action(m, "&Export COCO...", self.export_coco_dialog, ("Ctrl+E",))
+        self.act_export_as = self._action(m, "Export &as...", self.export_as_dialog)
         m.addSeparator()
         self.act_close_project = self._action(m, "&Close project", self.close_project)
         self._action(m, "&Quit", self.close, (K.Quit,))
@@ -185,7 +188,8 @@ class MainWindow(QMainWindow):
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
         self.act_cancel = self._action(m, "&Cancel", self.cancel_propagation, ("Esc",))
         self.project_actions = [
-            self.act_save, self.act_save_as, self.act_export, self.act_close_project,
+            self.act_save, self.act_save_as, self.act_export, self.act_export_as,
+            self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
             self.act_fit, self.act_heatmap, self.act_propagate,
@@ -426,6 +430,29 @@ class MainWindow(QMainWindow):
         path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
         if path:
             self.export_coco(path)
+
+    def export_as(self, fmt: str, path: str, options: ExportOptions) -> bool:
+        """Export in ``fmt`` (see :mod:`annotator.io.formats`); errors are shown."""
+        if self.project is None:
+            return False
+        self.flush_predictions()
+        try:
+            report = export_project(self.project, fmt, path, options)
+        except (FormatError, OSError, ValueError) as exc:
+            self.show_message("error", "Export as", str(exc))
+            return False
+        self.statusBar().showMessage(report.summary(), 10_000)
+        return True
+
+    def export_as_dialog(self) -> None:
+        if self.project is None:
+            return
+        base = self.project_path or os.path.join(self.project.image_root, "annotations")
+        stem = os.path.basename(base).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
+        dialog = ExportDialog(stem, os.path.dirname(base), self.project.settings.review_threshold,
+                              self)
+        if dialog.exec() == ExportDialog.DialogCode.Accepted:
+            self.export_as(dialog.format(), dialog.path(), dialog.options())
 
     def _autosave_tick(self) -> None:
         if self.autosaver is None:
