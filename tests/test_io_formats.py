@@ -286,6 +286,21 @@ def test_yolo_pose_reads_a_foreign_dataset(tmp_path):
     assert inst.bbox == (0.0, 0.0, 20.0, 10.0)  # not the keypoints' box: a user box
 
 
+def test_yolo_pose_reads_the_roboflow_layout(tmp_path):
+    ds = tmp_path / "rf"
+    for split in ("train", "valid"):
+        (ds / split / "images").mkdir(parents=True)
+        (ds / split / "labels").mkdir(parents=True)
+        Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(ds / split / "images/x.jpg")
+        (ds / split / "labels/x.txt").write_text("0 0.5 0.5 1 1 0.5 0.5 2\n")
+    (ds / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\nkpt_shape: [1, 3]\nnames: ['pig']\n")
+    p = import_dataset(ds)
+    assert sorted(r.path for r in p.images) == ["train/images/x.jpg", "valid/images/x.jpg"]
+    assert p.schema.name == "pig"
+    assert triples(p.annotation("valid/images/x.jpg").instances[0]) == [(10.0, 5.0, V)]
+
+
 @pytest.mark.parametrize("line,extra,message", [
     ("0 0.5 0.5 1 1 0.25 0.5 2\n", None, r"x\.txt, line 1: 8 values, expected 5 \+ 2 x 3"),
     ("0 0.5 0.5 1 1 0.25 0.5 3 0.5 0.5 1\n", None, "visibility 3.0 is not 0, 1 or 2"),
@@ -473,6 +488,16 @@ def test_cli_convert(project, tmp_path, capsys):
     rc = cli_main(["convert", str(tmp_path / "ds"), "--to", "sleap", "--out",
                    str(tmp_path / "x.slp")])
     assert rc == 0 and (tmp_path / "x.slp").is_file()
+    rc = cli_main(["convert", str(tmp_path / "x.slp"), "--to", "project", "--out",
+                   str(tmp_path / "back.kpproj.json")])
+    assert rc == 0
+    from annotator.io.project_file import load_project
+
+    back = by_name(load_project(tmp_path / "back.kpproj.json"))
+    assert_same_points(back["a.png"].instances[1], LABELS["a.png"][1][0], 1e-3)
+    rc = cli_main(["convert", str(tmp_path / "x.slp"), "--to", "project", "--out",
+                   str(tmp_path / "back.kpproj.json")])
+    assert rc == 2 and "exists" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("[1]")
     rc = cli_main(["convert", str(tmp_path / "bad.json"), "--to", "coco", "--out",
                    str(tmp_path / "c.json")])

@@ -22,9 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         '(pip install "keypoint-annotator[formats]").',
     )
     p.add_argument("input", type=Path, help="project file, COCO file or dataset")
-    p.add_argument("--to", required=True, choices=FORMATS, help="output format")
+    p.add_argument("--to", required=True, choices=(*FORMATS, "project"),
+                   help="output format; 'project' writes a project file to open in the app")
     p.add_argument("--out", type=Path, required=True,
-                   help="output file (coco, sleap, label-studio) or new folder (yolo-pose, dlc)")
+                   help="output file (coco, sleap, label-studio, project) or new folder "
+                        "(yolo-pose, dlc)")
     p.add_argument("--from", dest="source_format", choices=INPUT_FORMATS, default=None,
                    help="input format (default: detected from the name and content)")
     p.add_argument("--images", type=Path, default=None,
@@ -63,6 +65,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         project = import_dataset(args.input, args.source_format, args.images, args.image_prefix)
+        if args.to == "project":
+            from annotator.io.project_file import PROJECT_SUFFIX, save_project
+
+            if not args.out.name.endswith(PROJECT_SUFFIX):
+                print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX}",
+                      file=sys.stderr)
+                return 2
+            if args.out.exists():
+                print(f"error: {args.out} exists; choose a new file name", file=sys.stderr)
+                return 2
+            save_project(project, args.out)
+            n = sum(1 for r in project.images if project.annotation(r.path).has_labels)
+            print(f"wrote {args.out}: {len(project)} image(s), {n} labelled")
+            return 0
         report = export_project(project, args.to, args.out, options)
     except FormatError as exc:
         print(f"error: {exc}", file=sys.stderr)

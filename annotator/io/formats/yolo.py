@@ -212,6 +212,8 @@ def _split_images(base: Path, entry: Any, source: str) -> list[Path]:
         if not isinstance(e, str):
             raise FormatError(f"{source}: split entry {e!r} is not a path")
         p = (base / e).resolve()
+        if not p.exists() and e.startswith("../"):  # Roboflow's data.yaml, as Ultralytics
+            p = (base / e[3:]).resolve()
         if p.is_dir():
             out += sorted(f for f in p.rglob("*")
                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
