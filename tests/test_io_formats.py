@@ -504,3 +504,58 @@ def test_cli_convert(project, tmp_path, capsys):
     assert rc == 2
     assert "bad.json: task 0: not a task" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+# ------------------------------------------------------------- property test
+def _random_project(root: Path, data) -> tuple[Project, dict]:
+    from hypothesis import strategies as st
+
+    k = data.draw(st.integers(1, 4), label="k")
+    schema = KeypointSchema("obj", tuple(f"p{i}" for i in range(k)))
+    sizes = data.draw(st.lists(st.tuples(st.integers(8, 300), st.integers(8, 300)),
+                               min_size=1, max_size=3), label="sizes")
+    p = Project(str(root), [ImageRecord(f"i{n}.png", w, h) for n, (w, h) in enumerate(sizes)],
+                schema)
+    want = {}
+    for n, (w, h) in enumerate(sizes):
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / f"i{n}.png")
+        insts = []
+        for _ in range(data.draw(st.integers(0, 3), label="instances")):
+            kps = []
+            for _ in range(k):
+                v = data.draw(st.sampled_from([0, 1, 2]))
+                x = data.draw(st.floats(0, w, allow_nan=False)) if v else 0.0
+                y = data.draw(st.floats(0, h, allow_nan=False)) if v else 0.0
+                kps.append(Keypoint(round(x, 3), round(y, 3), Visibility(v)))
+            if not any(kp.labelled for kp in kps):
+                kps[0] = Keypoint(1.0, 1.0, V)
+            insts.append(Instance(tuple(kps)))
+        want[f"i{n}.png"] = insts
+        p.set_annotation(f"i{n}.png", ImageAnnotation(tuple(insts), ImageStatus.REVIEWED), "x")
+    return p, want
+
+
+@pytest.mark.parametrize("fmt", ["yolo-pose", "dlc", "sleap", "label-studio"])
+def test_roundtrip_property(tmp_path_factory, fmt):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        base = tmp_path_factory.mktemp(fmt)
+        (base / "imgs").mkdir()
+        project, want = _random_project(base / "imgs", data)
+        _, back = roundtrip(project, base, fmt)
+        got = by_name(back)
+        assert sorted(got) == sorted(want)
+        for name, insts in want.items():
+            assert len(got[name].instances) == len(insts)
+            w = max(project.image(name).width, project.image(name).height)
+            tol = {"yolo-pose": 1e-6 * w, "dlc": 1e-3}.get(fmt, 1e-9)
+            for g, i in zip(got[name].instances, insts):
+                spec = [None if not kp.labelled else (kp.x, kp.y, kp.v) for kp in i.keypoints]
+                assert_same_points(g, spec, tol, V if fmt == "dlc" else O)
+                assert g.bbox is None
+
+    check()

@@ -12,6 +12,7 @@ from typing import Any
 from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -436,11 +437,14 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return False
         self.flush_predictions()
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # copies images: can take a while
         try:
             report = export_project(self.project, fmt, path, options)
         except (FormatError, OSError, ValueError) as exc:
+            QApplication.restoreOverrideCursor()
             self.show_message("error", "Export as", str(exc))
             return False
+        QApplication.restoreOverrideCursor()
         self.statusBar().showMessage(report.summary(), 10_000)
         return True
 
