@@ -437,14 +437,15 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return False
         self.flush_predictions()
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # copies images: can take a while
         try:
-            report = export_project(self.project, fmt, path, options)
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # copying images takes time
+            try:
+                report = export_project(self.project, fmt, path, options)
+            finally:
+                QApplication.restoreOverrideCursor()
         except (FormatError, OSError, ValueError) as exc:
-            QApplication.restoreOverrideCursor()
             self.show_message("error", "Export as", str(exc))
             return False
-        QApplication.restoreOverrideCursor()
         self.statusBar().showMessage(report.summary(), 10_000)
         return True
 
