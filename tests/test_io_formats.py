@@ -249,6 +249,19 @@ def test_yolo_pose_refuses_a_folder_with_files(project, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("fmt", ["yolo-pose", "dlc"])
+def test_failed_folder_export_leaves_nothing_behind(project, tmp_path, fmt):
+    project.set_image_size("sub/b.png", 120, 90)  # size known: the copy is what fails
+    (Path(project.image_root) / "sub/b.png").unlink()  # a labelled image is gone
+    out = tmp_path / "out"
+    with pytest.raises(FormatError, match=r"cannot copy image .*b\.png"):
+        export_project(project, fmt, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # no partial dataset
+    (Path(project.image_root) / "e.png").rename(Path(project.image_root) / "sub/b.png")
+    export_project(project, fmt, out)  # fixed: the same target works
+    assert out.is_dir()
+
+
 def test_yolo_pose_clips_points_outside_the_image(tmp_path):
     root = tmp_path / "imgs"
     root.mkdir()
@@ -504,6 +517,9 @@ def test_cli_convert(project, tmp_path, capsys):
     assert rc == 2
     assert "bad.json: task 0: not a task" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+    rc = cli_main(["convert", str(tmp_path / "x.slp"), "--to", "sleap", "--out",
+                   str(tmp_path / "x.slp")])
+    assert rc == 2 and "is the input" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- property test

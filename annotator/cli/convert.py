@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.out.resolve() == args.input.resolve():
+        print(f"error: --out {args.out} is the input; write the conversion elsewhere",
+              file=sys.stderr)
+        return 2
     try:
         project = import_dataset(args.input, args.source_format, args.images, args.image_prefix)
         if args.to == "project":

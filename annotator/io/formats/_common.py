@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,39 @@ def copy_image(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
     except OSError as exc:
         raise FormatError(f"cannot copy image {source} to {target}: {exc}") from None
+
+
+@contextmanager
+def staged_folder(out: Path, what: str) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to write a dataset folder into, renamed to ``out``
+    when the block succeeds and removed when it fails; ``out`` must be new or empty."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FormatError(
+            f"{out}: the {what} folder must be new or empty (an export would mix its files "
+            "with the ones there)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            out.rmdir()
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def staged_file(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` (same suffix) renamed to ``out`` on success."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    stage = Path(name)
+    try:
+        yield stage
+        os.replace(stage, out)
+    except BaseException:
+        stage.unlink(missing_ok=True)
+        raise

@@ -42,6 +42,7 @@ from annotator.io.formats._common import (
     imported_status,
     project_from_frames,
     require_yaml,
+    staged_folder,
 )
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,6 @@ def write_dlc(
     """Write ``project`` as a DeepLabCut project folder ``out`` (labelled frames)."""
     yaml = require_yaml()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FormatError(f"{out}: the DeepLabCut project folder must be new or empty")
     frames = export_frames(project, options)
     schema = project.schema
     most = max((len(f.instances) for f in frames), default=0)
@@ -115,46 +114,46 @@ def write_dlc(
     for frame in frames:
         groups.setdefault(_folder_of(frame.path), []).append(frame)
     occluded = dropped = 0
-    for folder, group in groups.items():
-        names_seen: set[str] = set()
-        header: list[list[str]] = [["scorer", "", ""]]
-        if individuals:
-            header.append(["individuals", "", ""])
-        header += [["bodyparts", "", ""], ["coords", "", ""]]
-        for slot in range(n_slots):
-            for name in schema.keypoints:
-                for coord in ("x", "y"):
-                    header[0].append(SCORER)
-                    if individuals:
-                        header[1].append(individuals[slot])
-                    header[-2].append(name)
-                    header[-1].append(coord)
-        rows = []
-        for frame in group:
-            file_name = Path(frame.path).name
-            if file_name in names_seen:  # cannot happen: one folder, unique names
-                raise FormatError(f"image {frame.path!r} is listed twice")
-            names_seen.add(file_name)
-            copy_image(frame.source, out / "labeled-data" / folder / file_name)
-            row = ["labeled-data", folder, file_name]
+    with staged_folder(out, "DeepLabCut project") as stage:
+        for folder, group in groups.items():
+            names_seen: set[str] = set()
+            header: list[list[str]] = [["scorer", "", ""]]
+            if individuals:
+                header.append(["individuals", "", ""])
+            header += [["bodyparts", "", ""], ["coords", "", ""]]
             for slot in range(n_slots):
-                inst = frame.instances[slot] if slot < len(frame.instances) else None
-                for j in range(len(schema)):
-                    kp = inst.keypoints[j] if inst is not None else Keypoint()
-                    if kp.v == Visibility.OCCLUDED:
-                        occluded += 1
-                        dropped += options.drop_occluded
-                    row += _value(kp, options.drop_occluded)
-            rows.append(row)
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(header + rows)
-        target = out / "labeled-data" / folder / f"CollectedData_{SCORER}.csv"
-        target.write_text(buf.getvalue(), encoding="utf-8")
-    first = {name: group[0] for name, group in groups.items()}
-    text = yaml.safe_dump(_config(schema, out, individuals, first), sort_keys=False,
-                          allow_unicode=True, default_flow_style=None)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(text, encoding="utf-8")
+                for name in schema.keypoints:
+                    for coord in ("x", "y"):
+                        header[0].append(SCORER)
+                        if individuals:
+                            header[1].append(individuals[slot])
+                        header[-2].append(name)
+                        header[-1].append(coord)
+            rows = []
+            for frame in group:
+                file_name = Path(frame.path).name
+                if file_name in names_seen:  # cannot happen: one folder, unique names
+                    raise FormatError(f"image {frame.path!r} is listed twice")
+                names_seen.add(file_name)
+                copy_image(frame.source, stage / "labeled-data" / folder / file_name)
+                row = ["labeled-data", folder, file_name]
+                for slot in range(n_slots):
+                    inst = frame.instances[slot] if slot < len(frame.instances) else None
+                    for j in range(len(schema)):
+                        kp = inst.keypoints[j] if inst is not None else Keypoint()
+                        if kp.v == Visibility.OCCLUDED:
+                            occluded += 1
+                            dropped += options.drop_occluded
+                        row += _value(kp, options.drop_occluded)
+                rows.append(row)
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows(header + rows)
+            target = stage / "labeled-data" / folder / f"CollectedData_{SCORER}.csv"
+            target.write_text(buf.getvalue(), encoding="utf-8")
+        first = {name: group[0] for name, group in groups.items()}
+        text = yaml.safe_dump(_config(schema, out, individuals, first), sort_keys=False,
+                              allow_unicode=True, default_flow_style=None)
+        (stage / "config.yaml").write_text(text, encoding="utf-8")
     notes = []
     if occluded and not options.drop_occluded:
         notes.append(f"{occluded} occluded keypoint(s) written as labelled (DLC has no "

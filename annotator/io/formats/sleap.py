@@ -36,6 +36,7 @@ from annotator.io.formats._common import (
     imported_status,
     project_from_frames,
     require_sleap_io,
+    staged_file,
 )
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,9 @@ def write_sleap(
         n_inst += len(insts)
         labelled_frames.append(sio.LabeledFrame(video=video, frame_idx=0, instances=insts))
     labels = sio.Labels(labeled_frames=labelled_frames, skeletons=[skeleton])
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        sio.save_slp(labels, str(out), embed=False, verbose=False)
+        with staged_file(out) as stage:
+            sio.save_slp(labels, str(stage), embed=False, verbose=False)
     except (OSError, ValueError) as exc:
         raise FormatError(f"{out}: cannot be written ({exc})") from None
     notes = []

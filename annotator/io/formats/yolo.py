@@ -41,6 +41,7 @@ from annotator.io.formats._common import (
     instance_box,
     project_from_frames,
     require_yaml,
+    staged_folder,
 )
 from annotator.io.images import IMAGE_EXTENSIONS, ImageLoadError, read_size
 
@@ -59,14 +60,6 @@ def _split_of(path: str, val_fraction: float) -> str:
     if val_fraction <= 0:
         return "train"
     return "val" if zlib.crc32(path.encode()) % 10_000 < val_fraction * 10_000 else "train"
-
-
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FormatError(
-            f"{out}: the YOLO dataset folder must be new or empty (it holds files that an "
-            "export would mix with its own)"
-        )
 
 
 def _fmt(value: float) -> str:
@@ -112,7 +105,6 @@ def write_yolo_pose(
     """Write ``project`` as a train-ready Ultralytics pose dataset in folder ``out``."""
     yaml = require_yaml()
     out = Path(out)
-    _check_out_dir(out)
     frames = export_frames(project, options)
     by_split: dict[str, list[Frame]] = {}
     for frame in frames:
@@ -120,29 +112,29 @@ def write_yolo_pose(
     if options.val_fraction > 0 and "val" not in by_split and len(by_split.get("train", [])) > 1:
         by_split["val"] = [by_split["train"].pop()]  # a tiny project still gets a val image
     instances = clipped = 0
-    for split, split_frames in by_split.items():
-        seen: dict[Path, str] = {}
-        for frame in split_frames:
-            label = out / "labels" / split / Path(frame.path).with_suffix(".txt")
-            if label in seen:
-                raise FormatError(
-                    f"images {seen[label]!r} and {frame.path!r} would share the label file "
-                    f"{label}; rename one of them"
-                )
-            seen[label] = frame.path
-            copy_image(frame.source, out / "images" / split / frame.path)
-            lines = []
-            for inst in frame.instances:
-                line, n = _label_line(inst, frame.width, frame.height)
-                lines.append(line)
-                clipped += n
-            label.parent.mkdir(parents=True, exist_ok=True)
-            label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-            instances += len(lines)
-    out.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(data_yaml(project.schema, sorted(by_split)), sort_keys=False,
-                          allow_unicode=True, default_flow_style=None)
-    (out / "data.yaml").write_text(f"{MARKER}\n{text}", encoding="utf-8")
+    with staged_folder(out, "YOLO dataset") as stage:
+        for split, split_frames in by_split.items():
+            seen: dict[Path, str] = {}
+            for frame in split_frames:
+                label = stage / "labels" / split / Path(frame.path).with_suffix(".txt")
+                if label in seen:
+                    raise FormatError(
+                        f"images {seen[label]!r} and {frame.path!r} would share a label file "
+                        f"({Path(frame.path).with_suffix('.txt')}); rename one of them"
+                    )
+                seen[label] = frame.path
+                copy_image(frame.source, stage / "images" / split / frame.path)
+                lines = []
+                for inst in frame.instances:
+                    line, n = _label_line(inst, frame.width, frame.height)
+                    lines.append(line)
+                    clipped += n
+                label.parent.mkdir(parents=True, exist_ok=True)
+                label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+                instances += len(lines)
+        text = yaml.safe_dump(data_yaml(project.schema, sorted(by_split)), sort_keys=False,
+                              allow_unicode=True, default_flow_style=None)
+        (stage / "data.yaml").write_text(f"{MARKER}\n{text}", encoding="utf-8")
     notes = []
     if clipped:
         notes.append(f"{clipped} keypoint(s) outside their image moved onto its border")
