@@ -193,7 +193,8 @@ def test_yolo_pose_layout_is_train_ready(project, tmp_path):
     assert doc["kpt_shape"] == [4, 3]
     assert doc["flip_idx"] == [0, 2, 1, 3]
     assert doc["names"] == {0: "cat"}
-    assert doc["train"] == doc["val"] == "./images/train" and "path" not in doc
+    assert doc["train"] == doc["val"] == "./images/train"
+    assert doc["path"] == str(out.resolve())  # Ultralytics resolves a relative path elsewhere
     assert (out / "images/train/sub/b.png").is_file()
     assert (out / "labels/train/sub/b.txt").is_file()
     assert (out / "labels/train/d.txt").read_text() == ""  # reviewed, nothing to label
@@ -226,6 +227,14 @@ def test_yolo_pose_export_reads_back_with_sleap_io(project, tmp_path):
                 assert np.isnan(x) and np.isnan(y)
             else:
                 assert (x, y) == pytest.approx(s[:2], abs=1e-4)
+
+
+def test_yolo_pose_dataset_still_reads_after_moving(project, tmp_path):
+    export_project(project, "yolo-pose", tmp_path / "ds")
+    (tmp_path / "ds").rename(tmp_path / "moved")
+    back = import_dataset(tmp_path / "moved")
+    assert Path(back.image_root) == (tmp_path / "moved").resolve()
+    assert sorted(by_name(back)) == ["a.png", "b.png", "d.png"]
 
 
 def test_yolo_pose_val_split(project, tmp_path):

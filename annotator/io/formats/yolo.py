@@ -13,7 +13,7 @@ and ``images/val`` / ``labels/val`` when a validation share is asked for. Visibi
 COCO's 0/1/2; a missing point is ``0 0 0``. The box is the instance's own box or else the
 labelled keypoints' bounds, cut to the image. ``train``/``val`` are written as
 ``./images/train`` so that readers which derive the label folder by replacing
-``/images`` (sleap-io) find it too; Ultralytics resolves both forms.
+``/images`` (sleap-io) find it too; Ultralytics resolves both forms against ``path``.
 """
 
 from __future__ import annotations
@@ -84,9 +84,13 @@ def _label_line(inst: Instance, width: int, height: int) -> tuple[str, int]:
     return " ".join(parts), clipped
 
 
-def data_yaml(schema: KeypointSchema, splits: Sequence[str]) -> dict[str, Any]:
-    """The dataset description (no ``path``: Ultralytics then uses the YAML's folder)."""
+def data_yaml(schema: KeypointSchema, splits: Sequence[str], root: Path) -> dict[str, Any]:
+    """The dataset description. ``path`` is the absolute dataset folder: Ultralytics resolves
+    a relative one against its own datasets folder or the working directory, not the
+    YAML's folder (this module's reader prefers the YAML's folder, so a moved dataset still
+    reads)."""
     doc: dict[str, Any] = {
+        "path": str(root.resolve()),
         "train": "./images/train",
         "val": "./images/val" if "val" in splits else "./images/train",
         "kpt_shape": [len(schema), 3],
@@ -132,7 +136,7 @@ def write_yolo_pose(
                 label.parent.mkdir(parents=True, exist_ok=True)
                 label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
                 instances += len(lines)
-        text = yaml.safe_dump(data_yaml(project.schema, sorted(by_split)), sort_keys=False,
+        text = yaml.safe_dump(data_yaml(project.schema, sorted(by_split), out), sort_keys=False,
                               allow_unicode=True, default_flow_style=None)
         (stage / "data.yaml").write_text(f"{MARKER}\n{text}", encoding="utf-8")
     notes = []
@@ -288,8 +292,11 @@ def read_yolo_pose(path: str | Path) -> Project:
     schema = _schema(doc, source)
     k, ndim = doc["kpt_shape"]
     base = yml.parent
-    if isinstance(doc.get("path"), str) and Path(doc["path"]).is_absolute():
-        base = Path(doc["path"])
+    given = doc.get("path")
+    if isinstance(given, str) and Path(given).is_absolute() and Path(given).is_dir():
+        train = doc.get("train")
+        if not (isinstance(train, str) and (base / train).exists()):
+            base = Path(given)  # the splits are not next to the YAML: use its path
     images: list[Path] = []
     for split in ("train", "val", "test"):
         if doc.get(split):
