@@ -217,7 +217,7 @@ def require_yaml() -> Any:
     try:
         import yaml
     except ImportError:
-        raise FormatError(f"this format needs PyYAML: {FORMATS_EXTRA}") from None
+        raise FormatError("this format needs PyYAML: pip install PyYAML") from None
     return yaml
 
 
