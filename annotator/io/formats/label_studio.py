@@ -129,7 +129,8 @@ def write_label_studio(
                              "ground_truth": False}],
         })
     try:
-        atomic_write_text(out, json.dumps(tasks, indent=1, ensure_ascii=False), backup=False)
+        # no indent: the C encoder is 10x faster on large projects
+        atomic_write_text(out, json.dumps(tasks, ensure_ascii=False), backup=False)
         atomic_write_text(config_path(out), label_config(schema), backup=False)
     except OSError as exc:
         raise FormatError(f"{out}: cannot be written ({exc})") from None

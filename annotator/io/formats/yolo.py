@@ -297,10 +297,10 @@ def read_yolo_pose(path: str | Path) -> Project:
         train = doc.get("train")
         if not (isinstance(train, str) and (base / train).exists()):
             base = Path(given)  # the splits are not next to the YAML: use its path
-    images: list[Path] = []
+    images: dict[Path, None] = {}  # ordered, without the repeats of val = train
     for split in ("train", "val", "test"):
         if doc.get(split):
-            images += [p for p in _split_images(base, doc[split], source) if p not in images]
+            images.update(dict.fromkeys(_split_images(base, doc[split], source)))
     if not images:
         raise FormatError(f"{source}: no images in its train/val/test splits")
     root = base.resolve()
