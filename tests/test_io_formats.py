@@ -135,6 +135,9 @@ def test_roundtrip_keeps_keypoints_visibility_and_instances(project, tmp_path, f
         for inst, (spec, _box) in zip(insts, LABELS[key]):
             assert_same_points(inst, spec, tol, occluded_as)
     assert got["d.png"].instances == ()
+    if fmt != "coco":  # labelled by another tool: references; listed and empty: reviewed
+        assert [got[n].status for n in ("a.png", "b.png", "d.png")] == [
+            ImageStatus.REFERENCE, ImageStatus.REFERENCE, ImageStatus.REVIEWED]
 
 
 @pytest.mark.parametrize("fmt,edges,pairs", [
@@ -396,6 +399,16 @@ def test_dlc_single_animal_csv_and_errors(tmp_path):
         import_dataset(csv_path)
 
 
+def test_dlc_machine_labels_come_back_as_predictions(tmp_path):
+    csv_path = tmp_path / "machinelabels.csv"
+    csv_path.write_text("scorer,net,net,net\nbodyparts,head,head,head\n"
+                        "coords,x,y,likelihood\nimg1.png,1.5,2.5,0.75\n")
+    ann = import_dataset(csv_path).annotation("img1.png")
+    (kp,) = ann.instances[0].keypoints
+    assert (kp.x, kp.y, kp.v, kp.origin, kp.confidence) == (1.5, 2.5, V, Origin.PREDICTED, 0.75)
+    assert ann.status == ImageStatus.PREDICTED  # not a reference for propagation
+
+
 # -------------------------------------------------------------------- SLEAP
 def test_sleap_file_is_a_real_slp(project, tmp_path):
     sio = pytest.importorskip("sleap_io")
@@ -470,6 +483,17 @@ def test_label_studio_export_from_label_studio_itself(tmp_path):
     p = import_dataset(tmp_path / "t.json")
     assert p.schema.keypoints == ("tail", "head")
     assert triples(p.annotation("pic.jpg").instances[0]) == [(100.0, 25.0, V), (20.0, 10.0, O)]
+
+
+def test_label_studio_predictions_come_back_as_predictions(tmp_path):
+    doc = [{"data": {"image": "x.png"}, "predictions": [{"score": 0.6, "result": [
+        {"id": "p", "type": "keypointlabels", "original_width": 10, "original_height": 10,
+         "value": {"x": 50, "y": 20, "keypointlabels": ["a"]}}]}]}]
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    ann = import_dataset(tmp_path / "t.json").annotation("x.png")
+    (kp,) = ann.instances[0].keypoints
+    assert (kp.x, kp.y, kp.origin, kp.confidence) == (5.0, 2.0, Origin.PREDICTED, 0.6)
+    assert ann.status == ImageStatus.PREDICTED
 
 
 @pytest.mark.parametrize("doc,message", [

@@ -196,8 +196,12 @@ def project_from_frames(
 
 
 def imported_status(instances: Sequence[Instance]) -> ImageStatus:
-    """Status of an image labelled by another tool: a reference when it has labels,
-    reviewed (confirmed empty) when the format lists it without any."""
+    """Status of an image labelled by another tool: predicted when all its points are
+    machine predictions (they must not serve as references), else a reference when it has
+    labels, reviewed (confirmed empty) when the format lists it without any."""
+    labelled = [kp for inst in instances for kp in inst.keypoints if kp.labelled]
+    if labelled and all(kp.origin == Origin.PREDICTED for kp in labelled):
+        return ImageStatus.PREDICTED
     return ImageStatus.REFERENCE if instances else ImageStatus.REVIEWED
 
 

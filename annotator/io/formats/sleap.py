@@ -18,7 +18,6 @@ from typing import Any
 
 from annotator.domain.annotation import (
     ImageAnnotation,
-    ImageStatus,
     Instance,
     Keypoint,
     Origin,
@@ -169,10 +168,7 @@ def read_sleap(path: str | Path) -> Project:
         size = (int(shape[2]), int(shape[1])) if shape and len(shape) >= 3 else None
         insts = tuple(_from_sleap(i, len(names)) for i in lf.instances)
         insts = tuple(i for i in insts if i.num_labelled)
-        status = imported_status(insts)
-        if insts and all(_is_prediction(i) for i in insts):
-            status = ImageStatus.PREDICTED
-        entries.append((image.resolve(), size, ImageAnnotation(insts, status)))
+        entries.append((image.resolve(), size, ImageAnnotation(insts, imported_status(insts))))
     root, rels = common_root([e[0] for e in entries], path.parent)
     frames = [(rel, *(size or (None, None)), ann)
               for rel, (_, size, ann) in zip(rels, entries)]
