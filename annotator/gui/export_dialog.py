@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from PySide6.QtWidgets import (
@@ -19,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.io.formats import FORMATS, ExportOptions, default_output_name
+from annotator.io.formats import FORMATS, FORMATS_EXTRA, ExportOptions, default_output_name
 
 LABELS = {
     "coco": "COCO keypoints (.json)",
@@ -55,6 +56,9 @@ class ExportDialog(QDialog):
         self.format_box = QComboBox()
         for fmt in FORMATS:
             self.format_box.addItem(LABELS[fmt], fmt)
+        if importlib.util.find_spec("sleap_io") is None:  # looked up, not imported
+            i = FORMATS.index("sleap")
+            self.format_box.setItemText(i, f"{LABELS['sleap']} -- not installed: {FORMATS_EXTRA}")
         self.path_edit = QLineEdit()
         browse = QPushButton("Browse...")
         browse.clicked.connect(self._browse)
