@@ -189,12 +189,12 @@ class MainWindow(QMainWindow):
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
         self.act_cancel = self._action(m, "&Cancel", self.cancel_propagation, ("Esc",))
         self.project_actions = [
-            self.act_save, self.act_save_as, self.act_export, self.act_export_as,
-            self.act_close_project,
+            self.act_save, self.act_save_as, self.act_export, self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
             self.act_fit, self.act_heatmap, self.act_propagate,
         ]
+        self.project_actions.append(self.act_export_as)
 
     def _connect(self) -> None:
         w = self.welcome
