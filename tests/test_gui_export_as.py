@@ -63,7 +63,9 @@ def test_export_as_writes_the_chosen_format_and_labels(qtbot, tmp_path, monkeypa
 
 def test_export_as_shows_errors(qtbot, tmp_path, monkeypatch):
     window = make_window(qtbot)
+    assert not window.act_export_as.isEnabled()  # no project yet
     open_demo_project(window, tmp_path)
+    assert window.act_export_as.isEnabled()
     (tmp_path / "full").mkdir()
     (tmp_path / "full/mine.txt").write_text("x")
     monkeypatch.setattr(ExportDialog, "exec", choose("dlc", tmp_path / "full"))
