@@ -502,12 +502,29 @@ def test_label_studio_predictions_come_back_as_predictions(tmp_path):
     ([{"data": {"image": "x.png"}, "annotations": [{"result": [
         {"id": "p", "type": "keypointlabels", "original_width": 10,
          "value": {"x": 5, "y": 5, "keypointlabels": ["a"]}}]}]}],
-     r"region p: original_height None is not a finite number"),
+     r"region p: original_height is missing"),
+    ([{"data": {"image": "x.png"}, "annotations": [{"result": [
+        {"id": "p", "type": "keypointlabels", "original_width": 10, "original_height": 10,
+         "value": {"x": "5", "y": 5, "keypointlabels": ["a"]}}]}]}],
+     r"region p, x: '5' is not a number"),
 ])
 def test_label_studio_malformed(tmp_path, doc, message):
     (tmp_path / "t.json").write_text(json.dumps(doc))
     with pytest.raises(FormatError, match=message):
         import_dataset(tmp_path / "t.json")
+
+
+def test_strict_json_and_bounded_coordinates(tmp_path):
+    from annotator.io.jsonio import InputFormatError
+
+    (tmp_path / "t.json").write_text('[{"data": {"image": "x.png"}, "id": NaN}]')
+    with pytest.raises(InputFormatError, match=r"t\.json: NaN is not a JSON number"):
+        import_dataset(tmp_path / "t.json")
+    csv_path = tmp_path / "big.csv"
+    csv_path.write_text("scorer,me,me\nbodyparts,head,head\ncoords,x,y\nimg.png,1e9,2\n")
+    with pytest.raises(FormatError, match=r"big\.csv: image 'img\.png', instance 0, "
+                                          r"keypoint 0, x: 1000000000\.0 is out of range"):
+        import_dataset(csv_path)
 
 
 # ------------------------------------------------------------------- detection

@@ -8,7 +8,6 @@ only when a SLEAP file is read or written; the other formats are written by this
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from annotator.domain.project import Project
@@ -76,10 +75,9 @@ def detect_format(path: str | Path) -> str:
         raise FormatError(f"{path}: a YAML file that is neither a YOLO pose data.yaml "
                           "(kpt_shape) nor a DeepLabCut config.yaml (bodyparts)")
     if suffix == ".json":
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{path}: not valid JSON ({exc})") from None
+        from annotator.io.jsonio import loads_strict
+
+        doc = loads_strict(path.read_bytes(), str(path), FormatError)
         if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
             return "project"
         if isinstance(doc, dict) and "images" in doc and "annotations" in doc:

@@ -25,13 +25,14 @@ from annotator.domain.project import ImageRecord, Project
 from annotator.domain.schema import KeypointSchema
 from annotator.io.coco import _instance_box
 from annotator.io.images import ImageLoadError, read_size, resolve_image_path
+from annotator.io.jsonio import InputFormatError, check_coordinate
 
 log = logging.getLogger(__name__)
 
 FORMATS_EXTRA = 'pip install "keypoint-annotator[formats]"'
 
 
-class FormatError(ValueError):
+class FormatError(InputFormatError):
     """An interchange file is missing, malformed or cannot be written; the message names
     the file and the problem."""
 
@@ -187,6 +188,12 @@ def project_from_frames(
         rel = relpath_or_error(path, source)
         if rel in annotations:
             raise FormatError(f"{source}: image {rel!r} is listed twice")
+        for i, inst in enumerate(ann.instances):
+            for j, kp in enumerate(inst.keypoints):
+                if kp.labelled:  # bounded like project files, so that the project saves
+                    where = f"{source}: image {rel!r}, instance {i}, keypoint {j}"
+                    check_coordinate(kp.x, f"{where}, x", FormatError)
+                    check_coordinate(kp.y, f"{where}, y", FormatError)
         images.append(ImageRecord(rel, width, height))
         annotations[rel] = ann
     try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from annotator.io.formats._common import (
     instance_box,
     project_from_frames,
 )
+from annotator.io.jsonio import check_coordinate, loads_strict
 from annotator.io.project_file import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -174,10 +174,9 @@ def _config_order(json_path: Path) -> list[str] | None:
 
 def _number(region: dict, key: str, where: str) -> float:
     value = region.get("value", {}).get(key) if key in ("x", "y") else region.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value):
-        raise FormatError(f"{where}: {key} {value!r} is not a finite number")
-    return float(value)
+    if value is None:
+        raise FormatError(f"{where}: {key} is missing")
+    return check_coordinate(value, f"{where}, {key}", FormatError)
 
 
 def _task_result(task: dict, where: str) -> tuple[list[dict], bool, float | None]:
@@ -205,11 +204,12 @@ def read_label_studio(
     path = Path(path)
     source = str(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise FormatError(f"{source}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{source}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise FormatError(f"{source}: cannot be read ({exc})") from None
+    doc = loads_strict(raw, source, FormatError)
     if isinstance(doc, dict) and "data" in doc:
         doc = [doc]
     if not isinstance(doc, list):
