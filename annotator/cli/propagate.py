@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
     project = load_input(args.input, args.images)
-    engine = engine_from_args(args)
+    engine = engine_from_args(args, category=project.schema.name)
     request = PropagateRequest.from_project(project)
     if args.flip is not None:
         flip = project.schema.flip_pairs if args.flip else ()
