@@ -269,13 +269,13 @@ def load_unet_weights(unet: Any, spec: str, source: ModelSource,
                       progress: DownloadProgress | None = None) -> None:
     """Replace ``unet``'s weights by the safetensors state dict ``spec`` (strict: every key and
     shape must match the SD 1.5 UNet). Raises ModelLoadError."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     file = resolve_unet_file(spec, source, progress)
     try:
         state = load_file(str(file))
-    except (OSError, SafetensorsError) as exc:
+    except (OSError, SafetensorError) as exc:
         raise ModelLoadError(f"cannot read the SD UNet weights {file}: {exc}") from exc
     ref = unet.state_dict()
     missing, extra = sorted(set(ref) - set(state)), sorted(set(state) - set(ref))
