@@ -13,8 +13,8 @@ from pycocotools.coco import COCO
 from skimage import data
 
 from annotator.cli import main
-from annotator.io.project_file import save_project
 from annotator.domain import Keypoint, Visibility
+from annotator.io.project_file import save_project
 from tests.test_cli_propagate import POINTS, labelled_project
 from tests.tiny_models import TINY, TINY_FAST, build_tiny_dino768
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from annotator.features.models import load_sd
 from annotator.features.config import ModelSource
+from annotator.features.models import load_sd
 from annotator.features.sd_dino import FreeU, _decoder_inputs, fourier_filter, unet_features
 
 
