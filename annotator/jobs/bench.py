@@ -164,8 +164,16 @@ def _bench_engine(models: _Models, cfg: FeatureConfig, images: list[np.ndarray],
     from annotator.features.sd_dino import SDDinoExtractor
 
     sd, dino = models.engine_parts()
+    adapter = None
+    if cfg.adapter and cfg.uses_dino:  # random weights: the same shapes and FLOPs
+        import math
+
+        from annotator.features.adapter import DiyAdapter
+
+        width = int(dino.model.config.hidden_size)
+        adapter = DiyAdapter(width, width // 4, math.gcd(32, width // 4))
     ext = SDDinoExtractor(sd if cfg.uses_sd else None, dino if cfg.uses_dino else None, cfg,
-                          device, models.dtype, batch_size=batch)
+                          device, models.dtype, batch_size=batch, adapter=adapter)
     timer = make_timer(device)
     gpu = device.startswith("cuda")
     times: list[float] = []
