@@ -210,7 +210,6 @@ def run_one(args: argparse.Namespace, run: str, dataset: Any) -> dict[str, Any]:
            "peak_gpu_gib": peak, "published": PUBLISHED.get(run), "settings": settings,
            "prompts": sorted({e.config.prompt for e in engines._engines.values()})
            if engines is not None else []}
-    del base, engines
     return row
 
 
