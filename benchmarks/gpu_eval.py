@@ -161,7 +161,11 @@ def run_one(args: argparse.Namespace, run: str, dataset: Any) -> dict[str, Any]:
         from annotator.features.config import resolve_device
 
         device = resolve_device(args.device)
+        import gc
+
+        gc.collect()  # the previous run's models (the metering wrappers make cycles)
         if device.startswith("cuda"):
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     except ImportError:  # pragma: no cover
         torch = None  # type: ignore[assignment]

@@ -196,11 +196,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_geometry(args: argparse.Namespace) -> int:
     """Handler of ``annotator geometry``; returns the exit status."""
+    from annotator.cli.common import PRESET_NAMES
     from annotator.jobs.evaluate import EvalConfig, engine_predictor
     from annotator.jobs.geometry import SKIMAGE_PHOTOS, GeometryConfig, run_geometry_benchmark
     from annotator.jobs.report import write_report
-
-    from annotator.cli.common import PRESET_NAMES
 
     backends = ["content"]
     if args.extractor == "sd-dino" or (args.sd_model and args.dino_model):
