@@ -118,7 +118,8 @@ class Engine:
             config = cfgmod.preset(preset, **config_overrides)
         if source.sd_unet and config.uses_sd:
             config = cfgmod.with_clean_unet(config)
-        config = config.replace(prompt=config.prompt_for(category))
+        if category:  # else a "{category}" template stays for ``for_category``
+            config = config.replace(prompt=config.prompt_for(category))
         return cls(source, config, RuntimeConfig(device, dtype, batch_size), feature_cache)
 
     # ---- models --------------------------------------------------------------------------
@@ -149,6 +150,26 @@ class Engine:
                                               self.runtime.batch_size, identity=self.fingerprint,
                                               adapter=adapter)
         return self._extractor
+
+    def for_category(self, category: str) -> Engine:
+        """This engine with a "{category}" prompt filled in (itself when the prompt has no
+        such field, or no SD part). Loads the models once and shares them: only the prompt
+        embedding and the cache key differ."""
+        cfg = self.config
+        if "{category}" not in cfg.prompt or not cfg.uses_sd:
+            return self
+        from annotator.features.sd_dino import SDDinoExtractor
+
+        filled = cfg.replace(prompt=cfg.prompt_for(category))
+        base = self.extractor
+        if not isinstance(base, SDDinoExtractor):
+            return self
+        engine = Engine(self.source, filled, self.runtime, self.cache, match=self._match,
+                        on_download=self.on_download)
+        engine._extractor = SDDinoExtractor(base.sd, base.dino, filled, base.device, base.dtype,
+                                            base.batch_size, identity=engine.fingerprint,
+                                            adapter=base.adapter)
+        return engine
 
     @property
     def loaded(self) -> bool:

@@ -119,33 +119,22 @@ CATEGORY_WORDS = {"aeroplane": "airplane", "motorbike": "motorcycle",
 
 
 class CategoryEngines:
-    """One engine per SPair category for a "{category}" prompt ``template`` (None: the base
-    engine for all), sharing the loaded models."""
+    """One engine per SPair category for a "{category}" prompt (``Engine.for_category``: the
+    loaded models are shared), else the base engine for all."""
 
-    def __init__(self, base: Any, meter: Meter, template: str | None) -> None:
+    def __init__(self, base: Any, meter: Meter) -> None:
         self.base, self.meter = base, meter
-        self.template = template if template and "{category}" in template else None
         self._engines: dict[str, Any] = {}
 
     def get(self, category: str) -> Any:
-        if self.template is None:
-            self.meter.wrap(self.base.extractor)
-            return self.base
         if category not in self._engines:
-            from annotator.engine import Engine
-            from annotator.features.config import sd_dino_fingerprint
-            from annotator.features.sd_dino import SDDinoExtractor
-
-            base_ex = self.base.extractor
-            word = CATEGORY_WORDS.get(category, category)
-            cfg = self.base.config.replace(prompt=self.template.replace("{category}", word))
-            ident = sd_dino_fingerprint(cfg, self.base.source, self.base.runtime.dtype)
-            ex = SDDinoExtractor(base_ex.sd, base_ex.dino, cfg, base_ex.device, base_ex.dtype,
-                                 base_ex.batch_size, identity=ident, adapter=base_ex.adapter)
-            self.meter.wrap(ex)
-            self._engines[category] = Engine(self.base.source, cfg, self.base.runtime,
-                                             self.base.cache, extractor=ex)
+            engine = self.base.for_category(CATEGORY_WORDS.get(category, category))
+            self.meter.wrap(engine.extractor)
+            self._engines[category] = engine
         return self._engines[category]
+
+    def prompts(self) -> list[str]:
+        return sorted({e.config.prompt for e in self._engines.values()})
 
 
 def run_one(args: argparse.Namespace, run: str, dataset: Any) -> dict[str, Any]:
@@ -171,10 +160,7 @@ def run_one(args: argparse.Namespace, run: str, dataset: Any) -> dict[str, Any]:
         torch = None  # type: ignore[assignment]
     base = engine_from_args(engine_args(args, run))
     meter = Meter(device)
-    from annotator.features.config import CLEAN_UNET_PROMPT
-
-    template = CLEAN_UNET_PROMPT if run.endswith("+cleandift") else None
-    engines = CategoryEngines(base, meter, template) if args.extractor == "sd-dino" else None
+    engines = CategoryEngines(base, meter) if args.extractor == "sd-dino" else None
     if engines is None:
         meter.wrap(base.extractor)
     current: dict[str, str] = {}
@@ -197,7 +183,7 @@ def run_one(args: argparse.Namespace, run: str, dataset: Any) -> dict[str, Any]:
     config = engine_args(args, run)
     settings = {"run": run, "preset": run.split("+")[0], "extractor": args.extractor,
                 "sd_unet": config.sd_unet, "dtype": args.dtype, "device": device,
-                "prompt": template or base.config.prompt}
+                "prompt": base.config.prompt}
     result = evaluate(data, predict, EvalConfig(alphas=ALPHAS, limit=args.limit),
                       settings=settings)
     peak = None
@@ -212,8 +198,7 @@ def run_one(args: argparse.Namespace, run: str, dataset: Any) -> dict[str, Any]:
            "images_per_second": meter.images / meter.seconds if meter.seconds else None,
            "pairs_per_second": st.num_pairs / result.elapsed_s if result.elapsed_s else None,
            "peak_gpu_gib": peak, "published": PUBLISHED.get(run), "settings": settings,
-           "prompts": sorted({e.config.prompt for e in engines._engines.values()})
-           if engines is not None else []}
+           "prompts": engines.prompts() if engines is not None else []}
     return row
 
 

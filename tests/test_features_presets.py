@@ -82,3 +82,19 @@ def test_clean_latent_has_no_noise(tiny_model_dirs):
         torch.testing.assert_close(got[k], want[k])
     noisy = SDDinoExtractor(sd, None, cfg.replace(add_noise=True)).sd_tile_features(x)
     assert not torch.allclose(noisy["s3"], got["s3"])
+
+
+def test_for_category_shares_the_models(tiny_model_dirs):
+    sd_dir, dino_dir = tiny_model_dirs
+    unet = str(sd_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    eng = Engine.from_pretrained(sd_model=str(sd_dir), dino_model=str(dino_dir),
+                                 preset=TINY.replace(fusion="concat"), device="cpu",
+                                 sd_unet=unet)
+    assert eng.config.prompt == "a photo of a {category}"
+    dog = eng.for_category("dog")
+    assert dog.config.prompt == "a photo of a dog" and dog.fingerprint != eng.fingerprint
+    assert dog.extractor.sd is eng.extractor.sd and dog.extractor.dino is eng.extractor.dino
+    assert eng.for_category("cat").fingerprint not in (dog.fingerprint, eng.fingerprint)
+    plain = Engine.from_pretrained(sd_model=str(sd_dir), dino_model=str(dino_dir), preset=TINY,
+                                   device="cpu")
+    assert plain.for_category("dog") is plain and not plain.loaded

@@ -168,6 +168,8 @@ class EngineWorker(QObject):
             if engine is None:
                 outcome = "cancelled" if self._abandoned(rid) else "failed"
                 return
+            if hasattr(engine, "for_category"):  # a "{category}" prompt (CleanDIFT UNet)
+                engine = engine.for_category(order.snapshot.schema.name)
             from annotator.jobs import propagate as job
 
             project = order.snapshot.to_project()
