@@ -1,27 +1,31 @@
-"""``annotator bench`` measures the new presets: FreeU and the DIY-SC adapter run in the engine
-timing, and FLOPs are counted (tiny configurations here; full size in BENCHMARKS.md)."""
+"""``annotator bench`` on the new presets (tiny configurations; full-size FLOPs in
+BENCHMARKS.md): the diy preset's adapter runs in the engine timing, a DINOv2-only preset first
+in the list still gets the SD ablations and the transfer part, FLOPs are counted."""
 
-from annotator.jobs.bench import _bench_engine, _Models, synthetic_image
-from annotator.jobs.bench_models import build_components, tiny_configs
+from annotator.jobs.bench import BenchOptions, format_table, run_bench
+from annotator.jobs.bench_models import tiny_configs
+from tests.test_bench import SMALL_MAPS
 from tests.tiny_models import TINY
 
 
-def test_engine_timing_of_geoaware_and_diy_presets():
-    import torch
-
-    sd, dino = build_components(tiny_configs(), "cpu")
-    models = _Models(sd, dino, "cpu", torch.float32)
-    imgs = [synthetic_image((60, 80), 1)]
-    quiet = lambda msg: None  # noqa: E731
-    runs = {name: _bench_engine(models, cfg, imgs, 1, 1, "cpu", quiet) for name, cfg in {
-        "paper": TINY,
-        "geoaware": TINY.replace(preset="geoaware", timestep=50, freeu=True, fusion="concat"),
-        "diy": TINY.replace(preset="diy", fusion="dino", adapter="diy-sc"),
-        "dino": TINY.replace(fusion="dino"),
-    }.items()}
-    for r in runs.values():
-        assert r["seconds_per_image"] > 0 and r["flops_per_image"] > 0
-    # the adapter adds its convolutions to DINOv2 alone; diy is far cheaper than the SD presets
-    assert runs["dino"]["flops_per_image"] < runs["diy"]["flops_per_image"]
-    assert runs["diy"]["flops_per_image"] < runs["paper"]["flops_per_image"]
-    assert runs["geoaware"]["flops_per_image"] >= runs["dino"]["flops_per_image"]
+def test_bench_runs_diy_and_geoaware_presets():
+    presets = {
+        "diy": TINY.replace(preset="diy", fusion="dino", adapter="diy-sc", softargmax_window=15),
+        "geoaware": TINY.replace(preset="geoaware", timestep=50, freeu=True, fusion="concat",
+                                 flip=True, flip_criterion="mutual_nn"),
+    }
+    opts = BenchOptions(quick=True, device="cpu", presets=presets, configs=tiny_configs(),
+                        image_hw=(60, 80), transfer_preset="diy", disk_targets=2,
+                        memory_targets=2, targets=100, peak_size=128, peak_seconds=0.2,
+                        map_channels=SMALL_MAPS, gui=None)
+    res = run_bench(opts, lambda msg: None)
+    ext = res["extraction"]
+    for name in presets:
+        assert ext[name]["engine"]["flops_per_image"] > 0
+        assert ext[name]["baseline"]["seconds_per_image"] > 0
+    assert ext["diy"]["engine"]["flops_per_image"] < ext["geoaware"]["engine"]["flops_per_image"]
+    assert ext["diy"]["baseline"]["tiles"] == 0  # DINOv2 only: no SD tile, no prompt
+    assert res["ablations"]["unet_full_sdpa_s"] > 0
+    assert res["transfer"]["fusions"]["copca"]["memory"]["targets_measured"] == 2
+    table = format_table(res)
+    assert "diy" in table and "geoaware" in table
