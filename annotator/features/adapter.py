@@ -141,7 +141,9 @@ def load_checkpoint_file(path: Path, sha256: str | None = DIY_SC_SHA256) -> DiyA
 def default_checkpoint_dir() -> Path:
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("annotator")) / "weights"
+    from annotator.features.cache import APP_NAME
+
+    return Path(user_cache_dir(APP_NAME)) / "weights"
 
 
 Downloader = Callable[[str, Path], None]
