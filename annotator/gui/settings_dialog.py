@@ -14,11 +14,13 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QWidget,
 )
 
 from annotator.domain import ProjectSettings
+from annotator.io.cache_folder import cache_folder_problem
 
 # Kept here rather than imported from annotator.features so the GUI never imports that package.
 PRESETS = ("paper", "fast", "geoaware", "diy")
@@ -110,7 +112,7 @@ class SettingsDialog(QDialog):
         self.cache_dir = PathField(settings.cache_dir, "Feature cache folder")
         self.cache_dir.edit.setPlaceholderText("default: the user cache folder")
         self.cache_cap = QDoubleSpinBox()
-        self.cache_cap.setRange(0.0, 10_000.0)
+        self.cache_cap.setRange(0.1, 10_000.0)  # > 0: the cache needs room
         self.cache_cap.setSuffix(" GB")
         self.cache_cap.setValue(settings.cache_cap_gb)
         form = QFormLayout(self)
@@ -140,6 +142,15 @@ class SettingsDialog(QDialog):
             fusion, flip = PRESET_DEFAULTS[name]
             self.fusion.setCurrentText(fusion)
             self.flip.setChecked(flip)
+
+    def accept(self) -> None:
+        """Refuse a cache folder that holds other files (the cache would never use it)."""
+        problem = cache_folder_problem(self.cache_dir.text()) if self.cache_dir.text() else None
+        self.problem = problem
+        if problem is not None:
+            QMessageBox.warning(self, "Cache folder", problem)
+            return
+        super().accept()
 
     def settings(self) -> ProjectSettings:
         return replace(
