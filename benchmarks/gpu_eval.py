@@ -73,15 +73,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def engine_args(args: argparse.Namespace, run: str) -> argparse.Namespace:
-    """The ``annotator`` engine flags of one run."""
+    """The ``annotator`` engine flags of one run, parsed by the CLI's own engine parser (so
+    every engine option keeps its CLI default)."""
+    from annotator.cli.common import add_engine_arguments
+
     name, _, extra = run.partition("+")
-    return argparse.Namespace(
-        extractor=args.extractor, sd_model=args.sd_model, dino_model=args.dino_model,
-        preset=name, fusion=None, feature_config=args.feature_config, device=args.device,
-        dtype=args.dtype, batch_size=args.batch_size, flip=None, soft_argmax=None,
-        cache_dir=args.cache_dir, no_cache=args.cache_dir is None, flip_criterion=None,
-        sd_unet=args.sd_unet if extra == "cleandift" else None,
-        diy_checkpoint=args.diy_checkpoint)
+    argv = ["--extractor", args.extractor, "--preset", name, "--device", args.device,
+            "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+    for flag, value in (("--sd-model", args.sd_model), ("--dino-model", args.dino_model),
+                        ("--feature-config", args.feature_config),
+                        ("--diy-checkpoint", args.diy_checkpoint),
+                        ("--sd-unet", args.sd_unet if extra == "cleandift" else None),
+                        ("--cache-dir", args.cache_dir)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.cache_dir is None:
+        argv.append("--no-cache")
+    parser = argparse.ArgumentParser(add_help=False)
+    add_engine_arguments(parser)
+    return parser.parse_args(argv)
 
 
 class Meter:
