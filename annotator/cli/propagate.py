@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from annotator.cli.cluster import add_ray_arguments
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.flip is not None:
         flip = project.schema.flip_pairs if args.flip else ()
         request = PropagateRequest(request.image_root, request.references, request.targets, flip,
-                                   request.settings)
+                                   replace(request.settings, flip=args.flip))  # --no-flip: off
     if not request.references:
         print(f"{args.input}: no labelled image to use as a reference", file=sys.stderr)
         return 2
