@@ -177,3 +177,23 @@ def test_a_killed_actor_is_restarted_and_the_run_completes(
     assert marker.exists()  # an actor did die mid-run
     assert sorted(p.path for p in preds) == sorted(request.targets)
     assert {p.path for p in preds if p.error} == {"zz_broken.jpg"}  # odd.png retried and done
+
+
+def test_eval_on_ray_scores_the_same_pairs_as_the_local_run(
+        ray_local, tmp_path, tiny_model_dirs):
+    from tests.test_eval_datasets import make_pfpascal
+
+    root = make_pfpascal(tmp_path)
+    base = ["eval", "pfpascal", "--root", str(root), *model_args(tiny_model_dirs, tmp_path),
+            "--no-cache", "--limit", "3"]
+    assert main([*base, "--out", str(tmp_path / "local")]) == 0
+    assert main([*base, "--out", str(tmp_path / "ray"), *RAY]) == 0
+    a, b = (json.loads((tmp_path / d / "report.json").read_text())["runs"]["ours"]
+            for d in ("local", "ray"))
+    assert b["settings"]["ray"] == "local" and b["settings"]["failed_pairs"] == 0
+    assert len(a["pairs"]) == len(b["pairs"]) == 3
+    for x, y in zip(a["pairs"], b["pairs"]):
+        assert x["pair_id"] == y["pair_id"] and x["correct"] == y["correct"]
+        # float tolerance: actors run torch on one thread, the driver on several
+        np.testing.assert_allclose(x["mean_error_px"], y["mean_error_px"], rtol=1e-5)
+    assert a["overall"] == b["overall"] and a["curve"] == b["curve"]

@@ -211,3 +211,57 @@ def run_propagate(request: PropagateRequest, engine_factory: EngineFactory,
                    options)
         for row in _rows(out):
             yield pickle.loads(row["payload"])
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """One evaluated pair: its position in the run, its score, or the error that stopped it."""
+
+    index: int
+    pair_id: str
+    score: Any = None  # annotator.jobs.pck.PairScore
+    error: str | None = None
+
+
+class EvalWorker:
+    """Ray Data callable class: one engine per actor; each row carries a pickled, loaded pair
+    (paths and keypoints; the images load on the actor)."""
+
+    def __init__(self, engine_factory: EngineFactory, alphas: tuple[float, ...],
+                 rule: str) -> None:
+        from annotator.jobs.evaluate import _ImageCache, engine_predictor
+
+        self.predictor = engine_predictor(engine_factory())
+        self.alphas, self.rule = alphas, rule
+        self.images = _ImageCache(8)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from annotator.jobs.evaluate import score_sample
+
+        out = []
+        for index, blob in zip(batch["index"], batch["sample"]):
+            sample = pickle.loads(blob)
+            try:
+                score = score_sample(sample, self.predictor, self.alphas, self.rule,
+                                     self.images)
+                out.append(PairOutcome(int(index), str(sample.pair_id), score))
+            except Exception as exc:
+                log.warning("pair %s: %s", sample.pair_id, exc)
+                out.append(PairOutcome(int(index), str(sample.pair_id),
+                                       error=f"{type(exc).__name__}: {exc}"))
+        return {"payload": np.array([pickle.dumps(o) for o in out], dtype=object)}
+
+
+def run_eval(samples: Sequence[Any], engine_factory: EngineFactory, alphas: tuple[float, ...],
+             rule: str, options: ClusterOptions) -> Iterator[PairOutcome]:
+    """Score loaded pairs (:class:`~annotator.io.datasets.PairSample`) on the actors, at
+    ``alphas``; outcomes stream back as batches finish (any order)."""
+    if not samples:
+        return
+    with connect(options) as ray:
+        rows = [{"index": i, "sample": pickle.dumps(s)} for i, s in enumerate(samples)]
+        ds = _dataset(ray, rows, options.batch_size)
+        out = _map(ray, ds, EvalWorker, {"engine_factory": engine_factory,
+                                         "alphas": tuple(alphas), "rule": rule}, options)
+        for row in _rows(out):
+            yield pickle.loads(row["payload"])
