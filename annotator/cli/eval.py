@@ -191,6 +191,10 @@ def run_eval(args: argparse.Namespace) -> int:
         return 130
     finally:
         progress.close()
+    for line in result.skipped:
+        sys.stderr.write(f"annotator eval: skipped pair {line}\n")
+    if result.skipped:
+        _say(f"{len(result.skipped)} pair(s) skipped: an image could not be read")
     out = args.out or Path(f"eval-{args.dataset}")
     files = write_report({"ours": result}, out)
     _print_summary({"ours": result}, files)
@@ -198,8 +202,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any) -> Any:
-    """``evaluate`` with the pairs scored on Ray actors; failed pairs are named on stderr and
-    left out of the scores."""
+    """``evaluate`` with the pairs scored on Ray actors; a pair that fails is left out of the
+    scores and listed in the result's ``skipped`` (named on stderr like unreadable pairs)."""
     import time
 
     from annotator.cli.cluster import Bar, cluster_options, engine_factory
@@ -221,13 +225,11 @@ def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any) -> Any
     finally:
         bar.close()
     outcomes.sort(key=lambda o: o.index)
-    for o in outcomes:
-        if o.error is not None:
-            sys.stderr.write(f"pair {o.pair_id} failed: {o.error}\n")
     scores = [o.score for o in outcomes if o.error is None]
+    failed = [f"{o.pair_id}: {o.error}" for o in outcomes if o.error is not None]
     return summarize(dataset, scores, config, time.perf_counter() - start,
                      {**_engine_settings(args, args.extractor), "ray": args.ray,
-                      "actors": args.actors, "failed_pairs": len(outcomes) - len(scores)})
+                      "actors": args.actors}, failed)
 
 
 def run_geometry(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print("extract writes the feature cache: drop --no-cache", file=sys.stderr)
         return 2
     root, paths = list_inputs(args.images, args.image_root, args.category)
+    engine = engine_from_args(args)  # checks the flags and claims the cache folder (no models)
     print(f"{len(paths)} image(s) under {root}")
     bar = Bar(len(paths), "extract")
     counts = {"computed": 0, CACHED: 0, FAILED: 0}
@@ -77,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         else:
-            engine = engine_from_args(args)
             for chunk in batches(paths, max(1, args.batch_size)):
                 record(extract_batch(chunk, root, engine))
     except ModelLoadError as exc:

@@ -14,11 +14,13 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QWidget,
 )
 
 from annotator.domain import ProjectSettings
+from annotator.io.cache_folder import cache_folder_problem
 
 # Kept here rather than imported from annotator.features so the GUI never imports that package.
 PRESETS = ("paper", "fast")
@@ -83,7 +85,7 @@ class SettingsDialog(QDialog):
         self.cache_dir = PathField(settings.cache_dir, "Feature cache folder")
         self.cache_dir.edit.setPlaceholderText("default: the user cache folder")
         self.cache_cap = QDoubleSpinBox()
-        self.cache_cap.setRange(0.0, 10_000.0)
+        self.cache_cap.setRange(0.1, 10_000.0)  # > 0: the cache needs room
         self.cache_cap.setSuffix(" GB")
         self.cache_cap.setValue(settings.cache_cap_gb)
         form = QFormLayout(self)
@@ -104,6 +106,15 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    def accept(self) -> None:
+        """Refuse a cache folder that holds other files (the cache would never use it)."""
+        problem = cache_folder_problem(self.cache_dir.text()) if self.cache_dir.text() else None
+        self.problem = problem
+        if problem is not None:
+            QMessageBox.warning(self, "Cache folder", problem)
+            return
+        super().accept()
 
     def settings(self) -> ProjectSettings:
         return replace(

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from annotator.io.datasets import EvalProtocol, ImageRef, PairDataset, load_rgb
+from annotator.io.datasets import (
+    DatasetFormatError,
+    EvalProtocol,
+    ImageRef,
+    PairDataset,
+    load_rgb,
+)
 from annotator.jobs.pck import (
     PairScore,
     PCKTable,
@@ -90,6 +96,7 @@ class EvalResult:
     total_pairs: int
     elapsed_s: float
     settings: Mapping[str, Any] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()  # "pair: reason" for pairs whose image cannot be read
 
 
 def _report(progress: Any, done: int, total: int, message: str) -> None:
@@ -162,8 +169,10 @@ def eval_alphas(dataset: PairDataset, config: EvalConfig
 
 
 def summarize(dataset: PairDataset, scores: Sequence[PairScore], config: EvalConfig,
-              elapsed: float, settings: Mapping[str, Any] | None = None) -> EvalResult:
-    """The :class:`EvalResult` of ``scores`` (each scored at table + curve alphas)."""
+              elapsed: float, settings: Mapping[str, Any] | None = None,
+              skipped: Sequence[str] = ()) -> EvalResult:
+    """The :class:`EvalResult` of ``scores`` (each scored at table + curve alphas);
+    ``skipped``: "pair: reason" of the pairs left out."""
     alphas, curve, rule = eval_alphas(dataset, config)
     head = slice(0, len(alphas))
     tail = slice(len(alphas), len(alphas) + len(curve))
@@ -173,7 +182,7 @@ def summarize(dataset: PairDataset, scores: Sequence[PairScore], config: EvalCon
         alphas=alphas, curve_alphas=curve, scores=table_scores,
         table=pck_table(table_scores, alphas),
         curve=pck_table([_slice(s, tail) for s in scores], curve), total_pairs=len(dataset),
-        elapsed_s=elapsed, settings=dict(settings or {}))
+        elapsed_s=elapsed, settings=dict(settings or {}), skipped=tuple(skipped))
     pck = result.table.overall.per_keypoint
     log.info("%s: %d pairs in %.1f s; per-keypoint PCK %s", dataset.name, len(scores), elapsed,
              ", ".join(f"@{a:g}={v:.4f}" for a, v in zip(alphas, pck)))
@@ -193,10 +202,16 @@ def evaluate(dataset: PairDataset, predictor: Predictor, config: EvalConfig | No
     total = len(subset)
     cache = _ImageCache(config.image_cache)
     scores: list[PairScore] = []
+    skipped: list[str] = []
     start = time.perf_counter()
     _report(progress, 0, total, f"{dataset.name}: 0/{total} pairs")
     for done, record in enumerate(subset.records, start=1):
         _check(progress)
-        scores.append(score_sample(record.load(), predictor, alphas + curve, rule, cache))
+        sample = record.load()
+        try:
+            scores.append(score_sample(sample, predictor, alphas + curve, rule, cache))
+        except DatasetFormatError as exc:  # one unreadable image: skip its pair, go on
+            log.warning("pair %s skipped: %s", sample.pair_id, exc)
+            skipped.append(f"{sample.pair_id}: {exc}")
         _report(progress, done, total, f"{dataset.name}: {done}/{total} pairs")
-    return summarize(dataset, scores, config, time.perf_counter() - start, settings)
+    return summarize(dataset, scores, config, time.perf_counter() - start, settings, skipped)
