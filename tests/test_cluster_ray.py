@@ -1,7 +1,7 @@
 """``--ray``: extraction and propagation on a local Ray (2 CPUs) with the tiny models.
 
 One Ray for the module (starting one costs seconds); every test starts its own actors, as a
-real run does. Marked ``ray``: ``-m "not ray"`` leaves them out."""
+real run does. Marked ``ray``: ``-m "not ray and not longrun"`` leaves them out."""
 
 import functools
 import json
