@@ -40,12 +40,13 @@ def cluster_options(args: argparse.Namespace) -> Any:
         raise SystemExit(f"invalid cluster options: {exc}") from None
 
 
-def engine_factory(args: argparse.Namespace) -> Any:
-    """A picklable callable building, on each actor, the engine the flags describe."""
+def engine_factory(args: argparse.Namespace, category: str = "") -> Any:
+    """A picklable callable building, on each actor, the engine the flags describe (the same
+    call as the driver's ``engine_from_args(args, category)``)."""
     from annotator.cli.common import engine_from_args
 
     clean = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
-    return functools.partial(engine_from_args, clean)
+    return functools.partial(engine_from_args, clean, category)
 
 
 class Bar:
@@ -68,7 +69,8 @@ class Bar:
         self._bar.close()
 
 
-def cluster_ray_predictions(args: argparse.Namespace, request: Any, bar: Any) -> Any:
+def cluster_ray_predictions(args: argparse.Namespace, request: Any, bar: Any,
+                            category: str = "") -> Any:
     """Predictions of ``request`` computed on Ray, in target order (the driver's bar advances
     as batches come back). Raises SystemExit when Ray is missing or unreachable."""
     from annotator.jobs.cluster import ClusterError, run_propagate
@@ -77,7 +79,8 @@ def cluster_ray_predictions(args: argparse.Namespace, request: Any, bar: Any) ->
     done: dict[str, list[Any]] = {}
     failed = 0
     try:
-        for pred in run_propagate(request, engine_factory(args), cluster_options(args)):
+        for pred in run_propagate(request, engine_factory(args, category),
+                                  cluster_options(args)):
             first = pred.path not in done
             done.setdefault(pred.path, []).append(pred)
             if first:

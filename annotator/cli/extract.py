@@ -30,20 +30,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def list_inputs(source: Path, image_root: Path | None, category: str | None
-                ) -> tuple[str, list[str]]:
-    """(absolute image root, relative image paths) of a folder or a COCO file."""
+                ) -> tuple[str, list[str], str]:
+    """(absolute image root, relative image paths, category name: fills a "{category}"
+    prompt as propagate does) of a folder or a COCO file."""
     from annotator.io.coco import CocoFormatError, import_coco
     from annotator.io.images import list_images
 
     if source.is_dir():
-        return str(source.resolve()), list_images(source)
+        return str(source.resolve()), list_images(source), ""
     if not source.is_file():
         raise SystemExit(f"{source}: no such folder or file")
     try:
         project = import_coco(source, image_root, category)
     except CocoFormatError as exc:
         raise SystemExit(str(exc)) from None
-    return str(Path(project.image_root).resolve()), [r.path for r in project.images]
+    return (str(Path(project.image_root).resolve()), [r.path for r in project.images],
+            project.schema.name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_cache:
         print("extract writes the feature cache: drop --no-cache", file=sys.stderr)
         return 2
-    root, paths = list_inputs(args.images, args.image_root, args.category)
-    engine = engine_from_args(args)  # checks the flags and claims the cache folder (no models)
+    root, paths, category = list_inputs(args.images, args.image_root, args.category)
+    engine = engine_from_args(args, category)  # checks the flags, claims the cache folder
     print(f"{len(paths)} image(s) under {root}")
     bar = Bar(len(paths), "extract")
     counts = {"computed": 0, CACHED: 0, FAILED: 0}
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
             from annotator.jobs.cluster import ClusterError, run_extract
 
             try:
-                record(run_extract(paths, root, engine_factory(args), cluster_options(args)))
+                record(run_extract(paths, root, engine_factory(args, category),
+                                           cluster_options(args)))
             except ClusterError as exc:
                 bar.close()
                 print(f"error: {exc}", file=sys.stderr)

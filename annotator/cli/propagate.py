@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from annotator.cli.cluster import add_ray_arguments
@@ -84,12 +84,16 @@ def run(args: argparse.Namespace) -> int:
               "categories in it dropped); choose another output file", file=sys.stderr)
         return 2
     project = load_input(args.input, args.images)
-    engine = engine_from_args(args)
+    engine = engine_from_args(args, category=project.schema.name)
     request = PropagateRequest.from_project(project)
-    if args.flip is not None:
-        flip = project.schema.flip_pairs if args.flip else ()
+    # flip: --flip/--no-flip, else the follow-up presets' own rule (geoaware: adaptive pose
+    # alignment; diy: none), else the project's setting
+    use_flip = args.flip if args.flip is not None else (
+        engine.config.flip if args.preset in ("geoaware", "diy") else None)
+    if use_flip is not None:
+        flip = project.schema.flip_pairs if use_flip else ()
         request = PropagateRequest(request.image_root, request.references, request.targets, flip,
-                                   replace(request.settings, flip=args.flip))  # --no-flip: off
+                                   dataclasses.replace(request.settings, flip=use_flip))
     if not request.references:
         print(f"{args.input}: no labelled image to use as a reference", file=sys.stderr)
         return 2
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ray:  # the same batch code on Ray actors; predictions stream back here
             from annotator.cli.cluster import cluster_ray_predictions
 
-            stream = cluster_ray_predictions(args, request, bar)
+            stream = cluster_ray_predictions(args, request, bar, project.schema.name)
         else:
             stream = run_propagation(request, engine, state)
         for pred in stream:

@@ -52,6 +52,10 @@ class ProjectSettings:
     review_threshold: float = 0.5
     cache_dir: str = ""
     cache_cap_gb: float = 20.0
+    #: CleanDIFT-style UNet state dict (local .safetensors or owner/repo/file); "" = none
+    sd_unet: str = ""
+    #: local DIY-SC adapter checkpoint for the diy preset; "" = download on first use
+    diy_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         cap = self.cache_cap_gb
