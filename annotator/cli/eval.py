@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from annotator.cli.cluster import add_ray_arguments
 from annotator.cli.common import add_engine_arguments
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--coco-threshold", choices=("bbox", "image"), default="bbox")
     p.add_argument("--out", type=Path, default=None, help="report folder (default eval-<dataset>)")
     add_engine_arguments(p)
+    add_ray_arguments(p)
     p.set_defaults(func=run_eval)
 
     g = subparsers.add_parser(
@@ -178,8 +180,12 @@ def run_eval(args: argparse.Namespace) -> int:
         return 3
     progress = TqdmProgress(dataset.name)
     try:
-        result = evaluate(dataset, engine_predictor(engine), config, progress=progress,
-                          settings=_engine_settings(args, args.extractor))
+        if args.ray:  # the pairs spread over Ray actors, scored by the same code
+            progress.close()
+            result = _evaluate_on_ray(args, dataset, config)
+        else:
+            result = evaluate(dataset, engine_predictor(engine), config, progress=progress,
+                              settings=_engine_settings(args, args.extractor))
     except DatasetFormatError as exc:
         sys.stderr.write(f"annotator eval: {exc}\n")
         return 2
@@ -196,6 +202,37 @@ def run_eval(args: argparse.Namespace) -> int:
     files = write_report({"ours": result}, out)
     _print_summary({"ours": result}, files)
     return 0
+
+
+def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any) -> Any:
+    """``evaluate`` with the pairs scored on Ray actors; a pair that fails is left out of the
+    scores and listed in the result's ``skipped`` (named on stderr like unreadable pairs)."""
+    import time
+
+    from annotator.cli.cluster import Bar, cluster_options, engine_factory
+    from annotator.jobs.cluster import ClusterError, run_eval
+    from annotator.jobs.evaluate import eval_alphas, summarize
+
+    alphas, curve, rule = eval_alphas(dataset, config)
+    start = time.perf_counter()
+    samples = [record.load() for record in dataset.limited(config.limit).records]
+    bar = Bar(len(samples), dataset.name)
+    outcomes = []
+    try:
+        for outcome in run_eval(samples, engine_factory(args), alphas + curve, rule,
+                                cluster_options(args)):
+            outcomes.append(outcome)
+            bar.update(outcome.error is None)
+    except ClusterError as exc:
+        raise SystemExit(f"annotator eval: {exc}") from None
+    finally:
+        bar.close()
+    outcomes.sort(key=lambda o: o.index)
+    scores = [o.score for o in outcomes if o.error is None]
+    failed = [f"{o.pair_id}: {o.error}" for o in outcomes if o.error is not None]
+    return summarize(dataset, scores, config, time.perf_counter() - start,
+                     {**_engine_settings(args, args.extractor), "ray": args.ray,
+                      "actors": args.actors}, failed)
 
 
 def run_geometry(args: argparse.Namespace) -> int:

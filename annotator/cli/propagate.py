@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from annotator.cli.cluster import add_ray_arguments
 from annotator.cli.common import add_engine_arguments, engine_from_args
 
 
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="COCO file to write")
     p.add_argument("--category", default=None, help="COCO category to use when several exist")
     add_engine_arguments(p)
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -106,7 +108,13 @@ def run(args: argparse.Namespace) -> int:
     state = TaskState(on_progress)
     predictions, failed = [], []
     try:
-        for pred in run_propagation(request, engine, state):
+        if args.ray:  # the same batch code on Ray actors; predictions stream back here
+            from annotator.cli.cluster import cluster_ray_predictions
+
+            stream = cluster_ray_predictions(args, request, bar, project.schema.name)
+        else:
+            stream = run_propagation(request, engine, state)
+        for pred in stream:
             (failed if pred.error else predictions).append(pred)
     except ModelLoadError as exc:
         bar.close()
@@ -135,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     for pred in failed:
         print(f"skipped {pred.path}: {pred.error}", file=sys.stderr)
     print(f"wrote {args.out}: {len(predictions)} image(s) predicted, {len(failed)} unreadable")
-    stats = engine.cache_stats()
+    stats = None if args.ray else engine.cache_stats()
     if stats is not None:
         print(f"feature cache: {stats.hits} hit(s) ({stats.disk_hits} from disk, "
               f"{stats.memory_hits} from memory), {stats.misses} computed; "
