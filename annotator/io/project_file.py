@@ -56,6 +56,8 @@ def project_to_dict(project: Project) -> dict[str, Any]:
                 {
                     "keypoints": [_encode_keypoint(kp) for kp in inst.keypoints],
                     **({"bbox": list(inst.bbox)} if inst.bbox else {}),
+                    **({"box_score": inst.box_score} if inst.box_score is not None else {}),
+                    **({"id": inst.ann_id} if inst.ann_id is not None else {}),
                 }
                 for inst in ann.instances
             ],
@@ -147,7 +149,7 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
                 where = f"annotation of {path!r}, instance {n}"
                 kps = tuple(_decode_keypoint(k, where) for k in inst["keypoints"])
                 bbox = tuple(inst["bbox"]) if inst.get("bbox") else None
-                instances.append(Instance(kps, bbox))
+                instances.append(Instance(kps, bbox, inst.get("box_score"), inst.get("id")))
             annotations[path] = ImageAnnotation(tuple(instances), ImageStatus(a["status"]))
         return Project(doc["image_root"], images, schema, annotations, settings)
     except ProjectFileError:
