@@ -299,9 +299,7 @@ class Project:
             Instance.empty(len(self.schema)), bbox=bbox, ann_id=self.next_annotation_id()
         )
         index = len(ann.instances)
-        new = ann.with_instance(index, inst)
-        if new.status == ImageStatus.UNLABELLED and bbox is not None:
-            new = replace(new, status=ImageStatus.PREDICTED)  # a box to fill: a target
+        new = ann.with_instance(index, inst)  # a box to fill: the image stays a target
         self.set_annotation(path, new, "Add instance" if bbox is None else "Draw box")
         return index
 
