@@ -45,7 +45,9 @@ def _pixels(image: Any) -> np.ndarray:
 
 
 def _mirrored(image: Any) -> Any:
-    return np.ascontiguousarray(image[:, ::-1]) if isinstance(image, np.ndarray) else image.flipped()
+    if isinstance(image, np.ndarray):
+        return np.ascontiguousarray(image[:, ::-1])
+    return image.flipped()
 
 
 def flip_permutation(k: int, flip_pairs: Iterable[tuple[int, int]]) -> np.ndarray:

@@ -66,8 +66,7 @@ def test_small_objects_ground_truth_is_exact():
     for rec in ds.records:
         s = rec.load()
         kinds.add(s.category)
-        for pts, box, img in ((s.src_kps, s.meta["src_bbox"], s.src_image),
-                              (s.trg_kps, s.meta["trg_bbox"], s.trg_image)):
+        for pts, box in ((s.src_kps, s.meta["src_bbox"]), (s.trg_kps, s.meta["trg_bbox"])):
             x, y, w, h = box
             assert (pts[:, 0] >= x).all() and (pts[:, 0] <= x + w - 1).all()
             assert (pts[:, 1] >= y).all() and (pts[:, 1] <= y + h - 1).all()
