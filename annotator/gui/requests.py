@@ -59,3 +59,12 @@ class HeatmapOrder:
     reference: str
     point: tuple[float, float]
     target: str
+
+
+@dataclass(frozen=True)
+class DetectOrder:
+    """Find boxes in ``request.targets`` with the zero-shot detector of the request's settings
+    (``request`` is an annotator.jobs.detect.DetectRequest: plain frozen data)."""
+
+    request_id: int
+    request: object
