@@ -454,12 +454,14 @@ class MainWindow(QMainWindow):
     def undo(self) -> None:
         if self.project is not None:
             text = self.project.undo()
+            self._update_actions()  # the stack moves after the change is announced
             if text:
                 self.statusBar().showMessage(f"Undid: {text}", 3000)
 
     def redo(self) -> None:
         if self.project is not None:
             text = self.project.redo()
+            self._update_actions()
             if text:
                 self.statusBar().showMessage(f"Redid: {text}", 3000)
 
