@@ -49,8 +49,11 @@ class Keypoint:
     confidence: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "v", Visibility(int(self.v)))
-        object.__setattr__(self, "origin", Origin(self.origin))
+        # fast path when already typed (loading a project builds ~10^5 of these)
+        if type(self.v) is not Visibility:
+            object.__setattr__(self, "v", Visibility(int(self.v)))
+        if type(self.origin) is not Origin:
+            object.__setattr__(self, "origin", Origin(self.origin))
         if not (math.isfinite(self.x) and math.isfinite(self.y)):
             raise ValueError(f"keypoint position ({self.x}, {self.y}) is not finite")
         if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
@@ -180,15 +183,28 @@ class ImageAnnotation:
 
     def worst_confidence(self) -> float | None:
         """Lowest confidence over all instances' predicted keypoints (those not found
-        included) and detected boxes not yet accepted, or None when nothing is predicted."""
-        confs = [
-            kp.confidence
-            for inst in self.instances
-            for kp in inst.keypoints
-            if kp.origin == Origin.PREDICTED and kp.confidence is not None
-        ]
-        confs += [inst.box_score for inst in self.instances if inst.box_score is not None]
-        return min(confs) if confs else None
+        included) and detected boxes not yet accepted, or None when nothing is predicted.
+        Computed once per (immutable) annotation: the gallery sorts and filters by it."""
+        try:
+            return self.__dict__["_worst"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        worst = self._worst_confidence()
+        object.__setattr__(self, "_worst", worst)  # a cache, not a field: eq/replace ignore it
+        return worst
+
+    def _worst_confidence(self) -> float | None:
+        worst: float | None = None
+        predicted = Origin.PREDICTED
+        for inst in self.instances:
+            for kp in inst.keypoints:
+                c = kp.confidence
+                if c is not None and kp.origin is predicted and (worst is None or c < worst):
+                    worst = c
+            c = inst.box_score
+            if c is not None and (worst is None or c < worst):
+                worst = c
+        return worst
 
     def without_instance(self, index: int) -> ImageAnnotation:
         inst = list(self.instances)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -10,7 +12,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,14 @@ def _decode_keypoint(raw: Any, where: str) -> Keypoint:
         raise ValueError(f"{where}: keypoint must be [x, y, v, origin(, confidence)]")
     x, y, v, origin = raw[:4]
     conf = raw[4] if len(raw) == 5 else None
-    return Keypoint(float(x), float(y), Visibility(int(v)), Origin(origin), conf)
+    # dictionary lookups: Enum() calls dominated loading 10^5 keypoints
+    vis = _VISIBILITY.get(v) if type(v) is int else None
+    return Keypoint(float(x), float(y), vis if vis is not None else Visibility(int(v)),
+                    _ORIGINS.get(origin) or Origin(origin), conf)
+
+
+_VISIBILITY = {int(v): v for v in Visibility}
+_ORIGINS = {o.value: o for o in Origin}
 
 
 def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
@@ -223,9 +232,27 @@ def save_project(project: Project, path: str | os.PathLike[str]) -> None:
     log.debug("saved project %s (revision %d)", path, project.revision)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (restored after): building 10^5 small immutable
+    objects would otherwise trigger dozens of full collections (half the load time of a
+    10,000-image project with 3 instances per image)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def load_project(path: str | os.PathLike[str]) -> Project:
     """Load a project file; raises :class:`ProjectFileError` and never modifies the file."""
-    path = Path(path)
+    with _gc_paused():
+        return _load_project(Path(path))
+
+
+def _load_project(path: Path) -> Project:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
