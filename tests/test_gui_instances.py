@@ -194,3 +194,29 @@ def test_detect_boxes_from_the_run_menu(qtbot, tmp_path, project_file, monkeypat
     assert project.annotation("two.png").worst_confidence() == min(i.box_score for i in insts)
     project.undo()  # the whole detection run is one step
     assert project.annotation("two.png").instances == ()
+
+
+def test_gallery_sorts_and_filters_by_the_worst_instance(qtbot, tmp_path):
+    from annotator.domain import ImageAnnotation, ImageRecord, Instance, Project
+    from annotator.gui.gallery import GalleryFilter, GalleryPanel, GallerySort
+    from annotator.gui.thumbnails import ThumbnailLoader
+
+    def inst(conf):
+        kp = Keypoint(5, 5, Visibility.VISIBLE, Origin.PREDICTED, conf)
+        return Instance((kp, kp), (0.0, 0.0, 10.0, 10.0))
+
+    anns = {  # a: its second instance is bad; b: one middling instance; c: all good
+        "a.png": ImageAnnotation((inst(0.9), inst(0.1)), ImageStatus.PREDICTED),
+        "b.png": ImageAnnotation((inst(0.4),), ImageStatus.PREDICTED),
+        "c.png": ImageAnnotation((inst(0.8), inst(0.95), inst(0.7)), ImageStatus.PREDICTED),
+    }
+    project = Project(str(tmp_path), [ImageRecord(p) for p in ("c.png", "b.png", "a.png")],
+                      KeypointSchema("t", ("x", "y")), anns)
+    panel = GalleryPanel(ThumbnailLoader())
+    qtbot.addWidget(panel)
+    panel.model.set_project(project)
+    panel.sort_box.setCurrentText(GallerySort.WORST_FIRST.value)
+    assert [panel.model.path_at(i) for i in range(3)] == ["a.png", "b.png", "c.png"]
+    panel.filter_box.setCurrentText(GalleryFilter.NEEDS_REVIEW.value)  # worst below 0.5
+    assert [panel.model.path_at(i) for i in range(panel.model.rowCount())] == ["a.png", "b.png"]
+    assert panel.model.index(0).data(INSTANCES_ROLE) == 2

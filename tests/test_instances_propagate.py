@@ -227,3 +227,21 @@ def test_instances_round_trip_through_the_project_file(scene, tmp_path):
     save_project(project, path)
     inst = load_project(path).annotation("two.png").instances[0]
     assert (inst.bbox, inst.box_score, inst.ann_id) == (boxes[0], 0.4, 7)
+
+
+def test_worst_confidence_spans_instances_and_detected_boxes():
+    from dataclasses import replace
+
+    def inst(conf, score=None):
+        kp = Keypoint(1, 1, Visibility.VISIBLE, Origin.PREDICTED, conf)
+        return Instance((kp, kp), (0, 0, 5, 5) if score is not None else None, score)
+
+    ann = ImageAnnotation((inst(0.9), inst(0.4), inst(0.8, score=0.6)), ImageStatus.PREDICTED)
+    assert ann.worst_confidence() == 0.4  # the worst instance
+    assert ann.worst_confidence() == 0.4  # cached, same answer
+    better = replace(ann, instances=(ann.instances[0], ann.instances[2]))
+    assert better.worst_confidence() == 0.6  # a detected box's score counts until accepted
+    accepted = replace(better, instances=(better.instances[0],
+                                          better.instances[1].with_box((0, 0, 5, 5))))
+    assert accepted.worst_confidence() == 0.8
+    assert accepted == replace(accepted)  # the cache is not part of equality
