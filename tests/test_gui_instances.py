@@ -220,3 +220,20 @@ def test_gallery_sorts_and_filters_by_the_worst_instance(qtbot, tmp_path):
     panel.filter_box.setCurrentText(GalleryFilter.NEEDS_REVIEW.value)  # worst below 0.5
     assert [panel.model.path_at(i) for i in range(panel.model.rowCount())] == ["a.png", "b.png"]
     assert panel.model.index(0).data(INSTANCES_ROLE) == 2
+
+
+def test_settings_dialog_edits_instance_and_detector_settings(qtbot):
+    from annotator.domain import ProjectSettings
+    from annotator.gui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(ProjectSettings(detect_prompt="zebra", detect_max_boxes=4))
+    qtbot.addWidget(dialog)
+    assert dialog.settings() == ProjectSettings(detect_prompt="zebra", detect_max_boxes=4)
+    dialog.crop.setChecked(False)
+    dialog.crop_margin.setValue(0.3)
+    dialog.detector_model.edit.setText("/models/owlv2")
+    dialog.detect_threshold.setValue(0.35)
+    dialog.detect_max.setValue(7)
+    s = dialog.settings()
+    assert (s.crop, s.crop_margin, s.detector_model, s.detect_threshold, s.detect_max_boxes,
+            s.detect_prompt) == ("none", 0.3, "/models/owlv2", 0.35, 7, "zebra")

@@ -245,3 +245,28 @@ def test_worst_confidence_spans_instances_and_detected_boxes():
                                           better.instances[1].with_box((0, 0, 5, 5))))
     assert accepted.worst_confidence() == 0.8
     assert accepted == replace(accepted)  # the cache is not part of equality
+
+
+@pytest.mark.parametrize("fusion", ["copca", "concat"])
+def test_crops_through_the_sd_dino_engine_on_tiny_models(scene, tmp_path, fusion):
+    """The product engine (SD + DINOv2, tiny random weights, both fusions: per-pair PCA and
+    the cached parts path) runs crops end to end: one instance per box, cache keyed by crop."""
+    from tests.tiny_models import TINY, build_tiny_models
+
+    project, boxes = scene
+    sd, dino = build_tiny_models(tmp_path / "models")
+    cache = FeatureCache(tmp_path / "cache")
+    eng = Engine.from_pretrained(sd_model=str(sd), dino_model=str(dino),
+                                 preset=TINY.replace(fusion=fusion), device="cpu",
+                                 feature_cache=cache)
+    req = PropagateRequest.from_project(project)
+    [pred] = list(run_propagation(req, eng, TaskState()))
+    insts = pred.instances()
+    assert [i.box for i in insts] == boxes
+    for inst in insts:
+        rect = CropRect.around(inst.box, 640, 480, 0.15)
+        assert rect.contains(inst.points[inst.found]).all()
+        assert np.all((inst.confidence >= 0) & (inst.confidence <= 1))
+    misses = cache.stats().misses
+    list(run_propagation(req, eng, TaskState()))  # the same crops again: all from the cache
+    assert cache.stats().misses == misses
