@@ -26,15 +26,14 @@ from annotator.features.config import (
 
 if TYPE_CHECKING:
     from annotator.features.cache import CacheStats, FeatureCache
+    from annotator.features.crop import ImageCrop
     from annotator.features.extractor import FeatureExtractor, FeatureMaps
     from annotator.matching.transfer import MatchParams, TransferResult
 
+    ImageLike = np.ndarray | ImageCrop
+
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from annotator.features.crop import ImageCrop
-
-    ImageLike = np.ndarray | ImageCrop
 # (image or crop, points (K,2) in its pixels, valid (K,))
 Reference = tuple["ImageLike", np.ndarray, np.ndarray | None]
 
