@@ -113,7 +113,14 @@ def test_boxes_propagate_edit_undo_export_reimport(qtbot, tmp_path, project_file
     # 3. select the second instance in the list: its points are editable, the first dimmed
     editor.instances.list.setCurrentRow(1)
     assert editor.current_instance == 1
-    assert len(canvas._others) == 1
+    assert [i for i, _ in canvas._others] == [0]
+    # clicking a dimmed point of the first instance selects it (and places nothing)
+    other = next(kp for kp in insts[0].keypoints if kp.labelled)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, other.x, other.y))
+    assert editor.current_instance == 0
+    assert project.annotation("two.png").instances == insts
+    editor.instances.list.setCurrentRow(1)
+    assert editor.current_instance == 1
     first = project.annotation("two.png").instances[0]
     k = next(i for i, kp in enumerate(insts[1].keypoints) if kp.labelled)
     kp = insts[1].keypoints[k]

@@ -123,7 +123,7 @@ class ImageCanvas(QWidget):
         self.threshold = 0.5
         self.show_names = True
         self._boxes: list[BoxStyle] = []
-        self._others: list[list[PointStyle]] = []
+        self._others: list[tuple[int, list[PointStyle]]] = []  # (instance, its points)
         self._box_drag: tuple[str, int, QPointF, tuple[float, float, float, float], int] | None \
             = None
         self._rubber: tuple[QPointF, QPointF] | None = None
@@ -136,8 +136,10 @@ class ImageCanvas(QWidget):
         """Whether the user is dragging a keypoint or a box right now."""
         return self._drag is not None or self._box_drag is not None or self._rubber is not None
 
-    def set_instances(self, boxes: list[BoxStyle], others: list[list[PointStyle]]) -> None:
-        """Instance boxes, and the keypoints of the instances other than the current one."""
+    def set_instances(self, boxes: list[BoxStyle],
+                      others: list[tuple[int, list[PointStyle]]]) -> None:
+        """Instance boxes, and the keypoints of the instances other than the current one
+        as (instance index, points): drawn dimmed; clicking one selects its instance."""
         self._boxes = boxes
         self._others = others
         self.update()
@@ -254,6 +256,19 @@ class ImageCanvas(QWidget):
                 best, best_d = i, d
         return best
 
+    def _hit_other(self, pos: QPointF) -> int | None:
+        """Instance of the dimmed keypoint nearest ``pos`` within the hit radius."""
+        best, best_d = None, HIT_RADIUS
+        for instance, points in self._others:
+            for p in points:
+                if not p.keypoint.labelled:
+                    continue
+                w = self.to_widget(p.keypoint.x, p.keypoint.y)
+                d = ((w.x() - pos.x()) ** 2 + (w.y() - pos.y()) ** 2) ** 0.5
+                if d <= best_d:
+                    best, best_d = instance, d
+        return best
+
     def _inside(self, x: float, y: float) -> bool:
         size = self.image_size
         return size is not None and 0 <= x < size[0] and 0 <= y < size[1]
@@ -293,6 +308,10 @@ class ImageCanvas(QWidget):
                 self._rubber = (pos, pos)
             return
         index = self.hit(pos)
+        other = self._hit_other(pos) if index is None else None
+        if other is not None:  # a dimmed point: select its instance, place nothing
+            self.instance_clicked.emit(other)
+            return
         if index is not None:
             self._current = index
             self.keypoint_clicked.emit(index)
@@ -402,7 +421,7 @@ class ImageCanvas(QWidget):
     def _paint_others(self, painter: QPainter) -> None:
         """The other instances' keypoints, dimmed."""
         painter.setBrush(Qt.BrushStyle.NoBrush)
-        for points in self._others:
+        for _, points in self._others:
             for p in points:
                 if not p.keypoint.labelled:
                     continue

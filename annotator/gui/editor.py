@@ -211,8 +211,8 @@ class EditorPage(QWidget):
         self.canvas.set_points(styles, schema.skeleton, self.current_keypoint)
         boxes = [BoxStyle(i, inst.bbox, inst.box_score, i == self.current_instance)
                  for i, inst in enumerate(ann.instances) if inst.bbox is not None]
-        others = [[PointStyle(n, c, kp) for n, c, kp in
-                   zip(schema.keypoints, schema.colors, inst.keypoints)]
+        others = [(i, [PointStyle(n, c, kp) for n, c, kp in
+                       zip(schema.keypoints, schema.colors, inst.keypoints)])
                   for i, inst in enumerate(ann.instances) if i != self.current_instance]
         self.canvas.set_instances(boxes, others)
         self.instances.set_instances(ann, len(schema), self.current_instance)
