@@ -244,3 +244,24 @@ def test_settings_dialog_edits_instance_and_detector_settings(qtbot):
     s = dialog.settings()
     assert (s.crop, s.crop_margin, s.detector_model, s.detect_threshold, s.detect_max_boxes,
             s.detect_prompt) == ("none", 0.3, "/models/owlv2", 0.35, 7, "zebra")
+
+
+def test_detect_boxes_can_be_cancelled(qtbot, tmp_path, project_file, monkeypatch):
+    import tqdm
+
+    from tests.tiny_models import build_tiny_detector
+
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    folder = build_tiny_detector(tmp_path / "owl")
+    window = make_window(qtbot)
+    project = window.open_project(project_file)
+    project.set_settings(replace(project.settings, detector_model=str(folder), device="cpu"))
+    before = project.annotations()
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000) as done:
+        assert window.detect_boxes()
+        window.cancel_propagation()
+    assert done.args == ["cancelled"]
+    qtbot.wait(200)  # anything the worker still sends is dropped
+    window.flush_predictions()
+    assert project.annotations() == before
+    assert not window.controller.busy

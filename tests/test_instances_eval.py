@@ -98,3 +98,13 @@ def test_eval_cli_crop_flag(tmp_path, capsys):
     doc = json.loads((tmp_path / "r" / "report.json").read_text())
     assert "crop" in json.dumps(doc) and "bbox" in json.dumps(doc)
     assert "PCK@0.1" in capsys.readouterr().out
+
+
+def test_geometry_cli_small_objects(tmp_path, capsys):
+    out = tmp_path / "so"
+    assert main(["geometry", "--small-objects", "--images", "astronaut", "coffee", "--preset",
+                 "fast", "--flip", "--no-cache", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "content, whole image" in text and "content, crop" in text
+    doc = json.loads((out / "small_objects.json").read_text())
+    assert "crop" in json.dumps(doc)

@@ -270,3 +270,26 @@ def test_crops_through_the_sd_dino_engine_on_tiny_models(scene, tmp_path, fusion
     misses = cache.stats().misses
     list(run_propagation(req, eng, TaskState()))  # the same crops again: all from the cache
     assert cache.stats().misses == misses
+
+
+def test_project_instance_edits_are_undoable_and_merge_drags(scene):
+    project, boxes = scene
+    assert project.next_annotation_id() == 3  # the two drawn boxes have ids 1 and 2
+    with pytest.raises(IndexError, match="no instance 5"):
+        project.delete_instance("two.png", 5)
+    with pytest.raises(IndexError, match="no instance 2"):
+        project.set_instance_box("two.png", 2, (0, 0, 1, 1))
+    steps = len(project.history._done)
+    for dx in (1.0, 2.0, 3.0):  # one drag
+        project.set_instance_box("two.png", 0, (400.0 + dx, 50.0, 120.0, 80.0), drag_id=7)
+    assert len(project.history._done) == steps + 1
+    project.undo()
+    assert project.annotation("two.png").instances[0].bbox == boxes[0]
+    project.delete_instance("two.png", 0)
+    assert [i.bbox for i in project.annotation("two.png").instances] == [boxes[1]]
+    project.undo()
+    assert [i.bbox for i in project.annotation("two.png").instances] == boxes
+    with pytest.raises(ValueError, match="w, h > 0"):
+        Instance(Instance.empty(3).keypoints, (0, 0, 0, 5))
+    with pytest.raises(ValueError, match="needs a box"):
+        Instance(Instance.empty(3).keypoints, None, 0.5)
