@@ -38,7 +38,19 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                         "descriptor)")
     g.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default: the user cache folder)")
+    g.add_argument("--cache-cap-gb", type=_positive_gb, default=20.0,
+                   help="feature cache size cap in GB (> 0; default 20)")
     g.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
+
+
+def _positive_gb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: the cache cap must be a number > 0")
+    return value
 
 
 def feature_config(args: argparse.Namespace) -> Any:
@@ -73,9 +85,13 @@ def feature_config(args: argparse.Namespace) -> Any:
 def engine_from_args(args: argparse.Namespace) -> Any:
     """Build the engine the flags describe (models load lazily on first use)."""
     from annotator.engine import Engine
-    from annotator.features.cache import FeatureCache
+    from annotator.features.cache import CacheFolderError, FeatureCache
 
-    cache = None if args.no_cache else FeatureCache(args.cache_dir)
+    try:
+        cache = None if args.no_cache else FeatureCache(
+            args.cache_dir, disk_bytes=int(args.cache_cap_gb * (1 << 30)))
+    except CacheFolderError as exc:
+        raise SystemExit(f"--cache-dir: {exc}") from None
     config = feature_config(args)
     if args.extractor == "content":
         from annotator.features.content import ContentExtractor

@@ -202,6 +202,10 @@ def run_eval(args: argparse.Namespace) -> int:
         return 130
     finally:
         progress.close()
+    for line in result.skipped:
+        sys.stderr.write(f"annotator eval: skipped pair {line}\n")
+    if result.skipped:
+        _say(f"{len(result.skipped)} pair(s) skipped: an image could not be read")
     out = args.out or Path(f"eval-{args.dataset}")
     files = write_report({"ours": result}, out)
     _print_summary({"ours": result}, files)

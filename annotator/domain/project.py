@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -70,6 +71,12 @@ class ProjectSettings:
             raise ValueError(f"detection threshold {self.detect_threshold} outside [0, 1]")
         if self.detect_max_boxes < 1:
             raise ValueError(f"max boxes {self.detect_max_boxes} must be >= 1")
+        cap = self.cache_cap_gb
+        if not (isinstance(cap, (int, float)) and math.isfinite(cap) and cap > 0):
+            raise ValueError(f"cache_cap_gb must be a number > 0 (GB), got {cap!r}")
+        t = self.review_threshold
+        if not (isinstance(t, (int, float)) and math.isfinite(t)):
+            raise ValueError(f"review_threshold must be a finite number, got {t!r}")
 
 
 class Project:

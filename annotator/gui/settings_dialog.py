@@ -14,12 +14,14 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QWidget,
 )
 
 from annotator.domain import ProjectSettings
+from annotator.io.cache_folder import cache_folder_problem
 
 # Kept here rather than imported from annotator.features so the GUI never imports that package.
 PRESETS = ("paper", "fast")
@@ -84,7 +86,7 @@ class SettingsDialog(QDialog):
         self.cache_dir = PathField(settings.cache_dir, "Feature cache folder")
         self.cache_dir.edit.setPlaceholderText("default: the user cache folder")
         self.cache_cap = QDoubleSpinBox()
-        self.cache_cap.setRange(0.0, 10_000.0)
+        self.cache_cap.setRange(0.1, 10_000.0)  # > 0: the cache needs room
         self.cache_cap.setSuffix(" GB")
         self.cache_cap.setValue(settings.cache_cap_gb)
         form = QFormLayout(self)
@@ -132,6 +134,15 @@ class SettingsDialog(QDialog):
         form.addRow("Detection prompt", self.detect_prompt)
         form.addRow("Detection score threshold", self.detect_threshold)
         form.addRow("Max boxes per image", self.detect_max)
+
+    def accept(self) -> None:
+        """Refuse a cache folder that holds other files (the cache would never use it)."""
+        problem = cache_folder_problem(self.cache_dir.text()) if self.cache_dir.text() else None
+        self.problem = problem
+        if problem is not None:
+            QMessageBox.warning(self, "Cache folder", problem)
+            return
+        super().accept()
 
     def settings(self) -> ProjectSettings:
         return replace(
