@@ -123,6 +123,9 @@ def add_parser(subparsers: Any) -> None:
                         "transfer (use --flip for the mirrored pairs)")
     g.add_argument("--crop-margin", type=float, default=0.15,
                    help="small objects: crop = box enlarged by this fraction per side")
+    g.add_argument("--presets", default=None,
+                   help="comma-separated presets to report side by side, or 'all' (paper, fast, "
+                        "geoaware, diy); each backend runs once per preset (default: --preset)")
     add_engine_arguments(g)
     # content always runs; sd-dino when asked (--extractor sd-dino) or given both model paths
     g.set_defaults(func=run_geometry, extractor=None)
@@ -214,6 +217,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_geometry(args: argparse.Namespace) -> int:
     """Handler of ``annotator geometry``; returns the exit status."""
+    from annotator.cli.common import PRESET_NAMES
     from annotator.jobs.evaluate import EvalConfig, engine_predictor
     from annotator.jobs.geometry import SKIMAGE_PHOTOS, GeometryConfig, run_geometry_benchmark
     from annotator.jobs.report import write_report
@@ -223,15 +227,27 @@ def run_geometry(args: argparse.Namespace) -> int:
         backends.append("sd-dino")
     if getattr(args, "small_objects", False):
         return _run_small_objects(args, backends)
+    presets: list[str | None] = [None]
+    if getattr(args, "presets", None):
+        presets = list(PRESET_NAMES) if args.presets.strip() == "all" else \
+            [p.strip() for p in args.presets.split(",") if p.strip()]
+        unknown = [p for p in presets if p not in PRESET_NAMES]
+        if unknown or not presets:
+            sys.stderr.write(f"annotator geometry: unknown presets {unknown}; choose from "
+                             f"{', '.join(PRESET_NAMES)} or all\n")
+            return 2
     try:
         gconfig = GeometryConfig(images=tuple(args.images or SKIMAGE_PHOTOS),
                                  pairs_per_image=args.pairs, keypoints=args.keypoints,
                                  max_side=args.max_side, seed=args.seed)
         econfig = EvalConfig(alphas=tuple(args.alphas) if args.alphas else None)
         predictors, settings = {}, {}
-        for name in backends:
-            predictors[name] = engine_predictor(build_engine(args, name))
-            settings[name] = _engine_settings(args, name)
+        for preset_name in presets:
+            run_args = argparse.Namespace(**{**vars(args), "preset": preset_name or args.preset})
+            for name in backends:
+                label = name if preset_name is None else f"{name}:{preset_name}"
+                predictors[label] = engine_predictor(build_engine(run_args, name))
+                settings[label] = _engine_settings(run_args, name)
     except (ImportError, OSError, ValueError, SystemExit) as exc:
         sys.stderr.write(f"annotator geometry: {exc}\n")
         return 2

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
               "categories in it dropped); choose another output file", file=sys.stderr)
         return 2
     project = load_input(args.input, args.images)
-    engine = engine_from_args(args)
+    engine = engine_from_args(args, category=project.schema.name)
     crop = {k: v for k, v in (("crop", args.crop), ("crop_margin", args.crop_margin))
             if v is not None}
     if crop:
@@ -100,9 +100,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     request = PropagateRequest.from_project(project)
-    if args.flip is not None:
-        flip = project.schema.flip_pairs if args.flip else ()
-        request = dataclasses.replace(request, flip_pairs=tuple(flip))
+    # flip: --flip/--no-flip, else the follow-up presets' own rule (geoaware: adaptive pose
+    # alignment; diy: none), else the project's setting
+    use_flip = args.flip if args.flip is not None else (
+        engine.config.flip if args.preset in ("geoaware", "diy") else None)
+    if use_flip is not None:
+        flip = project.schema.flip_pairs if use_flip else ()
+        request = dataclasses.replace(  # keeps the target boxes
+            request, flip_pairs=tuple(flip),
+            settings=dataclasses.replace(request.settings, flip=use_flip))
     if not request.references:
         print(f"{args.input}: no labelled image to use as a reference", file=sys.stderr)
         return 2

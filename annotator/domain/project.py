@@ -61,6 +61,10 @@ class ProjectSettings:
     detect_prompt: str = ""
     detect_threshold: float = 0.2
     detect_max_boxes: int = 10
+    #: CleanDIFT-style UNet state dict (local .safetensors or owner/repo/file); "" = none
+    sd_unet: str = ""
+    #: local DIY-SC adapter checkpoint for the diy preset; "" = download on first use
+    diy_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         if self.crop not in ("bbox", "none"):

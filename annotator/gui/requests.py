@@ -59,6 +59,7 @@ class HeatmapOrder:
     reference: str
     point: tuple[float, float]
     target: str
+    category: str = ""  # the schema's name, for a "{category}" prompt
 
 
 @dataclass(frozen=True)
