@@ -61,6 +61,46 @@ def engine_predictor(engine: Any, flip_pairs: Sequence[tuple[int, int]] = ()) ->
     return predict
 
 
+class CropPredictor:
+    """Object-centric transfer for the evaluator: crop source and target around their boxes
+    (each enlarged by ``margin`` per side and clipped, DESIGN.md section 10), run ``predictor``
+    on the crops, map the points back; a point outside the target crop is not found (NaN).
+    :func:`evaluate` calls it with the pair's ``src_bbox`` and ``trg_bbox`` (x, y, w, h)."""
+
+    uses_boxes = True
+
+    def __init__(self, predictor: Predictor, margin: float = 0.15) -> None:
+        if margin < 0:
+            raise ValueError(f"crop margin {margin} must be >= 0")
+        self.predictor = predictor
+        self.margin = float(margin)
+
+    def __call__(self, src: np.ndarray, trg: np.ndarray, kps: np.ndarray,
+                 src_box: tuple[float, float, float, float],
+                 trg_box: tuple[float, float, float, float]) -> np.ndarray:
+        from annotator.features.crop import CropRect
+
+        kps = np.asarray(kps, dtype=np.float64).reshape(-1, 2)
+        rs = CropRect.around(src_box, src.shape[1], src.shape[0], self.margin)
+        rt = CropRect.around(trg_box, trg.shape[1], trg.shape[0], self.margin)
+        pred = np.asarray(self.predictor(rs.apply(src), rt.apply(trg), rs.to_crop(kps)),
+                          dtype=np.float64).reshape(-1, 2)
+        out = rt.to_image(pred)
+        out[~rt.contains(out)] = np.nan
+        return out
+
+
+def _predict(predictor: Predictor, sample: Any, src: np.ndarray, trg: np.ndarray
+             ) -> np.ndarray:
+    if not getattr(predictor, "uses_boxes", False):
+        return predictor(src, trg, sample.src_kps)
+    boxes = sample.meta.get("src_bbox"), sample.meta.get("trg_bbox")
+    if boxes[0] is None or boxes[1] is None:
+        raise ValueError(f"pair {sample.pair_id} has no source and target boxes: crop "
+                         "transfer needs a dataset with instance boxes (SPair-71k, COCO)")
+    return predictor(src, trg, sample.src_kps, *boxes)  # type: ignore[call-arg]
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Alphas of the tables (None: the protocol's), comparison rule (None: the protocol's),
@@ -152,7 +192,7 @@ def score_sample(sample: Any, predictor: Predictor, alphas: Sequence[float], rul
     ``alphas`` (shared by :func:`evaluate` and the Ray run)."""
     images = images or _ImageCache(0)
     src, trg = images.get(sample.src_image), images.get(sample.trg_image)
-    pred = np.asarray(predictor(src, trg, sample.src_kps), dtype=np.float64)
+    pred = np.asarray(_predict(predictor, sample, src, trg), dtype=np.float64)
     if pred.shape != sample.trg_kps.shape:
         raise ValueError(f"predictor returned shape {pred.shape} for pair {sample.pair_id}, "
                          f"expected {sample.trg_kps.shape}")
