@@ -88,7 +88,12 @@ def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F81
     tol = 1.0 / canvas.scale + 0.5
     assert all(kp.v == Visibility.VISIBLE and kp.origin == Origin.MANUAL for kp in placed)
     assert np.abs(np.array([(k.x, k.y) for k in placed]) - truth).max() <= tol
+    # placing points never makes a reference by itself; the button does, visibly
+    assert project.status("chelsea.jpg") == ImageStatus.UNLABELLED
+    assert "not a reference yet" in window.editor.title.text()
+    qtbot.mouseClick(window.editor.reference_button, Qt.MouseButton.LeftButton)
     assert project.status("chelsea.jpg") == ImageStatus.REFERENCE
+    assert not window.editor.reference_button.isEnabled()
     assert "6. mouth   placed" in window.editor.keypoints.item(5).text()
 
     # 3. propagate on the worker; predictions stream into the gallery

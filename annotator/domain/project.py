@@ -180,8 +180,13 @@ class Project:
             top_old, top_new = top.payload  # type: ignore[misc]
             old = {**old, **top_old}  # the state before the first change wins
             new = {**top_new, **new}  # the latest change wins
-            self._store(changes)
+            # the history first, so listeners notified by the store see the folded step
             self.history.replace_top(self._annotation_command(description, old, new, merge_key))
+            try:
+                self._store(changes)
+            except BaseException:
+                self.history.replace_top(top)
+                raise
             return
         self.history.push(self._annotation_command(description, old, new, merge_key), keep_redo)
 
@@ -210,8 +215,13 @@ class Project:
         instance: int = 0,
         description: str | None = None,
         merge_key: object | None = None,
+        make_reference: bool = True,
     ) -> None:
-        """Set keypoint ``index`` of ``instance`` (created if it is the next one)."""
+        """Set keypoint ``index`` of ``instance`` (created if it is the next one).
+
+        ``make_reference``: a labelled keypoint on an unlabelled image makes it a reference
+        (scripts labelling references); the GUI passes False and marks references
+        explicitly (:meth:`set_status`)."""
         if not 0 <= index < len(self.schema):
             raise IndexError(f"keypoint index {index} outside 0..{len(self.schema) - 1}")
         ann = self.annotation(path)
@@ -222,15 +232,23 @@ class Project:
         else:
             raise IndexError(f"image {path!r} has no instance {instance}")
         new = ann.with_instance(instance, inst.with_keypoint(index, keypoint))
-        if new.status == ImageStatus.UNLABELLED and keypoint.labelled:
+        if make_reference and new.status == ImageStatus.UNLABELLED and keypoint.labelled:
             new = replace(new, status=ImageStatus.REFERENCE)
         name = self.schema.keypoints[index]
         self.set_annotation(path, new, description or f"Edit {name}", merge_key)
 
     def move_keypoint(
-        self, path: str, index: int, x: float, y: float, instance: int = 0, drag_id: object = None
+        self,
+        path: str,
+        index: int,
+        x: float,
+        y: float,
+        instance: int = 0,
+        drag_id: object = None,
+        make_reference: bool = True,
     ) -> None:
-        """Place keypoint ``index`` at (x, y); a prediction becomes reviewed."""
+        """Place keypoint ``index`` at (x, y); a prediction becomes reviewed.
+        ``make_reference`` as in :meth:`set_keypoint`."""
         ann = self.annotation(path)
         kp = (
             ann.instances[instance].keypoints[index]
@@ -240,7 +258,8 @@ class Project:
         key = ("move", path, instance, index, drag_id) if drag_id is not None else None
         self.set_keypoint(
             path, index, kp.moved(x, y), instance,
-            f"Move {self.schema.keypoints[index]}", merge_key=key,
+            f"{'Move' if kp.labelled else 'Place'} {self.schema.keypoints[index]}",
+            merge_key=key, make_reference=make_reference,
         )
 
     def set_visibility(self, path: str, index: int, v: Visibility, instance: int = 0) -> None:

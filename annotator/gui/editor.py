@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.domain import ImageStatus, Keypoint, Project, Visibility
+from annotator.domain import ImageStatus, Keypoint, Origin, Project, Visibility
 from annotator.gui.canvas import ImageCanvas, PointStyle
 from annotator.gui.gallery import GalleryPanel
 from annotator.gui.image_loader import ImageLoader
@@ -54,14 +54,22 @@ class EditorPage(QWidget):
         self.title = QLabel()
         self.title.setWordWrap(True)
         self.accept_button = QPushButton("Accept image (A)")
+        self.reference_button = QPushButton("Use as reference (M)")
+        self.reference_button.setToolTip(
+            "Make this image a reference: propagation copies its keypoints to the others"
+        )
         self.propagate_button = QPushButton("Propagate (Ctrl+R)")
         self.heatmap_box = QCheckBox("Similarity heatmap (H)")
         side = QVBoxLayout()
         side.addWidget(self.title)
-        side.addWidget(QLabel("Keypoints: click the image to place the selected one"))
+        hint = QLabel("Click places the selected keypoint while it is unplaced; drag a point "
+                      "to move it; R then a click re-places it.")
+        hint.setWordWrap(True)
+        side.addWidget(hint)
         side.addWidget(self.keypoints, 1)
         side.addWidget(self.heatmap_box)
         side.addWidget(self.accept_button)
+        side.addWidget(self.reference_button)
         side.addWidget(self.propagate_button)
         side_widget = QWidget()
         side_widget.setLayout(side)
@@ -79,12 +87,14 @@ class EditorPage(QWidget):
 
         self.gallery.image_selected.connect(self.show_image)
         self.canvas.place_requested.connect(self._on_place)
+        self.canvas.place_refused.connect(self._on_place_refused)
         self.canvas.drag_moved.connect(self._on_drag)
         self.canvas.drag_finished.connect(self._on_drag_end)
         self.canvas.keypoint_clicked.connect(self.set_current_keypoint)
         self.canvas.visibility_requested.connect(self.set_visibility_of)
         self.keypoints.current_keypoint_changed.connect(self.set_current_keypoint)
         self.accept_button.clicked.connect(self.accept_image)
+        self.reference_button.clicked.connect(self.make_reference)
         self.heatmap_box.toggled.connect(self._on_heatmap_toggled)
 
     # ------------------------------------------------------------ project
@@ -194,7 +204,12 @@ class EditorPage(QWidget):
         ann = self.project.annotation(self.current_path)
         conf = ann.worst_confidence()
         extra = f", worst confidence {conf:.2f}" if conf is not None else ""
+        if ann.status == ImageStatus.UNLABELLED and ann.has_labels:
+            extra += " (not a reference yet: M or Accept makes it one)"
         self.title.setText(f"<b>{self.current_path}</b><br>{ann.status.value}{extra}")
+        is_ref = ann.status == ImageStatus.REFERENCE
+        self.reference_button.setEnabled(ann.has_labels and not is_ref)
+        self.reference_button.setText("Reference image" if is_ref else "Use as reference (M)")
 
     # ----------------------------------------------------------- keypoints
     def set_current_keypoint(self, index: int) -> None:
@@ -212,7 +227,7 @@ class EditorPage(QWidget):
     def _on_place(self, index: int, x: float, y: float) -> None:
         if self.project is None or self.current_path is None:
             return
-        self.project.move_keypoint(self.current_path, index, x, y)
+        self.project.move_keypoint(self.current_path, index, x, y, make_reference=False)
         kps = self._keypoints()
         k = len(kps)
         for step in range(1, k + 1):  # advance to the next unlabelled keypoint
@@ -221,9 +236,40 @@ class EditorPage(QWidget):
                 self.set_current_keypoint(j)
                 break
 
+    def _on_place_refused(self, index: int) -> None:
+        if self.project is None:
+            return
+        name = self.project.schema.keypoints[index]
+        self.message.emit(f"{name} is placed already: drag it to move it, or press R and "
+                          "click to re-place it")
+
+    def arm_replace(self) -> None:
+        """The next click on the image places the selected keypoint, placed or not."""
+        if self.project is None or self.current_path is None:
+            return
+        self.canvas.arm_replace(True)
+        name = self.project.schema.keypoints[self.current_keypoint]
+        self.message.emit(f"Click the image to re-place {name}")
+
+    def make_reference(self) -> None:
+        """Make the current image a reference (explicit: placing points never does)."""
+        if self.project is None or self.current_path is None:
+            return
+        ann = self.project.annotation(self.current_path)
+        if not ann.has_labels:
+            self.message.emit("Place keypoints first: a reference needs labels")
+            return
+        if ann.status == ImageStatus.REFERENCE:
+            self.message.emit(f"{self.current_path} is a reference already")
+            return
+        self.project.set_status(self.current_path, ImageStatus.REFERENCE)
+        self.message.emit(f"{self.current_path} is now a reference")
+
     def _on_drag(self, index: int, x: float, y: float, drag_id: int) -> None:
         if self.project is not None and self.current_path is not None:
-            self.project.move_keypoint(self.current_path, index, x, y, drag_id=drag_id)
+            self.project.move_keypoint(
+                self.current_path, index, x, y, drag_id=drag_id, make_reference=False
+            )
 
     def _on_drag_end(self, _index: int) -> None:
         if self.project is not None:
@@ -253,9 +299,21 @@ class EditorPage(QWidget):
         if not ann.has_labels:
             self.message.emit("Nothing to accept: the image has no keypoints")
             return
+        threshold = self.project.settings.review_threshold
+        low = [
+            name
+            for inst in ann.instances
+            for name, kp in zip(self.project.schema.keypoints, inst.keypoints)
+            if kp.origin == Origin.PREDICTED and kp.confidence is not None
+            and kp.confidence < threshold
+        ]
         if ann.status != ImageStatus.REFERENCE:
             self.project.set_status(self.current_path, ImageStatus.REVIEWED)
-        self.message.emit(f"Accepted {self.current_path}")
+        text = f"Accepted {self.current_path}"
+        if low:
+            text += (f", including {len(low)} keypoint(s) below the review threshold "
+                     f"{threshold:g} as predicted: {', '.join(low)}")
+        self.message.emit(text)
         self.step_image(1)
 
     # ------------------------------------------------------------- heatmap

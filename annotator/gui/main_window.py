@@ -170,6 +170,9 @@ class MainWindow(QMainWindow):
         self.act_next_kp = self._action(m, "Next &keypoint", lambda: e.step_keypoint(1), ("]",))
         self.act_prev_kp = self._action(m, "Previous keypoint", lambda: e.step_keypoint(-1),
                                         ("[",))
+        self.act_reference = self._action(m, "Use as &reference", e.make_reference, ("M",))
+        self.act_replace = self._action(m, "Re-place keypoint at next click", e.arm_replace,
+                                        ("R",))
         m.addSeparator()
         self.act_v2 = self._action(m, "Visible (v=2)", lambda: e.set_visibility(2), ("2",))
         self.act_v1 = self._action(m, "Occluded (v=1)", lambda: e.set_visibility(1), ("1",))
@@ -188,7 +191,8 @@ class MainWindow(QMainWindow):
             self.act_save, self.act_save_as, self.act_export, self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
-            self.act_fit, self.act_heatmap, self.act_propagate,
+            self.act_fit, self.act_heatmap, self.act_propagate, self.act_reference,
+            self.act_replace,
         ]
 
     def _connect(self) -> None:
@@ -506,7 +510,8 @@ class MainWindow(QMainWindow):
         if not self.project.reference_paths():
             self.show_message("info", "Propagate",
                               "Label a reference image first: select an image, click to place "
-                              "its keypoints, then press Propagate.")
+                              "its keypoints, make it a reference (Image > Use as reference, "
+                              "M), then press Propagate.")
             return False
         self.flush_predictions()
         self._baseline = self.project.annotations()
