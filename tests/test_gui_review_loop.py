@@ -1,0 +1,201 @@
+"""Review-loop integrity (issue 9): undo/redo state in the menu from the first edit, the
+interaction model (no stray click changes a placed point, references are explicit), stacked
+points, honest Accept."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtTest import QTest
+
+from annotator.domain import (
+    ImageAnnotation,
+    ImageStatus,
+    Instance,
+    Keypoint,
+    Origin,
+    Visibility,
+)
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    make_window,
+    no_thread_leaks,
+    qt_isolated,
+    show_image,
+)
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
+CTRL = Qt.KeyboardModifier.ControlModifier
+CTRL_SHIFT = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
+TARGET = "chelsea_small.jpg"  # unlabelled in the demo
+
+
+def widget_point(canvas, x, y):  # noqa: ANN001, ANN201
+    p = canvas.to_widget(x, y)
+    return QPoint(round(p.x()), round(p.y()))
+
+
+def kp(project, path, i):  # noqa: ANN001, ANN201
+    ann = project.annotation(path)
+    return ann.instances[0].keypoints[i] if ann.instances else Keypoint()
+
+
+def demo(qtbot, tmp_path):  # noqa: ANN001, ANN201
+    window = make_window(qtbot)
+    project = window.open_demo(str(tmp_path / "demo"))
+    assert project is not None
+    show_image(window, TARGET)
+    window.editor.canvas.setFocus()
+    return window, project
+
+
+def drag(canvas, start: QPoint, end: QPoint, steps: int = 5) -> None:  # noqa: ANN001
+    QTest.mousePress(canvas, Qt.MouseButton.LeftButton, pos=start)
+    for i in range(1, steps + 1):
+        QTest.mouseMove(canvas, start + (end - start) * (i / steps))
+    QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=end)
+
+
+def menu_state(window):  # noqa: ANN001, ANN201
+    return (window.act_undo.isEnabled(), window.act_undo.text(),
+            window.act_redo.isEnabled(), window.act_redo.text())
+
+
+def test_undo_redo_menu_is_current_from_the_first_edit(qtbot, tmp_path):  # noqa: ANN001
+    window, project = demo(qtbot, tmp_path)
+    canvas = window.editor.canvas
+    assert menu_state(window) == (False, "&Undo", False, "&Redo")
+
+    # the very first edit: a single click that places left_eye
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 60, 50))
+    assert kp(project, TARGET, 0).labelled
+    assert menu_state(window) == (True, "&Undo Place left_eye", False, "&Redo")
+
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, CTRL)  # undone by the shortcut, menu follows at once
+    assert not kp(project, TARGET, 0).labelled
+    assert menu_state(window) == (False, "&Undo", True, "&Redo Place left_eye")
+
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, CTRL_SHIFT)  # redo
+    assert kp(project, TARGET, 0).labelled
+    assert menu_state(window) == (True, "&Undo Place left_eye", False, "&Redo")
+
+    # a drag, undone, then redone with Ctrl+Y
+    start = widget_point(canvas, 60, 50)
+    drag(canvas, start, start + QPoint(40, 30))
+    moved = kp(project, TARGET, 0)
+    assert moved.x > 65
+    assert menu_state(window) == (True, "&Undo Move left_eye", False, "&Redo")
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, CTRL)
+    assert kp(project, TARGET, 0).x == pytest.approx(60, abs=1)
+    assert menu_state(window) == (True, "&Undo Place left_eye", True, "&Redo Move left_eye")
+    qtbot.keyClick(canvas, Qt.Key.Key_Y, CTRL)
+    assert kp(project, TARGET, 0) == moved
+    assert menu_state(window) == (True, "&Undo Move left_eye", False, "&Redo")
+
+    # undo, then a new edit: the redo history is gone, and the menu says so
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, CTRL)
+    assert window.act_redo.isEnabled()
+    qtbot.keyClick(canvas, Qt.Key.Key_1)  # left_eye occluded: a new edit
+    assert kp(project, TARGET, 0).v == Visibility.OCCLUDED
+    assert menu_state(window) == (True, "&Undo Set left_eye visibility 1", False, "&Redo")
+    window.act_redo.trigger()  # nothing to redo: nothing changes
+    assert kp(project, TARGET, 0).v == Visibility.OCCLUDED
+    window.close()
+
+
+def test_stray_clicks_never_move_placed_points(qtbot, tmp_path):  # noqa: ANN001
+    window, project = demo(qtbot, tmp_path)
+    editor, canvas = window.editor, window.editor.canvas
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 60, 50))
+    placed = kp(project, TARGET, 0)
+    # placing is not making a reference: the image stays unlabelled until the user says so
+    assert project.status(TARGET) == ImageStatus.UNLABELLED
+    assert TARGET not in project.reference_paths()
+    assert editor.current_keypoint == 1  # moved on to the next unplaced keypoint
+
+    # select the placed point in the list, then click elsewhere: refused, with a message
+    editor.set_current_keypoint(0)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 120, 90))
+    assert kp(project, TARGET, 0) == placed
+    assert "drag it" in window.statusBar().currentMessage()
+    steps = len(project.history._done)
+
+    # a shaky click on the point (moves less than the drag distance) is not a move
+    at = widget_point(canvas, placed.x, placed.y)
+    QTest.mousePress(canvas, Qt.MouseButton.LeftButton, pos=at)
+    QTest.mouseMove(canvas, at + QPoint(2, 1))
+    QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=at + QPoint(2, 1))
+    assert kp(project, TARGET, 0) == placed
+    assert len(project.history._done) == steps
+
+    # an explicit re-place: R, then one click; the next click is a plain click again
+    qtbot.keyClick(canvas, Qt.Key.Key_R)
+    assert canvas.replace_armed
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 120, 90))
+    replaced = kp(project, TARGET, 0)
+    assert replaced.x == pytest.approx(120, abs=1) and replaced.y == pytest.approx(90, abs=1)
+    assert not canvas.replace_armed
+    editor.set_current_keypoint(0)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 30, 30))
+    assert kp(project, TARGET, 0) == replaced
+
+    # a reviewed prediction is just as safe
+    pred = Keypoint(200, 100, Visibility.VISIBLE, Origin.PREDICTED, 0.9)
+    project.set_annotation(TARGET, ImageAnnotation((Instance((pred,) * 6),),
+                                                   ImageStatus.PREDICTED), "predict")
+    editor.set_current_keypoint(2)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 30, 30))
+    assert kp(project, TARGET, 2) == pred
+
+    # the explicit reference action, by its key: visible in the title
+    qtbot.keyClick(canvas, Qt.Key.Key_M)
+    assert project.status(TARGET) == ImageStatus.REFERENCE
+    assert "reference" in editor.title.text()
+    window.close()
+
+
+def test_selected_point_wins_a_stack_and_clicks_cycle_it(qtbot, tmp_path):  # noqa: ANN001
+    window, project = demo(qtbot, tmp_path)
+    editor, canvas = window.editor, window.editor.canvas
+    same = Keypoint(100, 80, Visibility.VISIBLE, Origin.MANUAL)
+    kps = (same, same, same, Keypoint(), Keypoint(), Keypoint())
+    project.set_annotation(TARGET, ImageAnnotation((Instance(kps),)), "stack")
+    editor.set_current_keypoint(1)  # the middle one of three stacked points
+    at = widget_point(canvas, 100, 80)
+    drag(canvas, at, at + QPoint(30, 0))
+    assert kp(project, TARGET, 1).x > 110  # the selected one moved
+    assert kp(project, TARGET, 0) == same and kp(project, TARGET, 2) == same
+    window.act_undo.trigger()
+
+    # clicks on the stack (no drag) step through the points under the cursor
+    editor.set_current_keypoint(0)
+    seen = []
+    for _ in range(3):
+        qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=at)
+        seen.append(editor.current_keypoint)
+    assert seen == [1, 2, 0]
+    assert all(kp(project, TARGET, i) == same for i in range(3))  # nothing moved
+    window.close()
+
+
+def test_accept_says_when_it_accepts_low_confidence_points(qtbot, tmp_path):  # noqa: ANN001
+    window, project = demo(qtbot, tmp_path)
+    low = Keypoint(50, 50, Visibility.VISIBLE, Origin.PREDICTED, 0.2)
+    high = Keypoint(80, 50, Visibility.VISIBLE, Origin.PREDICTED, 0.9)
+    project.set_annotation(
+        TARGET,
+        ImageAnnotation((Instance((high, high, low, high, high, high)),), ImageStatus.PREDICTED),
+        "predict",
+    )
+    window.editor.accept_image()
+    assert project.status(TARGET) == ImageStatus.REVIEWED
+    text = window.statusBar().currentMessage()
+    assert "1 keypoint(s) below the review threshold" in text and "nose" in text
+
+    other = "chelsea_crop.jpg"
+    show_image(window, other)
+    project.set_annotation(
+        other, ImageAnnotation((Instance((high,) * 6),), ImageStatus.PREDICTED), "predict"
+    )
+    window.editor.accept_image()
+    assert "below the review threshold" not in window.statusBar().currentMessage()
+    window.close()
