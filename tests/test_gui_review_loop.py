@@ -199,3 +199,47 @@ def test_accept_says_when_it_accepts_low_confidence_points(qtbot, tmp_path):  # 
     window.editor.accept_image()
     assert "below the review threshold" not in window.statusBar().currentMessage()
     window.close()
+
+
+def test_export_runs_in_the_background_from_a_snapshot(qtbot, tmp_path):  # noqa: ANN001
+    import json
+
+    from annotator.gui.export_dialog import ExportDialog
+    from annotator.io.coco import ExportChoice, ExportScope
+
+    window, project = demo(qtbot, tmp_path)
+    pred = Keypoint(50, 50, Visibility.VISIBLE, Origin.PREDICTED, 0.3)
+    project.set_annotation(TARGET, ImageAnnotation((Instance((pred,) * 6),),
+                                                   ImageStatus.PREDICTED), "predict")
+    dialog = ExportDialog(project, None, window)
+    assert dialog.reviewed.isChecked()  # the honest default
+    assert "(1 images)" in dialog.reviewed.text() and "1 more images" in dialog.predictions.text()
+    dialog.confident.setChecked(True)
+    assert dialog.choice() == ExportChoice(ExportScope.CONFIDENT, 0.5)
+
+    out = tmp_path / "export.json"
+    progress = []
+    window.exporter.progress.connect(lambda done, total: progress.append((done, total)))
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as finished:
+        assert window.export_coco(str(out), ExportChoice(ExportScope.PREDICTIONS))
+        assert window.exporter.busy and window.export_bar.isVisible()
+        assert not window.export_coco(str(tmp_path / "second.json"))  # one at a time
+        assert window.messages[-1][1] == "Export COCO"
+        # the user edits on while the file is written: the export is of the snapshot
+        project.set_annotation(TARGET, ImageAnnotation(), "cleared")
+    assert finished.args[1] == "" and not window.exporter.busy
+    assert not window.export_bar.isVisible()
+    assert progress and progress[-1] == (len(project), len(project))
+    doc = json.loads(out.read_text())
+    files = [im["file_name"] for im in doc["images"]]
+    assert TARGET in files and len(doc["annotations"]) == 2  # reference + the prediction
+    assert not (tmp_path / "second.json").exists()
+
+    # a write that fails is reported, not lost
+    bad = tmp_path / "a_file"
+    bad.write_text("x")
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as failed:
+        window.export_coco(str(bad / "sub" / "export.json"))
+    assert failed.args[1]
+    assert window.messages[-1][0] == "error" and "Cannot export" in window.messages[-1][2]
+    window.close()

@@ -169,7 +169,20 @@ def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F81
 
     # 9. export through the File menu and check it with pycocotools
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (export_file, ""))
-    window.act_export.trigger()
+    from annotator.gui.export_dialog import ExportDialog
+
+    def with_predictions(dialog: ExportDialog) -> int:
+        assert dialog.reviewed.isChecked()  # the default: only what a person checked
+        dialog.predictions.setChecked(True)
+        return ExportDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(ExportDialog, "exec", with_predictions)
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as exported:
+        window.act_export.trigger()
+    assert exported.args[1] == ""
+    assert "all unreviewed predictions" in window.statusBar().currentMessage()
+    assert json.loads(open(export_file).read())["info"]["annotator_export"]["scope"] == (
+        "predictions")
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

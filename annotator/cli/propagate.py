@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from annotator.cli.common import add_engine_arguments, engine_from_args
+from annotator.cli.export import add_include_arguments, choice_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "list are added as targets.")
     p.add_argument("--out", type=Path, required=True, help="COCO file to write")
     p.add_argument("--category", default=None, help="COCO category to use when several exist")
+    add_include_arguments(p, "predictions")
     add_engine_arguments(p)
     p.set_defaults(func=run)
 
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
     project = load_input(args.input, args.images)
+    choice = choice_from_args(args, project.settings.review_threshold)
     engine = engine_from_args(args)
     request = PropagateRequest.from_project(project)
     if args.flip is not None:
@@ -110,10 +113,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar.close()
     apply_predictions(project, predictions)
-    write_coco(project, args.out)
+    write_coco(project, args.out, choice)
     for pred in failed:
         print(f"skipped {pred.path}: {pred.error}", file=sys.stderr)
-    print(f"wrote {args.out}: {len(predictions)} image(s) predicted, {len(failed)} unreadable")
+    print(f"wrote {args.out}: {len(predictions)} image(s) predicted, {len(failed)} unreadable; "
+          f"contains {choice.describe()}")
     stats = engine.cache_stats()
     if stats is not None:
         print(f"feature cache: {stats.hits} hit(s) ({stats.disk_hits} from disk, "

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from annotator.domain import ImageAnnotation, KeypointSchema, Project
 from annotator.gui.editor import EditorPage
+from annotator.gui.export_dialog import CocoExporter, ExportDialog
 from annotator.gui.progress import RateEstimator
 from annotator.gui.recent import add_recent_project
 from annotator.gui.schema_dialog import SchemaDialog
@@ -31,7 +32,7 @@ from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController
-from annotator.io.coco import CocoFormatError, import_coco, write_coco
+from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
     Autosaver,
@@ -89,6 +90,8 @@ class MainWindow(QMainWindow):
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
 
         self.loader = ThumbnailLoader(parent=self)
+        self.exporter = CocoExporter(self)
+        self._export_choice: ExportChoice | None = None
         self.controller = WorkerController(engine_factory, self)
         self.welcome = WelcomePage(show_recent=not isolated)
         self.editor = EditorPage(self.loader)
@@ -120,6 +123,11 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("device: -")
         self.model_label = QLabel("models: not loaded")
         self.cache_label = QLabel("cache: -")
+        self.export_bar = QProgressBar()
+        self.export_bar.setMaximumWidth(120)
+        self.export_bar.setFormat("export %p%")
+        bar.addPermanentWidget(self.export_bar)
+        self.export_bar.hide()
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             bar.addPermanentWidget(w)
             w.hide()
@@ -206,6 +214,8 @@ class MainWindow(QMainWindow):
         self.editor.message.connect(lambda text: self.statusBar().showMessage(text, 5000))
         self.editor.heatmap_wanted.connect(self._on_heatmap_wanted)
         self.editor.heatmap_cleared.connect(self.controller.cancel_heatmap)
+        self.exporter.progress.connect(self._on_export_progress)
+        self.exporter.finished.connect(self._on_export_finished)
         c = self.controller
         c.run_progress.connect(self._on_progress)
         c.prediction_ready.connect(self._on_prediction)
@@ -411,25 +421,50 @@ class MainWindow(QMainWindow):
         path = self._ask_save_file("Save project as", self.project_path or "", PROJECT_FILTER)
         return self.save_as(path) if path else False
 
-    def export_coco(self, path: str) -> bool:
+    def export_coco(self, path: str, choice: ExportChoice | None = None) -> bool:
+        """Export to ``path`` in the background (default: reviewed and reference images
+        only); the snapshot is taken now. Returns whether the export started;
+        ``exporter.finished`` follows."""
         if self.project is None:
             return False
-        self.flush_predictions()
-        try:
-            write_coco(self.project, path)
-        except (OSError, ValueError) as exc:
-            self.show_message("error", "Export COCO", str(exc))
+        if self.exporter.busy:
+            self.show_message("info", "Export COCO", "An export is still being written; "
+                              "try again when it has finished.")
             return False
-        self.statusBar().showMessage(f"Exported {path}", 5000)
-        return True
+        self.flush_predictions()
+        choice = choice or ExportChoice(min_confidence=self.project.settings.review_threshold)
+        self._export_choice = choice
+        self.export_bar.setRange(0, 0)
+        self.export_bar.show()
+        self.statusBar().showMessage(f"Exporting {path} ({choice.describe()})...")
+        return self.exporter.start(self.project, path, choice)
+
+    def _on_export_progress(self, done: int, total: int) -> None:
+        self.export_bar.setRange(0, max(total, 1))
+        self.export_bar.setValue(done)
+
+    def _on_export_finished(self, path: str, error: str, images: int, annotations: int) -> None:
+        self.export_bar.hide()
+        if error:
+            self.statusBar().clearMessage()
+            self.show_message("error", "Export COCO", f"Cannot export {path}: {error}")
+            return
+        choice = self._export_choice.describe() if self._export_choice else ""
+        self.statusBar().showMessage(
+            f"Exported {path}: {images} images, {annotations} annotations ({choice})", 8000
+        )
 
     def export_coco_dialog(self) -> None:
         if self.project is None:
             return
+        dialog = ExportDialog(self.project, self._export_choice, self)
+        if dialog.exec() != ExportDialog.DialogCode.Accepted:
+            return
+        choice = dialog.choice()
         start = os.path.splitext(self.project_path or "annotations")[0] + "_coco.json"
         path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
         if path:
-            self.export_coco(path)
+            self.export_coco(path, choice)
 
     def _autosave_tick(self) -> None:
         if self.autosaver is None:
@@ -641,6 +676,7 @@ class MainWindow(QMainWindow):
         self.hide()  # the user sees the close at once; a model load may hold the join
         self._detach_project()  # cancel the run, apply what arrived, save: before any wait
         self.controller.shutdown()
+        self.exporter.wait()  # an export being written finishes (it is atomic either way)
         self.loader.stop()
         self.editor.images.stop()
 

@@ -13,8 +13,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -68,32 +69,130 @@ def _instance_box(
     return (x, y, w, h)
 
 
-def _image_size(project: Project, rec: ImageRecord) -> tuple[int, int] | None:
+class ExportScope(str, Enum):
+    """Which labels an export carries (recorded in the file's ``info``)."""
+
+    REVIEWED = "reviewed"  # reviewed and reference images only: labels a person checked
+    PREDICTIONS = "predictions"  # also every predicted keypoint nobody reviewed
+    CONFIDENT = "confident"  # also predicted keypoints scored at or above min_confidence
+
+
+@dataclass(frozen=True)
+class ExportChoice:
+    """What to export. The default is the honest one: only images a person reviewed (or
+    made references). ``min_confidence`` applies to :attr:`ExportScope.CONFIDENT` only: a
+    predicted keypoint scored below it goes out as not labelled (0, 0, 0), its score kept."""
+
+    scope: ExportScope = ExportScope.REVIEWED
+    min_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scope", ExportScope(self.scope))
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence {self.min_confidence} is not within 0..1")
+
+    def describe(self) -> str:
+        """One line for the dialog, the CLI and the file's ``info``."""
+        if self.scope == ExportScope.REVIEWED:
+            return "reviewed and reference images only"
+        if self.scope == ExportScope.PREDICTIONS:
+            return "reviewed and reference images, and all unreviewed predictions"
+        return ("reviewed and reference images, and unreviewed predicted keypoints with "
+                f"confidence >= {self.min_confidence:g}")
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scope": self.scope.value, "description": self.describe()}
+        if self.scope == ExportScope.CONFIDENT:
+            out["min_confidence"] = self.min_confidence
+        return out
+
+
+@dataclass(frozen=True)
+class CocoSource:
+    """An immutable snapshot of what an export reads, taken on the GUI thread in
+    milliseconds (annotations and image records are frozen; only the dicts are copied), so
+    the document can be built and written on another thread while the user edits on."""
+
+    image_root: str
+    images: tuple[ImageRecord, ...]
+    schema: KeypointSchema
+    annotations: Mapping[str, ImageAnnotation]
+
+    @classmethod
+    def of(cls, project: Project) -> CocoSource:
+        return cls(project.image_root, project.images, project.schema, project.annotations())
+
+    def annotation(self, path: str) -> ImageAnnotation:
+        return self.annotations.get(path, _EMPTY)
+
+
+_EMPTY = ImageAnnotation()
+ProgressFn = Callable[[int, int], None]
+
+
+def _image_size(image_root: str, rec: ImageRecord) -> tuple[int, int] | None:
     """(width, height), read from the file header when the project does not know it yet;
     None when the file cannot be read."""
     if rec.width and rec.height:
         return rec.width, rec.height
     try:
-        w, h = read_size(resolve_image_path(project.image_root, rec.path))
+        return read_size(resolve_image_path(image_root, rec.path))
     except (ImageLoadError, ValueError) as exc:
         log.warning("image %s left out of the COCO export: %s", rec.path, exc)
         return None
-    project.set_image_size(rec.path, w, h)
-    return w, h
 
 
-def export_coco(project: Project, include_predictions: bool = True) -> dict[str, Any]:
-    """COCO keypoints document for ``project``.
+def _exported(ann: ImageAnnotation, choice: ExportChoice) -> ImageAnnotation | None:
+    """What of ``ann`` the export carries under ``choice`` (None: the image is left out)."""
+    if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+        return ann
+    if choice.scope == ExportScope.REVIEWED:
+        return None
+    if choice.scope == ExportScope.PREDICTIONS:
+        return ann
+    low = choice.min_confidence
+    insts = tuple(
+        replace(inst, keypoints=tuple(
+            Keypoint(origin=kp.origin, confidence=kp.confidence)
+            if kp.origin == Origin.PREDICTED and kp.labelled
+            and (kp.confidence is None or kp.confidence < low)
+            else kp
+            for kp in inst.keypoints
+        ))
+        for inst in ann.instances
+    )
+    return replace(ann, instances=insts)
 
-    ``include_predictions=False`` leaves out the keypoints of images whose status is only
-    *predicted*. Unreadable images without labels are left out (logged).
+
+def export_coco(
+    project: Project | CocoSource,
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """COCO keypoints document for ``project`` (or a snapshot of it) under ``choice``
+    (default: reviewed and reference images only).
+
+    Images whose labels the choice leaves out are left out entirely, so that a reader does
+    not take them for images without objects; so are unreadable images without labels
+    (logged). Sizes read from files are stored in ``project`` when it is a :class:`Project`.
+    ``progress(done, total)`` is called now and then. The choice is recorded in
+    ``info["annotator_export"]``.
     """
-    schema = project.schema
+    choice = choice or ExportChoice()
+    source = CocoSource.of(project) if isinstance(project, Project) else project
+    schema = source.schema
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for rec in project.images:
-        ann = project.annotation(rec.path)
-        size = _image_size(project, rec)
+    total = len(source.images)
+    step = max(1, total // 100)
+    for done, rec in enumerate(source.images):
+        if progress is not None and done % step == 0:
+            progress(done, total)
+        chosen = _exported(source.annotation(rec.path), choice)
+        if chosen is None:
+            continue
+        ann = chosen
+        size = _image_size(source.image_root, rec)
         if size is None:
             if ann.has_labels:
                 raise CocoFormatError(
@@ -102,6 +201,8 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
                 )
             continue  # an unreadable image without labels has nothing to export
         width, height = size
+        if isinstance(project, Project) and not rec.width:
+            project.set_image_size(rec.path, width, height)
         image_id = len(images) + 1
         images.append(
             {
@@ -112,8 +213,6 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
                 "annotator_status": ann.status.value,
             }
         )
-        if ann.status == ImageStatus.PREDICTED and not include_predictions:
-            continue
         for inst in ann.instances:
             if inst.num_labelled == 0 and inst.bbox is None:
                 continue
@@ -149,6 +248,8 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
                     "keypoint_origins": [kp.origin.value for kp in inst.keypoints],
                 }
             )
+    if progress is not None:
+        progress(total, total)
     category = {
         "id": CATEGORY_ID,
         "name": schema.name,
@@ -157,7 +258,8 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
         "skeleton": [[a + 1, b + 1] for a, b in schema.skeleton],
     }
     return {
-        "info": {"description": "exported by keypoint-annotator", "version": "1.0"},
+        "info": {"description": "exported by keypoint-annotator", "version": "1.0",
+                 "annotator_export": choice.info()},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -165,12 +267,29 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
     }
 
 
+def dumps_in_pieces(doc: Mapping[str, Any]) -> str:
+    """``json.dumps(doc)`` built from one small ``dumps`` per list item, so that a thread
+    writing a large export lets others run between items (one big ``dumps`` holds the GIL
+    for its whole length)."""
+    parts = []
+    for key, value in doc.items():
+        if isinstance(value, list):
+            body = ", ".join([json.dumps(item) for item in value])
+            parts.append(f"{json.dumps(key)}: [{body}]")
+        else:
+            parts.append(f"{json.dumps(key)}: {json.dumps(value)}")
+    return "{" + ", ".join(parts) + "}"
+
+
 def write_coco(
-    project: Project, path: str | os.PathLike[str], include_predictions: bool = True
+    project: Project | CocoSource,
+    path: str | os.PathLike[str],
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Export ``project`` to ``path`` atomically; returns the document."""
-    doc = export_coco(project, include_predictions)
-    atomic_write_text(path, json.dumps(doc), backup=False)
+    """Export ``project`` (or a snapshot) to ``path`` atomically; returns the document."""
+    doc = export_coco(project, choice, progress)
+    atomic_write_text(path, dumps_in_pieces(doc), backup=False)
     return doc
 
 
