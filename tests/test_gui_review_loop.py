@@ -243,3 +243,51 @@ def test_export_runs_in_the_background_from_a_snapshot(qtbot, tmp_path):  # noqa
     assert failed.args[1]
     assert window.messages[-1][0] == "error" and "Cannot export" in window.messages[-1][2]
     window.close()
+
+
+def test_gallery_resorts_and_refilters_live_keeping_the_selection_in_view(qtbot, tmp_path):  # noqa: ANN001
+    from annotator.gui.gallery import GalleryFilter, GallerySort
+    from tests.test_gui_gallery import big_project
+
+    project = big_project(tmp_path, 600)  # every third image predicted
+    window = make_window(qtbot)
+    window.set_project(project, None)
+    gallery = window.editor.gallery
+    model, view = gallery.model, gallery.view
+    gallery.sort_box.setCurrentText(GallerySort.WORST_FIRST.value)
+    gallery.filter_box.setCurrentText(GalleryFilter.NEEDS_REVIEW.value)
+    before = model.rowCount()
+    assert 0 < before < 200
+
+    # new predictions arrive (as from a run): the filter and the order follow by themselves
+    low = Keypoint(5, 5, Visibility.VISIBLE, Origin.PREDICTED, 0.001)
+    fresh = {f"img_{i:05d}.jpg": ImageAnnotation((Instance((low, low)),), ImageStatus.PREDICTED)
+             for i in (1, 2, 4)}
+    project.set_annotations(fresh, "Propagate")
+    qtbot.waitUntil(lambda: model.rowCount() == before + 3, timeout=3000)
+    # worst first: only img_00000 (confidence 0.0) comes before them
+    assert [model.path_at(r) for r in range(4)] == ["img_00000.jpg", *sorted(fresh)]
+
+    # the user works far down the list: later changes keep that image selected and in view
+    row = model.rowCount() - 5
+    path = model.path_at(row)
+    window.editor.show_image(path)
+    assert view.viewport().rect().intersects(view.visualRect(model.index(row)))
+    worse = {p: ImageAnnotation((Instance((low, low)),), ImageStatus.PREDICTED)
+             for p in (f"img_{i:05d}.jpg" for i in range(7, 70, 3))}
+    project.set_annotations(worse, "Propagate")
+    qtbot.waitUntil(lambda: model.row_of(path) != row, timeout=3000)
+    new_row = model.row_of(path)
+    assert view.currentIndex().row() == new_row
+    assert view.viewport().rect().intersects(view.visualRect(model.index(new_row)))
+    assert window.editor.current_path == path  # the editor did not jump
+
+    # picking the sort again re-sorts now and goes to the top
+    gallery.live_timer.stop()
+    project.set_annotation(path, ImageAnnotation((Instance((low, low)),),
+                                                 ImageStatus.PREDICTED), "edit")
+    gallery.live_timer.stop()  # the user is quicker than the timer
+    gallery.sort_box.activated.emit(gallery.sort_box.currentIndex())
+    assert model.row_of(path) < 30  # now among the worst
+    assert view.verticalScrollBar().value() == 0
+    window.close()
