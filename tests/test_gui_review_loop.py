@@ -291,3 +291,39 @@ def test_gallery_resorts_and_refilters_live_keeping_the_selection_in_view(qtbot,
     assert model.row_of(path) < 30  # now among the worst
     assert view.verticalScrollBar().value() == 0
     window.close()
+
+
+def test_the_model_stack_is_imported_on_the_worker_at_idle_and_before_the_first_engine(
+    qtbot, tmp_path
+):  # noqa: ANN001
+    import threading
+
+    from tests.test_gui_support import content_engine
+
+    order: list[tuple[str, bool]] = []
+    gui = threading.get_ident()
+
+    def preloader(cancelled):  # noqa: ANN001, ANN202
+        assert cancelled() is False
+        order.append(("preload", threading.get_ident() == gui))
+
+    def factory(settings):  # noqa: ANN001, ANN202
+        order.append(("engine", threading.get_ident() == gui))
+        return content_engine(settings)
+
+    light = make_window(qtbot)  # an injected engine: no preload unless asked for
+    assert not light.preload_models
+    light.close()
+
+    window = make_window(qtbot, factory=factory)
+    window.preload_models = True
+    window.controller.set_preloader(preloader)
+    window.open_demo(str(tmp_path / "demo"))
+    assert window.preload_timer.isActive()  # at idle, a moment after the project shows
+    with qtbot.waitSignal(window.controller.preloaded, timeout=10_000):
+        window.preload_timer.timeout.emit()
+    assert order == [("preload", False)]  # on the worker thread, never the GUI's
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
+        assert window.propagate()
+    assert order == [("preload", False), ("engine", False)]  # once, before the engine
+    window.close()

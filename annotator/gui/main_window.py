@@ -31,7 +31,7 @@ from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
-from annotator.gui.worker import EngineFactory, WorkerController
+from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
@@ -73,6 +73,7 @@ class MainWindow(QMainWindow):
         parent: QWidget | None = None,
         *,
         isolated: bool = False,
+        preload_models: bool | None = None,
     ) -> None:
         super().__init__(parent)
         self.isolated = isolated
@@ -92,7 +93,16 @@ class MainWindow(QMainWindow):
         self.loader = ThumbnailLoader(parent=self)
         self.exporter = CocoExporter(self)
         self._export_choice: ExportChoice | None = None
-        self.controller = WorkerController(engine_factory, self)
+        # the model stack is imported in GIL-friendly steps on the worker, at idle once a
+        # project is open (default: with the real engine only; tests inject light engines)
+        self.preload_models = engine_factory is None if preload_models is None else preload_models
+        self.controller = WorkerController(
+            engine_factory, self, preloader=default_preloader if self.preload_models else None
+        )
+        self.preload_timer = QTimer(self)
+        self.preload_timer.setSingleShot(True)
+        self.preload_timer.setInterval(3000)
+        self.preload_timer.timeout.connect(self.controller.preload)
         self.welcome = WelcomePage(show_recent=not isolated)
         self.editor = EditorPage(self.loader)
         self.stack = QStackedWidget()
@@ -256,6 +266,8 @@ class MainWindow(QMainWindow):
                 add_recent_project(path)
             self.editor.set_project(project)
             self.stack.setCurrentWidget(self.editor)
+            if self.preload_models and not self.isolated:
+                self.preload_timer.start()
             self.device_label.setText(f"device: {project.settings.device}")
         else:
             self.editor.set_project(None)
@@ -673,6 +685,7 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         self.autosave_timer.stop()
         self.flush_timer.stop()
+        self.preload_timer.stop()
         self.hide()  # the user sees the close at once; a model load may hold the join
         self._detach_project()  # cancel the run, apply what arrived, save: before any wait
         self.controller.shutdown()
