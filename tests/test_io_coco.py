@@ -29,6 +29,7 @@ from annotator.io.coco import (
     import_coco,
     predictions_to_coco_results,
     write_coco,
+    write_coco_text,
 )
 from annotator.io.templates import load_template
 
@@ -312,10 +313,13 @@ def test_export_choices_leave_unreviewed_predictions_out_by_default(tmp_path):
     with pytest.raises(ValueError, match="min_confidence"):
         ExportChoice(ExportScope.CONFIDENT, 1.5)
 
-    # written in pieces, the file is exactly what one json.dumps gives
-    out = tmp_path / "out.json"
-    doc = write_coco(p, out, ExportChoice(ExportScope.PREDICTIONS))
-    assert out.read_text() == json.dumps(doc)
+    # rendered entry by entry (the GUI's background export), the file is the same bytes
+    out, streamed = tmp_path / "out.json", tmp_path / "streamed.json"
+    for choice in (ExportChoice(), ExportChoice(ExportScope.CONFIDENT, 0.5)):
+        doc = write_coco(p, out, choice)
+        assert write_coco_text(p, streamed, choice) == (len(doc["images"]),
+                                                         len(doc["annotations"]))
+        assert streamed.read_text() == out.read_text() == json.dumps(doc)
 
 
 def test_cli_export_states_its_choice(tmp_path, capsys):

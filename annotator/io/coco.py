@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -164,34 +164,20 @@ def _exported(ann: ImageAnnotation, choice: ExportChoice) -> ImageAnnotation | N
     return replace(ann, instances=insts)
 
 
-def export_coco(
-    project: Project | CocoSource,
-    choice: ExportChoice | None = None,
-    progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """COCO keypoints document for ``project`` (or a snapshot of it) under ``choice``
-    (default: reviewed and reference images only).
-
-    Images whose labels the choice leaves out are left out entirely, so that a reader does
-    not take them for images without objects; so are unreadable images without labels
-    (logged). Sizes read from files are stored in ``project`` when it is a :class:`Project`.
-    ``progress(done, total)`` is called now and then. The choice is recorded in
-    ``info["annotator_export"]``.
-    """
-    choice = choice or ExportChoice()
+def _entries(
+    project: Project | CocoSource, choice: ExportChoice, progress: ProgressFn | None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("image" | "annotation", entry), in document order within each kind."""
     source = CocoSource.of(project) if isinstance(project, Project) else project
-    schema = source.schema
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
+    n_images = n_annotations = 0
     total = len(source.images)
     step = max(1, total // 100)
     for done, rec in enumerate(source.images):
         if progress is not None and done % step == 0:
             progress(done, total)
-        chosen = _exported(source.annotation(rec.path), choice)
-        if chosen is None:
+        ann = _exported(source.annotation(rec.path), choice)
+        if ann is None:
             continue
-        ann = chosen
         size = _image_size(source.image_root, rec)
         if size is None:
             if ann.has_labels:
@@ -203,16 +189,15 @@ def export_coco(
         width, height = size
         if isinstance(project, Project) and not rec.width:
             project.set_image_size(rec.path, width, height)
-        image_id = len(images) + 1
-        images.append(
-            {
-                "id": image_id,
-                "file_name": rec.path,
-                "width": width,
-                "height": height,
-                "annotator_status": ann.status.value,
-            }
-        )
+        n_images += 1
+        image_id = n_images
+        yield "image", {
+            "id": image_id,
+            "file_name": rec.path,
+            "width": width,
+            "height": height,
+            "annotator_status": ann.status.value,
+        }
         for inst in ann.instances:
             if inst.num_labelled == 0 and inst.bbox is None:
                 continue
@@ -232,24 +217,27 @@ def export_coco(
                     flat += [0, 0, 0]
                 scores.append(None if kp.confidence is None else round(kp.confidence, 4))
             x, y, w, h = (round(b, 2) for b in _instance_box(inst, width, height))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": CATEGORY_ID,
-                    "keypoints": flat,
-                    "num_keypoints": inst.num_labelled,
-                    "bbox": [x, y, w, h],
-                    "area": round(w * h, 4),
-                    "bbox_source": "user" if inst.bbox is not None else "keypoints",
-                    "iscrowd": 0,
-                    "segmentation": [],
-                    "keypoint_scores": scores,
-                    "keypoint_origins": [kp.origin.value for kp in inst.keypoints],
-                }
-            )
+            n_annotations += 1
+            yield "annotation", {
+                "id": n_annotations,
+                "image_id": image_id,
+                "category_id": CATEGORY_ID,
+                "keypoints": flat,
+                "num_keypoints": inst.num_labelled,
+                "bbox": [x, y, w, h],
+                "area": round(w * h, 4),
+                "bbox_source": "user" if inst.bbox is not None else "keypoints",
+                "iscrowd": 0,
+                "segmentation": [],
+                "keypoint_scores": scores,
+                "keypoint_origins": [kp.origin.value for kp in inst.keypoints],
+            }
     if progress is not None:
         progress(total, total)
+
+
+def _frame(schema: KeypointSchema, choice: ExportChoice) -> dict[str, Any]:
+    """The document without its images and annotations, keys in the order written."""
     category = {
         "id": CATEGORY_ID,
         "name": schema.name,
@@ -261,24 +249,51 @@ def export_coco(
         "info": {"description": "exported by keypoint-annotator", "version": "1.0",
                  "annotator_export": choice.info()},
         "licenses": [],
-        "images": images,
-        "annotations": annotations,
+        "images": [],
+        "annotations": [],
         "categories": [category],
     }
 
 
-def dumps_in_pieces(doc: Mapping[str, Any]) -> str:
-    """``json.dumps(doc)`` built from one small ``dumps`` per list item, so that a thread
-    writing a large export lets others run between items (one big ``dumps`` holds the GIL
-    for its whole length)."""
-    parts = []
-    for key, value in doc.items():
-        if isinstance(value, list):
-            body = ", ".join([json.dumps(item) for item in value])
-            parts.append(f"{json.dumps(key)}: [{body}]")
-        else:
-            parts.append(f"{json.dumps(key)}: {json.dumps(value)}")
-    return "{" + ", ".join(parts) + "}"
+def export_coco(
+    project: Project | CocoSource,
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """COCO keypoints document for ``project`` (or a snapshot of it) under ``choice``
+    (default: reviewed and reference images only).
+
+    Images whose labels the choice leaves out are left out entirely, so that a reader does
+    not take them for images without objects; so are unreadable images without labels
+    (logged). Sizes read from files are stored in ``project`` when it is a :class:`Project`.
+    ``progress(done, total)`` is called now and then. The choice is recorded in
+    ``info["annotator_export"]``.
+    """
+    choice = choice or ExportChoice()
+    doc = _frame(project.schema, choice)
+    for kind, entry in _entries(project, choice, progress):
+        doc["images" if kind == "image" else "annotations"].append(entry)
+    return doc
+
+
+def render_coco(
+    project: Project | CocoSource,
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[str, int, int]:
+    """(``json.dumps(export_coco(...))``, images, annotations), built one entry at a time:
+    each entry becomes text as soon as it is made, so a large export never holds a large
+    graph of objects (whose garbage collection or release would hold the GIL for long), and
+    a thread rendering it lets others run between entries."""
+    choice = choice or ExportChoice()
+    parts: dict[str, list[str]] = {"images": [], "annotations": []}
+    for kind, entry in _entries(project, choice, progress):
+        parts["images" if kind == "image" else "annotations"].append(json.dumps(entry))
+    body = []
+    for key, value in _frame(project.schema, choice).items():
+        text = f"[{', '.join(parts[key])}]" if key in parts else json.dumps(value)
+        body.append(f"{json.dumps(key)}: {text}")
+    return "{" + ", ".join(body) + "}", len(parts["images"]), len(parts["annotations"])
 
 
 def write_coco(
@@ -289,8 +304,21 @@ def write_coco(
 ) -> dict[str, Any]:
     """Export ``project`` (or a snapshot) to ``path`` atomically; returns the document."""
     doc = export_coco(project, choice, progress)
-    atomic_write_text(path, dumps_in_pieces(doc), backup=False)
+    atomic_write_text(path, json.dumps(doc), backup=False)
     return doc
+
+
+def write_coco_text(
+    project: Project | CocoSource,
+    path: str | os.PathLike[str],
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[int, int]:
+    """Like :func:`write_coco` (the same bytes) but through :func:`render_coco`, for a
+    background thread; returns (images, annotations)."""
+    text, n_images, n_annotations = render_coco(project, choice, progress)
+    atomic_write_text(path, text, backup=False)
+    return n_images, n_annotations
 
 
 # ==================================================================== import
