@@ -17,6 +17,7 @@ from annotator.domain import (
     Visibility,
 )
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    image_folder,
     make_window,
     no_thread_leaks,
     qt_isolated,
@@ -326,4 +327,41 @@ def test_the_model_stack_is_imported_on_the_worker_at_idle_and_before_the_first_
     with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
         assert window.propagate()
     assert order == [("preload", False), ("engine", False)]  # once, before the engine
+    window.close()
+
+
+def test_messages_name_what_they_are_about(qtbot, tmp_path, image_folder):  # noqa: ANN001, F811
+    from annotator.domain import KeypointSchema, ProjectSettings
+    from annotator.gui.worker import models_help
+    from annotator.jobs.progress import TaskState
+    from annotator.jobs.propagate import PropagateRequest, run_propagation
+
+    # a local model folder that does not exist is named, and no download is suggested
+    text = models_help(ProjectSettings(sd_model="/nowhere/sd15"), RuntimeError("not found"))
+    assert "SD 1.5 model folder /nowhere/sd15 does not exist" in text
+    assert "Settings > Models" not in text and "download the models" not in text
+    assert "Edit > Settings" in models_help(ProjectSettings(), RuntimeError("offline"))
+
+    # unreadable references are named
+    window = make_window(qtbot)
+    schema = KeypointSchema("thing", ("a", "b"))
+    project = window.new_project(str(image_folder), schema, str(tmp_path / "p.kpproj.json"))
+    project.set_keypoint("zz_broken.jpg", 0, Keypoint(3, 3, Visibility.VISIBLE))
+    request = PropagateRequest.from_project(project)
+    with pytest.raises(ValueError, match="zz_broken.jpg"):
+        list(run_propagation(request, None, TaskState()))  # type: ignore[arg-type]
+    project.undo()
+
+    # the end of a run counts what was predicted and what could not be read; a new run
+    # clears the last run's outcome
+    project.set_keypoint("chelsea.jpg", 0, Keypoint(100, 100, Visibility.VISIBLE))
+    project.set_keypoint("chelsea.jpg", 1, Keypoint(200, 120, Visibility.VISIBLE))
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
+        assert window.propagate()
+    text = window.statusBar().currentMessage()
+    assert "5 images predicted" in text and "1 unreadable" in text
+    window.propagate()
+    assert "finished" not in window.statusBar().currentMessage()
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
+        window.cancel_propagation()
     window.close()

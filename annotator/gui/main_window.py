@@ -87,6 +87,7 @@ class MainWindow(QMainWindow):
         self._pending: list[Any] = []
         self._baseline: dict[str, ImageAnnotation] = {}
         self._rate: RateEstimator | None = None
+        self._unreadable_in_run = 0
         self._shut_down = False
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
 
@@ -566,6 +567,8 @@ class MainWindow(QMainWindow):
         self._run_key = object()  # this run's predictions accumulate into one undo step
         self.controller.propagate(self.project, targets)
         self._rate = RateEstimator(0)
+        self._unreadable_in_run = 0
+        self.statusBar().clearMessage()  # the last run's outcome is not this run's
         self.progress_bar.setRange(0, 0)
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             w.show()
@@ -619,6 +622,7 @@ class MainWindow(QMainWindow):
         for pred in preds:
             if pred.error is not None:
                 self.editor.gallery.model.mark_unreadable(pred.path, pred.error)
+                self._unreadable_in_run += 1
                 continue
             empty = ImageAnnotation()
             if self.project.annotation(pred.path) != self._baseline.get(pred.path, empty):
@@ -645,7 +649,11 @@ class MainWindow(QMainWindow):
         text = {"done": "Propagation finished", "cancelled": "Propagation cancelled",
                 "failed": "Propagation failed"}.get(outcome, outcome)
         if self._rate is not None and outcome == "done":
-            text += f": {self._rate.done} images in {self._rate.elapsed:.1f} s"
+            bad = self._unreadable_in_run
+            text += (f": {self._rate.done - bad} images predicted in "
+                     f"{self._rate.elapsed:.1f} s")
+            if bad:
+                text += f", {bad} unreadable (filter \"Unreadable\" lists them)"
         self._rate = None
         self.statusBar().showMessage(text, 8000)
         self._update_actions()

@@ -35,10 +35,31 @@ MODELS_HELP = (
     "(a few GB, once);\n"
     "  - offline: download the models on another machine (huggingface-cli download "
     "stable-diffusion-v1-5/stable-diffusion-v1-5 and facebook/dinov2-base) and set their "
-    "local folders in Settings > Models;\n"
-    "  - check the device and precision in Settings.\n\n"
+    "local folders in Edit > Settings (\"SD 1.5 model\", \"DINOv2 model\");\n"
+    "  - check the device and precision in Edit > Settings.\n\n"
     "Manual annotation, review and export keep working."
 )
+
+
+def _looks_like_folder(source: str) -> bool:
+    return source.startswith(("/", "~", ".", "\\")) or (len(source) > 1 and source[1] == ":")
+
+
+def models_help(settings: ProjectSettings, exc: BaseException) -> str:
+    """The message for models that could not be loaded: a local folder that does not exist
+    is named as such (no download would help); otherwise the general advice."""
+    missing = [
+        f"{label} folder {source} does not exist"
+        for label, source in (("SD 1.5 model", settings.sd_model),
+                              ("DINOv2 model", settings.dino_model))
+        if _looks_like_folder(source) and not os.path.isdir(os.path.expanduser(source))
+    ]
+    if missing:
+        return (f"{exc}\n\nThe " + "; the ".join(missing) + ". Set the folders that hold the "
+                "downloaded models in Edit > Settings (\"SD 1.5 model\", \"DINOv2 model\"), "
+                "or put back the hub ids to download them.\n\n"
+                "Manual annotation, review and export keep working.")
+    return f"{exc}\n\n{MODELS_HELP}"
 
 
 def default_engine_factory(settings: ProjectSettings) -> Any:
@@ -179,7 +200,7 @@ class EngineWorker(QObject):
                 return None
             log.warning("engine could not be built: %s", exc, exc_info=True)
             self.model_state.emit("failed", f"{type(exc).__name__}: {exc}")
-            self.failed.emit(request_id, "models", f"{exc}\n\n{MODELS_HELP}")
+            self.failed.emit(request_id, "models", models_help(settings, exc))
             return None
 
     @Slot(object)
@@ -222,7 +243,7 @@ class EngineWorker(QObject):
         except Exception as exc:
             log.error("propagation %d failed:\n%s", rid, traceback.format_exc())
             if type(exc).__name__ == "ModelLoadError":
-                self.failed.emit(rid, "models", f"{exc}\n\n{MODELS_HELP}")
+                self.failed.emit(rid, "models", models_help(order.snapshot.settings, exc))
             else:
                 self.failed.emit(rid, "error", f"{type(exc).__name__}: {exc}")
         finally:

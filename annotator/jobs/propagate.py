@@ -110,15 +110,18 @@ def run_propagation(
     total = len(request.targets)
     state.set_progress(0, total, "loading references")
     refs = []
+    unreadable = []
     for spec in request.references:
         try:
             image = loader(resolve_image_path(request.image_root, spec.path))
         except (ImageLoadError, ValueError) as exc:
             log.warning("reference %s skipped: %s", spec.path, exc)
+            unreadable.append(f"{spec.path}: {exc}")
             continue
         refs.append((image, np.asarray(spec.points, float), np.asarray(spec.valid, bool)))
     if not refs:
-        raise ValueError("none of the reference images can be read")
+        shown = "; ".join(unreadable[:5]) + ("; ..." if len(unreadable) > 5 else "")
+        raise ValueError(f"none of the reference images can be read ({shown})")
 
     pending: list[Prediction] = []  # unreadable targets, reported in order
     loaded: list[tuple[str, tuple[int, int]]] = []
