@@ -365,3 +365,35 @@ def test_messages_name_what_they_are_about(qtbot, tmp_path, image_folder):  # no
     with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
         window.cancel_propagation()
     window.close()
+
+
+def test_help_sheet_zoom_and_review_counts(qtbot, tmp_path):  # noqa: ANN001
+    window, project = demo(qtbot, tmp_path)
+    assert "several" not in window.welcome.first_run_note.text()  # concrete sizes instead
+    assert "GB" in window.welcome.first_run_note.text()
+    sheet = dict((what, keys) for keys, what in window.shortcut_sheet())
+    assert sheet["Undo"] == "Ctrl+Z" and "Ctrl+Y" in sheet["Redo"]
+    assert sheet["Re-place keypoint at next click"] == "R"
+    assert sheet["Use as reference"] == "M" and sheet["Keyboard shortcuts"] == "F1"
+    qtbot.keyClick(window.editor.canvas, Qt.Key.Key_F1)
+    assert window.shortcut_box.isVisible() and "Ctrl+Shift+Z" in window.shortcut_box.text()
+    window.shortcut_box.close()
+
+    assert window.zoom_label.text().startswith("zoom ")
+    before = window.zoom_label.text()
+    canvas = window.editor.canvas
+    canvas.zoom_at(2.0, canvas.rect().center())
+    assert window.zoom_label.text() != before
+
+    assert window.review_label.text() == "1 / 6 reviewed, 0 need review"
+    low = Keypoint(50, 50, Visibility.VISIBLE, Origin.PREDICTED, 0.2)
+    project.set_annotations(
+        {p: ImageAnnotation((Instance((low,) * 6),), ImageStatus.PREDICTED)
+         for p in ("chelsea_crop.jpg", "chelsea_mirror.jpg")}, "Propagate")
+    qtbot.waitUntil(lambda: window.review_label.text() == "1 / 6 reviewed, 2 need review",
+                    timeout=3000)
+    window.editor.show_image("chelsea_crop.jpg")
+    window.editor.accept_image()
+    qtbot.waitUntil(lambda: window.review_label.text() == "2 / 6 reviewed, 1 need review",
+                    timeout=3000)
+    window.close()

@@ -119,6 +119,10 @@ class MainWindow(QMainWindow):
         self.autosave_timer.timeout.connect(self._autosave_tick)
         if not isolated:
             self.autosave_timer.start()
+        self.counts_timer = QTimer(self)
+        self.counts_timer.setSingleShot(True)
+        self.counts_timer.setInterval(250)
+        self.counts_timer.timeout.connect(self._update_counts)
         self.flush_timer = QTimer(self)
         self.flush_timer.setInterval(250)
         self.flush_timer.timeout.connect(self.flush_predictions)
@@ -134,6 +138,10 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("device: -")
         self.model_label = QLabel("models: not loaded")
         self.cache_label = QLabel("cache: -")
+        self.review_label = QLabel()
+        self.zoom_label = QLabel()
+        bar.addPermanentWidget(self.review_label)
+        bar.addPermanentWidget(self.zoom_label)
         self.export_bar = QProgressBar()
         self.export_bar.setMaximumWidth(120)
         self.export_bar.setFormat("export %p%")
@@ -206,6 +214,11 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&Run")
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
         self.act_cancel = self._action(m, "&Cancel", self.cancel_propagation, ("Esc",))
+
+        m = self.menuBar().addMenu("&Help")
+        self.act_shortcuts = self._action(m, "&Keyboard shortcuts", self.show_shortcuts,
+                                          ("F1",))
+        self.act_models_note = self._action(m, "About the &models", self.show_models_note)
         self.project_actions = [
             self.act_save, self.act_save_as, self.act_export, self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
@@ -225,6 +238,8 @@ class MainWindow(QMainWindow):
         self.editor.message.connect(lambda text: self.statusBar().showMessage(text, 5000))
         self.editor.heatmap_wanted.connect(self._on_heatmap_wanted)
         self.editor.heatmap_cleared.connect(self.controller.cancel_heatmap)
+        self.editor.canvas.zoom_changed.connect(
+            lambda scale: self.zoom_label.setText(f"zoom {scale * 100:.0f} %"))
         self.exporter.progress.connect(self._on_export_progress)
         self.exporter.finished.connect(self._on_export_finished)
         c = self.controller
@@ -276,6 +291,7 @@ class MainWindow(QMainWindow):
             self.stack.setCurrentWidget(self.welcome)
         self._update_title()
         self._update_actions()
+        self._update_counts()
 
     def _detach_project(self) -> None:
         if self.controller.busy:
@@ -489,6 +505,40 @@ class MainWindow(QMainWindow):
             self.autosaver.notify()  # retry after the delay
             self.statusBar().showMessage(f"Autosave failed: {exc}", 10_000)
 
+    # ----------------------------------------------------------------- help
+    def shortcut_sheet(self) -> list[tuple[str, str]]:
+        """(keys, what they do) for every menu action with a shortcut, in menu order."""
+        rows = []
+        for menu_action in self.menuBar().actions():
+            menu = menu_action.menu()
+            for action in menu.actions() if menu is not None else []:
+                keys = [k.toString(QKeySequence.SequenceFormat.NativeText)
+                        for k in action.shortcuts()]
+                if keys:
+                    what = action.text().replace("&", "")
+                    rows.append((", ".join(keys), what))
+        return rows
+
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{w}</td></tr>"
+                       for k, w in self.shortcut_sheet())
+        extra = ("<p>Mouse: a click places the selected keypoint while it is unplaced; drag a "
+                 "point to move it; click a stack of points again to pick the next one; wheel "
+                 "zooms; middle drag or Ctrl + drag pans; right-click a point for its "
+                 "visibility.</p>")
+        box = QMessageBox(self)
+        box.setWindowTitle("Keyboard shortcuts")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(f"<table>{rows}</table>{extra}")
+        box.setModal(False)
+        box.show()
+        self.shortcut_box = box
+
+    def show_models_note(self) -> None:
+        from annotator.gui.welcome import FIRST_RUN_NOTE
+
+        self.show_message("info", "About the models", FIRST_RUN_NOTE)
+
     # ---------------------------------------------------------------- edits
     def undo(self) -> None:
         if self.project is not None:
@@ -528,6 +578,31 @@ class MainWindow(QMainWindow):
         self.editor.project_changed(paths)
         self._update_actions()
         self._update_title()
+        if not self.counts_timer.isActive():  # streams of edits: counted a few times a second
+            self.counts_timer.start()
+
+    def review_counts(self) -> tuple[int, int, int]:
+        """(reviewed or reference, total, predicted below the review threshold)."""
+        from annotator.domain import ImageStatus
+
+        if self.project is None:
+            return (0, 0, 0)
+        threshold = self.project.settings.review_threshold
+        done = need = 0
+        for ann in self.project.annotations().values():
+            if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+                done += 1
+            elif ann.status == ImageStatus.PREDICTED:
+                conf = ann.worst_confidence()
+                need += conf is None or conf < threshold
+        return done, len(self.project), need
+
+    def _update_counts(self) -> None:
+        if self.project is None:
+            self.review_label.setText("")
+            return
+        done, total, need = self.review_counts()
+        self.review_label.setText(f"{done:,} / {total:,} reviewed, {need:,} need review")
 
     def _update_actions(self) -> None:
         has = self.project is not None
