@@ -397,3 +397,43 @@ def test_help_sheet_zoom_and_review_counts(qtbot, tmp_path):  # noqa: ANN001
     qtbot.waitUntil(lambda: window.review_label.text() == "2 / 6 reviewed, 1 need review",
                     timeout=3000)
     window.close()
+
+
+def test_a_corrupt_project_file_can_be_restored_from_its_backup(qtbot, tmp_path):  # noqa: ANN001
+    from annotator.io.project_file import backup_path, load_project, save_project
+
+    window, project = demo(qtbot, tmp_path)
+    path = window.project_path
+    project.move_keypoint(TARGET, 0, 40, 30)
+    save_project(project, path)  # the previous version (without the edit) becomes path~
+    project.move_keypoint(TARGET, 1, 60, 30)
+    save_project(project, path)  # path~ now has left_eye only
+    window.close()  # saves once more
+    expected = load_project(backup_path(path)).annotation(TARGET)
+    assert expected.has_labels
+    with open(path, "w") as f:
+        f.write('{"format": "keypoint-annot')  # cut off mid-write by a crash
+
+    second = make_window(qtbot)
+    asked = []
+    second._ask_yes_no = lambda title, text: asked.append(text) or False
+    assert second.open_project(path) is None  # declined: nothing changes
+    assert "can be read. Restore it?" in asked[0]
+    assert open(path).read().startswith('{"format": "keypoint-annot')
+
+    second._ask_yes_no = lambda title, text: True
+    restored = second.open_project(path)
+    assert restored is not None and restored.annotation(TARGET) == expected
+    assert load_project(path).annotation(TARGET) == restored.annotation(TARGET)
+    aside = [p for p in (tmp_path / "demo").iterdir() if ".unreadable-" in p.name]
+    assert len(aside) == 1 and aside[0].read_text().startswith('{"format": "keypoint-annot')
+    second.close()
+
+    # no readable backup: the error as before
+    with open(path, "w") as f:
+        f.write("garbage")
+    backup_path(path).write_text("garbage too")
+    third = make_window(qtbot)
+    assert third.open_project(path) is None
+    assert third.messages[-1][0] == "error"
+    third.close()

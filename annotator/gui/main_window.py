@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from annotator.io.project_file import (
     PROJECT_SUFFIX,
     Autosaver,
     ProjectFileError,
+    backup_path,
     load_project,
     new_project,
     save_project,
@@ -361,13 +363,51 @@ class MainWindow(QMainWindow):
         try:
             project = load_project(path)
         except ProjectFileError as exc:
-            self.show_message("error", "Open project", str(exc))
-            return None
+            project = self._restore_from_backup(path, exc)
+            if project is None:
+                return None
         if not os.path.isdir(project.image_root):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
                               "show as unreadable.")
         self.set_project(project, path)
+        return project
+
+    def _ask_yes_no(self, title: str, text: str) -> bool:
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(self, title, text, buttons.Yes | buttons.No, buttons.Yes)
+        return answer == buttons.Yes
+
+    def _restore_from_backup(self, path: str, error: Exception) -> Project | None:
+        """``path`` cannot be read: offer its previous version (``path~``). The unreadable
+        file is kept beside it (``.unreadable-<time>``), so nothing is lost either way."""
+        backup = backup_path(path)
+        try:
+            load_project(backup)
+            usable = True
+        except (ProjectFileError, OSError):
+            usable = False
+        if not usable:
+            self.show_message("error", "Open project", str(error))
+            return None
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(backup)))
+        if not self._ask_yes_no(
+            "Open project",
+            f"{error}\n\nThe previous version of this project ({backup.name}, saved {when}) "
+            "can be read. Restore it? The unreadable file is kept beside it.",
+        ):
+            return None
+        aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            shutil.copy2(path, aside)
+            shutil.copy2(backup, path)
+            project = load_project(path)
+        except (OSError, ProjectFileError) as exc:
+            self.show_message("error", "Open project", f"Cannot restore {backup}: {exc}")
+            return None
+        self.statusBar().showMessage(
+            f"Restored {os.path.basename(path)} from {backup.name}; the unreadable file is "
+            f"{os.path.basename(aside)}", 15_000)
         return project
 
     def open_project_dialog(self) -> None:
