@@ -437,3 +437,31 @@ def test_a_corrupt_project_file_can_be_restored_from_its_backup(qtbot, tmp_path)
     assert third.open_project(path) is None
     assert third.messages[-1][0] == "error"
     third.close()
+
+
+def test_images_added_to_the_folder_later_are_found(qtbot, tmp_path):  # noqa: ANN001
+    import shutil
+
+    from annotator.io.project_file import load_project
+
+    window, project = demo(qtbot, tmp_path)
+    folder = tmp_path / "demo" / "images"
+    path = window.project_path
+    assert window.rescan_images() == []
+    assert "No new images" in window.statusBar().currentMessage()
+    shutil.copy(folder / "chelsea.jpg", folder / "new_one.jpg")
+    (folder / "sub").mkdir()
+    shutil.copy(folder / "chelsea.jpg", folder / "sub" / "later.jpg")
+    window.act_rescan.trigger()
+    assert len(project) == 8 and project.image("sub/later.jpg")
+    assert window.editor.gallery.model.row_of("new_one.jpg") is not None
+    assert "2 new image(s)" in window.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: not window.autosaver.dirty, timeout=5000)  # saved with them
+    assert len(load_project(path)) == 8
+    window.close()
+
+    shutil.copy(folder / "chelsea.jpg", folder / "third.jpg")  # and on open
+    second = make_window(qtbot)
+    reopened = second.open_project(path)
+    assert reopened is not None and "third.jpg" in {r.path for r in reopened.images}
+    second.close()

@@ -112,6 +112,18 @@ class Project:
         except KeyError:
             raise KeyError(f"image {path!r} is not in the project") from None
 
+    def add_images(self, records: Iterable[ImageRecord]) -> list[str]:
+        """Add the images not in the project yet (found in the folder later), at the end;
+        returns their paths. Not an undoable edit: the files are there either way."""
+        added = []
+        for rec in records:
+            if rec.path not in self._index:
+                self._add_record(rec)
+                added.append(rec.path)
+        if added:
+            self._changed(frozenset())
+        return added
+
     def set_image_size(self, path: str, width: int, height: int) -> None:
         """Record the size of an image once it is known (not an undoable edit)."""
         i = self._index_of(path)

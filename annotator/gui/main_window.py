@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.domain import ImageAnnotation, KeypointSchema, Project
+from annotator.domain import ImageAnnotation, ImageRecord, KeypointSchema, Project
 from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import CocoExporter, ExportDialog
 from annotator.gui.progress import RateEstimator
@@ -34,6 +34,7 @@ from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
+from annotator.io.images import list_images
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
     Autosaver,
@@ -174,6 +175,7 @@ class MainWindow(QMainWindow):
         self.act_open = self._action(m, "&Open project...", self.open_project_dialog, (K.Open,))
         self.act_import = self._action(m, "&Import COCO...", self.import_coco_dialog)
         self.act_demo = self._action(m, "Open &demo project", self.open_demo)
+        self.act_rescan = self._action(m, "&Rescan image folder", self.rescan_images)
         m.addSeparator()
         self.act_save = self._action(m, "&Save", self.save, (K.Save,))
         self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
@@ -226,6 +228,7 @@ class MainWindow(QMainWindow):
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
             self.act_fit, self.act_heatmap, self.act_propagate, self.act_reference,
+            self.act_rescan,
             self.act_replace,
         ]
 
@@ -371,7 +374,29 @@ class MainWindow(QMainWindow):
                               f"The image folder {project.image_root} is missing; images will "
                               "show as unreadable.")
         self.set_project(project, path)
+        if os.path.isdir(project.image_root):
+            self.rescan_images(quiet=True)
         return project
+
+    def rescan_images(self, quiet: bool = False) -> list[str]:
+        """Add the images put into the image folder since the project was made; returns
+        their paths. ``quiet``: say nothing when there are none (on open)."""
+        if self.project is None:
+            return []
+        try:
+            found = list_images(self.project.image_root)
+        except (OSError, ValueError) as exc:
+            if not quiet:
+                self.show_message("warning", "Rescan image folder", str(exc))
+            return []
+        added = self.project.add_images(ImageRecord(p) for p in found)
+        if added or not quiet:
+            self.statusBar().showMessage(
+                f"{len(added)} new image(s) found in {self.project.image_root}"
+                if added else "No new images in the image folder", 8000)
+        if added:
+            self.editor.gallery.model.refresh()
+        return added
 
     def _ask_yes_no(self, title: str, text: str) -> bool:
         buttons = QMessageBox.StandardButton
