@@ -465,3 +465,21 @@ def test_images_added_to_the_folder_later_are_found(qtbot, tmp_path):  # noqa: A
     reopened = second.open_project(path)
     assert reopened is not None and "third.jpg" in {r.path for r in reopened.images}
     second.close()
+
+
+def test_panels_give_way_to_the_canvas_in_a_small_window(qtbot, tmp_path):  # noqa: ANN001
+    window = make_window(qtbot, size=(1024, 640))
+    window.open_demo(str(tmp_path / "demo"))
+    qtbot.waitUntil(lambda: window.editor.canvas.width() > 0)
+    editor = window.editor
+    assert editor.canvas.width() >= 0.55 * window.width(), editor.splitter.sizes()
+    window.resize(1600, 900)
+    qtbot.waitUntil(lambda: editor.splitter.sizes()[0] >= 300, timeout=2000)
+    assert editor.canvas.width() >= 900
+    editor.splitter.moveSplitter(500, 1)  # the user's choice stands from then on
+    editor._on_splitter_moved(500, 1)
+    sizes = editor.splitter.sizes()
+    window.resize(1500, 900)
+    qtbot.wait(50)
+    assert abs(editor.splitter.sizes()[0] - sizes[0]) <= 1
+    window.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage
+from PySide6.QtGui import QImage, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -81,6 +81,8 @@ class EditorPage(QWidget):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
         self.splitter.setSizes([330, 800, 260])
+        self._user_sized = False  # once the user drags a splitter handle, sizes are theirs
+        self.splitter.splitterMoved.connect(self._on_splitter_moved)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.splitter)
@@ -96,6 +98,32 @@ class EditorPage(QWidget):
         self.accept_button.clicked.connect(self.accept_image)
         self.reference_button.clicked.connect(self.make_reference)
         self.heatmap_box.toggled.connect(self._on_heatmap_toggled)
+
+    # ------------------------------------------------------------- layout
+    PANEL_SHARE = (0.22, 0.20)  # gallery, side panel: at most this share of a narrow window
+    PANEL_WIDTH = (330, 260)  # and at most this wide
+
+    def _on_splitter_moved(self, _pos: int, _index: int) -> None:
+        self._user_sized = True
+
+    def fit_panels(self) -> None:
+        """Let the gallery and the keypoint panel give way to the canvas in a narrow window
+        (down to their minimum widths), unless the user has sized them."""
+        if self._user_sized:
+            return
+        total = sum(self.splitter.sizes())
+        if total <= 0:
+            return
+        widths = []
+        for i, (share, most) in enumerate(zip(self.PANEL_SHARE, self.PANEL_WIDTH)):
+            least = self.splitter.widget(2 * i).minimumSizeHint().width()
+            widths.append(max(least, min(most, int(total * share))))
+        gallery, side = widths
+        self.splitter.setSizes([gallery, max(0, total - gallery - side), side])
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.fit_panels()
 
     # ------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:
