@@ -483,3 +483,28 @@ def test_panels_give_way_to_the_canvas_in_a_small_window(qtbot, tmp_path):  # no
     qtbot.wait(50)
     assert abs(editor.splitter.sizes()[0] - sizes[0]) <= 1
     window.close()
+
+
+def test_schema_dialog_shows_its_template_full_colours_and_edits_the_supercategory(qtbot):  # noqa: ANN001
+    from annotator.gui.schema_dialog import SchemaDialog
+    from annotator.io.templates import load_template
+
+    dialog = SchemaDialog(load_template("person"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    assert dialog.template_box.currentText() == "person"  # not the first entry of the list
+    width = dialog.table.columnWidth(1)
+    text = dialog.table.fontMetrics().horizontalAdvance(dialog.table.item(0, 1).text())
+    assert width > text  # the colour column is not clipped
+    assert dialog.table.viewport().width() >= dialog.table.columnWidth(0) + width - 2
+
+    custom = SchemaDialog(load_template("person").renamed("my_thing"))
+    qtbot.addWidget(custom)
+    assert custom.template_box.currentIndex() == -1  # a custom schema: no template shown
+    custom.use_template("cat_face")
+    assert custom.template_box.currentText() == "cat_face"
+
+    dialog.supercategory_edit.setText("animal")
+    dialog._on_accept()
+    assert dialog.schema.supercategory == "animal"
