@@ -508,3 +508,29 @@ def test_schema_dialog_shows_its_template_full_colours_and_edits_the_supercatego
     dialog.supercategory_edit.setText("animal")
     dialog._on_accept()
     assert dialog.schema.supercategory == "animal"
+
+
+def test_reference_pane_shows_the_selected_keypoint_on_a_reference(qtbot, tmp_path):  # noqa: ANN001
+    window = make_window(qtbot, size=(1400, 860))
+    project = window.open_demo(str(tmp_path / "demo"))
+    pane = window.editor.reference_pane
+    assert window.reference_dock.isVisible()  # wide enough: shown with the project
+    show_image(window, TARGET)
+    assert pane.reference == "chelsea.jpg"
+    qtbot.waitUntil(lambda: pane.canvas.image_size == (451, 300), timeout=10_000)
+    window.editor.set_current_keypoint(2)
+    assert pane.canvas._current == 2 and "nose" in pane.caption.text()
+    # clicks on the pane edit nothing
+    before = project.annotation("chelsea.jpg")
+    qtbot.mouseClick(pane.canvas, Qt.MouseButton.LeftButton, pos=pane.canvas.rect().center())
+    assert project.annotation("chelsea.jpg") == before
+    # a second reference appears in the list; picking it shows it
+    window.editor.make_reference()  # TARGET has no labels: refused
+    project.set_keypoint(TARGET, 2, Keypoint(30, 30, Visibility.VISIBLE))
+    window.editor.make_reference()
+    qtbot.waitUntil(lambda: pane.choice.count() == 2, timeout=3000)
+    pane._pick(TARGET)
+    assert pane.reference == TARGET
+    window.act_reference_pane.trigger()  # V hides it
+    assert not window.reference_dock.isVisible()
+    window.close()

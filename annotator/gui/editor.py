@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -26,6 +26,7 @@ from annotator.gui.gallery import GalleryPanel
 from annotator.gui.image_loader import ImageLoader
 from annotator.gui.keypoint_list import KeypointList
 from annotator.gui.qimage import heatmap_to_qimage
+from annotator.gui.reference_pane import ReferencePane
 from annotator.gui.thumbnails import ThumbnailLoader
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class EditorPage(QWidget):
         self.gallery = GalleryPanel(loader)
         self.canvas = ImageCanvas()
         self.keypoints = KeypointList()
+        self.reference_pane = ReferencePane()  # the main window docks it
+        self._pane_timer = QTimer(self)
+        self._pane_timer.setSingleShot(True)
+        self._pane_timer.setInterval(250)
+        self._pane_timer.timeout.connect(self.reference_pane.update_view)
         self.title = QLabel()
         self.title.setWordWrap(True)
         self.accept_button = QPushButton("Accept image (A)")
@@ -133,6 +139,7 @@ class EditorPage(QWidget):
         self.shown_path = None
         self.images.set_root(project.image_root if project is not None else "")
         self.gallery.model.set_project(project)
+        self.reference_pane.set_project(project)
         if project is not None:
             self.apply_settings()
             refs = project.reference_paths()
@@ -156,6 +163,8 @@ class EditorPage(QWidget):
                 self.current_keypoint = min(self.current_keypoint, len(self.project.schema) - 1)
         if self.current_path is not None and (not paths or self.current_path in paths):
             self._refresh_points()
+        if not self._pane_timer.isActive():  # references change rarely; edits come in streams
+            self._pane_timer.start()
 
     # ------------------------------------------------------------- images
     def show_image(self, path: str) -> None:
@@ -247,6 +256,7 @@ class EditorPage(QWidget):
             self.current_keypoint = index
             self._refresh_points()
             self._request_heatmap()
+            self.reference_pane.set_keypoint(index)
 
     def step_keypoint(self, step: int) -> None:
         if self.project is not None and len(self.project.schema):

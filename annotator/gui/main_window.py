@@ -13,6 +13,7 @@ from typing import Any
 from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -91,6 +92,7 @@ class MainWindow(QMainWindow):
         self._baseline: dict[str, ImageAnnotation] = {}
         self._rate: RateEstimator | None = None
         self._unreadable_in_run = 0
+        self._reference_dock_decided = False
         self._shut_down = False
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
 
@@ -113,6 +115,11 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.editor)
         self.setCentralWidget(self.stack)
+        self.reference_dock = QDockWidget("Reference", self)
+        self.reference_dock.setObjectName("reference-dock")
+        self.reference_dock.setWidget(self.editor.reference_pane)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.reference_dock)
+        self.reference_dock.hide()  # shown with a project, in a window wide enough for it
         self._build_status_bar()
         self._build_actions()
         self._connect()
@@ -214,6 +221,11 @@ class MainWindow(QMainWindow):
         self.act_heatmap = self._action(
             m, "Similarity &heatmap", lambda: e.heatmap_box.toggle(), ("H",)
         )
+        self.act_reference_pane = self.reference_dock.toggleViewAction()
+        self.act_reference_pane.setText("Reference &pane")
+        self.act_reference_pane.setShortcut(QKeySequence("V"))
+        m.addAction(self.act_reference_pane)
+        self.addAction(self.act_reference_pane)
 
         m = self.menuBar().addMenu("&Run")
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
@@ -287,11 +299,16 @@ class MainWindow(QMainWindow):
                 add_recent_project(path)
             self.editor.set_project(project)
             self.stack.setCurrentWidget(self.editor)
+            if self.width() >= 1280 and not self._reference_dock_decided:
+                self.reference_dock.show()
+            self._reference_dock_decided = True
             if self.preload_models and not self.isolated:
                 self.preload_timer.start()
             self.device_label.setText(f"device: {project.settings.device}")
         else:
             self.editor.set_project(None)
+            self.reference_dock.hide()
+            self._reference_dock_decided = False
             self.welcome.refresh()
             self.stack.setCurrentWidget(self.welcome)
         self._update_title()
@@ -840,6 +857,7 @@ class MainWindow(QMainWindow):
         self.exporter.wait()  # an export being written finishes (it is atomic either way)
         self.loader.stop()
         self.editor.images.stop()
+        self.editor.reference_pane.images.stop()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self._shut_down and not self._saved_or_confirmed():
