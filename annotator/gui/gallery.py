@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.domain import ImageStatus, Project
+from annotator.domain import ImageAnnotation, ImageStatus, Project
 from annotator.gui.colors import UNREADABLE_COLOR, confidence_color, status_color
 from annotator.gui.thumbnails import ThumbnailLoader
 
@@ -85,6 +85,7 @@ class GalleryModel(QAbstractListModel):
         self._rows: list[str] = []
         self._row_of: dict[str, int] = {}
         self._errors: dict[str, str] = {}
+        self._worst_cache: dict[str, tuple[ImageAnnotation, float | None]] = {}
         self.filter = GalleryFilter.ALL
         self.sort = GallerySort.NAME
         self._placeholder = QPixmap(loader.size, loader.size)
@@ -95,6 +96,7 @@ class GalleryModel(QAbstractListModel):
     def set_project(self, project: Project | None) -> None:
         self._project = project
         self._errors.clear()
+        self._worst_cache.clear()
         self.refresh()
 
     def set_filter(self, value: GalleryFilter) -> None:
@@ -121,7 +123,7 @@ class GalleryModel(QAbstractListModel):
         assert self._project is not None
         ann = self._project.annotation(path)
         if f == GalleryFilter.NEEDS_REVIEW:
-            conf = ann.worst_confidence()
+            conf = self._worst(path, ann)
             threshold = self._project.settings.review_threshold
             return ann.status == ImageStatus.PREDICTED and (conf is None or conf < threshold)
         wanted = {
@@ -145,6 +147,16 @@ class GalleryModel(QAbstractListModel):
         self.endResetModel()
         return True
 
+    def _worst(self, path: str, ann: ImageAnnotation) -> float | None:
+        """``ann.worst_confidence()``, remembered while the image's annotation (an immutable
+        value) stays the same, so live re-sorts of 10,000 images only rescore what changed."""
+        hit = self._worst_cache.get(path)
+        if hit is not None and hit[0] is ann:
+            return hit[1]
+        conf = ann.worst_confidence()
+        self._worst_cache[path] = (ann, conf)
+        return conf
+
     def _compute_rows(self) -> list[str]:
         p = self._project
         if p is None:
@@ -155,7 +167,7 @@ class GalleryModel(QAbstractListModel):
         if self.sort == GallerySort.WORST_FIRST:
             def worst(path: str) -> tuple[int, float, str]:
                 ann = p.annotation(path)
-                conf = ann.worst_confidence()
+                conf = self._worst(path, ann)
                 return (_STATUS_RANK[ann.status], 2.0 if conf is None else conf, path)
 
             rows.sort(key=worst)
