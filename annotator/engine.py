@@ -99,18 +99,27 @@ class Engine:
                         preset: str | FeatureConfig = "paper", device: str = "auto",
                         dtype: str = "fp32", cache_dir: str | None = None,
                         local_files_only: bool | None = None, batch_size: int = 1,
-                        feature_cache: FeatureCache | None = None, **config_overrides: Any
-                        ) -> Engine:
+                        feature_cache: FeatureCache | None = None, *,
+                        sd_unet: str | None = None, adapter_checkpoint: str | None = None,
+                        category: str = "", **config_overrides: Any) -> Engine:
         """Build from hub ids or local folders (None -> env var or default). ``cache_dir`` is
-        the Hugging Face cache; ``feature_cache`` the feature cache (None: no caching)."""
+        the Hugging Face cache; ``feature_cache`` the feature cache (None: no caching).
+        ``sd_unet`` (a CleanDIFT UNet file) switches to ``with_clean_unet``'s settings;
+        ``category`` fills a "{category}" prompt."""
         from annotator.features import config as cfgmod
 
         source = ModelSource.from_env(sd_model=sd_model, dino_model=dino_model,
-                                      cache_dir=cache_dir, local_files_only=local_files_only)
+                                      cache_dir=cache_dir, local_files_only=local_files_only,
+                                      sd_unet=sd_unet or None,
+                                      adapter_checkpoint=adapter_checkpoint or None)
         if isinstance(preset, FeatureConfig):
             config = preset.replace(**config_overrides) if config_overrides else preset
         else:
             config = cfgmod.preset(preset, **config_overrides)
+        if source.sd_unet and config.uses_sd:
+            config = cfgmod.with_clean_unet(config)
+        if category:  # else a "{category}" template stays for ``for_category``
+            config = config.replace(prompt=config.prompt_for(category))
         return cls(source, config, RuntimeConfig(device, dtype, batch_size), feature_cache)
 
     # ---- models --------------------------------------------------------------------------
@@ -127,9 +136,40 @@ class Engine:
             cfg, progress = self.config, self.on_download
             sd = load_sd(self.source, device, dtype, progress) if cfg.uses_sd else None
             dino = load_dino(self.source, device, dtype, progress) if cfg.uses_dino else None
+            adapter = None
+            if cfg.uses_dino and cfg.adapter == "diy-sc":
+                from annotator.features.adapter import AdapterLoadError, load_diy_adapter
+                from annotator.features.models import ModelLoadError
+
+                try:
+                    adapter = load_diy_adapter(self.source.adapter_checkpoint,
+                                               offline=self.source.local_files_only)
+                except AdapterLoadError as exc:
+                    raise ModelLoadError(str(exc)) from exc
             self._extractor = SDDinoExtractor(sd, dino, self.config, device, dtype,
-                                              self.runtime.batch_size, identity=self.fingerprint)
+                                              self.runtime.batch_size, identity=self.fingerprint,
+                                              adapter=adapter)
         return self._extractor
+
+    def for_category(self, category: str) -> Engine:
+        """This engine with a "{category}" prompt filled in (itself when the prompt has no
+        such field, or no SD part). Loads the models once and shares them: only the prompt
+        embedding and the cache key differ."""
+        cfg = self.config
+        if "{category}" not in cfg.prompt or not cfg.uses_sd:
+            return self
+        from annotator.features.sd_dino import SDDinoExtractor
+
+        filled = cfg.replace(prompt=cfg.prompt_for(category))
+        base = self.extractor
+        if not isinstance(base, SDDinoExtractor):
+            return self
+        engine = Engine(self.source, filled, self.runtime, self.cache, match=self._match,
+                        on_download=self.on_download)
+        engine._extractor = SDDinoExtractor(base.sd, base.dino, filled, base.device, base.dtype,
+                                            base.batch_size, identity=engine.fingerprint,
+                                            adapter=base.adapter)
+        return engine
 
     @property
     def loaded(self) -> bool:
@@ -193,7 +233,8 @@ class Engine:
         if self._match is None:
             cfg = self.config
             self._match = MatchParams(soft_window=cfg.softargmax_window,
-                                      temperature=cfg.softargmax_temperature)
+                                      temperature=cfg.softargmax_temperature,
+                                      flip_criterion=cfg.flip_criterion)
         return self._match
 
     # ---- transfer ------------------------------------------------------------------------

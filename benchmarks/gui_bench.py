@@ -10,6 +10,9 @@ no recent-files entry, no autosave, nothing of the user's QSettings touched):
 - ``max_stall_open_ms``: the longest event-loop stall during 1 s after opening;
 - ``max_stall_scroll_ms``: the same while the gallery scrolls top to bottom in 60 steps, one
   every 16 ms, thumbnails loading (``thumbnails_decoded`` says how many were);
+- ``max_stall_ctrl_s_ms``, ``max_stall_autosave_ms``, ``max_stall_edit_stream_ms``: the same
+  around Ctrl+S, an autosave after one edit and 3 s of edits (10/s) with autosaves, every image
+  holding predictions (see :func:`measure_saving`); ``save_seconds``: Ctrl+S until written;
 - ``max_stall_worker_ms``: the same while the worker thread propagates a reference to
   ``--worker-images`` real small images (views cropped, scaled, mirrored and dimmed from the demo
   photographs) with the weight-free content engine (``fast`` preset, hard argmax); predictions
@@ -112,6 +115,63 @@ def make_worker_project(folder: Path, n: int, seed: int = 0):  # noqa: ANN201
     return project
 
 
+def measure_saving(win, project, path: Path, result: dict, beat) -> None:  # noqa: ANN001
+    """Save stalls at ``len(project)`` predicted images: the window's real autosaver (edit
+    journal + background saves) on ``path``. Ctrl+S, autosave after one edit, and a stream of
+    edits (10 per second for 3 s, autosaving meanwhile); ``save_seconds`` is Ctrl+S to done."""
+    from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
+    from annotator.gui.bench_support import run_for, run_until
+
+    k = len(project.schema)
+    kps = tuple(Keypoint(10.0 + j, 20.0 + j, 2, Origin.PREDICTED, 0.5) for j in range(k))
+    pred = ImageAnnotation((Instance(kps),), ImageStatus.PREDICTED)
+    project.set_annotations({r.path: pred for r in project.images}, "bench predictions")
+    win.project_path = str(path)
+    win._autosave_delay = 0.5
+    t = time.perf_counter()
+    win.attach_autosaver(str(path))  # stamps the file for its journal (a save, once)
+    result["save_attach_seconds"] = time.perf_counter() - t
+    saver = win.autosaver
+    first = project.images[0].path
+    beat.start()
+    run_for(1.0)
+    result["max_stall_idle_before_saving_ms"] = beat.stop_ms()  # this machine's noise floor
+
+    def saved() -> bool:
+        return not saver.saving and not saver.dirty
+
+    stalls, seconds = [], []
+    for i in range(3):
+        project.move_keypoint(first, 0, 30.0 + i, 40.0)
+        run_for(0.05)  # the edit's own repaint is not the save's
+        beat.start()
+        t = time.perf_counter()
+        win.save()
+        run_until(saved, 30.0, poll_ms=2)
+        seconds.append(time.perf_counter() - t)
+        run_for(0.1)
+        stalls.append(beat.stop_ms())
+    result["max_stall_ctrl_s_ms"] = max(stalls)
+    result["save_seconds"] = max(seconds)
+    stalls = []
+    for i in range(3):
+        beat.start()
+        project.move_keypoint(first, 1, 50.0 + i, 40.0)
+        run_until(lambda: saver.dirty is False and not saver.saving, 30.0, poll_ms=2)
+        run_for(0.1)
+        stalls.append(beat.stop_ms())
+    result["max_stall_autosave_ms"] = max(stalls)
+    beat.start()
+    for i in range(30):  # a steady clicker: journal appends, autosaves at the max wait
+        project.move_keypoint(project.images[i].path, 0, 5.0 + i, 6.0)
+        run_for(0.1)
+    run_until(saved, 30.0, poll_ms=2)
+    result["max_stall_edit_stream_ms"] = beat.stop_ms()
+    result["saves_done"] = saver.saves
+    win.autosaver.close()
+    win.autosaver = None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=10000)
@@ -187,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         result["scroll_range"] = bar.maximum()
         result["thumbnails_decoded"] = len(loader._cache)
         result["scroll"] = "done"
+        save()
+
+        # ---- saving at N predicted images (Ctrl+S, autosave, edit journal)
+        result["saving"] = "crashed or did not finish"
+        measure_saving(win, project, path, result, beat)
+        result["saving"] = "done"
         save()
 
         # ---- export of N predicted images

@@ -18,10 +18,10 @@ pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
 
 
 def failing_at(bad_path, real):  # noqa: ANN001, ANN201
-    def save(project, path):  # noqa: ANN001, ANN202
+    def save(project, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
         if str(path) == str(bad_path):
             raise OSError(28, "No space left on device")
-        return real(project, path)
+        return real(project, path, **kwargs)
 
     return save
 

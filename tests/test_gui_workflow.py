@@ -241,13 +241,13 @@ def test_editor_decodes_off_thread_drops_stale(qtbot, tmp_path, monkeypatch):  #
 
     from annotator.gui import image_loader
 
-    real = image_loader.load_image
+    real = image_loader.load_listed
 
-    def slow(path):  # noqa: ANN001, ANN202
+    def slow(root, path, *args):  # noqa: ANN001, ANN002, ANN202
         time.sleep(0.3)
-        return real(path)
+        return real(root, path, *args)
 
-    monkeypatch.setattr(image_loader, "load_image", slow)
+    monkeypatch.setattr(image_loader, "load_listed", slow)
     window = make_window(qtbot)
     assert window.open_demo(str(tmp_path / "demo")) is not None  # chelsea.jpg starts decoding
     editor = window.editor

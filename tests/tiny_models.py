@@ -75,3 +75,17 @@ def build_tiny_models(path: str | Path) -> tuple[Path, Path]:
         patch_size=14, image_size=56))
     dino.save_pretrained(str(dino_dir), safe_serialization=True)
     return sd_dir, dino_dir
+
+
+def build_tiny_dino768(path: str | Path) -> Path:
+    """A DINOv2 with DINOv2-B's width (768 channels, what the DIY-SC adapter takes) but only 2
+    layers and a narrow MLP, saved under ``path``; use ``dino_layer=2`` with it."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder = Path(path) / "tiny-dino768"
+    torch.manual_seed(1)
+    model = Dinov2Model(Dinov2Config(hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
+                                     intermediate_size=64, patch_size=14, image_size=56))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder

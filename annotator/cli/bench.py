@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="dtype of the optimised engine (the baseline is always fp32)")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write")
-    p.add_argument("--presets", default="fast,paper", help="comma-separated presets")
+    p.add_argument("--presets", default="fast,paper",
+                   help="comma-separated presets: fast, paper, geoaware, diy")
     p.add_argument("--batch", type=int, default=None,
                    help="images per engine forward (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--images", type=int, default=None, help="images per engine timing")

@@ -10,6 +10,7 @@ from typing import Any
 from annotator.domain.project import ProjectSettings
 
 EXTRACTORS = ("sd-dino", "content")
+PRESET_NAMES = ("paper", "fast", "geoaware", "diy")  # annotator.features.config.PRESETS
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +25,20 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dino-model", default=None,
                    help=f"DINOv2 hub id or local folder (default: env ANNOTATOR_DINO_MODEL or "
                         f"{defaults.dino_model})")
-    g.add_argument("--preset", default=None, help="feature preset: paper (default) or fast")
+    g.add_argument("--preset", default=None, choices=PRESET_NAMES,
+                   help="feature preset: paper (default; A Tale of Two Features), fast, geoaware "
+                        "(GeoAware-SC zero-shot) or diy (DIY-SC DINOv2 adapter)")
+    g.add_argument("--sd-unet", default=None,
+                   help="UNet state dict replacing SD 1.5's: a .safetensors file or "
+                        "owner/repo/file.safetensors on the hub (CleanDIFT: CompVis/cleandift/"
+                        "cleandift_sd15_unet.safetensors); switches to clean latents, t=261, no "
+                        "FreeU and the prompt 'a photo of a {category}' (default: env "
+                        "ANNOTATOR_SD_UNET)")
+    g.add_argument("--diy-checkpoint", default=None,
+                   help="local DIY-SC adapter checkpoint for the diy preset (default: env "
+                        "ANNOTATOR_DIY_CHECKPOINT, else downloaded once and sha256-checked)")
+    g.add_argument("--flip-criterion", default=None, choices=("cycle", "mutual_nn"),
+                   help="how the flipped reference wins (default: the preset's)")
     g.add_argument("--fusion", default=None, choices=("copca", "concat", "dino", "sd"))
     g.add_argument("--feature-config", type=Path, default=None,
                    help="JSON file of FeatureConfig fields overriding the preset")
@@ -38,7 +52,19 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                         "descriptor)")
     g.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default: the user cache folder)")
+    g.add_argument("--cache-cap-gb", type=_positive_gb, default=20.0,
+                   help="feature cache size cap in GB (> 0; default 20)")
     g.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
+
+
+def _positive_gb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: the cache cap must be a number > 0")
+    return value
 
 
 def feature_config(args: argparse.Namespace) -> Any:
@@ -61,21 +87,28 @@ def feature_config(args: argparse.Namespace) -> Any:
         overrides["fusion"] = args.fusion
     if args.flip is not None:
         overrides["flip"] = args.flip
+    if getattr(args, "flip_criterion", None):
+        overrides["flip_criterion"] = args.flip_criterion
     if args.soft_argmax is False:
         overrides["softargmax_window"] = 0
     try:
-        base = preset(name) if name in ("paper", "fast") else preset("paper", preset=name)
+        base = preset(name) if name in PRESET_NAMES else preset("paper", preset=name)
         return base.replace(**overrides) if overrides else base
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"invalid feature configuration: {exc}") from None
 
 
-def engine_from_args(args: argparse.Namespace) -> Any:
-    """Build the engine the flags describe (models load lazily on first use)."""
+def engine_from_args(args: argparse.Namespace, category: str = "") -> Any:
+    """Build the engine the flags describe (models load lazily on first use); ``category``
+    fills a "{category}" prompt."""
     from annotator.engine import Engine
-    from annotator.features.cache import FeatureCache
+    from annotator.features.cache import CacheFolderError, FeatureCache
 
-    cache = None if args.no_cache else FeatureCache(args.cache_dir)
+    try:
+        cache = None if args.no_cache else FeatureCache(
+            args.cache_dir, disk_bytes=int(args.cache_cap_gb * (1 << 30)))
+    except CacheFolderError as exc:
+        raise SystemExit(f"--cache-dir: {exc}") from None
     config = feature_config(args)
     if args.extractor == "content":
         from annotator.features.content import ContentExtractor
@@ -91,4 +124,7 @@ def engine_from_args(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         batch_size=args.batch_size,
         feature_cache=cache,
+        sd_unet=getattr(args, "sd_unet", None),
+        adapter_checkpoint=getattr(args, "diy_checkpoint", None),
+        category=category,
     )

@@ -112,6 +112,9 @@ def add_parser(subparsers: Any) -> None:
     g.add_argument("--images", nargs="+", default=None, help="scikit-image data names")
     g.add_argument("--alpha", dest="alphas", type=_alpha, nargs="+", default=None)
     g.add_argument("--out", type=Path, default=Path("eval-geometry"))
+    g.add_argument("--presets", default=None,
+                   help="comma-separated presets to report side by side, or 'all' (paper, fast, "
+                        "geoaware, diy); each backend runs once per preset (default: --preset)")
     add_engine_arguments(g)
     # content always runs; sd-dino when asked (--extractor sd-dino) or given both model paths
     g.set_defaults(func=run_geometry, extractor=None)
@@ -185,6 +188,10 @@ def run_eval(args: argparse.Namespace) -> int:
         return 130
     finally:
         progress.close()
+    for line in result.skipped:
+        sys.stderr.write(f"annotator eval: skipped pair {line}\n")
+    if result.skipped:
+        _say(f"{len(result.skipped)} pair(s) skipped: an image could not be read")
     out = args.out or Path(f"eval-{args.dataset}")
     files = write_report({"ours": result}, out)
     _print_summary({"ours": result}, files)
@@ -193,6 +200,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_geometry(args: argparse.Namespace) -> int:
     """Handler of ``annotator geometry``; returns the exit status."""
+    from annotator.cli.common import PRESET_NAMES
     from annotator.jobs.evaluate import EvalConfig, engine_predictor
     from annotator.jobs.geometry import SKIMAGE_PHOTOS, GeometryConfig, run_geometry_benchmark
     from annotator.jobs.report import write_report
@@ -200,15 +208,27 @@ def run_geometry(args: argparse.Namespace) -> int:
     backends = ["content"]
     if args.extractor == "sd-dino" or (args.sd_model and args.dino_model):
         backends.append("sd-dino")
+    presets: list[str | None] = [None]
+    if getattr(args, "presets", None):
+        presets = list(PRESET_NAMES) if args.presets.strip() == "all" else \
+            [p.strip() for p in args.presets.split(",") if p.strip()]
+        unknown = [p for p in presets if p not in PRESET_NAMES]
+        if unknown or not presets:
+            sys.stderr.write(f"annotator geometry: unknown presets {unknown}; choose from "
+                             f"{', '.join(PRESET_NAMES)} or all\n")
+            return 2
     try:
         gconfig = GeometryConfig(images=tuple(args.images or SKIMAGE_PHOTOS),
                                  pairs_per_image=args.pairs, keypoints=args.keypoints,
                                  max_side=args.max_side, seed=args.seed)
         econfig = EvalConfig(alphas=tuple(args.alphas) if args.alphas else None)
         predictors, settings = {}, {}
-        for name in backends:
-            predictors[name] = engine_predictor(build_engine(args, name))
-            settings[name] = _engine_settings(args, name)
+        for preset_name in presets:
+            run_args = argparse.Namespace(**{**vars(args), "preset": preset_name or args.preset})
+            for name in backends:
+                label = name if preset_name is None else f"{name}:{preset_name}"
+                predictors[label] = engine_predictor(build_engine(run_args, name))
+                settings[label] = _engine_settings(run_args, name)
     except (ImportError, OSError, ValueError, SystemExit) as exc:
         sys.stderr.write(f"annotator geometry: {exc}\n")
         return 2

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -37,14 +38,17 @@ def load_input(path: Path, images: Path | None):
     from annotator.domain.project import ImageRecord, Project
     from annotator.io.coco import CocoFormatError, import_coco
     from annotator.io.images import list_images
+    from annotator.io.jsonio import InputFormatError, loads_strict
     from annotator.io.project_file import FORMAT_NAME, ProjectFileError, load_project
 
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
+        head = loads_strict(path.read_bytes(), str(path))
     except FileNotFoundError:
         raise SystemExit(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"{path}: not a JSON file ({exc})") from None
+    except OSError as exc:
+        raise SystemExit(f"{path}: cannot be read ({exc})") from None
+    except InputFormatError as exc:
+        raise SystemExit(f"not a JSON file: {exc}") from None
     try:
         if isinstance(head, dict) and head.get("format") == FORMAT_NAME:
             project = load_project(path)
@@ -75,14 +79,22 @@ def run(args: argparse.Namespace) -> int:
     from annotator.jobs.progress import Cancelled, TaskState
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
+    if args.out.exists() and args.input.exists() and os.path.samefile(args.out, args.input):
+        print(f"--out {args.out} is the input file: it would be overwritten (and any other "
+              "categories in it dropped); choose another output file", file=sys.stderr)
+        return 2
     project = load_input(args.input, args.images)
     choice = choice_from_args(args, project.settings.review_threshold)
-    engine = engine_from_args(args)
+    engine = engine_from_args(args, category=project.schema.name)
     request = PropagateRequest.from_project(project)
-    if args.flip is not None:
-        flip = project.schema.flip_pairs if args.flip else ()
+    # flip: --flip/--no-flip, else the follow-up presets' own rule (geoaware: adaptive pose
+    # alignment; diy: none), else the project's setting
+    use_flip = args.flip if args.flip is not None else (
+        engine.config.flip if args.preset in ("geoaware", "diy") else None)
+    if use_flip is not None:
+        flip = project.schema.flip_pairs if use_flip else ()
         request = PropagateRequest(request.image_root, request.references, request.targets, flip,
-                                   request.settings)
+                                   dataclasses.replace(request.settings, flip=use_flip))
     if not request.references:
         print(f"{args.input}: no labelled image to use as a reference", file=sys.stderr)
         return 2
@@ -105,7 +117,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except (Cancelled, KeyboardInterrupt):
         bar.close()
-        print("interrupted; features computed so far are cached", file=sys.stderr)
+        try:  # keep what is done: a second Ctrl-C during this write stops it
+            apply_predictions(project, predictions)
+            write_coco(project, args.out)
+        except (OSError, ValueError) as exc:
+            print(f"interrupted; the {len(predictions)} prediction(s) made could not be "
+                  f"written ({exc})", file=sys.stderr)
+            return 130
+        print(f"interrupted after {len(predictions) + len(failed)} of {len(request.targets)} "
+              f"image(s): wrote the {len(predictions)} prediction(s) made so far to "
+              f"{args.out}; features computed so far are cached", file=sys.stderr)
         return 130
     except ValueError as exc:
         bar.close()

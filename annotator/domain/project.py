@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -51,6 +52,18 @@ class ProjectSettings:
     review_threshold: float = 0.5
     cache_dir: str = ""
     cache_cap_gb: float = 20.0
+    #: CleanDIFT-style UNet state dict (local .safetensors or owner/repo/file); "" = none
+    sd_unet: str = ""
+    #: local DIY-SC adapter checkpoint for the diy preset; "" = download on first use
+    diy_checkpoint: str = ""
+
+    def __post_init__(self) -> None:
+        cap = self.cache_cap_gb
+        if not (isinstance(cap, (int, float)) and math.isfinite(cap) and cap > 0):
+            raise ValueError(f"cache_cap_gb must be a number > 0 (GB), got {cap!r}")
+        t = self.review_threshold
+        if not (isinstance(t, (int, float)) and math.isfinite(t)):
+            raise ValueError(f"review_threshold must be a finite number, got {t!r}")
 
 
 class Project:

@@ -4,8 +4,18 @@ Key = sha256(image array bytes + shape) + the extractor fingerprint (model ids a
 feature config fields, dtype, extractor name). On disk the maps are stored in ``storage_dtype``
 (float16 by default: about 13 MB per image at the paper preset, 6.5 M values: s5 1280x15x15,
 s4 1280x30x30, s3 640x60x60, DINO 768x60x60). ``put`` returns the stored-precision maps so a
-hit and a miss give identical values. Each file carries a sha256 checksum of its tensor bytes in
-the safetensors metadata; a corrupt or truncated entry is deleted and reported as a miss.
+hit and a miss give identical values.
+
+The cache owns its folder: it creates it (or adopts an empty one) and marks it with
+:data:`MARKER_NAME`; a folder holding anything else is refused (:class:`CacheFolderError`).
+Entries live at ``<folder>/<k[:2]>/<k>.safetensors`` (``k`` a 64-digit hex key); eviction and
+clean-up touch only files of exactly that layout (and temporary files of our own naming), so
+nothing the cache did not write is ever deleted. Each entry carries a sha256 checksum of its
+tensor names, dtypes, shapes and bytes *and* its metadata (grid, letterbox); an entry is
+verified the first time this cache reads it (again when its size or mtime changes), and a
+corrupt or truncated one is reported as a miss and deleted when the folder allows it.
+Disk problems (full, read-only, corrupt) are logged and the maps are computed without caching:
+the cache never aborts a run.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +36,22 @@ import torch
 
 from annotator.features.extractor import FeatureMaps
 from annotator.features.letterbox import Letterbox
+from annotator.io.cache_folder import ENTRY as _ENTRY
+from annotator.io.cache_folder import HEX64 as _HEX64
+from annotator.io.cache_folder import MARKER_NAME, cache_folder_problem
+from annotator.io.cache_folder import SHARD as _SHARD
+from annotator.io.cache_folder import TMP as _TMP
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "keypoint-annotator"
+FORMAT = "keypoint-annotator-feature-cache"
+ENTRY_FORMAT = "2"  # metadata-covering checksum; older entries are recomputed
+_STALE_TMP_S = 3600.0  # temporary files older than this were left by a killed process
+
+
+class CacheFolderError(ValueError):
+    """The cache folder cannot be used (it holds other content); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -52,40 +74,82 @@ def image_hash(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+def _checksum(tensors: dict[str, torch.Tensor], grid: str, letterbox: str) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes and the entry metadata."""
+    h = hashlib.sha256(f"{FORMAT}/{ENTRY_FORMAT}\0grid={grid}\0letterbox={letterbox}\0".encode())
     for k in sorted(tensors):
-        h.update(k.encode())
-        h.update(tensors[k].contiguous().view(torch.uint8).numpy().tobytes())
+        t = tensors[k].contiguous()
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
+def _letterbox_json(lb: Letterbox) -> str:
+    return json.dumps(lb.__dict__, sort_keys=True, allow_nan=False)
+
+
 class FeatureCache:
-    """LRU in memory (``memory_bytes``) and on disk (``disk_bytes``, evicting oldest mtime)."""
+    """LRU in memory (``memory_bytes``) and on disk (``disk_bytes`` > 0, evicting the oldest
+    mtime), in a folder the cache owns (see the module docstring)."""
 
     def __init__(self, directory: str | Path | None = None, memory_bytes: int = 1 << 30,
                  disk_bytes: int = 20 << 30, storage_dtype: torch.dtype = torch.float16,
                  use_disk: bool = True) -> None:
         if storage_dtype not in (torch.float16, torch.float32):
             raise ValueError("storage_dtype must be torch.float16 or torch.float32")
+        if int(memory_bytes) < 0:
+            raise ValueError(f"memory_bytes must be >= 0, got {memory_bytes}")
+        if use_disk and int(disk_bytes) <= 0:
+            raise ValueError(f"the disk cache cap must be > 0 bytes, got {disk_bytes}")
         if directory is None and use_disk:
             import platformdirs
 
-            directory = Path(platformdirs.user_cache_dir(APP_NAME)) / "features"
+            directory = Path(platformdirs.user_cache_dir(APP_NAME)) / "feature-cache"
         self.directory = Path(directory) if (use_disk and directory is not None) else None
         self.memory_bytes, self.disk_bytes = int(memory_bytes), int(disk_bytes)
         self.storage_dtype = storage_dtype
         self._mem: OrderedDict[str, FeatureMaps] = OrderedDict()
         self._mem_used = 0
         self._counts = {"hits": 0, "misses": 0, "memory_hits": 0, "disk_hits": 0, "corrupt": 0}
+        self._verified: dict[str, tuple[int, int]] = {}  # key -> (size, mtime_ns) checked
+        self._write_warned = False
+        if self.directory is not None:
+            self._claim(self.directory)
+
+    # ---- folder ownership ---------------------------------------------------------------
+    def _claim(self, folder: Path) -> None:
+        """Create and mark ``folder``, adopt an empty one (or one holding only entries of our
+        layout), refuse anything else; a folder that cannot be created only disables
+        writing (warned)."""
+        marker = folder / MARKER_NAME
+        if marker.is_file():
+            return
+        if folder.exists() and not folder.is_dir():
+            raise CacheFolderError(f"feature cache folder {folder} is a file, not a folder")
+        problem = cache_folder_problem(folder)
+        if problem is not None:
+            raise CacheFolderError(problem)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"format": FORMAT, "version": 1}) + "\n")
+        except OSError as exc:
+            log.warning("feature cache folder %s cannot be created or marked (%s): features "
+                        "are computed without the disk cache", folder, exc)
+            self._write_warned = True
 
     def key(self, image: np.ndarray, fingerprint: str) -> str:
         """Entry key: image content, extractor fingerprint and the storage precision."""
         blob = f"{image_hash(image)}:{fingerprint}:{self.storage_dtype}"
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    @staticmethod
+    def _disk_key(key: str) -> str:
+        """``key`` when it is a 64-digit hex key (as :meth:`key` makes), else its sha256."""
+        return key if _HEX64.match(key) else hashlib.sha256(key.encode()).hexdigest()
+
     def _path(self, key: str) -> Path:
         assert self.directory is not None
+        key = self._disk_key(key)
         return self.directory / key[:2] / f"{key}.safetensors"
 
     # ---- memory -------------------------------------------------------------------------
@@ -106,7 +170,9 @@ class FeatureCache:
         if self.directory is None:
             return None
         path = self._path(key)
-        if not path.is_file():
+        try:
+            st = path.stat()
+        except OSError:
             return None
         from safetensors import safe_open
 
@@ -114,18 +180,29 @@ class FeatureCache:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            if meta.get("checksum") != _checksum(tensors):
-                raise ValueError("checksum mismatch")
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._verified.get(key) != stamp:
+                if meta.get("format") != ENTRY_FORMAT:
+                    raise ValueError("entry of another format version")
+                if meta.get("checksum") != _checksum(tensors, meta["grid"], meta["letterbox"]):
+                    raise ValueError("checksum mismatch")
             lb = Letterbox(**json.loads(meta["letterbox"]))
             maps = FeatureMaps(layers=tensors, letterbox=lb, grid=int(meta["grid"]))
+            self._verified[key] = stamp
         except Exception as exc:  # any unreadable entry is corrupt: never use it
-            log.warning("corrupt feature cache entry %s (%s): deleted", path, exc)
             self._counts["corrupt"] += 1
-            path.unlink(missing_ok=True)
+            self._verified.pop(key, None)
+            try:
+                path.unlink(missing_ok=True)
+                log.warning("corrupt feature cache entry %s (%s): deleted", path, exc)
+            except OSError as del_exc:
+                log.warning("corrupt feature cache entry %s (%s): not used, cannot be deleted "
+                            "(%s)", path, exc, del_exc)
             return None
         try:
             os.utime(path)  # LRU by mtime
-        except OSError:  # evicted meanwhile by another process: the maps are still good
+            self._verified[key] = (st.st_size, path.stat().st_mtime_ns)
+        except OSError:  # read-only folder or evicted meanwhile: the maps are still good
             pass
         return maps
 
@@ -137,10 +214,11 @@ class FeatureCache:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in maps.layers.items()}
-        lb = maps.letterbox
-        meta = {"checksum": _checksum(tensors), "grid": str(maps.grid),
-                "letterbox": json.dumps(lb.__dict__)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        grid, lb = str(maps.grid), _letterbox_json(maps.letterbox)
+        meta = {"format": ENTRY_FORMAT, "checksum": _checksum(tensors, grid, lb),
+                "grid": grid, "letterbox": lb}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{self._disk_key(key)}.",
+                                   suffix=".kpc-tmp")
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=meta)
@@ -148,40 +226,74 @@ class FeatureCache:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        try:
+            st = path.stat()
+            self._verified[key] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass
         self._evict_disk()
 
-    def _entries(self) -> list[tuple[float, int, Path]]:
-        if self.directory is None or not self.directory.is_dir():
-            return []
-        out = []
-        for p in self.directory.glob("*/*.safetensors"):
+    def _own_files(self) -> Iterator[tuple[os.DirEntry[str], bool]]:
+        """(file, is_entry) for every entry and temporary file of our layout."""
+        if self.directory is None:
+            return
+        try:
+            shards = [s for s in os.scandir(self.directory)
+                      if _SHARD.match(s.name) and s.is_dir(follow_symlinks=False)]
+        except OSError:
+            return
+        for shard in shards:
             try:
-                st = p.stat()
+                files = list(os.scandir(shard.path))
             except OSError:
                 continue
-            out.append((st.st_mtime, st.st_size, p))
+            for f in files:
+                if not f.is_file(follow_symlinks=False):
+                    continue
+                m = _ENTRY.match(f.name)
+                if m and m.group(1)[:2] == shard.name:
+                    yield f, True
+                elif _TMP.match(f.name):
+                    yield f, False
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        out = []
+        for f, is_entry in self._own_files():
+            if not is_entry:
+                continue
+            try:
+                st = f.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            out.append((st.st_mtime, st.st_size, Path(f.path)))
         return out
 
     def _evict_disk(self) -> None:
-        assert self.directory is not None
-        stale = time.time() - 3600  # temporary files left by a killed process
-        for tmp in self.directory.glob("*/*.tmp"):
+        stale = time.time() - _STALE_TMP_S
+        entries = []
+        for f, is_entry in self._own_files():
             try:
-                if tmp.stat().st_mtime < stale:
-                    tmp.unlink()
+                st = f.stat(follow_symlinks=False)
+                if is_entry:
+                    entries.append((st.st_mtime, st.st_size, Path(f.path)))
+                elif st.st_mtime < stale:
+                    os.unlink(f.path)
             except OSError:
                 pass
-        entries = sorted(self._entries(), key=lambda e: e[0])
+        entries.sort(key=lambda e: e[0])
         total = sum(e[1] for e in entries)
         for _, size, p in entries:
             if total <= self.disk_bytes:
                 break
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                continue
             total -= size
 
     # ---- public -------------------------------------------------------------------------
     def get(self, key: str) -> FeatureMaps | None:
-        """Cached maps or None (counts a hit or a miss)."""
+        """Cached maps or None (counts a hit or a miss); never raises for disk problems."""
         if key in self._mem:
             self._mem.move_to_end(key)
             self._counts["hits"] += 1
@@ -204,8 +316,11 @@ class FeatureCache:
             letterbox=maps.letterbox, grid=maps.grid)
         try:
             self._write(key, stored)
-        except OSError as exc:  # full disk, read-only folder: keep working from memory
-            log.warning("feature cache entry not written to disk (%s)", exc)
+        except Exception as exc:  # full disk (safetensors raises its own error), read-only
+            level = logging.DEBUG if self._write_warned else logging.WARNING
+            log.log(level, "feature cache entry not written to disk (%s: %s); features are "
+                    "kept in memory only", type(exc).__name__, exc)
+            self._write_warned = True
         self._remember(key, stored)
         return stored
 

@@ -9,6 +9,18 @@ minute per image on the project's 2-core CPU, milliseconds on a datacenter GPU.
 ``FAST``: one 512 SD pass (no tiling) and DINOv2 at 448, 32 grid. About 1.7 TFLOP per image
 (VAE 1.08 + UNet 0.48 + DINOv2 ~0.17): about 4x cheaper than PAPER, ~15 s on the same CPU,
 with a coarser (16 px at 512) grid.
+
+``GEOAWARE``: GeoAware-SC zero-shot (DESIGN.md section 9): the PAPER geometry at t = 50 with FreeU
+applied as GeoAware's feature code does, "concat" fusion, 11 x 11 window soft-argmax and adaptive
+pose alignment (flipped reference, partner-mirrored queries, mutual-nearest-neighbour score).
+Same cost as PAPER (FreeU's FFTs are negligible).
+
+``DIY``: DIY-SC's DINOv2-only adapter (DESIGN.md section 9): DINOv2-B at 840, the CC0 bottleneck
+adapter on the 60 x 60 map, L2 per cell, 15 x 15 window soft-argmax, no flip. About 0.61 TFLOP
+per image (DINOv2 0.61 + adapter ~0.005): about 11x cheaper than PAPER.
+
+``with_clean_unet``: the CleanDIFT UNet settings for the SD presets (no noise, t = 261, FreeU off,
+prompt "a photo of a {category}").
 """
 
 from __future__ import annotations
@@ -21,6 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FUSIONS = ("copca", "concat", "dino", "sd")
+ADAPTERS = ("", "diy-sc")
+FLIP_CRITERIA = ("cycle", "mutual_nn")
+CLEAN_UNET_TIMESTEP = 261
+CLEAN_UNET_PROMPT = "a photo of a {category}"
 SD_LAYERS = ("s5", "s4", "s3")
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -29,7 +45,7 @@ DEFAULT_DINO_MODEL = "facebook/dinov2-base"
 
 # Fields of FeatureConfig that do not change the raw per-layer maps (matching/fusion only).
 _MATCH_ONLY_FIELDS = ("preset", "fusion", "pca_dim", "softargmax_window", "softargmax_temperature",
-                      "flip")
+                      "flip", "flip_criterion")
 
 
 @dataclass(frozen=True)
@@ -58,10 +74,24 @@ class FeatureConfig:
     softargmax_window: int = 11
     softargmax_temperature: float = 0.02
     flip: bool = False
+    #: how the flipped reference wins: "cycle" (mean cycle error of the flipped keypoints) or
+    #: "mutual_nn" (GeoAware's mean distance of mutual nearest neighbours over all cells)
+    flip_criterion: str = "cycle"
+    #: FreeU inside the SD pass as GeoAware-SC applies it (annotator.features.sd_dino)
+    freeu: bool = False
+    #: add the fixed noise at ``timestep`` (False: the clean latent, as CleanDIFT uses it)
+    add_noise: bool = True
+    #: adapter applied to the raw DINOv2 map ("diy-sc": DIY-SC's bottleneck, section 9)
+    adapter: str = ""
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.flip_criterion not in FLIP_CRITERIA:
+            raise ValueError(f"flip_criterion must be one of {FLIP_CRITERIA}, got "
+                             f"{self.flip_criterion!r}")
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         if not self.sd_layers or any(name not in SD_LAYERS for name in self.sd_layers):
             raise ValueError(f"sd_layers must be a non-empty subset of {SD_LAYERS}")
         if not self.sd_tile_offsets or min(self.sd_tile_offsets) != 0:
@@ -122,22 +152,46 @@ class FeatureConfig:
         d["uses_dino"] = self.uses_dino
         if not self.uses_sd:
             for name in ("sd_size", "sd_tile", "sd_tile_offsets", "timestep", "prompt", "seed",
-                         "sd_layers"):
+                         "sd_layers", "freeu", "add_noise"):
                 d.pop(name)
         if not self.uses_dino:
-            for name in ("dino_size", "dino_patch", "dino_layer"):
+            for name in ("dino_size", "dino_patch", "dino_layer", "adapter"):
                 d.pop(name)
+        # settings added after the first release stay out of the key at their defaults, so
+        # existing caches keep their keys
+        for name, default in (("freeu", False), ("add_noise", True), ("adapter", "")):
+            if d.get(name, default) == default:
+                d.pop(name, None)
         return d
+
+    def prompt_for(self, category: str) -> str:
+        """``prompt`` with ``{category}`` replaced (an empty category gives "object")."""
+        if "{category}" not in self.prompt:
+            return self.prompt
+        return self.prompt.replace("{category}", category.strip() or "object")
 
 
 PAPER = FeatureConfig()
 FAST = FeatureConfig(preset="fast", sd_size=512, sd_tile=512, sd_tile_offsets=(0,),
                      dino_size=448, grid=32)
-PRESETS: dict[str, FeatureConfig] = {"paper": PAPER, "fast": FAST}
+GEOAWARE = FeatureConfig(preset="geoaware", timestep=50, freeu=True, fusion="concat",
+                         softargmax_window=11, softargmax_temperature=0.02, flip=True,
+                         flip_criterion="mutual_nn")
+DIY = FeatureConfig(preset="diy", fusion="dino", adapter="diy-sc", softargmax_window=15,
+                    softargmax_temperature=0.02, flip=False)
+PRESETS: dict[str, FeatureConfig] = {"paper": PAPER, "fast": FAST, "geoaware": GEOAWARE,
+                                     "diy": DIY}
+
+
+def with_clean_unet(config: FeatureConfig) -> FeatureConfig:
+    """The settings for a CleanDIFT UNet (DESIGN.md section 9): the clean latent (no noise) at
+    t = 261, FreeU off, prompt "a photo of a {category}" (a prompt already set is kept)."""
+    return config.replace(add_noise=False, timestep=CLEAN_UNET_TIMESTEP, freeu=False,
+                          prompt=config.prompt or CLEAN_UNET_PROMPT)
 
 
 def preset(name: str, **overrides: object) -> FeatureConfig:
-    """Return the named preset (``"paper"`` or ``"fast"``) with optional field overrides."""
+    """Return the named preset (paper, fast, geoaware, diy) with optional field overrides."""
     try:
         base = PRESETS[name]
     except KeyError:
@@ -159,16 +213,26 @@ class ModelSource:
     dino_revision: str | None = None
     local_files_only: bool = False
     cache_dir: str | None = None
+    #: a UNet state dict replacing SD 1.5's (CleanDIFT): a local .safetensors file or
+    #: "owner/repo/file.safetensors" on the Hugging Face hub; None: the SD model's own UNet
+    sd_unet: str | None = None
+    #: local DIY-SC adapter checkpoint (offline machines); None: download on first use
+    adapter_checkpoint: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> ModelSource:
-        """Defaults overridden by ANNOTATOR_SD_MODEL, ANNOTATOR_DINO_MODEL, HF_HUB_OFFLINE,
-        then by explicit ``overrides`` (None values are ignored)."""
+        """Defaults overridden by ANNOTATOR_SD_MODEL, ANNOTATOR_DINO_MODEL, ANNOTATOR_SD_UNET,
+        ANNOTATOR_DIY_CHECKPOINT, HF_HUB_OFFLINE, then by explicit ``overrides`` (None values
+        are ignored)."""
         kw: dict[str, object] = {}
         if os.environ.get("ANNOTATOR_SD_MODEL"):
             kw["sd_model"] = os.environ["ANNOTATOR_SD_MODEL"]
         if os.environ.get("ANNOTATOR_DINO_MODEL"):
             kw["dino_model"] = os.environ["ANNOTATOR_DINO_MODEL"]
+        if os.environ.get("ANNOTATOR_SD_UNET"):
+            kw["sd_unet"] = os.environ["ANNOTATOR_SD_UNET"]
+        if os.environ.get("ANNOTATOR_DIY_CHECKPOINT"):
+            kw["adapter_checkpoint"] = os.environ["ANNOTATOR_DIY_CHECKPOINT"]
         if _env_flag(os.environ.get("HF_HUB_OFFLINE")):
             kw["local_files_only"] = True
         kw.update({k: v for k, v in overrides.items() if v is not None})
@@ -278,9 +342,32 @@ def sd_dino_fingerprint(config: FeatureConfig, source: ModelSource, dtype: str) 
     if config.uses_sd:
         parts["sd"] = [source.sd_model, source.sd_revision,
                        weights_stamp(source.sd_model, source.sd_revision, source.cache_dir)]
+        if source.sd_unet:
+            parts["sd_unet"] = [source.sd_unet, file_stamp(source.sd_unet, source.cache_dir)]
     if config.uses_dino:
         parts["dino"] = [source.dino_model, source.dino_revision,
                          weights_stamp(source.dino_model, source.dino_revision, source.cache_dir)]
+        if config.adapter == "diy-sc":
+            # the checkpoint is pinned by its sha256 (checked on load), wherever it comes from
+            parts["adapter"] = ["diy-sc", DIY_SC_SHA256]
     return fingerprint("sd_dino", parts)
+
+
+#: DIY-SC DINOv2 adapter checkpoint 0300_dino_spair (CC0), pinned by content
+DIY_SC_SHA256 = "42e9c8a4d27041af7bb8dc5240ea3e83d47e013b72541dc8c5829368f247e705"
+DIY_SC_URL = ("https://github.com/odunkel/DIY-SC/raw/e1121c072b022adcccaf1b938dcc053fb9eed930/"
+              "ckpts/0300_dino_spair/best.pth")
+
+
+def file_stamp(name: str, cache_dir: str | None = None) -> str:
+    """What identifies a single weights file without reading it: size and modification time
+    of a local file; for "owner/repo/file" on the hub the commit the Hugging Face cache
+    resolves main to ("unresolved" before the download)."""
+    path = Path(os.path.expanduser(name))
+    if path.is_file():
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    repo = "/".join(name.split("/")[:2])
+    return "hub:" + weights_stamp(repo, None, cache_dir)
 
 

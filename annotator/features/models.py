@@ -231,12 +231,64 @@ def load_sd(source: ModelSource, device: str, dtype: Any,
     unet = _from_pretrained(UNet2DConditionModel, folder, "the SD UNet", dtype, half,
                             subfolder="unet")
     _check_unet_layout(unet, name)
+    if source.sd_unet:
+        load_unet_weights(unet, source.sd_unet, source, progress)
     text = _from_pretrained(CLIPTextModel, folder, "the CLIP text encoder", dtype, half,
                             subfolder="text_encoder")
     for m in (vae, unet, text):
         m.to(device=device).eval().requires_grad_(False)
     log.info("loaded Stable Diffusion from %s on %s (%s)", folder, device, dtype)
-    return SDComponents(vae, unet, text, tokenizer, scheduler, source=str(folder))
+    where = str(folder) + (f" + UNet {source.sd_unet}" if source.sd_unet else "")
+    return SDComponents(vae, unet, text, tokenizer, scheduler, source=where)
+
+
+def resolve_unet_file(spec: str, source: ModelSource,
+                      progress: DownloadProgress | None = None) -> Path:
+    """A local .safetensors file, or "owner/repo/path/file.safetensors" fetched through the
+    Hugging Face cache (e.g. CompVis/cleandift/cleandift_sd15_unet.safetensors)."""
+    path = Path(os.path.expanduser(spec))
+    if path.is_file():
+        return path
+    parts = spec.split("/")
+    if spec.startswith((".", "~", "/")) or "\\" in spec or os.path.isabs(spec):
+        raise ModelLoadError(f"SD UNet file '{spec}' does not exist. Fix: give an existing "
+                             f".safetensors file or owner/repo/file.safetensors on the hub.")
+    if len(parts) < 3 or not spec.endswith(".safetensors"):
+        raise ModelLoadError(
+            f"SD UNet '{spec}' is neither a local file nor owner/repo/file.safetensors (for "
+            f"CleanDIFT: CompVis/cleandift/cleandift_sd15_unet.safetensors).")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    folder = _snapshot(repo, None, source, [filename], "ANNOTATOR_SD_UNET", "SD UNet", progress)
+    file = folder / filename
+    if not file.is_file():
+        raise ModelLoadError(f"'{repo}' has no file '{filename}'.")
+    return file
+
+
+def load_unet_weights(unet: Any, spec: str, source: ModelSource,
+                      progress: DownloadProgress | None = None) -> None:
+    """Replace ``unet``'s weights by the safetensors state dict ``spec`` (strict: every key and
+    shape must match the SD 1.5 UNet). Raises ModelLoadError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = resolve_unet_file(spec, source, progress)
+    try:
+        state = load_file(str(file))
+    except (OSError, SafetensorError) as exc:
+        raise ModelLoadError(f"cannot read the SD UNet weights {file}: {exc}") from exc
+    ref = unet.state_dict()
+    missing, extra = sorted(set(ref) - set(state)), sorted(set(state) - set(ref))
+    bad = sorted(k for k in set(ref) & set(state) if tuple(ref[k].shape) != tuple(state[k].shape))
+    if missing or extra or bad:
+        raise ModelLoadError(
+            f"SD UNet weights {file} do not fit the SD 1.5 UNet: {len(missing)} missing key(s) "
+            f"{missing[:3]}, {len(extra)} unexpected {extra[:3]}, {len(bad)} shape mismatch(es) "
+            f"{bad[:3]}. Fix: use an SD 1.5 UNet state dict (CleanDIFT: "
+            f"cleandift_sd15_unet.safetensors, not the SD 2.1 one).")
+    dtype = next(iter(ref.values())).dtype
+    unet.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    log.info("loaded UNet weights from %s", file)
 
 
 def load_dino(source: ModelSource, device: str, dtype: Any,

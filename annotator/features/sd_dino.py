@@ -12,13 +12,24 @@ and overlaps are averaged, at native resolution, so nothing is resampled: at S=9
 exactly s5 15 x 15, s4 30 x 30, s3 60 x 60 (tile offsets must be multiples of 64).
 
 DINOv2: letterbox to ``dino_size``, ImageNet mean/std, hidden_states[dino_layer], CLS and register
-tokens dropped -> (C, dino_size/14, dino_size/14).
+tokens dropped -> (C, dino_size/14, dino_size/14); with ``config.adapter`` "diy-sc" the DIY-SC
+adapter (annotator.features.adapter) runs on that whole map and its output is the "dino" layer.
+
+FreeU (``config.freeu``; GeoAware-SC's feature code, DESIGN.md section 9): before every UNet
+decoder resnet, whose input is cat([h, skip]), where h has C_hi channels (the last entry of
+``block_out_channels``: 1280 in SD 1.5) h[:, :C_hi/2] *= b1 = 1.2 and the skip's central 2 x 2
+box of its fftshifted spectrum is scaled by s1 = 0.9; where h has C_hi/2 channels (640),
+h[:, :C_hi/4] *= b2 = 1.4 and the skip box by s2 = 0.2. Applied by forward pre-hooks on the
+diffusers resnets (diffusers' own FreeU is keyed by block index instead: different tensors).
+GeoAware records s5, s4, s3 as the h of the next resnet and scales it in place, so the recorded
+maps carry the b factor of their channel count too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,24 +59,111 @@ def _first(output: Any) -> torch.Tensor:
     return output.sample  # Transformer2DModelOutput
 
 
+@dataclass(frozen=True)
+class FreeU:
+    """GeoAware-SC's FreeU factors; ``channels`` is C_hi (1280 for SD 1.5)."""
+
+    channels: int
+    b1: float = 1.2
+    b2: float = 1.4
+    s1: float = 0.9
+    s2: float = 0.2
+
+    @classmethod
+    def for_unet(cls, unet: Any) -> FreeU:
+        return cls(int(unet.config.block_out_channels[-1]))
+
+    def factors(self, h_channels: int) -> tuple[float, float] | None:
+        """(backbone factor, skip factor) for a decoder input h of ``h_channels``."""
+        if h_channels == self.channels:
+            return self.b1, self.s1
+        if h_channels == self.channels // 2:
+            return self.b2, self.s2
+        return None
+
+    def backbone(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, C, H, W) with its first C/2 channels scaled (a copy; h is not modified)."""
+        f = self.factors(h.shape[1])
+        if f is None:
+            return h
+        out = h.clone()
+        out[:, :h.shape[1] // 2] *= f[0]
+        return out
+
+
+def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """(B, C, H, W): scale the central (2 threshold)^2 box of the fftshifted 2-D spectrum by
+    ``scale`` and return the real part of the inverse (computed in float32, returned in x's
+    dtype). Box rows/cols H//2 - threshold .. H//2 + threshold - 1, as GeoAware-SC."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, C, H, W), got {tuple(x.shape)}")
+    freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
+    h, w = x.shape[-2:]
+    cy, cx = h // 2, w // 2
+    mask = torch.ones(h, w, device=x.device)
+    mask[max(cy - threshold, 0):cy + threshold, max(cx - threshold, 0):cx + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)
+
+
+def _decoder_inputs(unet: Any) -> list[tuple[Any, int]]:
+    """(resnet, channels of h in its input cat([h, skip])) for every decoder resnet, in order."""
+    prev = int(unet.mid_block.resnets[-1].out_channels)
+    out = []
+    for block in unet.up_blocks:
+        for resnet in block.resnets:
+            out.append((resnet, prev))
+            prev = int(resnet.out_channels)
+    return out
+
+
+def _freeu_hooks(unet: Any, freeu: FreeU) -> list[Any]:
+    """Forward pre-hooks applying FreeU to the input of every decoder resnet."""
+    handles = []
+    for resnet, h_ch in _decoder_inputs(unet):
+        f = freeu.factors(h_ch)
+        if f is None:
+            continue
+
+        def pre(_module: Any, args: tuple, kwargs: dict, h_ch: int = h_ch,
+                f: tuple[float, float] = f) -> tuple[tuple, dict]:
+            x = args[0] if args else kwargs["input_tensor"]
+            if x.shape[1] <= h_ch:
+                raise RuntimeError(f"FreeU: decoder input has {x.shape[1]} channels, expected "
+                                   f"more than h's {h_ch}")
+            h, skip = x[:, :h_ch], x[:, h_ch:]
+            h = torch.cat([h[:, :h_ch // 2] * f[0], h[:, h_ch // 2:]], dim=1)
+            x = torch.cat([h, fourier_filter(skip, 1, f[1])], dim=1)
+            if args:
+                return (x, *args[1:]), kwargs
+            return args, {**kwargs, "input_tensor": x}
+
+        handles.append(resnet.register_forward_pre_hook(pre, with_kwargs=True))
+    return handles
+
+
 def unet_features(unet: Any, latents: torch.Tensor, timestep: int,
-                  encoder_hidden_states: torch.Tensor, stop_early: bool = True
-                  ) -> dict[str, torch.Tensor]:
+                  encoder_hidden_states: torch.Tensor, stop_early: bool = True,
+                  freeu: FreeU | None = None) -> dict[str, torch.Tensor]:
     """Run the UNet on (B, 4, h, w) latents and return {"s5","s4","s3"} -> (B, C, h', w').
 
     With ``stop_early`` the forward is aborted right after s3 (same values, less compute).
+    With ``freeu`` the decoder runs with GeoAware-SC's FreeU and the maps carry its backbone
+    factor (see the module docstring).
     """
     feats: dict[str, torch.Tensor] = {}
+    post: Callable[[torch.Tensor], torch.Tensor] = freeu.backbone if freeu else (lambda t: t)
 
     def hook(name: str, stop: bool):
         def fn(_module: Any, _inputs: Any, output: Any) -> None:
-            feats[name] = _first(output)
+            feats[name] = post(_first(output))
             if stop:
                 raise _StopUNet
 
         return fn
 
-    handles = [
+    handles = _freeu_hooks(unet, freeu) if freeu else []
+    handles += [
         unet.up_blocks[0].resnets[1].register_forward_hook(hook("s5", False)),
         unet.up_blocks[1].attentions[1].register_forward_hook(hook("s4", False)),
         unet.up_blocks[2].attentions[1].register_forward_hook(hook("s3", stop_early)),
@@ -116,13 +214,18 @@ class SDDinoExtractor:
 
     def __init__(self, sd: SDComponents | None, dino: DinoComponents | None,
                  config: FeatureConfig, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 batch_size: int = 1, identity: str | None = None) -> None:
+                 batch_size: int = 1, identity: str | None = None,
+                 adapter: torch.nn.Module | None = None) -> None:
         if config.uses_sd and sd is None:
             raise ValueError(f"fusion {config.fusion!r} needs the SD components")
         if config.uses_dino and dino is None:
             raise ValueError(f"fusion {config.fusion!r} needs the DINOv2 model")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if config.adapter and config.uses_dino and adapter is None:
+            raise ValueError(f"adapter {config.adapter!r} is configured but not given")
+        self.adapter = adapter.to(device=device, dtype=dtype).eval() if adapter is not None \
+            else None
         self.sd, self.dino, self.config = sd, dino, config
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self._identity = identity
@@ -150,7 +253,7 @@ class SDDinoExtractor:
         if self._prompt_emb is None:
             assert self.sd is not None
             tok = self.sd.tokenizer
-            ids = tok([self.config.prompt], padding="max_length", truncation=True,
+            ids = tok([self.config.prompt_for("")], padding="max_length", truncation=True,
                       max_length=tok.model_max_length, return_tensors="pt").input_ids
             with torch.inference_mode():
                 emb = self.sd.text_encoder(ids.to(self.device))[0]
@@ -185,11 +288,15 @@ class SDDinoExtractor:
         x = pixels.to(self.device, self.dtype)
         lat = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
         noise = self.noise().to(lat.device, lat.dtype).expand_as(lat)
-        t = torch.tensor([self.config.timestep], dtype=torch.long)
-        noisy = sched.add_noise(lat.float().cpu(), noise.float().cpu(), t)
-        noisy = noisy.to(self.device, self.dtype)
+        if self.config.add_noise:
+            t = torch.tensor([self.config.timestep], dtype=torch.long)
+            noisy = sched.add_noise(lat.float().cpu(), noise.float().cpu(), t)
+            noisy = noisy.to(self.device, self.dtype)
+        else:  # CleanDIFT: the clean latent
+            noisy = lat
         emb = self.prompt_embedding().expand(lat.shape[0], -1, -1)
-        feats = unet_features(self.sd.unet, noisy, self.config.timestep, emb, stop_early)
+        freeu = FreeU.for_unet(self.sd.unet) if self.config.freeu else None
+        feats = unet_features(self.sd.unet, noisy, self.config.timestep, emb, stop_early, freeu)
         return {k: v.float().cpu() for k, v in feats.items()}
 
     def _sd_maps(self, canvases: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
@@ -224,7 +331,10 @@ class SDDinoExtractor:
         tokens = h[:, skip:]
         if tokens.shape[1] != g * g:
             raise RuntimeError(f"expected {g * g} patch tokens, got {tokens.shape[1]}")
-        return tokens.reshape(h.shape[0], g, g, -1).permute(0, 3, 1, 2).float().cpu()
+        maps = tokens.reshape(h.shape[0], g, g, -1).permute(0, 3, 1, 2)
+        if self.adapter is not None:  # on each whole padded map (GroupNorm statistics)
+            maps = self.adapter(maps.contiguous())
+        return maps.float().cpu()
 
     # ---- interface --------------------------------------------------------------------------
     def extract(self, images: Sequence[np.ndarray]) -> list[FeatureMaps]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from functools import partial
-from pathlib import Path
 
 import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
@@ -20,7 +19,7 @@ from PySide6.QtGui import QImage
 
 from annotator.gui.qimage import decode_and_emit
 from annotator.gui.thumbnails import register_pool_user
-from annotator.io.images import load_image
+from annotator.io.images import load_listed
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +101,8 @@ class ImageLoader(QObject):
             if path not in self._cache:
                 break
         self._in_flight = path
-        full = str(Path(self._root) / path)
         self._pool.start(partial(decode_and_emit, self._emitter.done.emit, self._generation, path,
-                                 partial(load_image, full)))
+                                 partial(load_listed, self._root, path)))
 
     def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:
         if generation != self._generation:

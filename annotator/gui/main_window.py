@@ -42,6 +42,7 @@ from annotator.io.project_file import (
     ProjectFileError,
     backup_path,
     load_project,
+    load_project_recovering,
     new_project,
     save_project,
 )
@@ -95,6 +96,8 @@ class MainWindow(QMainWindow):
         self._reference_dock_decided = False
         self._shut_down = False
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
+        self._recovered = 0  # journaled edits recovered when the project was opened
+        self._manual_save = False  # a Ctrl+S save is running in the background
 
         self.loader = ThumbnailLoader(parent=self)
         self.exporter = CocoExporter(self)
@@ -295,7 +298,7 @@ class MainWindow(QMainWindow):
             self.loader.set_root(project.image_root)
             self._unsubscribe = project.subscribe(self._on_project_changed)
             if path and not self.isolated:
-                self.autosaver = Autosaver(project, path, delay_s=self._autosave_delay)
+                self.attach_autosaver(path, dirty=self._recovered > 0)
                 add_recent_project(path)
             self.editor.set_project(project)
             self.stack.setCurrentWidget(self.editor)
@@ -381,8 +384,9 @@ class MainWindow(QMainWindow):
         if not self._saved_or_confirmed():
             return None
         try:
-            project = load_project(path)
+            project, self._recovered = load_project_recovering(path)
         except ProjectFileError as exc:
+            self._recovered = 0
             project = self._restore_from_backup(path, exc)
             if project is None:
                 return None
@@ -390,7 +394,13 @@ class MainWindow(QMainWindow):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
                               "show as unreadable.")
-        self.set_project(project, path)
+        try:
+            self.set_project(project, path)
+        finally:
+            recovered, self._recovered = self._recovered, 0
+        if recovered:
+            self.statusBar().showMessage(
+                f"Recovered {recovered} unsaved edit(s) from the edit journal", 10_000)
         if os.path.isdir(project.image_root):
             self.rescan_images(quiet=True)
         return project
@@ -441,7 +451,8 @@ class MainWindow(QMainWindow):
             return None
         aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
-            shutil.copy2(path, aside)
+            if os.path.exists(path):
+                shutil.copy2(path, aside)
             shutil.copy2(backup, path)
             project = load_project(path)
         except (OSError, ProjectFileError) as exc:
@@ -505,8 +516,26 @@ class MainWindow(QMainWindow):
             return self.save_as_dialog()
         return self.save_as(self.project_path)
 
+    def attach_autosaver(self, path: str, dirty: bool = False) -> None:
+        """Journal every edit of the open project and save it to ``path`` in the background
+        (see :class:`annotator.io.autosave.Autosaver`)."""
+        assert self.project is not None
+        self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay,
+                                   background=True, dirty=dirty)
+        self.autosave_timer.start()
+
     def save_as(self, path: str) -> bool:
         assert self.project is not None
+        if self.autosaver is not None and path == self.project_path:
+            # Ctrl+S: snapshot here, write on a background thread; the tick reports the end
+            self.flush_predictions()
+            self._manual_save = True
+            if not self.autosaver.save_async() and not self.autosaver.dirty:
+                self._manual_save = False
+                self.statusBar().showMessage(f"Saved {path}", 3000)
+            else:
+                self.statusBar().showMessage(f"Saving {path}...", 3000)
+            return True
         try:
             save_project(self.project, path)
         except OSError as exc:
@@ -518,10 +547,8 @@ class MainWindow(QMainWindow):
                 self.autosaver = None
             self.project_path = path
             if not self.isolated:
-                self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay)
+                self.attach_autosaver(path)
                 add_recent_project(path)
-        else:
-            self.autosaver and self.autosaver.flush()
         self.statusBar().showMessage(f"Saved {path}", 3000)
         self._update_title()
         return True
@@ -578,14 +605,26 @@ class MainWindow(QMainWindow):
             self.export_coco(path, choice)
 
     def _autosave_tick(self) -> None:
-        if self.autosaver is None:
+        saver = self.autosaver
+        if saver is None:
             return
+        for ok, message in saver.poll():  # background saves that ended since the last tick
+            if ok:
+                if self._manual_save:
+                    self.statusBar().showMessage(message, 3000)
+            else:
+                saver.notify()  # retry after the delay; the journal holds the edits
+                if self._manual_save:
+                    self.show_message("error", "Save", message)
+                else:
+                    self.statusBar().showMessage(f"Autosave failed: {message}", 10_000)
+            self._manual_save = False
         try:
-            if self.autosaver.maybe_save():
-                self._update_title()
+            saver.maybe_save()
         except OSError as exc:
-            self.autosaver.notify()  # retry after the delay
+            saver.notify()  # retry after the delay
             self.statusBar().showMessage(f"Autosave failed: {exc}", 10_000)
+        self._update_title()
 
     # ----------------------------------------------------------------- help
     def shortcut_sheet(self) -> list[tuple[str, str]]:
@@ -885,7 +924,8 @@ class MainWindow(QMainWindow):
         if answer == buttons.Save:
             return self.save_as_dialog()
         if answer == buttons.Discard:
-            self.autosaver = None  # closing on purpose without the last edits
+            self.autosaver.detach()  # closing on purpose without the last edits
+            self.autosaver = None
             return True
         return False
 

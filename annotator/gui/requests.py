@@ -59,3 +59,4 @@ class HeatmapOrder:
     reference: str
     point: tuple[float, float]
     target: str
+    category: str = ""  # the schema's name, for a "{category}" prompt

@@ -14,14 +14,19 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QWidget,
 )
 
 from annotator.domain import ProjectSettings
+from annotator.io.cache_folder import cache_folder_problem
 
 # Kept here rather than imported from annotator.features so the GUI never imports that package.
-PRESETS = ("paper", "fast")
+PRESETS = ("paper", "fast", "geoaware", "diy")
+#: fusion and flip each preset uses (annotator.features.config); set when the preset changes
+PRESET_DEFAULTS = {"paper": ("copca", True), "fast": ("copca", True),
+                   "geoaware": ("concat", True), "diy": ("dino", False)}
 FUSIONS = ("copca", "concat", "dino", "sd")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -38,7 +43,8 @@ def _combo(values: tuple[str, ...], current: str) -> QComboBox:
 class PathField(QWidget):
     """A line edit with a Browse... button for a folder."""
 
-    def __init__(self, text: str, title: str, parent: QWidget | None = None) -> None:
+    def __init__(self, text: str, title: str, parent: QWidget | None = None,
+                 file_filter: str | None = None) -> None:
         super().__init__(parent)
         self.edit = QLineEdit(text)
         self.button = QPushButton("Browse...")
@@ -46,11 +52,20 @@ class PathField(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.edit, 1)
         layout.addWidget(self.button)
-        self.button.clicked.connect(
-            lambda: self.edit.setText(
-                QFileDialog.getExistingDirectory(self, title, self.edit.text()) or self.edit.text()
+        if file_filter is None:
+            self.button.clicked.connect(
+                lambda: self.edit.setText(
+                    QFileDialog.getExistingDirectory(self, title, self.edit.text())
+                    or self.edit.text()
+                )
             )
-        )
+        else:
+            self.button.clicked.connect(
+                lambda: self.edit.setText(
+                    QFileDialog.getOpenFileName(self, title, self.edit.text(), file_filter)[0]
+                    or self.edit.text()
+                )
+            )
 
     def text(self) -> str:
         return self.edit.text().strip()
@@ -69,11 +84,25 @@ class SettingsDialog(QDialog):
         self.dino_model = PathField(settings.dino_model, "DINOv2 folder")
         self.dino_model.edit.setToolTip("Hugging Face id or a local transformers folder")
         self.preset = _combo(PRESETS, settings.preset)
+        self.preset.setToolTip(
+            "paper: A Tale of Two Features (SD 1.5 + DINOv2); fast: smaller and 4x cheaper; "
+            "geoaware: GeoAware-SC zero-shot (FreeU, flip by mutual nearest neighbours); "
+            "diy: DIY-SC adapter on DINOv2 only (about 11x cheaper than paper)")
         self.fusion = _combo(FUSIONS, settings.fusion)
+        self.sd_unet = PathField(settings.sd_unet, "UNet weights (safetensors)",
+                                 file_filter="safetensors (*.safetensors)")
+        self.sd_unet.edit.setPlaceholderText("none; e.g. CompVis/cleandift/"
+                                             "cleandift_sd15_unet.safetensors")
+        self.sd_unet.edit.setToolTip("CleanDIFT UNet: a local file or owner/repo/file on the "
+                                     "hub; uses clean latents at t=261 without FreeU")
+        self.diy_checkpoint = PathField(settings.diy_checkpoint, "DIY-SC checkpoint",
+                                        file_filter="PyTorch state dict (*.pth *.pt)")
+        self.diy_checkpoint.edit.setPlaceholderText("default: downloaded once (sha256-checked)")
         self.device = _combo(DEVICES, settings.device)
         self.dtype = _combo(DTYPES, settings.dtype)
         self.flip = QCheckBox("Flip-aware matching (uses left/right partners)")
         self.flip.setChecked(settings.flip)
+        self.preset.currentTextChanged.connect(self._preset_changed)
         self.soft_argmax = QCheckBox("Sub-cell refinement (window soft-argmax)")
         self.soft_argmax.setChecked(settings.soft_argmax)
         self.threshold = QDoubleSpinBox()
@@ -83,7 +112,7 @@ class SettingsDialog(QDialog):
         self.cache_dir = PathField(settings.cache_dir, "Feature cache folder")
         self.cache_dir.edit.setPlaceholderText("default: the user cache folder")
         self.cache_cap = QDoubleSpinBox()
-        self.cache_cap.setRange(0.0, 10_000.0)
+        self.cache_cap.setRange(0.1, 10_000.0)  # > 0: the cache needs room
         self.cache_cap.setSuffix(" GB")
         self.cache_cap.setValue(settings.cache_cap_gb)
         form = QFormLayout(self)
@@ -91,6 +120,8 @@ class SettingsDialog(QDialog):
         form.addRow("DINOv2 model", self.dino_model)
         form.addRow("Preset", self.preset)
         form.addRow("Fusion", self.fusion)
+        form.addRow("SD UNet weights", self.sd_unet)
+        form.addRow("DIY-SC checkpoint", self.diy_checkpoint)
         form.addRow("Device", self.device)
         form.addRow("Precision", self.dtype)
         form.addRow("", self.flip)
@@ -104,6 +135,22 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    def _preset_changed(self, name: str) -> None:
+        """A preset brings its own fusion and flip default (still editable)."""
+        if name in PRESET_DEFAULTS:
+            fusion, flip = PRESET_DEFAULTS[name]
+            self.fusion.setCurrentText(fusion)
+            self.flip.setChecked(flip)
+
+    def accept(self) -> None:
+        """Refuse a cache folder that holds other files (the cache would never use it)."""
+        problem = cache_folder_problem(self.cache_dir.text()) if self.cache_dir.text() else None
+        self.problem = problem
+        if problem is not None:
+            QMessageBox.warning(self, "Cache folder", problem)
+            return
+        super().accept()
 
     def settings(self) -> ProjectSettings:
         return replace(
@@ -119,4 +166,6 @@ class SettingsDialog(QDialog):
             review_threshold=float(self.threshold.value()),
             cache_dir=self.cache_dir.text(),
             cache_cap_gb=float(self.cache_cap.value()),
+            sd_unet=self.sd_unet.text(),
+            diy_checkpoint=self.diy_checkpoint.text(),
         )

@@ -6,14 +6,13 @@ import logging
 import weakref
 from collections import OrderedDict
 from functools import partial
-from pathlib import Path
 
 import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage, QPixmap
 
 from annotator.gui.qimage import decode_and_emit
-from annotator.io.images import load_thumbnail
+from annotator.io.images import load_listed
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +108,8 @@ class ThumbnailLoader(QObject):
             path = self._stack.pop()
             self._queued.discard(path)
             self._in_flight.add(path)
-            full = str(Path(self._root) / path)
             task = partial(decode_and_emit, self._emitter.done.emit, self._generation, path,
-                           partial(load_thumbnail, full, self.size))
+                           partial(load_listed, self._root, path, self.size))
             self._pool.start(task)
 
     def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:

@@ -222,6 +222,8 @@ class EngineWorker(QObject):
             if engine is None:
                 outcome = "cancelled" if self._abandoned(rid) else "failed"
                 return
+            if hasattr(engine, "for_category"):  # a "{category}" prompt (CleanDIFT UNet)
+                engine = engine.for_category(order.snapshot.schema.name)
             from annotator.jobs import propagate as job
 
             project = order.snapshot.to_project()
@@ -264,6 +266,8 @@ class EngineWorker(QObject):
         if engine is None:
             return
         try:
+            if hasattr(engine, "for_category"):  # same prompt as the propagation
+                engine = engine.for_category(order.category)
             from annotator.gui.heatmap_job import similarity_map
 
             heat = similarity_map(engine, order)
@@ -384,7 +388,8 @@ class WorkerController(QObject):
         rid = self._new_id()
         self._heatmap_id = rid
         self._send_heatmap.emit(
-            HeatmapOrder(rid, project.image_root, project.settings, reference, point, target)
+            HeatmapOrder(rid, project.image_root, project.settings, reference, point, target,
+                         project.schema.name)
         )
         return rid
 

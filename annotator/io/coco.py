@@ -31,6 +31,7 @@ from annotator.domain.paths import PathEscapeError, normalize_relpath
 from annotator.domain.project import ImageRecord, Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.images import ImageLoadError, read_size, resolve_image_path
+from annotator.io.jsonio import MAX_COORDINATE, InputFormatError, loads_strict
 from annotator.io.project_file import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ CATEGORY_ID = 1
 MIN_BOX_SIDE = 1.0
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(InputFormatError):
     """A COCO file is malformed; the message names the offending entry."""
 
 
@@ -288,10 +289,11 @@ def render_coco(
     choice = choice or ExportChoice()
     parts: dict[str, list[str]] = {"images": [], "annotations": []}
     for kind, entry in _entries(project, choice, progress):
-        parts["images" if kind == "image" else "annotations"].append(json.dumps(entry))
+        text = json.dumps(entry, allow_nan=False)
+        parts["images" if kind == "image" else "annotations"].append(text)
     body = []
     for key, value in _frame(project.schema, choice).items():
-        text = f"[{', '.join(parts[key])}]" if key in parts else json.dumps(value)
+        text = f"[{', '.join(parts[key])}]" if key in parts else json.dumps(value, allow_nan=False)
         body.append(f"{json.dumps(key)}: {text}")
     return "{" + ", ".join(body) + "}", len(parts["images"]), len(parts["annotations"])
 
@@ -304,7 +306,7 @@ def write_coco(
 ) -> dict[str, Any]:
     """Export ``project`` (or a snapshot) to ``path`` atomically; returns the document."""
     doc = export_coco(project, choice, progress)
-    atomic_write_text(path, json.dumps(doc), backup=False)
+    atomic_write_text(path, json.dumps(doc, allow_nan=False), backup=False)
     return doc
 
 
@@ -336,14 +338,21 @@ def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CocoFormatError(f"{where}: {value!r} is not a number")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:
+        raise CocoFormatError(f"{where}: {str(value)[:40]}... is out of range") from None
     if not math.isfinite(f):
         raise CocoFormatError(f"{where}: {value!r} is not finite")
+    if abs(f) > MAX_COORDINATE:
+        raise CocoFormatError(f"{where}: {value!r} is out of range (|value| <= {MAX_COORDINATE:g})")
     return f
 
 
 def _int_id(obj: dict, key: str, where: str) -> int:
     value = _need(obj, key, (int, float), where)
+    if isinstance(value, int) and abs(value) >= 1 << 63:
+        raise CocoFormatError(f"{where}: {key} is out of range (more than 64 bits)")
     if not math.isfinite(value) or float(value) != int(value):
         raise CocoFormatError(f"{where}: {key} {value!r} is not an integer")
     return int(value)
@@ -551,13 +560,25 @@ def import_coco(
     """
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise CocoFormatError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CocoFormatError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CocoFormatError(f"{path}: cannot be read ({exc})") from None
+    try:
+        doc = loads_strict(raw, str(path), CocoFormatError)
+    except CocoFormatError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise CocoFormatError(f"{path}: not valid JSON ({reason})") from None
     root = Path(image_root) if image_root is not None else path.parent
-    return coco_to_project(doc, root.resolve(), str(path), category)
+    try:
+        return coco_to_project(doc, root.resolve(), str(path), category)
+    except CocoFormatError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
+            RecursionError) as exc:  # anything else malformed: the same error type
+        raise CocoFormatError(f"{path}: malformed content ({type(exc).__name__}: {exc})"
+                              ) from None
 
 
 def predictions_to_coco_results(doc: Mapping[str, Any]) -> list[dict[str, Any]]:

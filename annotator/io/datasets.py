@@ -15,7 +15,6 @@ numpy, json and csv only (no torch): this module sits in the io layer.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -179,15 +178,21 @@ class PairDataset:
 
 
 def _read_json(path: Path) -> Any:
+    """Strictly decoded JSON (BOM accepted; NaN, overflowing numbers, huge integers and deep
+    nesting refused, as by the importers)."""
+    from annotator.io.jsonio import InputFormatError, loads_strict
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DatasetFormatError(path, "file", "not found") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetFormatError(path, "json", f"not valid JSON ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise DatasetFormatError(path, "file", f"cannot be read ({exc})") from None
+    try:
+        return loads_strict(raw, str(path))
+    except InputFormatError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise DatasetFormatError(path, "json", f"not valid JSON ({reason})") from None
 
 
 def _field(data: Mapping[str, Any], name: str, path: Path) -> Any:

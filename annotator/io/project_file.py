@@ -6,11 +6,13 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from annotator.domain.annotation import (
 from annotator.domain.project import ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
 from annotator.io.images import list_images
+from annotator.io.jsonio import InputFormatError, check_coordinate, loads_strict
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ FORMAT_VERSION = 1
 PROJECT_SUFFIX = ".kpproj.json"
 
 
-class ProjectFileError(ValueError):
+class ProjectFileError(InputFormatError):
     """A project file cannot be read; the message names the file and the problem."""
 
 
@@ -45,33 +48,62 @@ def _encode_keypoint(kp: Keypoint) -> list[Any]:
     return out
 
 
-def project_to_dict(project: Project) -> dict[str, Any]:
-    """The JSON-ready document for ``project``."""
-    s = project.schema
-    annotations = {}
-    for path, ann in project.annotations().items():
-        annotations[path] = {
-            "status": ann.status.value,
-            "instances": [
-                {
-                    "keypoints": [_encode_keypoint(kp) for kp in inst.keypoints],
-                    **({"bbox": list(inst.bbox)} if inst.bbox else {}),
-                }
-                for inst in ann.instances
-            ],
-        }
+@dataclasses.dataclass(frozen=True)
+class ProjectSnapshot:
+    """An immutable view of a project at one revision (taken in about a millisecond: the
+    annotations are immutable values), serialized later on another thread."""
+
+    image_root: str
+    schema: KeypointSchema
+    settings: ProjectSettings
+    images: tuple[ImageRecord, ...]
+    annotation_map: Mapping[str, ImageAnnotation]
+    revision: int
+
+    def annotations(self) -> Mapping[str, ImageAnnotation]:
+        return self.annotation_map
+
+
+def snapshot(project: Project) -> ProjectSnapshot:
+    """Everything :func:`project_to_dict` reads, frozen at the current revision."""
+    return ProjectSnapshot(project.image_root, project.schema, project.settings,
+                           project.images, project.annotations(), project.revision)
+
+
+def encode_annotation(ann: ImageAnnotation) -> dict[str, Any]:
+    """The JSON form of one image's annotation (as in the project file)."""
+    return {
+        "status": ann.status.value,
+        "instances": [
+            {
+                "keypoints": [_encode_keypoint(kp) for kp in inst.keypoints],
+                **({"bbox": list(inst.bbox)} if inst.bbox else {}),
+            }
+            for inst in ann.instances
+        ],
+    }
+
+
+def encode_schema(s: KeypointSchema) -> dict[str, Any]:
+    """The JSON form of a schema (as in the project file)."""
+    return {
+        "name": s.name,
+        "supercategory": s.supercategory,
+        "keypoints": list(s.keypoints),
+        "skeleton": [list(e) for e in s.skeleton],
+        "flip_pairs": [list(p) for p in s.flip_pairs],
+        "colors": list(s.colors),
+    }
+
+
+def project_to_dict(project: Project | ProjectSnapshot) -> dict[str, Any]:
+    """The JSON-ready document for ``project`` (or a :class:`ProjectSnapshot`)."""
+    annotations = {path: encode_annotation(ann) for path, ann in project.annotations().items()}
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "image_root": project.image_root,
-        "schema": {
-            "name": s.name,
-            "supercategory": s.supercategory,
-            "keypoints": list(s.keypoints),
-            "skeleton": [list(e) for e in s.skeleton],
-            "flip_pairs": [list(p) for p in s.flip_pairs],
-            "colors": list(s.colors),
-        },
+        "schema": encode_schema(project.schema),
         "settings": dataclasses.asdict(project.settings),
         "images": [
             {"path": r.path, **({"width": r.width, "height": r.height} if r.width else {})}
@@ -86,7 +118,37 @@ def _decode_keypoint(raw: Any, where: str) -> Keypoint:
         raise ValueError(f"{where}: keypoint must be [x, y, v, origin(, confidence)]")
     x, y, v, origin = raw[:4]
     conf = raw[4] if len(raw) == 5 else None
-    return Keypoint(float(x), float(y), Visibility(int(v)), Origin(origin), conf)
+    x = check_coordinate(x, f"{where}: x", ProjectFileError)
+    y = check_coordinate(y, f"{where}: y", ProjectFileError)
+    if isinstance(v, bool) or not isinstance(v, int) or v not in (0, 1, 2):
+        raise ProjectFileError(f"{where}: visibility {v!r} is not 0, 1 or 2")
+    if not isinstance(origin, str):
+        raise ProjectFileError(f"{where}: origin {origin!r} is not a string")
+    if conf is not None:
+        conf = check_coordinate(conf, f"{where}: confidence", ProjectFileError, 0.0, 1.0)
+    return Keypoint(x, y, Visibility(v), Origin(origin), conf)
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise ProjectFileError(f"{where} must be a list of strings")
+    return tuple(raw)
+
+
+def _int_pairs(raw: Any, where: str) -> tuple[tuple[int, int], ...]:
+    ok = isinstance(raw, list) and all(
+        isinstance(e, list) and len(e) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in e) for e in raw)
+    if not ok:
+        raise ProjectFileError(f"{where} must be a list of [int, int] pairs")
+    return tuple((int(a), int(b)) for a, b in raw)
+
+
+def _kind(raw: Any, kind: type, where: str) -> Any:
+    if not isinstance(raw, kind) or isinstance(raw, bool):
+        what = "an object" if kind is dict else f"a {kind.__name__}"
+        raise ProjectFileError(f"{where} must be {what}")
+    return raw
 
 
 def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
@@ -127,52 +189,122 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
             f"this version reads up to {FORMAT_VERSION}); update the annotator to open it"
         )
     try:
-        sd = doc["schema"]
+        sd = _kind(doc["schema"], dict, "schema")
         schema = KeypointSchema(
-            name=sd["name"],
-            keypoints=tuple(sd["keypoints"]),
-            skeleton=tuple(tuple(e) for e in sd.get("skeleton", [])),
-            flip_pairs=tuple(tuple(p) for p in sd.get("flip_pairs", [])),
-            colors=tuple(sd.get("colors", ())),
-            supercategory=sd.get("supercategory", ""),
+            name=_kind(sd["name"], str, "schema.name"),
+            keypoints=_strings(sd["keypoints"], "schema.keypoints"),
+            skeleton=_int_pairs(sd.get("skeleton", []), "schema.skeleton"),
+            flip_pairs=_int_pairs(sd.get("flip_pairs", []), "schema.flip_pairs"),
+            colors=_strings(sd.get("colors", []), "schema.colors"),
+            supercategory=_kind(sd.get("supercategory", ""), str, "schema.supercategory"),
         )
         settings = _settings_from_dict(doc.get("settings", {}), source)
-        images = [
-            ImageRecord(i["path"], i.get("width"), i.get("height")) for i in doc["images"]
-        ]
+        images = []
+        for n, i in enumerate(_kind(doc["images"], list, "images")):
+            i = _kind(i, dict, f"images[{n}]")
+            images.append(ImageRecord(_kind(i["path"], str, f"images[{n}].path"),
+                                      i.get("width"), i.get("height")))
         annotations = {}
-        for path, a in doc.get("annotations", {}).items():
+        for path, a in _kind(doc.get("annotations", {}), dict, "annotations").items():
+            a = _kind(a, dict, f"annotation of {path!r}")
             instances = []
-            for n, inst in enumerate(a["instances"]):
+            for n, inst in enumerate(_kind(a["instances"], list, f"annotation of {path!r}")):
                 where = f"annotation of {path!r}, instance {n}"
-                kps = tuple(_decode_keypoint(k, where) for k in inst["keypoints"])
-                bbox = tuple(inst["bbox"]) if inst.get("bbox") else None
+                inst = _kind(inst, dict, where)
+                kps = tuple(_decode_keypoint(k, where)
+                            for k in _kind(inst["keypoints"], list, f"{where}: keypoints"))
+                bbox = None
+                if inst.get("bbox"):
+                    raw_box = _kind(inst["bbox"], list, f"{where}: bbox")
+                    if len(raw_box) != 4:
+                        raise ProjectFileError(f"{where}: bbox must be [x, y, w, h]")
+                    bbox = tuple(check_coordinate(b, f"{where}: bbox", ProjectFileError)
+                                 for b in raw_box)
                 instances.append(Instance(kps, bbox))
-            annotations[path] = ImageAnnotation(tuple(instances), ImageStatus(a["status"]))
-        return Project(doc["image_root"], images, schema, annotations, settings)
-    except ProjectFileError:
-        raise
+            status = _kind(a["status"], str, f"annotation of {path!r}: status")
+            annotations[path] = ImageAnnotation(tuple(instances), ImageStatus(status))
+        root = _kind(doc["image_root"], str, "image_root")
+        return Project(root, images, schema, annotations, settings)
+    except ProjectFileError as exc:
+        msg = str(exc)
+        raise ProjectFileError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     except KeyError as exc:
         raise ProjectFileError(f"{source}: missing field {exc}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         raise ProjectFileError(f"{source}: invalid content: {exc}") from None
 
 
 # -------------------------------------------------------------------- files
+_OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|bak)$")
+STALE_TEMP_S = 3600.0  # our temporary files older than this were left by a killed save
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # fallback: read by setting (briefly) and restoring
+    os.umask(mask)
+    return mask
+
+
+def _clean_stale_temps(folder: Path, name: str) -> None:
+    """Remove our own temporary files for ``name`` left by killed saves (older than an hour)."""
+    stale = time.time() - STALE_TEMP_S
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        m = _OWN_TEMP.match(e.name)
+        if not m or m.group("name") != name:
+            continue
+        try:
+            if e.is_file(follow_symlinks=False) and e.stat().st_mtime < stale:
+                os.unlink(e.path)
+        except OSError:
+            pass
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str, backup: bool = True) -> None:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename), keeping ``path~``
-    as a backup of the previous version when ``backup`` is true."""
-    path = Path(path)
+    """Write ``text`` as UTF-8 with :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"), backup)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, backup: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), keeping ``path~``
+    as a backup of the previous version when ``backup`` is true.
+
+    A symlink is written through (its target is replaced, the link stays); an existing
+    file keeps its permissions, a new one gets 0666 minus the umask; a read-only file is
+    refused with :class:`PermissionError`; our stale temporary files are cleaned."""
+    path = Path(os.path.realpath(path))  # write through symlinks to the real file
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file; not overwritten")
+        if not (st.st_mode & 0o222) or not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only; not overwritten (save it elsewhere or "
+                                  "make the file writable)")
+    _clean_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     bak_tmp = None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # keep the file's permissions
+        if st is not None:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))  # keep the file's permissions
             if backup:  # copy, never move: the project file exists at every instant
                 bak_fd, bak_tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".bak",
                                                    dir=path.parent)
@@ -180,6 +312,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, backup: bool = Tr
                 shutil.copy2(path, bak_tmp)
                 os.replace(bak_tmp, backup_path(path))
                 bak_tmp = None
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         for leftover in (tmp, bak_tmp):
@@ -194,6 +328,18 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, backup: bool = Tr
             os.close(dfd)
     except OSError:  # not supported on every platform/filesystem
         pass
+
+
+def dumps_document(doc: Any, indent: int | None = 1) -> str:
+    """JSON text for a document: never NaN/Infinity; non-ASCII kept readable unless a name
+    holds undecodable bytes (surrogate escapes), which are then written as \\u escapes so
+    the file stays UTF-8 and the name round-trips."""
+    text = json.dumps(doc, indent=indent, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(doc, indent=indent, ensure_ascii=True, allow_nan=False)
+    return text
 
 
 def backup_path(path: str | os.PathLike[str]) -> Path:
@@ -211,18 +357,93 @@ def _portable_root(image_root: str, project_dir: Path) -> str:
         return image_root
 
 
-def save_project(project: Project, path: str | os.PathLike[str]) -> None:
+def _dump(obj: Any) -> str:
+    """Compact one-line JSON (C encoder); \\u escapes only for undecodable names."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def document_text(project: Project | ProjectSnapshot, image_root: str | None = None,
+                  journal: Mapping[str, Any] | None = None, cooperative: bool = False) -> str:
+    """The project file's text: one line per top-level field, image and annotation.
+
+    Written entry by entry from small temporary objects rather than one big document, so a
+    save on a background thread neither holds the GIL for long nor grows the heap enough to
+    trigger full garbage collections that would stall the GUI thread. ``cooperative`` (a
+    background save) sleeps 1 ms every 64 entries: a CPU-bound Python thread otherwise makes
+    every GIL hand-over of the GUI thread wait up to the 5 ms switch interval."""
+    pause = (lambda: time.sleep(0.001)) if cooperative else (lambda: None)
+    head: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+    if journal is not None:  # near the top, so a short read of the file finds it
+        head["journal"] = dict(journal)
+    head["image_root"] = project.image_root if image_root is None else image_root
+    head["schema"] = encode_schema(project.schema)
+    head["settings"] = dataclasses.asdict(project.settings)
+    parts = ["{\n"]
+    parts.extend(f"{_dump(k)}: {_dump(v)},\n" for k, v in head.items())
+    images = project.images
+    parts.append('"images": [\n')
+    last = len(images) - 1
+    for i, r in enumerate(images):
+        rec = {"path": r.path, **({"width": r.width, "height": r.height} if r.width else {})}
+        parts.append(_dump(rec) + (",\n" if i < last else "\n"))
+        if i % 64 == 63:
+            pause()
+    parts.append('],\n"annotations": {\n')
+    annotations = project.annotations()
+    last = len(annotations) - 1
+    for i, (path, ann) in enumerate(annotations.items()):
+        parts.append(f"{_dump(path)}: {_dump(encode_annotation(ann))}"
+                     + (",\n" if i < last else "\n"))
+        if i % 64 == 63:
+            pause()
+    parts.append("}\n}\n")
+    return "".join(parts)
+
+
+def save_project(project: Project | ProjectSnapshot, path: str | os.PathLike[str],
+                 journal: Mapping[str, Any] | None = None, cooperative: bool = False) -> None:
     """Save atomically, keeping one backup of the previous file. The image root is stored
-    relative to the project file's folder."""
-    doc = project_to_dict(project)
-    doc["image_root"] = _portable_root(project.image_root, Path(path).parent)
-    text = json.dumps(doc, indent=1, ensure_ascii=False)
-    atomic_write_text(path, text)
+    relative to the project file's folder. ``journal`` ({"id", "seq"}) records which edit
+    journal entries the file already holds (see :mod:`annotator.io.autosave`; None: a new
+    journal identity, so no older journal is ever applied to this file);
+    ``cooperative``: see :func:`document_text`."""
+    root = _portable_root(project.image_root, Path(path).parent)
+    if journal is None:  # a new journal identity: no older journal applies to this file
+        journal = {"id": uuid.uuid4().hex, "seq": 0}
+    atomic_write_text(path, document_text(project, root, journal, cooperative))
     log.debug("saved project %s (revision %d)", path, project.revision)
 
 
-def load_project(path: str | os.PathLike[str]) -> Project:
-    """Load a project file; raises :class:`ProjectFileError` and never modifies the file."""
+def load_project(path: str | os.PathLike[str], recover: bool = True) -> Project:
+    """Load a project file; raises :class:`ProjectFileError` and never modifies the file.
+    With ``recover``, edits in its journal that the file does not hold yet are applied."""
+    return load_project_recovering(path, recover)[0]
+
+
+def load_project_recovering(path: str | os.PathLike[str],
+                            recover: bool = True) -> tuple[Project, int]:
+    """(project, number of journal records recovered) for :func:`load_project`."""
+    doc = read_project_document(path)
+    if recover:
+        from annotator.io.autosave import recover_document
+
+        recovered, count = recover_document(doc, path)
+        if count:
+            try:
+                return project_from_dict(recovered, str(path)), count
+            except ProjectFileError as exc:
+                log.warning("the edit journal of %s was not applied: %s", path, exc)
+    return project_from_dict(doc, str(path)), 0
+
+
+def read_project_document(path: str | os.PathLike[str]) -> Any:
+    """The decoded JSON of a project file (image root made absolute), not yet validated."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -234,21 +455,20 @@ def load_project(path: str | os.PathLike[str]) -> Project:
     except OSError as exc:
         raise ProjectFileError(f"{path}: cannot be read ({exc})") from None
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ProjectFileError(f"{path}: not a text file (not a project file)") from None
-    except json.JSONDecodeError as exc:
+        doc = loads_strict(raw, str(path), ProjectFileError)
+    except ProjectFileError as exc:
+        if "not UTF-8" in str(exc):
+            raise ProjectFileError(f"{path}: not a text file (not a project file)") from None
         hint = ""
         if backup_path(path).exists():
             hint = f"; the previous version is in {backup_path(path)}"
-        raise ProjectFileError(
-            f"{path}: truncated or invalid JSON at line {exc.lineno} column {exc.colno}{hint}"
-        ) from None
+        raise ProjectFileError(str(exc).replace("invalid or truncated", "truncated or invalid")
+                               + hint) from None
     if isinstance(doc, dict) and isinstance(doc.get("image_root"), str):
         root = Path(doc["image_root"])
         if not root.is_absolute():
             doc["image_root"] = str((path.parent / root).resolve())
-    return project_from_dict(doc, str(path))
+    return doc
 
 
 def new_project(image_root: str | os.PathLike[str], schema: KeypointSchema) -> Project:
@@ -258,74 +478,10 @@ def new_project(image_root: str | os.PathLike[str], schema: KeypointSchema) -> P
     return Project(str(root), images, schema)
 
 
-class Autosaver:
-    """Coalesces rapid edits into one save ``delay_s`` after the last change.
+def __getattr__(name: str) -> Any:
+    """``Autosaver`` lives in :mod:`annotator.io.autosave` (imported lazily: no cycle)."""
+    if name == "Autosaver":
+        from annotator.io.autosave import Autosaver
 
-    Call :meth:`maybe_save` from a timer (the GUI) or after edits (scripts); it saves when
-    the project changed and no further edit arrived for ``delay_s`` seconds, or when changes
-    have been waiting for ``max_wait_s`` (a stream of edits, such as predictions arriving
-    during a long propagation, still gets saved regularly).
-    """
-
-    def __init__(
-        self,
-        project: Project,
-        path: str | os.PathLike[str],
-        delay_s: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
-        max_wait_s: float = 15.0,
-    ) -> None:
-        self.project = project
-        self.path = Path(path)
-        self.delay_s = delay_s
-        self.max_wait_s = max(max_wait_s, delay_s)
-        self._clock = clock
-        self._saved_revision = project.revision
-        self._last_change = clock()
-        self._dirty_since: float | None = None
-        self.saves = 0
-        self._unsubscribe: Callable[[], None] | None = project.subscribe(
-            lambda _paths: self.notify()
-        )
-
-    @property
-    def dirty(self) -> bool:
-        return self.project.revision != self._saved_revision
-
-    def notify(self) -> None:
-        """Record that an edit happened now."""
-        self._last_change = self._clock()
-        if self._dirty_since is None:
-            self._dirty_since = self._last_change
-
-    def maybe_save(self, now: float | None = None) -> bool:
-        """Save if dirty and quiet for ``delay_s`` (or waiting for ``max_wait_s``); returns
-        whether it saved."""
-        now = self._clock() if now is None else now
-        if not self.dirty:
-            return False
-        waiting = now - (self._dirty_since if self._dirty_since is not None else now)
-        if now - self._last_change >= self.delay_s or waiting >= self.max_wait_s:
-            self.flush()
-            return True
-        return False
-
-    def flush(self) -> None:
-        """Save now if anything changed."""
-        if self.dirty:
-            revision = self.project.revision
-            save_project(self.project, self.path)
-            self._saved_revision = revision
-            self._dirty_since = None
-            self.saves += 1
-
-    def close(self) -> None:
-        """Flush and stop listening to the project."""
-        self.flush()
-        self.detach()
-
-    def detach(self) -> None:
-        """Stop listening to the project without saving (it was saved elsewhere)."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        return Autosaver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -164,8 +164,16 @@ def _bench_engine(models: _Models, cfg: FeatureConfig, images: list[np.ndarray],
     from annotator.features.sd_dino import SDDinoExtractor
 
     sd, dino = models.engine_parts()
+    adapter = None
+    if cfg.adapter and cfg.uses_dino:  # random weights: the same shapes and FLOPs
+        import math
+
+        from annotator.features.adapter import DiyAdapter
+
+        width = int(dino.model.config.hidden_size)
+        adapter = DiyAdapter(width, width // 4, math.gcd(32, width // 4))
     ext = SDDinoExtractor(sd if cfg.uses_sd else None, dino if cfg.uses_dino else None, cfg,
-                          device, models.dtype, batch_size=batch)
+                          device, models.dtype, batch_size=batch, adapter=adapter)
     timer = make_timer(device)
     gpu = device.startswith("cuda")
     times: list[float] = []
@@ -263,9 +271,11 @@ def _baseline_partial(base: BaselineExtractor, img: np.ndarray, tiles: int, coun
     cfg = base.config
     other = tile_flops = 0.0
     with classic_attention(base.sd, base.dino):
-        with count_flops(count) as fc:
-            emb = base._encode_prompt()
-        other += fc.get_total_flops() if fc is not None else 0.0
+        emb = None
+        if cfg.uses_sd:  # DINOv2-only presets (diy) have no prompt
+            with count_flops(count) as fc:
+                emb = base._encode_prompt()
+            other += fc.get_total_flops() if fc is not None else 0.0
         canvas = Letterbox.fit(img.shape[1], img.shape[0], cfg.sd_size).apply(img)
         t = cfg.sd_tile
         offs = [(oy, ox) for oy in cfg.sd_tile_offsets for ox in cfg.sd_tile_offsets][:tiles]
@@ -585,7 +595,11 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
             f"{base['seconds_per_image']:.3f} s/image, x{entry['speedup']:.2f}")
     result["extraction"] = extraction
 
-    first = _cfg(*next(iter(opts.presets.items())))
+    # the SD ablations and the precision check run on the first preset, without an adapter
+    # (the diy preset's DINOv2 part is the same network)
+    first = _cfg(*next(iter(opts.presets.items()))).replace(adapter="")
+    if not first.uses_sd:
+        first = first.replace(fusion="copca")
     if opts.ablations:
         say("ablations (one SD tile)")
         result["ablations"] = _ablations(models, first, device, say,
@@ -596,6 +610,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
 
     say("transfer")
     tcfg = opts.presets.get(opts.transfer_preset) or preset(opts.transfer_preset)
+    if not tcfg.uses_sd:  # the transfer part times the SD fusions on synthetic maps
+        tcfg = tcfg.replace(fusion="copca", adapter="")
     result["transfer"] = _bench_transfer(tcfg, opts, say)
     del models, sd, dino
 

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from annotator.io.datasets import EvalProtocol, ImageRef, PairDataset, load_rgb
+from annotator.io.datasets import (
+    DatasetFormatError,
+    EvalProtocol,
+    ImageRef,
+    PairDataset,
+    load_rgb,
+)
 from annotator.jobs.pck import (
     PairScore,
     PCKTable,
@@ -90,6 +96,7 @@ class EvalResult:
     total_pairs: int
     elapsed_s: float
     settings: Mapping[str, Any] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()  # "pair: reason" for pairs whose image cannot be read
 
 
 def _report(progress: Any, done: int, total: int, message: str) -> None:
@@ -156,12 +163,19 @@ def evaluate(dataset: PairDataset, predictor: Predictor, config: EvalConfig | No
     total = len(subset)
     cache = _ImageCache(config.image_cache)
     scores: list[PairScore] = []
+    skipped: list[str] = []
     start = time.perf_counter()
     _report(progress, 0, total, f"{dataset.name}: 0/{total} pairs")
     for done, record in enumerate(subset.records, start=1):
         _check(progress)
         sample = record.load()
-        src, trg = cache.get(sample.src_image), cache.get(sample.trg_image)
+        try:
+            src, trg = cache.get(sample.src_image), cache.get(sample.trg_image)
+        except DatasetFormatError as exc:  # one unreadable image: skip its pair, go on
+            log.warning("pair %s skipped: %s", sample.pair_id, exc)
+            skipped.append(f"{sample.pair_id}: {exc}")
+            _report(progress, done, total, f"{dataset.name}: {done}/{total} pairs")
+            continue
         pred = np.asarray(predictor(src, trg, sample.src_kps), dtype=np.float64)
         if pred.shape != sample.trg_kps.shape:
             raise ValueError(f"predictor returned shape {pred.shape} for pair {sample.pair_id}, "
@@ -177,7 +191,7 @@ def evaluate(dataset: PairDataset, predictor: Predictor, config: EvalConfig | No
         dataset=dataset.name, split=dataset.split, protocol=protocol, rule=rule, alphas=alphas,
         curve_alphas=curve, scores=table_scores, table=pck_table(table_scores, alphas),
         curve=pck_table([_slice(s, tail) for s in scores], curve), total_pairs=len(dataset),
-        elapsed_s=elapsed, settings=dict(settings or {}))
+        elapsed_s=elapsed, settings=dict(settings or {}), skipped=tuple(skipped))
     pck = result.table.overall.per_keypoint
     log.info("%s: %d pairs in %.1f s; per-keypoint PCK %s", dataset.name, total, elapsed,
              ", ".join(f"@{a:g}={v:.4f}" for a, v in zip(alphas, pck)))

@@ -224,9 +224,10 @@ def apply_predictions(
     return list(changes)
 
 
-def build_engine(settings: ProjectSettings, feature_cache_dir: str | None = None) -> Engine:
+def build_engine(settings: ProjectSettings, feature_cache_dir: str | None = None,
+                 category: str = "") -> Engine:
     """The SD + DINOv2 engine for ``settings`` with a disk feature cache (models load lazily
-    on first use)."""
+    on first use); ``category`` (the schema's) fills a "{category}" prompt."""
     from annotator.engine import Engine
     from annotator.features.cache import FeatureCache
 
@@ -241,6 +242,9 @@ def build_engine(settings: ProjectSettings, feature_cache_dir: str | None = None
         feature_cache=cache,
         fusion=settings.fusion,
         flip=settings.flip,
+        sd_unet=settings.sd_unet or None,
+        adapter_checkpoint=settings.diy_checkpoint or None,
+        category=category,
         **({} if settings.soft_argmax else {"softargmax_window": 0}),
     )
 

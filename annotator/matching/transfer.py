@@ -28,8 +28,14 @@ class MatchParams:
     temperature: float = 0.02
     cycle_scale: float = 2.0
     review_threshold: float = 0.5
+    #: flip choice: "cycle" (mean cycle error of the flipped keypoints, then similarity) or
+    #: "mutual_nn" (GeoAware-SC: mean distance of mutual nearest neighbours, all cells)
+    flip_criterion: str = "cycle"
 
     def __post_init__(self) -> None:
+        if self.flip_criterion not in ("cycle", "mutual_nn"):
+            raise ValueError(f"flip_criterion must be 'cycle' or 'mutual_nn', got "
+                             f"{self.flip_criterion!r}")
         if self.soft_window < 0 or (self.soft_window and self.soft_window % 2 == 0):
             raise ValueError(f"soft_window must be 0 or odd, got {self.soft_window}")
         if self.temperature <= 0 or self.cycle_scale <= 0:
@@ -102,6 +108,40 @@ def similarity_heatmap(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, point: np
     cx, cy = query_cells(np.asarray(point, dtype=np.float64).reshape(1, 2), cell, g)[0]
     q = r[:, cy, cx]
     return (q @ t.flatten(1)).reshape(g, g).numpy()
+
+
+def mutual_nn_distance(sim: torch.Tensor) -> float:
+    """GeoAware-SC's mask-free pose score from the (N, M) cosine similarities of unit
+    descriptors (reference cells x target cells): Euclidean distances sqrt(2 - 2 sim); mutual
+    nearest neighbours (a row's argmin whose column argmin is that row); the mean of the row
+    minima over reference cells in a mutual pair. Lower is better; inf for an empty matrix."""
+    if sim.ndim != 2:
+        raise ValueError(f"sim must be (N, M), got {tuple(sim.shape)}")
+    if sim.numel() == 0:
+        return float("inf")
+    dist = (2.0 - 2.0 * sim.float()).clamp_min(0).sqrt()
+    row_min, row_arg = dist.min(dim=1)
+    col_arg = dist.argmin(dim=0)
+    mutual = col_arg[row_arg] == torch.arange(dist.shape[0], device=dist.device)
+    return float(row_min[mutual].mean())  # the global minimum is always a mutual pair
+
+
+def mirrored_queries(points: np.ndarray, valid: np.ndarray, perm: np.ndarray, width: int
+                     ) -> np.ndarray:
+    """(K, 2) query points in the horizontally flipped reference (original pixels, width
+    ``width``): keypoint a is queried at the mirror x' = width - 1 - x of its partner perm[a]
+    when both are labelled (GeoAware-SC's permutation of fully visible groups), else at its
+    own mirror."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    k = len(pts)
+    perm = np.asarray(perm, dtype=np.int64)
+    valid = np.asarray(valid, dtype=bool)
+    if perm.shape != (k,) or valid.shape != (k,):
+        raise ValueError(f"perm and valid must have shape ({k},)")
+    src = np.where(valid & valid[perm], perm, np.arange(k))
+    out = pts[src].copy()
+    out[:, 0] = width - 1 - out[:, 0]
+    return out
 
 
 def _soft_argmax(sim: torch.Tensor, idx: torch.Tensor, g: int, window: int,
@@ -184,9 +224,11 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
     Flip-aware: given ``flipped_ref_desc`` (descriptor of the horizontally mirrored reference)
     and ``flip_perm`` (K,) (index of each keypoint's left/right partner, itself if none), also
     match keypoint k from the mirror position of its partner in the flipped reference and keep
-    the flipped result when its mean cycle (mutual-NN) distance is smaller (on a tie: when its
-    mean similarity is higher); keypoints the
-    flipped match cannot place (partner unlabelled) keep their direct match.
+    the flipped result when ``params.flip_criterion`` says so: "cycle", its mean cycle distance
+    is smaller (on a tie: its mean similarity is higher); "mutual_nn" (GeoAware-SC), the mean
+    mutual-nearest-neighbour distance of all flipped-reference cells to the target is smaller
+    (``mutual_nn_distance``). Keypoints the flipped match cannot place (partner unlabelled)
+    keep their direct match.
     ``flipped_tgt_desc`` is the target's descriptor computed together with the flipped
     reference, for pair-dependent fusions (copca projects each pair on its own PCA basis);
     default ``tgt_desc``.
@@ -208,18 +250,27 @@ def transfer(ref_desc: torch.Tensor, tgt_desc: torch.Tensor, ref_points: np.ndar
             raise ValueError("flipped_tgt_desc must have the shape of tgt_desc")
         return _match(fref, ftgt, cells, cell, params)
 
+    def score(flipped: bool) -> float:
+        r = _check_desc(flipped_ref_desc, "flipped_ref_desc") if flipped else ref  # type: ignore[arg-type]
+        t = tgt if not flipped or flipped_tgt_desc is None else _check_desc(flipped_tgt_desc,
+                                                                            "flipped_tgt_desc")
+        return mutual_nn_distance(_flat(r) @ _flat(t).T)
+
     return transfer_with(match, ref.shape[1], ref_points, ref_letterbox, tgt_letterbox, params,
-                         ref_valid, flipped_ref_desc is not None, flip_perm)
+                         ref_valid, flipped_ref_desc is not None, flip_perm, score)
 
 
 def transfer_with(match: Callable[[np.ndarray, float, bool], _Raw], g: int,
                   ref_points: np.ndarray, ref_letterbox: Letterbox, tgt_letterbox: Letterbox,
                   params: MatchParams, ref_valid: np.ndarray | None = None, flip: bool = False,
-                  flip_perm: Sequence[int] | np.ndarray | None = None) -> TransferResult:
+                  flip_perm: Sequence[int] | np.ndarray | None = None,
+                  flip_score: Callable[[bool], float] | None = None) -> TransferResult:
     """``transfer`` on any matcher: ``match(cells, cell, flipped)`` -> _Raw for the (K, 2) query
     cells (col, row) of the reference (``flipped``: of the mirrored reference) on a ``g`` x ``g``
     grid of ``cell`` px (see ``match_similarity``). Validation, query cells, the flip choice and
-    the result are exactly ``transfer``'s."""
+    the result are exactly ``transfer``'s. ``flip_score(flipped)`` is the mutual-NN distance of
+    the (flipped) reference to the target, needed when ``params.flip_criterion`` is
+    "mutual_nn"."""
     params = params or MatchParams()
     pts = np.asarray(ref_points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2:
@@ -243,18 +294,23 @@ def transfer_with(match: Callable[[np.ndarray, float, bool], _Raw], g: int,
     if perm.shape != (k,) or (k and (perm.min() < 0 or perm.max() >= k)):
         raise ValueError(f"flip_perm must be a permutation of shape ({k},)")
     # keypoint k in the mirrored reference sits at the mirror of its partner's position
-    fpts = safe[perm].copy()
-    fpts[:, 0] = ref_letterbox.width - 1 - fpts[:, 0]
+    fpts = mirrored_queries(safe, valid, perm, ref_letterbox.width)
     fcells = query_cells(ref_letterbox.to_canvas(fpts), cell, g)
-    fvalid = valid[perm] & valid
+    fvalid = valid[perm] & valid  # only keypoints with a labelled partner (or self-symmetric)
     fres = _finish(match(fcells, cell, True), tgt_letterbox, fvalid, params, True)
     use = fvalid
     if not use.any():
         return result
-    # the more cycle-consistent result wins; ties (whole-cell cycle errors are often both 0)
-    # go to the more similar one
-    fc, dc = fres.cycle_error[use].mean(), result.cycle_error[use].mean()
-    better = fc < dc or (fc == dc and fres.similarity[use].mean() > result.similarity[use].mean())
+    if params.flip_criterion == "mutual_nn":
+        if flip_score is None:
+            raise ValueError("flip_criterion 'mutual_nn' needs a flip_score")
+        better = flip_score(True) < flip_score(False)  # one decision per pair
+    else:
+        # the more cycle-consistent result wins; ties (whole-cell cycle errors are often both
+        # 0) go to the more similar one
+        fc, dc = fres.cycle_error[use].mean(), result.cycle_error[use].mean()
+        better = fc < dc or (fc == dc and
+                             fres.similarity[use].mean() > result.similarity[use].mean())
     if not better:
         return result
     keep = valid & ~fvalid  # the flipped match cannot place these: keep the direct match

@@ -41,6 +41,7 @@ from annotator.matching.transfer import (
     _check_desc,
     _Raw,
     match_similarity,
+    mutual_nn_distance,
     transfer_with,
 )
 
@@ -213,8 +214,12 @@ def transfer_parts(ref: PartsReference, tgt: PartsDescriptor, ref_points: np.nda
         return match_similarity(sim, lambda best: r.parts.similarity(tgt.vectors(best)),
                                 qidx, g, cell, params)
 
+    def score(flipped: bool) -> float:  # all reference cells against all target cells
+        r = flipped_ref if flipped and flipped_ref is not None else ref
+        return mutual_nn_distance(tgt.similarity(r.flat))
+
     return transfer_with(match, g, ref_points, ref_letterbox, tgt_letterbox, params, ref_valid,
-                         flipped_ref is not None, flip_perm)
+                         flipped_ref is not None, flip_perm, score)
 
 
 def parts_fusion(extractor: object) -> str | None:
