@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         try:  # keep what is done: a second Ctrl-C during this write stops it
             apply_predictions(project, predictions)
-            write_coco(project, args.out)
+            write_coco(project, args.out, choice)
         except (OSError, ValueError) as exc:
             print(f"interrupted; the {len(predictions)} prediction(s) made could not be "
                   f"written ({exc})", file=sys.stderr)
