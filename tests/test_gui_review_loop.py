@@ -205,7 +205,7 @@ def test_accept_says_when_it_accepts_low_confidence_points(qtbot, tmp_path):  # 
 def test_export_runs_in_the_background_from_a_snapshot(qtbot, tmp_path):  # noqa: ANN001
     import json
 
-    from annotator.gui.export_dialog import ExportDialog
+    from annotator.gui.coco_export import CocoExportDialog as ExportDialog
     from annotator.io.coco import ExportChoice, ExportScope
 
     window, project = demo(qtbot, tmp_path)

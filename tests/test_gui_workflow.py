@@ -169,7 +169,7 @@ def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F81
 
     # 9. export through the File menu and check it with pycocotools
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (export_file, ""))
-    from annotator.gui.export_dialog import ExportDialog
+    from annotator.gui.coco_export import CocoExportDialog as ExportDialog
 
     def with_predictions(dialog: ExportDialog) -> int:
         assert dialog.reviewed.isChecked()  # the default: only what a person checked

@@ -1,163 +1,172 @@
-"""Export: the choice of what goes out (dialog) and the write on a pool thread (exporter).
-
-The snapshot the export reads (:class:`~annotator.io.coco.CocoSource`) is taken on the GUI
-thread in milliseconds; building the document and the atomic write run on a pool thread, with
-progress coming back through a queued signal, so a 10,000-image export never freezes the window.
-"""
+"""File > Export as...: choose a format, where to write it and which labels go out."""
 
 from __future__ import annotations
 
-import logging
+import importlib.util
+import os
 
-import shiboken6
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtWidgets import (
-    QButtonGroup,
+    QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
-    QRadioButton,
-    QVBoxLayout,
+    QLineEdit,
+    QPushButton,
     QWidget,
 )
 
-from annotator.domain import ImageStatus, Project
-from annotator.gui.thumbnails import register_pool_user
-from annotator.io.coco import CocoSource, ExportChoice, ExportScope, write_coco_text
+from annotator.io.formats import FORMATS, FORMATS_EXTRA, ExportOptions, default_output_name
 
-log = logging.getLogger(__name__)
+LABELS = {
+    "coco": "COCO keypoints (.json)",
+    "yolo-pose": "Ultralytics YOLO pose (dataset folder)",
+    "dlc": "DeepLabCut project (folder)",
+    "sleap": "SLEAP labels (.slp, needs sleap-io)",
+    "label-studio": "Label Studio tasks (.json)",
+}
+FOLDER_FORMATS = ("yolo-pose", "dlc")
+FILTERS = {"coco": "JSON (*.json)", "sleap": "SLEAP (*.slp)", "label-studio": "JSON (*.json)"}
+LOSSES = {
+    "coco": "Keeps everything, including confidences and review state.",
+    "yolo-pose": "Copies the images; keeps visibility 0/1/2, boxes and left/right partners "
+                 "(flip_idx). Positions to 6 decimals of the image size.",
+    "dlc": "Copies the images. DLC has no occluded flag: occluded points are written as "
+           "labelled (or left out). Boxes and left/right partners are not kept.",
+    "sleap": "Refers to the images by path. Keeps visibility, skeleton and partners; "
+             "boxes are not kept.",
+    "label-studio": "Keeps visibility (an 'occluded' choice) and boxes; Label Studio has "
+                    "no skeleton.",
+}
 
 
 class ExportDialog(QDialog):
-    """Pick an :class:`ExportChoice`, with the counts of what each choice writes."""
+    """Returns the chosen ``format()``, ``path()`` and ``options()`` once accepted."""
 
-    def __init__(
-        self, project: Project, start: ExportChoice | None = None, parent: QWidget | None = None
-    ) -> None:
+    def __init__(self, stem: str, start_dir: str, review_threshold: float,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setWindowTitle("Export COCO keypoints")
-        threshold = project.settings.review_threshold
-        start = start or ExportChoice(min_confidence=threshold)
-        checked = predicted = 0
-        for rec in project.images:
-            status = project.status(rec.path)
-            if status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
-                checked += 1
-            elif status == ImageStatus.PREDICTED:
-                predicted += 1
-        self.reviewed = QRadioButton(f"Reviewed and reference images only ({checked} images)")
-        self.predictions = QRadioButton(
-            f"Also unreviewed predictions ({predicted} more images, every predicted point)"
+        self.setWindowTitle("Export as")
+        self.resize(620, 300)
+        self._stem, self._dir = stem, start_dir
+        self.format_box = QComboBox()
+        for fmt in FORMATS:
+            self.format_box.addItem(LABELS[fmt], fmt)
+        if importlib.util.find_spec("sleap_io") is None:  # looked up, not imported
+            i = FORMATS.index("sleap")
+            self.format_box.setItemText(i, f"{LABELS['sleap']} -- not installed: {FORMATS_EXTRA}")
+        self.path_edit = QLineEdit()
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._browse)
+        path_row = QWidget()
+        row = QHBoxLayout(path_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path_edit, 1)
+        row.addWidget(browse)
+        self.losses = QLabel()
+        self.losses.setWordWrap(True)
+        self.include_predictions = QCheckBox(
+            "Also export images with unreviewed predictions (default: reviewed and "
+            "reference images only)"
         )
-        self.confident = QRadioButton("Also unreviewed predicted points scored at least")
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 1.0)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setDecimals(2)
-        self.threshold.setValue(start.min_confidence)
-        group = QButtonGroup(self)
-        for button in (self.reviewed, self.predictions, self.confident):
-            group.addButton(button)
-        {ExportScope.REVIEWED: self.reviewed, ExportScope.PREDICTIONS: self.predictions,
-         ExportScope.CONFIDENT: self.confident}[start.scope].setChecked(True)
-        note = QLabel("Images whose labels are left out are left out of the file, so no reader "
-                      "takes them for images without objects. The file records the choice in "
-                      "info.annotator_export.")
-        note.setWordWrap(True)
-        row = QHBoxLayout()
-        row.addWidget(self.confident)
-        row.addWidget(self.threshold)
-        row.addStretch(1)
+        self.min_confidence = QDoubleSpinBox()
+        self.min_confidence.setRange(0.0, 1.0)
+        self.min_confidence.setSingleStep(0.05)
+        self.min_confidence.setValue(review_threshold)
+        self.use_min_confidence = QCheckBox("Leave out predicted points below confidence")
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.0, 0.9)
+        self.val_fraction.setSingleStep(0.05)
+        self.image_prefix = QLineEdit()
+        self.image_prefix.setPlaceholderText("e.g. /data/local-files/?d=photos/")
+        self.drop_occluded = QCheckBox("Leave occluded points out")
+
+        form = QFormLayout(self)
+        form.addRow("Format", self.format_box)
+        form.addRow("Write to", path_row)
+        form.addRow("", self.losses)
+        form.addRow("", self.include_predictions)
+        form.addRow(self.use_min_confidence, self.min_confidence)
+        self._val_label = QLabel("Validation share")
+        form.addRow(self._val_label, self.val_fraction)
+        self._prefix_label = QLabel("Image URL prefix")
+        form.addRow(self._prefix_label, self.image_prefix)
+        self._occluded_label = QLabel("Occluded points (DLC)")
+        form.addRow(self._occluded_label, self.drop_occluded)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
-        buttons.accepted.connect(self.accept)
+        buttons.accepted.connect(self._accept)
         buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("What should the COCO file contain?"))
-        layout.addWidget(self.reviewed)
-        layout.addWidget(self.predictions)
-        layout.addLayout(row)
-        layout.addWidget(note)
-        layout.addWidget(buttons)
+        form.addRow(buttons)
+        self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
 
-    def choice(self) -> ExportChoice:
-        if self.predictions.isChecked():
-            return ExportChoice(ExportScope.PREDICTIONS, self.threshold.value())
-        if self.confident.isChecked():
-            return ExportChoice(ExportScope.CONFIDENT, self.threshold.value())
-        return ExportChoice(ExportScope.REVIEWED, self.threshold.value())
+        self.format_box.currentIndexChanged.connect(self._format_changed)
+        self.include_predictions.toggled.connect(self._update)
+        self.use_min_confidence.toggled.connect(self._update)
+        self.path_edit.textChanged.connect(self._update)
+        self._format_changed()
 
+    # ------------------------------------------------------------------ state
+    def format(self) -> str:
+        return str(self.format_box.currentData())
 
-class _Emitter(QObject):
-    """Lives on the GUI thread; the pool thread emits through it (queued to the GUI)."""
+    def set_format(self, fmt: str) -> None:
+        self.format_box.setCurrentIndex(FORMATS.index(fmt))
 
-    progress = Signal(int, int)  # done, total
-    done = Signal(str, str, int, int)  # path, error ("" when written), images, annotations
+    def path(self) -> str:
+        return self.path_edit.text().strip()
 
+    def options(self) -> ExportOptions:
+        fmt = self.format()
+        include = self.include_predictions.isChecked()
+        return ExportOptions(
+            include_predictions=include,
+            min_confidence=(self.min_confidence.value()
+                            if include and self.use_min_confidence.isChecked()
+                            and fmt != "coco" else None),
+            val_fraction=self.val_fraction.value() if fmt == "yolo-pose" else 0.0,
+            image_prefix=self.image_prefix.text() if fmt == "label-studio" else "",
+            drop_occluded=self.drop_occluded.isChecked() and fmt == "dlc",
+        )
 
-class _ExportTask(QRunnable):
-    def __init__(self, emitter: _Emitter, source: CocoSource, path: str,
-                 choice: ExportChoice) -> None:
-        super().__init__()
-        self._emitter, self._source, self._path, self._choice = emitter, source, path, choice
+    def _format_changed(self) -> None:
+        fmt = self.format()
+        self.path_edit.setText(os.path.join(self._dir, default_output_name(fmt, self._stem)))
+        self.losses.setText(LOSSES[fmt])
+        for widgets, shown in (
+            ((self._val_label, self.val_fraction), fmt == "yolo-pose"),
+            ((self._prefix_label, self.image_prefix), fmt == "label-studio"),
+            ((self._occluded_label, self.drop_occluded), fmt == "dlc"),
+        ):
+            for w in widgets:
+                w.setVisible(shown)
+        self._update()
 
-    def run(self) -> None:
-        try:
-            images, annotations = write_coco_text(self._source, self._path, self._choice,
-                                                  progress=self._emitter.progress.emit)
-            self._emitter.done.emit(self._path, "", images, annotations)
-        except Exception as exc:  # noqa: BLE001 (reported on the GUI thread, never lost)
-            log.error("export to %s failed", self._path, exc_info=True)
-            known = isinstance(exc, (OSError, ValueError))
-            error = str(exc) if known else f"{type(exc).__name__}: {exc}"
-            self._emitter.done.emit(self._path, error, 0, 0)
+    def _update(self) -> None:
+        include = self.include_predictions.isChecked()
+        self.use_min_confidence.setEnabled(include and self.format() != "coco")
+        self.min_confidence.setEnabled(include and self.use_min_confidence.isChecked()
+                                       and self.format() != "coco")
+        self.ok_button.setEnabled(bool(self.path()))
 
+    def _browse(self) -> None:
+        fmt = self.format()
+        if fmt in FOLDER_FORMATS:
+            parent = QFileDialog.getExistingDirectory(self, "Folder to create the dataset in",
+                                                      self._dir)
+            if parent:
+                self.path_edit.setText(os.path.join(parent,
+                                                    default_output_name(fmt, self._stem)))
+        else:
+            path = QFileDialog.getSaveFileName(self, "Export as", self.path(), FILTERS[fmt])[0]
+            if path:
+                self.path_edit.setText(path)
 
-class CocoExporter(QObject):
-    """Runs one export at a time on a pool thread; :attr:`finished` reports the outcome."""
-
-    progress = Signal(int, int)  # done, total
-    finished = Signal(str, str, int, int)  # path, error ("" on success), images, annotations
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._pool = QThreadPool(self)
-        self._pool.setMaxThreadCount(1)
-        self._emitter = _Emitter(self)
-        self._emitter.progress.connect(self.progress)
-        self._emitter.done.connect(self._on_done)
-        self._running: str | None = None
-        register_pool_user(self)
-
-    @property
-    def busy(self) -> bool:
-        return self._running is not None
-
-    def start(self, project: Project, path: str, choice: ExportChoice) -> bool:
-        """Snapshot ``project`` now and write it to ``path`` in the background; False when
-        an export is still running."""
-        if self._running is not None:
-            return False
-        source = CocoSource.of(project)  # immutable: the user may edit on meanwhile
-        self._running = path
-        self._pool.start(_ExportTask(self._emitter, source, path, choice))
-        return True
-
-    def _on_done(self, path: str, error: str, images: int, annotations: int) -> None:
-        self._running = None
-        self.finished.emit(path, error, images, annotations)
-
-    def wait(self, timeout_ms: int = 120_000) -> bool:
-        """Wait for a running export (closing the window); returns whether it ended."""
-        if not shiboken6.isValid(self._pool):
-            return True
-        return bool(self._pool.waitForDone(timeout_ms))
-
-    @property
-    def active_threads(self) -> int:
-        if not shiboken6.isValid(self._pool):
-            return 0
-        return self._pool.activeThreadCount()
+    def _accept(self) -> None:
+        if self.path():
+            self.accept()

@@ -13,6 +13,7 @@ from typing import Any
 from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QDockWidget,
     QFileDialog,
     QLabel,
@@ -25,8 +26,9 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.domain import ImageAnnotation, ImageRecord, KeypointSchema, Project
+from annotator.gui.coco_export import CocoExportDialog, CocoExporter
 from annotator.gui.editor import EditorPage
-from annotator.gui.export_dialog import CocoExporter, ExportDialog
+from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.progress import RateEstimator
 from annotator.gui.recent import add_recent_project
 from annotator.gui.schema_dialog import SchemaDialog
@@ -35,6 +37,7 @@ from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
+from annotator.io.formats import ExportOptions, FormatError, export_project
 from annotator.io.images import list_images
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
@@ -190,6 +193,7 @@ class MainWindow(QMainWindow):
         self.act_save = self._action(m, "&Save", self.save, (K.Save,))
         self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
         self.act_export = self._action(m, "&Export COCO...", self.export_coco_dialog, ("Ctrl+E",))
+        self.act_export_as = self._action(m, "Export &as...", self.export_as_dialog)
         m.addSeparator()
         self.act_close_project = self._action(m, "&Close project", self.close_project)
         self._action(m, "&Quit", self.close, (K.Quit,))
@@ -246,6 +250,7 @@ class MainWindow(QMainWindow):
             self.act_rescan,
             self.act_replace,
         ]
+        self.project_actions.append(self.act_export_as)
 
     def _connect(self) -> None:
         w = self.welcome
@@ -595,14 +600,41 @@ class MainWindow(QMainWindow):
     def export_coco_dialog(self) -> None:
         if self.project is None:
             return
-        dialog = ExportDialog(self.project, self._export_choice, self)
-        if dialog.exec() != ExportDialog.DialogCode.Accepted:
+        dialog = CocoExportDialog(self.project, self._export_choice, self)
+        if dialog.exec() != CocoExportDialog.DialogCode.Accepted:
             return
         choice = dialog.choice()
         start = os.path.splitext(self.project_path or "annotations")[0] + "_coco.json"
         path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
         if path:
             self.export_coco(path, choice)
+
+    def export_as(self, fmt: str, path: str, options: ExportOptions) -> bool:
+        """Export in ``fmt`` (see :mod:`annotator.io.formats`); errors are shown."""
+        if self.project is None:
+            return False
+        self.flush_predictions()
+        try:
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # copying images takes time
+            try:
+                report = export_project(self.project, fmt, path, options)
+            finally:
+                QApplication.restoreOverrideCursor()
+        except (FormatError, OSError, ValueError) as exc:
+            self.show_message("error", "Export as", str(exc))
+            return False
+        self.statusBar().showMessage(report.summary(), 10_000)
+        return True
+
+    def export_as_dialog(self) -> None:
+        if self.project is None:
+            return
+        base = self.project_path or os.path.join(self.project.image_root, "annotations")
+        stem = os.path.basename(base).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
+        dialog = ExportDialog(stem, os.path.dirname(base), self.project.settings.review_threshold,
+                              self)
+        if dialog.exec() == ExportDialog.DialogCode.Accepted:
+            self.export_as(dialog.format(), dialog.path(), dialog.options())
 
     def _autosave_tick(self) -> None:
         saver = self.autosaver

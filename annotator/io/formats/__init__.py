@@ -1,0 +1,163 @@
+"""Interchange formats: COCO (native), YOLO pose, DeepLabCut, SLEAP and Label Studio.
+
+``export_project`` writes a project in one of :data:`FORMATS`; ``import_dataset`` reads any
+of them (and project files) into a new project; ``detect_format`` tells which a path is.
+SLEAP goes through the optional sleap-io package (``keypoint-annotator[formats]``), imported
+only when a SLEAP file is read or written; the other formats are written by this package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from annotator.domain.project import Project
+from annotator.io.formats._common import (
+    DEFAULT_EXPORT,
+    FORMATS_EXTRA,
+    ExportOptions,
+    ExportReport,
+    FormatError,
+)
+
+FORMATS = ("coco", "yolo-pose", "dlc", "sleap", "label-studio")
+INPUT_FORMATS = ("project", *FORMATS)
+
+__all__ = [
+    "FORMATS",
+    "FORMATS_EXTRA",
+    "INPUT_FORMATS",
+    "ExportOptions",
+    "ExportReport",
+    "FormatError",
+    "default_output_name",
+    "detect_format",
+    "export_project",
+    "import_dataset",
+]
+
+
+def default_output_name(fmt: str, stem: str) -> str:
+    """A file or folder name for an export of ``fmt`` from a project called ``stem``."""
+    return {
+        "coco": f"{stem}_coco.json",
+        "yolo-pose": f"{stem}_yolo",
+        "dlc": f"{stem}_dlc",
+        "sleap": f"{stem}.slp",
+        "label-studio": f"{stem}_label_studio.json",
+    }[fmt]
+
+
+def detect_format(path: str | Path) -> str:
+    """Which of :data:`INPUT_FORMATS` ``path`` holds (from its name, else its content)."""
+    from annotator.io.project_file import FORMAT_NAME
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / "data.yaml").is_file():
+            return "yolo-pose"
+        if (path / "config.yaml").is_file():
+            return "dlc"
+        raise FormatError(f"{path}: a folder with neither data.yaml (YOLO pose) nor "
+                          "config.yaml (DeepLabCut)")
+    if not path.exists():
+        raise FormatError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".slp":
+        return "sleap"
+    if suffix == ".csv":
+        return "dlc"
+    if suffix in (".yaml", ".yml"):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "kpt_shape" in text:
+            return "yolo-pose"
+        if "bodyparts" in text:
+            return "dlc"
+        raise FormatError(f"{path}: a YAML file that is neither a YOLO pose data.yaml "
+                          "(kpt_shape) nor a DeepLabCut config.yaml (bodyparts)")
+    if suffix == ".json":
+        from annotator.io.jsonio import loads_strict
+
+        doc = loads_strict(path.read_bytes(), str(path), FormatError)
+        if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
+            return "project"
+        if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
+            return "coco"
+        if isinstance(doc, list) or (isinstance(doc, dict) and "data" in doc):
+            return "label-studio"
+        raise FormatError(f"{path}: JSON that is neither a project, COCO keypoints nor "
+                          "Label Studio tasks")
+    raise FormatError(f"{path}: unknown format (expected .kpproj.json, COCO .json, "
+                      "Label Studio .json, .slp, a DLC .csv/config.yaml or a YOLO data.yaml)")
+
+
+def import_dataset(
+    path: str | Path,
+    fmt: str | None = None,
+    image_root: str | Path | None = None,
+    image_prefix: str = "",
+) -> Project:
+    """A new project from ``path`` in format ``fmt`` (detected when None). ``image_root``
+    overrides where COCO and Label Studio image paths are found (default: the file's
+    folder); ``image_prefix`` is stripped from Label Studio image URLs."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt == "project":
+        from annotator.io.project_file import ProjectFileError, load_project
+
+        try:
+            return load_project(path)
+        except ProjectFileError as exc:
+            raise FormatError(str(exc)) from None
+    if fmt == "coco":
+        from annotator.io.coco import CocoFormatError, import_coco
+
+        try:
+            return import_coco(path, image_root)
+        except CocoFormatError as exc:
+            raise FormatError(str(exc)) from None
+    if fmt == "yolo-pose":
+        from annotator.io.formats.yolo import read_yolo_pose
+
+        return read_yolo_pose(path)
+    if fmt == "dlc":
+        from annotator.io.formats.dlc import read_dlc
+
+        return read_dlc(path)
+    if fmt == "sleap":
+        from annotator.io.formats.sleap import read_sleap
+
+        return read_sleap(path)
+    if fmt == "label-studio":
+        from annotator.io.formats.label_studio import read_label_studio
+
+        return read_label_studio(path, image_root, image_prefix)
+    raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(INPUT_FORMATS)}")
+
+
+def export_project(
+    project: Project, fmt: str, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
+) -> ExportReport:
+    """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
+    out = Path(out)
+    if fmt == "coco":
+        from annotator.io.coco import write_coco
+
+        doc = write_coco(project, out, include_predictions=options.include_predictions)
+        return ExportReport(out, len(doc["images"]), len(doc["annotations"]))
+    if fmt == "yolo-pose":
+        from annotator.io.formats.yolo import write_yolo_pose
+
+        return write_yolo_pose(project, out, options)
+    if fmt == "dlc":
+        from annotator.io.formats.dlc import write_dlc
+
+        return write_dlc(project, out, options)
+    if fmt == "sleap":
+        from annotator.io.formats.sleap import write_sleap
+
+        return write_sleap(project, out, options)
+    if fmt == "label-studio":
+        from annotator.io.formats.label_studio import write_label_studio
+
+        return write_label_studio(project, out, options)
+    raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

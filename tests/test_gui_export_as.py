@@ -1,0 +1,97 @@
+"""File > Export as...: the dialog's choices reach the export, errors are shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin, Visibility
+from annotator.gui.export_dialog import ExportDialog
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    make_window,
+    no_thread_leaks,
+    open_demo_project,
+    qt_isolated,
+)
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
+
+
+def add_prediction(project):  # noqa: ANN001, ANN201
+    """Mark an unlabelled demo image as predicted with one confident point."""
+    path = next(r.path for r in project.images if project.status(r.path) == ImageStatus.UNLABELLED)
+    k = len(project.schema)
+    kps = [Keypoint(5.0, 6.0, Visibility.VISIBLE, Origin.PREDICTED, 0.9)] + [Keypoint()] * (k - 1)
+    project.set_annotation(path, ImageAnnotation((Instance(tuple(kps)),), ImageStatus.PREDICTED),
+                           "predict")
+    return path
+
+
+def choose(fmt, path, include_predictions=False):  # noqa: ANN001, ANN201
+    def exec_(dialog: ExportDialog) -> int:
+        dialog.set_format(fmt)
+        dialog.path_edit.setText(str(path))
+        dialog.include_predictions.setChecked(include_predictions)
+        return ExportDialog.DialogCode.Accepted
+
+    return exec_
+
+
+def test_export_as_writes_the_chosen_format_and_labels(qtbot, tmp_path, monkeypatch):
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    predicted = add_prediction(project)
+    reviewed = [r.path for r in project.images
+                if project.status(r.path) in (ImageStatus.REFERENCE, ImageStatus.REVIEWED)]
+
+    monkeypatch.setattr(ExportDialog, "exec", choose("yolo-pose", tmp_path / "ds"))
+    window.act_export_as.trigger()
+    labels = sorted(p.name for p in (tmp_path / "ds/labels/train").rglob("*.txt"))
+    assert labels == sorted(Path(p).with_suffix(".txt").name for p in reviewed)
+    assert yaml.safe_load((tmp_path / "ds/data.yaml").read_text())["kpt_shape"] == [
+        len(project.schema), 3]
+    assert "wrote" in window.statusBar().currentMessage()
+
+    monkeypatch.setattr(ExportDialog, "exec", choose("yolo-pose", tmp_path / "ds2", True))
+    window.act_export_as.trigger()
+    names = {p.name for p in (tmp_path / "ds2/labels/train").rglob("*.txt")}
+    assert Path(predicted).with_suffix(".txt").name in names
+    window.close()
+
+
+def test_export_as_shows_errors(qtbot, tmp_path, monkeypatch):
+    window = make_window(qtbot)
+    assert not window.act_export_as.isEnabled()  # no project yet
+    open_demo_project(window, tmp_path)
+    assert window.act_export_as.isEnabled()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full/mine.txt").write_text("x")
+    monkeypatch.setattr(ExportDialog, "exec", choose("dlc", tmp_path / "full"))
+    window.act_export_as.trigger()
+    level, title, text = window.messages[-1]
+    assert (level, title) == ("error", "Export as") and "must be new or empty" in text
+    assert (tmp_path / "full/mine.txt").read_text() == "x"
+    window.close()
+
+
+def test_dialog_options_follow_the_format(qtbot, tmp_path):
+    dialog = ExportDialog("proj", str(tmp_path), 0.4)
+    qtbot.addWidget(dialog)
+    dialog.set_format("dlc")
+    assert dialog.path() == str(tmp_path / "proj_dlc")
+    dialog.drop_occluded.setChecked(True)
+    dialog.val_fraction.setValue(0.2)
+    assert dialog.options().drop_occluded and dialog.options().val_fraction == 0.0
+    dialog.set_format("yolo-pose")
+    assert dialog.path() == str(tmp_path / "proj_yolo")
+    assert not dialog.options().drop_occluded and dialog.options().val_fraction == 0.2
+    assert not dialog.min_confidence.isEnabled()
+    dialog.include_predictions.setChecked(True)
+    dialog.use_min_confidence.setChecked(True)
+    assert dialog.options().include_predictions and dialog.options().min_confidence == 0.4
+    dialog.set_format("sleap")
+    assert dialog.path() == str(tmp_path / "proj.slp")
+    dialog.path_edit.setText("")
+    assert not dialog.ok_button.isEnabled()
