@@ -28,6 +28,17 @@ no recent-files entry, no autosave, nothing of the user's QSettings touched):
   ``max_stall_worker_engine_load_ms`` (start until the engine is built: the worker thread
   imports torch, whose C initialisation holds the GIL) and ``max_stall_worker_images_ms``.
 
+- ``max_stall_export_ms``: the same while File > Export writes all N images as predicted
+  (``--images``, every image carrying a prediction, all exported) from a snapshot on a pool
+  thread; ``export_snapshot_ms`` is the part on the GUI thread, ``export_seconds`` the whole
+  export, ``export_on_gui_thread_seconds`` the same export run on the GUI thread (the stall
+  it used to cause);
+- ``max_stall_model_import_ms``: the same while the worker imports the model stack (torch,
+  OpenCV, transformers, diffusers and the classes the SD + DINOv2 engine uses) the way the
+  window does (``--import-mode steps``: :func:`annotator.jobs.preload.preload_model_stack`)
+  or all at once as before (``--import-mode plain``), before any engine is built;
+  ``model_import_seconds`` is how long that took. Skipped with ``--import-mode none``.
+
 A stall is the gap between ticks of a 2 ms timer, less the 2 ms. Writes JSON to --out (flat
 keys: ``annotator bench`` prints them as they are).
 
@@ -205,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="targets of the propagation timed on the worker (0: skip)")
     ap.add_argument("--instances", type=int, default=0,
                     help="predicted instances (with boxes) per image of the big project")
+    ap.add_argument("--import-mode", choices=("steps", "plain", "none"), default="steps",
+                    help="how the worker imports the model stack (see the docstring)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -301,6 +314,68 @@ def main(argv: list[str] | None = None) -> int:
         measure_saving(win, project, path, result, beat)
         result["saving"] = "done"
         save()
+
+        # ---- export of N predicted images
+        from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
+        from annotator.io.coco import ExportChoice, ExportScope, write_coco
+
+        result["export"] = "crashed or did not finish"
+        k = len(project.schema)
+        predictions = {}
+        for i, rec in enumerate(project.images):
+            kp = Keypoint(10.0 + i % 300, 20.0, 2, Origin.PREDICTED, (i % 997) / 997)
+            predictions[rec.path] = ImageAnnotation((Instance((kp,) * k),),
+                                                    ImageStatus.PREDICTED)
+        project.set_annotations(predictions, "Propagate")
+        app.processEvents()
+        run_for(0.5)  # the gallery repaints
+        choice = ExportChoice(ExportScope.PREDICTIONS)
+        exported: list[tuple] = []
+        win.exporter.finished.connect(lambda *a: exported.append(a))
+        beat.start()
+        t = time.perf_counter()
+        win.export_coco(str(Path(tmp) / "export.json"), choice)
+        result["export_snapshot_ms"] = (time.perf_counter() - t) * 1000
+        run_until(lambda: bool(exported), 300.0, poll_ms=2)
+        result["export_seconds"] = time.perf_counter() - t
+        result["max_stall_export_ms"] = beat.stop_ms()
+        result["stalls_over_50ms_export"] = beat.long_stalls
+        result["export"] = "done" if exported and not exported[0][1] else str(exported)
+        t = time.perf_counter()
+        write_coco(project, Path(tmp) / "export_gui_thread.json", choice)
+        result["export_on_gui_thread_seconds"] = time.perf_counter() - t
+        save()
+
+        # ---- model-stack import on the worker, before any engine
+        if args.import_mode != "none":
+            beat.start()  # the machine's own noise, for comparison (it may be shared)
+            run_for(3.0)
+            result["max_stall_idle_ms"] = beat.stop_ms()
+            result["stalls_over_50ms_idle"] = beat.long_stalls
+            result["model_import"] = "crashed or did not finish"
+            from annotator.jobs import preload as stack
+
+            def plain(_cancelled: object) -> None:  # the old way: one import after another
+                for step in stack.MODULE_STEPS:
+                    name, _, attr = step.partition(":")
+                    module = __import__(name, fromlist=["_"])
+                    if attr:
+                        getattr(module, attr)
+
+            chosen = stack.preload_model_stack if args.import_mode == "steps" else plain
+            win.controller.set_preloader(lambda cancelled: chosen(cancelled))
+            imported: list[bool] = []
+            win.controller.preloaded.connect(lambda: imported.append(True))
+            beat.start()
+            t = time.perf_counter()
+            win.controller.preload()
+            run_until(lambda: bool(imported), 600.0, poll_ms=2)
+            result["model_import_seconds"] = time.perf_counter() - t
+            result["max_stall_model_import_ms"] = beat.stop_ms()
+            result["stalls_over_50ms_model_import"] = beat.long_stalls
+            result["model_import_mode"] = args.import_mode
+            result["model_import"] = "done" if imported else "did not finish"
+            save()
 
         # ---- propagation on the worker
         if args.worker_images > 0:

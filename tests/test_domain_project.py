@@ -134,3 +134,38 @@ def test_a_schema_needs_a_keypoint():
         KeypointSchema("empty", ())
     with pytest.raises(SchemaError, match="at least one"):
         KeypointSchema("one", ("a",)).delete_keypoint(0)
+
+
+def test_listeners_see_the_history_after_the_change():
+    """Menus read can_undo/redo_text inside the change notification (issue 9, defect 1)."""
+    p = project()
+    seen = []
+    p.subscribe(lambda _paths: seen.append(
+        (p.history.can_undo, p.history.undo_text, p.history.can_redo, p.history.redo_text)))
+    p.move_keypoint("a.jpg", 0, 1, 1)
+    assert seen[-1] == (True, "Place nose", False, "")
+    p.move_keypoint("a.jpg", 0, 2, 2, drag_id=7)
+    p.move_keypoint("a.jpg", 0, 3, 3, drag_id=7)  # folds into the drag step
+    assert seen[-1] == (True, "Move nose", False, "")
+    p.undo()
+    assert seen[-1] == (True, "Place nose", True, "Move nose")
+    p.undo()
+    assert seen[-1] == (False, "", True, "Place nose")
+    p.redo()
+    assert seen[-1] == (True, "Place nose", True, "Move nose")
+
+
+def test_a_failing_command_leaves_the_history_as_it_was():
+    stack = UndoStack()
+    stack.push(Command("ok", lambda: None, lambda: None))
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        stack.push(Command("bad", boom, lambda: None))
+    assert stack.undo_text == "ok" and not stack.can_redo
+    stack.push(Command("bad revert", lambda: None, boom))
+    with pytest.raises(RuntimeError):
+        stack.undo()
+    assert stack.undo_text == "bad revert" and not stack.can_redo

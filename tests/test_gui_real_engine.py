@@ -40,7 +40,11 @@ def test_propagate_with_the_real_engine_on_tiny_models(qtbot, tmp_path, tiny_mod
         kps = project.annotation(path).instances[0].keypoints
         assert all(kp.confidence is not None for kp in kps)
     out = tmp_path / "export.json"
-    assert window.export_coco(str(out))
+    from annotator.io.coco import ExportChoice, ExportScope
+
+    with qtbot.waitSignal(window.exporter.finished, timeout=60_000) as exported:
+        assert window.export_coco(str(out), ExportChoice(ExportScope.PREDICTIONS))
+    assert exported.args[1] == ""
     coco = COCO(str(out))
     assert len(coco.getAnnIds()) >= len(predicted)
     assert any((tmp_path / "cache").rglob("*.safetensors"))  # features went to the disk cache

@@ -88,7 +88,12 @@ def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F81
     tol = 1.0 / canvas.scale + 0.5
     assert all(kp.v == Visibility.VISIBLE and kp.origin == Origin.MANUAL for kp in placed)
     assert np.abs(np.array([(k.x, k.y) for k in placed]) - truth).max() <= tol
+    # placing points never makes a reference by itself; the button does, visibly
+    assert project.status("chelsea.jpg") == ImageStatus.UNLABELLED
+    assert "not a reference yet" in window.editor.title.text()
+    qtbot.mouseClick(window.editor.reference_button, Qt.MouseButton.LeftButton)
     assert project.status("chelsea.jpg") == ImageStatus.REFERENCE
+    assert not window.editor.reference_button.isEnabled()
     assert "6. mouth   placed" in window.editor.keypoints.item(5).text()
 
     # 3. propagate on the worker; predictions stream into the gallery
@@ -164,7 +169,20 @@ def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F81
 
     # 9. export through the File menu and check it with pycocotools
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (export_file, ""))
-    window.act_export.trigger()
+    from annotator.gui.coco_export import CocoExportDialog as ExportDialog
+
+    def with_predictions(dialog: ExportDialog) -> int:
+        assert dialog.reviewed.isChecked()  # the default: only what a person checked
+        dialog.predictions.setChecked(True)
+        return ExportDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(ExportDialog, "exec", with_predictions)
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as exported:
+        window.act_export.trigger()
+    assert exported.args[1] == ""
+    assert "all unreviewed predictions" in window.statusBar().currentMessage()
+    assert json.loads(open(export_file).read())["info"]["annotator_export"]["scope"] == (
+        "predictions")
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

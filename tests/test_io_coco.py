@@ -22,15 +22,19 @@ from annotator.domain import (
 )
 from annotator.io.coco import (
     CocoFormatError,
+    ExportChoice,
+    ExportScope,
     coco_to_project,
     export_coco,
     import_coco,
     predictions_to_coco_results,
     write_coco,
+    write_coco_text,
 )
 from annotator.io.templates import load_template
 
 RNG = np.random.default_rng(0)
+ALL = ExportChoice(ExportScope.PREDICTIONS)
 
 
 def random_project(tmp_path, schema: KeypointSchema, n_images: int = 4) -> Project:
@@ -75,7 +79,7 @@ def test_export_is_valid_coco_and_scores_ap_one(tmp_path, template):
     schema = load_template(template)
     p = random_project(tmp_path, schema)
     out = tmp_path / "gt.json"
-    doc = write_coco(p, out)
+    doc = write_coco(p, out, ALL)
     gt = load_with_pycocotools(out)
     assert len(gt.getImgIds()) == 4
     cat = gt.loadCats(1)[0]
@@ -113,12 +117,12 @@ def test_export_is_valid_coco_and_scores_ap_one(tmp_path, template):
 def test_round_trip_export_import_export(tmp_path):
     p = random_project(tmp_path, load_template("quadruped"))
     out = tmp_path / "a.json"
-    first = write_coco(p, out)
+    first = write_coco(p, out, ALL)
     q = import_coco(out, p.image_root)
     assert q.schema.keypoints == p.schema.keypoints
     assert q.schema.skeleton == p.schema.skeleton
     assert q.schema.flip_pairs == p.schema.flip_pairs
-    second = export_coco(q)
+    second = export_coco(q, ALL)
     assert second == first
     assert q.annotation("dir/img1.png").status == ImageStatus.PREDICTED
     assert q.annotation("dir/img1.png").instances[0].keypoints[0].origin == Origin.PREDICTED
@@ -264,3 +268,88 @@ def test_a_sliver_user_box_still_exports_a_positive_area(tmp_path):
     p = coco_to_project(doc, tmp_path)
     out = export_coco(p)
     assert out["annotations"][0]["bbox"][2] >= 1 and out["annotations"][0]["area"] > 0
+
+
+def test_export_choices_leave_unreviewed_predictions_out_by_default(tmp_path):
+    """Issue 9, defect 6: predictions nobody reviewed are not exported as visible labels."""
+    schema = KeypointSchema("face", ("a", "b", "c"))
+    root = tmp_path / "imgs"
+    root.mkdir()
+    names = ("ref.png", "rev.png", "pred.png", "todo.png")
+    for name in names:
+        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / name)
+    p = Project(str(root), [ImageRecord(n) for n in names], schema)
+    manual = Keypoint(10, 10, Visibility.VISIBLE)
+    p.set_annotation("ref.png", ImageAnnotation((Instance((manual,) * 3),),
+                                                ImageStatus.REFERENCE), "x")
+    p.set_annotation("rev.png", ImageAnnotation((Instance((manual,) * 3),),
+                                                ImageStatus.REVIEWED), "x")
+    hi = Keypoint(20, 20, Visibility.VISIBLE, Origin.PREDICTED, 0.9)
+    lo = Keypoint(30, 30, Visibility.VISIBLE, Origin.PREDICTED, 0.1)
+    p.set_annotation("pred.png", ImageAnnotation((Instance((hi, lo, hi)),),
+                                                 ImageStatus.PREDICTED), "x")
+
+    def files(doc):  # noqa: ANN001, ANN202
+        return [im["file_name"] for im in doc["images"]]
+
+    default = export_coco(p)
+    assert files(default) == ["ref.png", "rev.png"]  # no image listed without its labels
+    assert len(default["annotations"]) == 2
+    assert default["info"]["annotator_export"]["scope"] == "reviewed"
+
+    everything = export_coco(p, ExportChoice(ExportScope.PREDICTIONS))
+    assert files(everything) == ["ref.png", "rev.png", "pred.png", "todo.png"]
+    pred = everything["annotations"][2]
+    assert pred["keypoints"][2::3] == [2, 2, 2] and pred["num_keypoints"] == 3
+    assert everything["info"]["annotator_export"]["scope"] == "predictions"
+
+    confident = export_coco(p, ExportChoice(ExportScope.CONFIDENT, 0.5))
+    pred = confident["annotations"][2]
+    assert pred["keypoints"][2::3] == [2, 0, 2] and pred["num_keypoints"] == 2
+    assert pred["keypoint_scores"] == [0.9, 0.1, 0.9]  # the score of the dropped point stays
+    info = confident["info"]["annotator_export"]
+    assert info["scope"] == "confident" and info["min_confidence"] == 0.5
+    assert "0.5" in info["description"]
+    with pytest.raises(ValueError, match="min_confidence"):
+        ExportChoice(ExportScope.CONFIDENT, 1.5)
+
+    # rendered entry by entry (the GUI's background export), the file is the same bytes
+    out, streamed = tmp_path / "out.json", tmp_path / "streamed.json"
+    for choice in (ExportChoice(), ExportChoice(ExportScope.CONFIDENT, 0.5)):
+        doc = write_coco(p, out, choice)
+        assert write_coco_text(p, streamed, choice) == (len(doc["images"]),
+                                                         len(doc["annotations"]))
+        assert streamed.read_text() == out.read_text() == json.dumps(doc)
+
+
+def test_cli_export_states_its_choice(tmp_path, capsys):
+    from annotator.cli import main
+    from annotator.io.project_file import save_project
+
+    schema = KeypointSchema("face", ("a", "b"))
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name in ("ref.png", "pred.png"):
+        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / name)
+    p = Project(str(root), [ImageRecord("ref.png"), ImageRecord("pred.png")], schema)
+    p.set_keypoint("ref.png", 0, Keypoint(5, 5, Visibility.VISIBLE))
+    kp = Keypoint(9, 9, Visibility.VISIBLE, Origin.PREDICTED, 0.3)
+    p.set_annotation("pred.png", ImageAnnotation((Instance((kp, kp)),), ImageStatus.PREDICTED),
+                     "x")
+    project_file = tmp_path / "p.kpproj.json"
+    save_project(p, project_file)
+    out = tmp_path / "out.json"
+    assert main(["export", str(project_file), "--out", str(out)]) == 0
+    assert "reviewed and reference images only" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert [im["file_name"] for im in doc["images"]] == ["ref.png"]
+    assert main(["export", str(project_file), "--out", str(out), "--include", "confident",
+                 "--min-confidence", "0.2"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["info"]["annotator_export"] == {
+        "scope": "confident", "min_confidence": 0.2,
+        "description": ExportChoice(ExportScope.CONFIDENT, 0.2).describe(),
+    }
+    assert doc["annotations"][1]["keypoints"][2::3] == [2, 2]
+    with pytest.raises(SystemExit, match="only with --include confident"):
+        main(["export", str(project_file), "--out", str(out), "--min-confidence", "0.2"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from annotator.cli.cluster import add_ray_arguments
 from annotator.cli.common import add_engine_arguments, engine_from_args
+from annotator.cli.export import add_include_arguments, choice_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "images, each box keeping the points that fall in it")
     p.add_argument("--crop-margin", type=float, default=None,
                    help="crop = box enlarged by this fraction of its size per side (0.15)")
+    add_include_arguments(p, "predictions")
     add_engine_arguments(p)
     add_ray_arguments(p)
     p.set_defaults(func=run)
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
               "categories in it dropped); choose another output file", file=sys.stderr)
         return 2
     project = load_input(args.input, args.images)
+    choice = choice_from_args(args, project.settings.review_threshold)
     engine = engine_from_args(args, category=project.schema.name)
     crop = {k: v for k, v in (("crop", args.crop), ("crop_margin", args.crop_margin))
             if v is not None}
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         try:  # keep what is done: a second Ctrl-C during this write stops it
             apply_predictions(project, predictions)
-            write_coco(project, args.out)
+            write_coco(project, args.out, choice)
         except (OSError, ValueError) as exc:
             print(f"interrupted; the {len(predictions)} prediction(s) made could not be "
                   f"written ({exc})", file=sys.stderr)
@@ -156,10 +159,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar.close()
     apply_predictions(project, predictions)
-    write_coco(project, args.out)
+    write_coco(project, args.out, choice)
     for pred in failed:
         print(f"skipped {pred.path}: {pred.error}", file=sys.stderr)
-    print(f"wrote {args.out}: {len(predictions)} image(s) predicted, {len(failed)} unreadable")
+    print(f"wrote {args.out}: {len(predictions)} image(s) predicted, {len(failed)} unreadable; "
+          f"contains {choice.describe()}")
     stats = None if args.ray else engine.cache_stats()
     if stats is not None:
         print(f"feature cache: {stats.hits} hit(s) ({stats.disk_hits} from disk, "

@@ -18,7 +18,11 @@ class Command:
 
 
 class UndoStack:
-    """Linear history of :class:`Command` objects with a bounded depth."""
+    """Linear history of :class:`Command` objects with a bounded depth.
+
+    The stacks are updated *before* a command runs, so listeners that the command notifies
+    (menus reading :attr:`can_undo`, :attr:`redo_text`) already see the new history. When a
+    command raises, the history is put back as it was and the error propagates."""
 
     def __init__(self, limit: int = 500) -> None:
         if limit < 1:
@@ -32,12 +36,17 @@ class UndoStack:
         that do not conflict with it, such as predictions for images the user has not
         touched). Folding edits into the newest step is the owner's job (see
         :meth:`top` and :meth:`replace_top`)."""
-        command.apply()
+        saved = (list(self._done), list(self._undone))
         if not keep_redo:
             self._undone.clear()
         self._done.append(command)
         if len(self._done) > self._limit:
             del self._done[0]
+        try:
+            command.apply()
+        except BaseException:
+            self._done, self._undone = saved
+            raise
 
     @property
     def top(self) -> Command | None:
@@ -55,8 +64,13 @@ class UndoStack:
         if not self._done:
             return None
         command = self._done.pop()
-        command.revert()
         self._undone.append(command)
+        try:
+            command.revert()
+        except BaseException:
+            self._undone.pop()
+            self._done.append(command)
+            raise
         return command.description
 
     def redo(self) -> str | None:
@@ -64,8 +78,13 @@ class UndoStack:
         if not self._undone:
             return None
         command = self._undone.pop()
-        command.apply()
         self._done.append(command)
+        try:
+            command.apply()
+        except BaseException:
+            self._done.pop()
+            self._undone.append(command)
+            raise
         return command.description
 
     def clear(self) -> None:

@@ -142,6 +142,18 @@ class Project:
         except KeyError:
             raise KeyError(f"image {path!r} is not in the project") from None
 
+    def add_images(self, records: Iterable[ImageRecord]) -> list[str]:
+        """Add the images not in the project yet (found in the folder later), at the end;
+        returns their paths. Not an undoable edit: the files are there either way."""
+        added = []
+        for rec in records:
+            if rec.path not in self._index:
+                self._add_record(rec)
+                added.append(rec.path)
+        if added:
+            self._changed(frozenset())
+        return added
+
     def set_image_size(self, path: str, width: int, height: int) -> None:
         """Record the size of an image once it is known (not an undoable edit)."""
         i = self._index_of(path)
@@ -210,8 +222,13 @@ class Project:
             top_old, top_new = top.payload  # type: ignore[misc]
             old = {**old, **top_old}  # the state before the first change wins
             new = {**top_new, **new}  # the latest change wins
-            self._store(changes)
+            # the history first, so listeners notified by the store see the folded step
             self.history.replace_top(self._annotation_command(description, old, new, merge_key))
+            try:
+                self._store(changes)
+            except BaseException:
+                self.history.replace_top(top)
+                raise
             return
         self.history.push(self._annotation_command(description, old, new, merge_key), keep_redo)
 
@@ -240,8 +257,13 @@ class Project:
         instance: int = 0,
         description: str | None = None,
         merge_key: object | None = None,
+        make_reference: bool = True,
     ) -> None:
-        """Set keypoint ``index`` of ``instance`` (created if it is the next one)."""
+        """Set keypoint ``index`` of ``instance`` (created if it is the next one).
+
+        ``make_reference``: a labelled keypoint on an unlabelled image makes it a reference
+        (scripts labelling references); the GUI passes False and marks references
+        explicitly (:meth:`set_status`)."""
         if not 0 <= index < len(self.schema):
             raise IndexError(f"keypoint index {index} outside 0..{len(self.schema) - 1}")
         ann = self.annotation(path)
@@ -252,15 +274,23 @@ class Project:
         else:
             raise IndexError(f"image {path!r} has no instance {instance}")
         new = ann.with_instance(instance, inst.with_keypoint(index, keypoint))
-        if new.status == ImageStatus.UNLABELLED and keypoint.labelled:
+        if make_reference and new.status == ImageStatus.UNLABELLED and keypoint.labelled:
             new = replace(new, status=ImageStatus.REFERENCE)
         name = self.schema.keypoints[index]
         self.set_annotation(path, new, description or f"Edit {name}", merge_key)
 
     def move_keypoint(
-        self, path: str, index: int, x: float, y: float, instance: int = 0, drag_id: object = None
+        self,
+        path: str,
+        index: int,
+        x: float,
+        y: float,
+        instance: int = 0,
+        drag_id: object = None,
+        make_reference: bool = True,
     ) -> None:
-        """Place keypoint ``index`` at (x, y); a prediction becomes reviewed."""
+        """Place keypoint ``index`` at (x, y); a prediction becomes reviewed.
+        ``make_reference`` as in :meth:`set_keypoint`."""
         ann = self.annotation(path)
         kp = (
             ann.instances[instance].keypoints[index]
@@ -270,7 +300,8 @@ class Project:
         key = ("move", path, instance, index, drag_id) if drag_id is not None else None
         self.set_keypoint(
             path, index, kp.moved(x, y), instance,
-            f"Move {self.schema.keypoints[index]}", merge_key=key,
+            f"{'Move' if kp.labelled else 'Place'} {self.schema.keypoints[index]}",
+            merge_key=key, make_reference=make_reference,
         )
 
     def set_visibility(self, path: str, index: int, v: Visibility, instance: int = 0) -> None:

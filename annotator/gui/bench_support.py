@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QApplication
 
 from annotator.domain import Project, ProjectSettings
 from annotator.gui.main_window import MainWindow
-from annotator.gui.worker import EngineFactory
+from annotator.gui.worker import EngineFactory, Preloader
 
 
 def open_window(
@@ -25,13 +25,17 @@ def open_window(
     engine_factory: EngineFactory | None = None,
     size: tuple[int, int] = (1400, 860),
     show: bool = True,
+    preloader: Preloader | None = None,
 ) -> MainWindow:
     """A main window showing ``project``, touching none of the user's settings or files.
 
     With ``show`` the window is shown and one event-loop pass has run, so the gallery is laid
-    out and its first thumbnails are requested when this returns.
+    out and its first thumbnails are requested when this returns. ``preloader`` is what
+    ``window.controller.preload()`` runs on the worker (default: nothing).
     """
-    window = MainWindow(engine_factory=engine_factory, isolated=True)
+    window = MainWindow(engine_factory=engine_factory, isolated=True, preload_models=False)
+    if preloader is not None:  # measured by the caller through controller.preload()
+        window.controller.set_preloader(preloader)
     window.resize(*size)
     window.set_project(project, None)
     if show:
@@ -66,10 +70,13 @@ class StallMeter:
         self.last = time.perf_counter()
         self.max_gap = 0.0
         self.ticks = 0
+        self.long_stalls = 0  # gaps over 50 ms
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.max_gap = max(self.max_gap, now - self.last - self.interval)
+        gap = now - self.last - self.interval
+        self.max_gap = max(self.max_gap, gap)
+        self.long_stalls += gap > 0.050
         self.last = now
         self.ticks += 1
 
@@ -77,6 +84,7 @@ class StallMeter:
         self.last = time.perf_counter()
         self.max_gap = 0.0
         self.ticks = 0
+        self.long_stalls = 0
         self.timer.start()
 
     def stop_ms(self) -> float:

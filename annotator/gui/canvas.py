@@ -1,4 +1,16 @@
-"""The image view: zoom to cursor, pan, fit; click to place, drag to move, right-click menu."""
+"""The image view: zoom to cursor, pan, fit; click to place, drag to move, right-click menu.
+
+Interaction model (no single stray click changes a placed point):
+
+- a left click on the image places the selected keypoint only while it is unplaced; on a
+  placed one the click is refused (:attr:`ImageCanvas.place_refused`) unless re-placing was
+  armed first (:meth:`ImageCanvas.arm_replace`, the R key), which lasts for one click;
+- a placed point moves only by dragging it, and only once the mouse has travelled the
+  platform's drag distance; it keeps its offset from the cursor, so it never jumps;
+- pressing on several points stacked within the hit radius picks the selected one if it is
+  among them, otherwise the nearest; clicking the stack again (without dragging) selects the
+  next point of the stack.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ from PySide6.QtGui import (
     QResizeEvent,
     QWheelEvent,
 )
-from PySide6.QtWidgets import QMenu, QSizePolicy, QWidget
+from PySide6.QtWidgets import QApplication, QMenu, QSizePolicy, QWidget
 
 from annotator.domain import Keypoint, Origin, Visibility
 from annotator.gui.colors import confidence_color
@@ -97,6 +109,7 @@ class ImageCanvas(QWidget):
     instance_clicked = Signal(int)  # instance
 
     place_requested = Signal(int, float, float)  # keypoint index, x, y (image pixels)
+    place_refused = Signal(int)  # a click on the image while keypoint index is placed
     drag_moved = Signal(int, float, float, int)  # index, x, y, drag id
     drag_finished = Signal(int)  # index
     keypoint_clicked = Signal(int)
@@ -119,6 +132,11 @@ class ImageCanvas(QWidget):
         self._offset = QPointF(0, 0)
         self._fitted = True
         self._drag: tuple[int, int] | None = None
+        # a press on a point: (index, press position, point minus press in image pixels,
+        # points stacked under the press, whether it was selected before); it becomes a drag
+        # past the drag distance
+        self._press: tuple[int, QPointF, QPointF, tuple[int, ...], bool] | None = None
+        self._replace_armed = False
         self._pan_from: QPointF | None = None
         self.threshold = 0.5
         self.show_names = True
@@ -168,6 +186,17 @@ class ImageCanvas(QWidget):
             return None
         inside.sort(key=lambda b: (not b.current, b.box[2] * b.box[3]))
         return "move", inside[0]
+
+    @property
+    def replace_armed(self) -> bool:
+        """Whether the next click re-places the selected keypoint even though it is placed."""
+        return self._replace_armed
+
+    def arm_replace(self, on: bool = True) -> None:
+        """Let the next click on the image place the selected keypoint wherever it is."""
+        self._replace_armed = on
+        self.setCursor(Qt.CursorShape.CrossCursor) if on else self.unsetCursor()
+
     def set_image(self, image: QImage | None, message: str = "") -> None:
         """Show ``image`` fitted to the window (``message`` when there is none)."""
         self._pixmap = QPixmap.fromImage(image) if image is not None else None
@@ -175,6 +204,8 @@ class ImageCanvas(QWidget):
         self._heat = None
         self._drag = None
         self._box_drag = self._rubber = None
+        self._press = None
+        self.arm_replace(False)
         self.fit()
 
     def set_points(
@@ -244,17 +275,26 @@ class ImageCanvas(QWidget):
         self._fitted = False
         self.update()
 
-    def hit(self, pos: QPointF) -> int | None:
-        """Index of the labelled keypoint nearest ``pos`` within the hit radius."""
-        best, best_d = None, HIT_RADIUS
+    def hits(self, pos: QPointF) -> list[int]:
+        """Indices of the labelled keypoints within the hit radius of ``pos``, nearest first
+        (equal distances in index order)."""
+        found = []
         for i, p in enumerate(self._points):
             if not p.keypoint.labelled:
                 continue
             w = self.to_widget(p.keypoint.x, p.keypoint.y)
             d = ((w.x() - pos.x()) ** 2 + (w.y() - pos.y()) ** 2) ** 0.5
-            if d <= best_d:
-                best, best_d = i, d
-        return best
+            if d <= HIT_RADIUS:
+                found.append((d, i))
+        return [i for _d, i in sorted(found)]
+
+    def hit(self, pos: QPointF) -> int | None:
+        """The keypoint a press at ``pos`` picks: the selected one if it is within the hit
+        radius (it wins ties and stacks), otherwise the nearest; None when none is near."""
+        near = self.hits(pos)
+        if not near:
+            return None
+        return self._current if self._current in near else near[0]
 
     def _hit_other(self, pos: QPointF) -> int | None:
         """Instance of the dimmed keypoint nearest ``pos`` within the hit radius."""
@@ -307,19 +347,30 @@ class ImageCanvas(QWidget):
             elif self._inside(*self.to_image(pos)):
                 self._rubber = (pos, pos)
             return
-        index = self.hit(pos)
-        other = self._hit_other(pos) if index is None else None
-        if other is not None:  # a dimmed point: select its instance, place nothing
-            self.instance_clicked.emit(other)
-            return
-        if index is not None:
-            self._current = index
-            self.keypoint_clicked.emit(index)
-            self._drag = (index, next(_drag_ids))
-            return
+        if not self._replace_armed and self.hit(pos) is None:
+            other = self._hit_other(pos)
+            if other is not None:  # a dimmed point: select its instance, place nothing
+                self.instance_clicked.emit(other)
+                return
         x, y = self.to_image(pos)
-        if self._inside(x, y) and 0 <= self._current < len(self._points):
+        index = None if self._replace_armed else self.hit(pos)
+        if index is not None:
+            kp = self._points[index].keypoint
+            offset = QPointF(kp.x - x, kp.y - y)
+            was_selected = index == self._current
+            self._press = (index, QPointF(pos), offset, tuple(self.hits(pos)), was_selected)
+            if not was_selected:
+                self._current = index
+                self.keypoint_clicked.emit(index)
+                self.update()
+            return
+        if not (self._inside(x, y) and 0 <= self._current < len(self._points)):
+            return
+        if self._replace_armed or not self._points[self._current].keypoint.labelled:
+            self.arm_replace(False)
             self.place_requested.emit(self._current, x, y)
+        else:
+            self.place_refused.emit(self._current)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         pos = event.position()
@@ -339,8 +390,16 @@ class ImageCanvas(QWidget):
             self._rubber = (self._rubber[0], pos)
             self.update()
             return
-        if self._drag is not None:
+        if self._press is not None and self._drag is None:
+            index, start = self._press[0], self._press[1]
+            moved = (pos - start).manhattanLength()
+            if moved < QApplication.startDragDistance():
+                return  # a click, however shaky, is not a move
+            self._drag = (index, next(_drag_ids))
+        if self._drag is not None and self._press is not None:
+            offset = self._press[2]
             x, y = self.to_image(pos)
+            x, y = x + offset.x(), y + offset.y()
             size = self.image_size or (1, 1)
             x = min(max(x, 0.0), size[0] - 1e-3)
             y = min(max(y, 0.0), size[1] - 1e-3)
@@ -370,10 +429,19 @@ class ImageCanvas(QWidget):
                 if part is not None:
                     self.instance_clicked.emit(part[1].index)
             return
+        press, self._press = self._press, None
         if self._drag is not None:
             index = self._drag[0]
             self._drag = None
             self.drag_finished.emit(index)
+        elif press is not None:
+            index, stack, was_selected = press[0], press[3], press[4]
+            if was_selected and len(stack) > 1:
+                # a click on the selected point of a stack: select the next one under it
+                nxt = stack[(stack.index(index) + 1) % len(stack)]
+                self._current = nxt
+                self.keypoint_clicked.emit(nxt)
+                self.update()
 
     def contextMenuEvent(self, event: QContextMenuEvent) -> None:
         index = self.hit(QPointF(event.pos()))

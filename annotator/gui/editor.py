@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -20,13 +20,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.domain import ImageStatus, Keypoint, Project, Visibility
+from annotator.domain import ImageStatus, Keypoint, Origin, Project, Visibility
 from annotator.gui.canvas import BoxStyle, ImageCanvas, PointStyle
 from annotator.gui.gallery import GalleryPanel
 from annotator.gui.image_loader import ImageLoader
 from annotator.gui.instance_list import InstancePanel
 from annotator.gui.keypoint_list import KeypointList
 from annotator.gui.qimage import heatmap_to_qimage
+from annotator.gui.reference_pane import ReferencePane
 from annotator.gui.thumbnails import ThumbnailLoader
 
 log = logging.getLogger(__name__)
@@ -54,19 +55,32 @@ class EditorPage(QWidget):
         self.canvas = ImageCanvas()
         self.keypoints = KeypointList()
         self.instances = InstancePanel()
+        self.reference_pane = ReferencePane()  # the main window docks it
+        self._pane_timer = QTimer(self)
+        self._pane_timer.setSingleShot(True)
+        self._pane_timer.setInterval(250)
+        self._pane_timer.timeout.connect(self.reference_pane.update_view)
         self.title = QLabel()
         self.title.setWordWrap(True)
         self.accept_button = QPushButton("Accept image (A)")
+        self.reference_button = QPushButton("Use as reference (M)")
+        self.reference_button.setToolTip(
+            "Make this image a reference: propagation copies its keypoints to the others"
+        )
         self.propagate_button = QPushButton("Propagate (Ctrl+R)")
         self.heatmap_box = QCheckBox("Similarity heatmap (H)")
         side = QVBoxLayout()
         side.addWidget(self.title)
+        hint = QLabel("Click places the selected keypoint while it is unplaced; drag a point "
+                      "to move it; R then a click re-places it.")
+        hint.setWordWrap(True)
+        side.addWidget(hint)
         side.addWidget(QLabel("Instances (B: box tool, drag to draw a box)"))
         side.addWidget(self.instances)
-        side.addWidget(QLabel("Keypoints: click the image to place the selected one"))
         side.addWidget(self.keypoints, 1)
         side.addWidget(self.heatmap_box)
         side.addWidget(self.accept_button)
+        side.addWidget(self.reference_button)
         side.addWidget(self.propagate_button)
         side_widget = QWidget()
         side_widget.setLayout(side)
@@ -78,12 +92,15 @@ class EditorPage(QWidget):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
         self.splitter.setSizes([330, 800, 260])
+        self._user_sized = False  # once the user drags a splitter handle, sizes are theirs
+        self.splitter.splitterMoved.connect(self._on_splitter_moved)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.splitter)
 
         self.gallery.image_selected.connect(self.show_image)
         self.canvas.place_requested.connect(self._on_place)
+        self.canvas.place_refused.connect(self._on_place_refused)
         self.canvas.drag_moved.connect(self._on_drag)
         self.canvas.drag_finished.connect(self._on_drag_end)
         self.canvas.keypoint_clicked.connect(self.set_current_keypoint)
@@ -97,7 +114,34 @@ class EditorPage(QWidget):
         self.instances.instance_selected.connect(self.select_instance)
         self.instances.add_requested.connect(self.add_instance)
         self.instances.delete_requested.connect(self.delete_instance)
+        self.reference_button.clicked.connect(self.make_reference)
         self.heatmap_box.toggled.connect(self._on_heatmap_toggled)
+
+    # ------------------------------------------------------------- layout
+    PANEL_SHARE = (0.22, 0.20)  # gallery, side panel: at most this share of a narrow window
+    PANEL_WIDTH = (330, 260)  # and at most this wide
+
+    def _on_splitter_moved(self, _pos: int, _index: int) -> None:
+        self._user_sized = True
+
+    def fit_panels(self) -> None:
+        """Let the gallery and the keypoint panel give way to the canvas in a narrow window
+        (down to their minimum widths), unless the user has sized them."""
+        if self._user_sized:
+            return
+        total = sum(self.splitter.sizes())
+        if total <= 0:
+            return
+        widths = []
+        for i, (share, most) in enumerate(zip(self.PANEL_SHARE, self.PANEL_WIDTH)):
+            least = self.splitter.widget(2 * i).minimumSizeHint().width()
+            widths.append(max(least, min(most, int(total * share))))
+        gallery, side = widths
+        self.splitter.setSizes([gallery, max(0, total - gallery - side), side])
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.fit_panels()
 
     # ------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:
@@ -108,6 +152,7 @@ class EditorPage(QWidget):
         self.shown_path = None
         self.images.set_root(project.image_root if project is not None else "")
         self.gallery.model.set_project(project)
+        self.reference_pane.set_project(project)
         if project is not None:
             self.apply_settings()
             refs = project.reference_paths()
@@ -131,6 +176,8 @@ class EditorPage(QWidget):
                 self.current_keypoint = min(self.current_keypoint, len(self.project.schema) - 1)
         if self.current_path is not None and (not paths or self.current_path in paths):
             self._refresh_points()
+        if not self._pane_timer.isActive():  # references change rarely; edits come in streams
+            self._pane_timer.start()
 
     # ------------------------------------------------------------- images
     def show_image(self, path: str) -> None:
@@ -220,7 +267,12 @@ class EditorPage(QWidget):
         ann = self.project.annotation(self.current_path)
         conf = ann.worst_confidence()
         extra = f", worst confidence {conf:.2f}" if conf is not None else ""
+        if ann.status == ImageStatus.UNLABELLED and ann.has_labels:
+            extra += " (not a reference yet: M or Accept makes it one)"
         self.title.setText(f"<b>{self.current_path}</b><br>{ann.status.value}{extra}")
+        is_ref = ann.status == ImageStatus.REFERENCE
+        self.reference_button.setEnabled(ann.has_labels and not is_ref)
+        self.reference_button.setText("Reference image" if is_ref else "Use as reference (M)")
 
     # ----------------------------------------------------------- keypoints
     def set_current_keypoint(self, index: int) -> None:
@@ -230,6 +282,7 @@ class EditorPage(QWidget):
             self.current_keypoint = index
             self._refresh_points()
             self._request_heatmap()
+            self.reference_pane.set_keypoint(index)
 
     def step_keypoint(self, step: int) -> None:
         if self.project is not None and len(self.project.schema):
@@ -239,7 +292,7 @@ class EditorPage(QWidget):
         if self.project is None or self.current_path is None:
             return
         self.project.move_keypoint(self.current_path, index, x, y,
-                                   instance=self._edit_instance())
+                                   instance=self._edit_instance(), make_reference=False)
         kps = self._keypoints()
         k = len(kps)
         for step in range(1, k + 1):  # advance to the next unlabelled keypoint
@@ -248,10 +301,40 @@ class EditorPage(QWidget):
                 self.set_current_keypoint(j)
                 break
 
+    def _on_place_refused(self, index: int) -> None:
+        if self.project is None:
+            return
+        name = self.project.schema.keypoints[index]
+        self.message.emit(f"{name} is placed already: drag it to move it, or press R and "
+                          "click to re-place it")
+
+    def arm_replace(self) -> None:
+        """The next click on the image places the selected keypoint, placed or not."""
+        if self.project is None or self.current_path is None:
+            return
+        self.canvas.arm_replace(True)
+        name = self.project.schema.keypoints[self.current_keypoint]
+        self.message.emit(f"Click the image to re-place {name}")
+
+    def make_reference(self) -> None:
+        """Make the current image a reference (explicit: placing points never does)."""
+        if self.project is None or self.current_path is None:
+            return
+        ann = self.project.annotation(self.current_path)
+        if not ann.has_labels:
+            self.message.emit("Place keypoints first: a reference needs labels")
+            return
+        if ann.status == ImageStatus.REFERENCE:
+            self.message.emit(f"{self.current_path} is a reference already")
+            return
+        self.project.set_status(self.current_path, ImageStatus.REFERENCE)
+        self.message.emit(f"{self.current_path} is now a reference")
+
     def _on_drag(self, index: int, x: float, y: float, drag_id: int) -> None:
         if self.project is not None and self.current_path is not None:
             self.project.move_keypoint(self.current_path, index, x, y,
-                                       instance=self._edit_instance(), drag_id=drag_id)
+                                       instance=self._edit_instance(), drag_id=drag_id,
+                                       make_reference=False)
 
     def _on_drag_end(self, _index: int) -> None:
         if self.project is not None:
@@ -343,9 +426,21 @@ class EditorPage(QWidget):
         if not ann.has_labels:
             self.message.emit("Nothing to accept: the image has no keypoints")
             return
+        threshold = self.project.settings.review_threshold
+        low = [
+            name
+            for inst in ann.instances
+            for name, kp in zip(self.project.schema.keypoints, inst.keypoints)
+            if kp.origin == Origin.PREDICTED and kp.confidence is not None
+            and kp.confidence < threshold
+        ]
         if ann.status != ImageStatus.REFERENCE:
             self.project.set_status(self.current_path, ImageStatus.REVIEWED)
-        self.message.emit(f"Accepted {self.current_path}")
+        text = f"Accepted {self.current_path}"
+        if low:
+            text += (f", including {len(low)} keypoint(s) below the review threshold "
+                     f"{threshold:g} as predicted: {', '.join(low)}")
+        self.message.emit(text)
         self.step_image(1)
 
     # ------------------------------------------------------------- heatmap

@@ -19,6 +19,7 @@ from PySide6.QtCore import (
     QRect,
     QSize,
     Qt,
+    QTimer,
     Signal,
 )
 from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
@@ -33,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.domain import ImageStatus, Project
+from annotator.domain import ImageAnnotation, ImageStatus, Project
 from annotator.gui.colors import UNREADABLE_COLOR, confidence_color, status_color
 from annotator.gui.thumbnails import ThumbnailLoader
 
@@ -71,7 +72,12 @@ _STATUS_RANK = {
 
 
 class GalleryModel(QAbstractListModel):
-    """Rows are the project's images after the current filter and sort."""
+    """Rows are the project's images after the current filter and sort.
+
+    Edits and predictions can change both; :attr:`order_stale` says so (the panel re-sorts
+    a moment later, keeping the selected image in view)."""
+
+    order_stale = Signal()
 
     def __init__(self, loader: ThumbnailLoader, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -80,6 +86,7 @@ class GalleryModel(QAbstractListModel):
         self._rows: list[str] = []
         self._row_of: dict[str, int] = {}
         self._errors: dict[str, str] = {}
+        self._worst_cache: dict[str, tuple[ImageAnnotation, float | None]] = {}
         self.filter = GalleryFilter.ALL
         self.sort = GallerySort.NAME
         self._placeholder = QPixmap(loader.size, loader.size)
@@ -90,6 +97,7 @@ class GalleryModel(QAbstractListModel):
     def set_project(self, project: Project | None) -> None:
         self._project = project
         self._errors.clear()
+        self._worst_cache.clear()
         self.refresh()
 
     def set_filter(self, value: GalleryFilter) -> None:
@@ -116,7 +124,7 @@ class GalleryModel(QAbstractListModel):
         assert self._project is not None
         ann = self._project.annotation(path)
         if f == GalleryFilter.NEEDS_REVIEW:
-            conf = ann.worst_confidence()
+            conf = self._worst(path, ann)
             threshold = self._project.settings.review_threshold
             return ann.status == ImageStatus.PREDICTED and (conf is None or conf < threshold)
         wanted = {
@@ -127,31 +135,52 @@ class GalleryModel(QAbstractListModel):
         }[f]
         return ann.status == wanted
 
-    def refresh(self) -> None:
-        """Re-apply the filter and the sort."""
+    def refresh(self) -> bool:
+        """Re-apply the filter and the sort; returns whether the rows changed (when they did
+        not, the rows are only repainted)."""
+        rows = self._compute_rows()
+        if rows == self._rows:
+            self.images_changed(frozenset(), live=False)
+            return False
         self.beginResetModel()
-        p = self._project
-        if p is None:
-            self._rows = []
-        else:
-            rows = [r.path for r in p.images]
-            if self.filter != GalleryFilter.ALL:
-                rows = [path for path in rows if self._keep(path)]
-            if self.sort == GallerySort.WORST_FIRST:
-                def worst(path: str) -> tuple[int, float, str]:
-                    ann = p.annotation(path)
-                    conf = ann.worst_confidence()
-                    return (_STATUS_RANK[ann.status], 2.0 if conf is None else conf, path)
-
-                rows.sort(key=worst)
-            elif self.sort == GallerySort.STATUS:
-                rows.sort(key=lambda path: (_STATUS_RANK[p.annotation(path).status], path))
-            self._rows = rows
+        self._rows = rows
         self._row_of = {path: i for i, path in enumerate(self._rows)}
         self.endResetModel()
+        return True
 
-    def images_changed(self, paths: set[str] | frozenset[str]) -> None:
-        """Repaint the rows of ``paths`` (all rows when empty)."""
+    def _worst(self, path: str, ann: ImageAnnotation) -> float | None:
+        """``ann.worst_confidence()``, remembered while the image's annotation (an immutable
+        value) stays the same, so live re-sorts of 10,000 images only rescore what changed."""
+        hit = self._worst_cache.get(path)
+        if hit is not None and hit[0] is ann:
+            return hit[1]
+        conf = ann.worst_confidence()
+        self._worst_cache[path] = (ann, conf)
+        return conf
+
+    def _compute_rows(self) -> list[str]:
+        p = self._project
+        if p is None:
+            return []
+        rows = [r.path for r in p.images]
+        if self.filter != GalleryFilter.ALL:
+            rows = [path for path in rows if self._keep(path)]
+        if self.sort == GallerySort.WORST_FIRST:
+            def worst(path: str) -> tuple[int, float, str]:
+                ann = p.annotation(path)
+                conf = self._worst(path, ann)
+                return (_STATUS_RANK[ann.status], 2.0 if conf is None else conf, path)
+
+            rows.sort(key=worst)
+        elif self.sort == GallerySort.STATUS:
+            rows.sort(key=lambda path: (_STATUS_RANK[p.annotation(path).status], path))
+        return rows
+
+    def images_changed(self, paths: set[str] | frozenset[str], live: bool = True) -> None:
+        """Repaint the rows of ``paths`` (all rows when empty); with ``live``, say that the
+        order or the filter may need applying again."""
+        if live and (self.sort != GallerySort.NAME or self.filter != GalleryFilter.ALL):
+            self.order_stale.emit()
         if not self._rows:
             return
         if not paths:
@@ -301,20 +330,57 @@ class GalleryPanel(QWidget):
         layout.addWidget(self.view)
         self.filter_box.currentTextChanged.connect(self._on_filter)
         self.sort_box.currentTextChanged.connect(self._on_sort)
+        # activated also fires when the user picks the item already shown: sort again
+        self.filter_box.activated.connect(lambda _i: self._on_filter(self.filter_box.currentText()))
+        self.sort_box.activated.connect(lambda _i: self._on_sort(self.sort_box.currentText()))
         self.view.selectionModel().currentChanged.connect(self._on_current)
         self._current: str | None = None
+        # edits and predictions re-sort and re-filter at most every LIVE_MS, not per change
+        self.live_timer = QTimer(self)
+        self.live_timer.setSingleShot(True)
+        self.live_timer.setInterval(self.LIVE_MS)
+        self.live_timer.timeout.connect(self.refresh_live)
+        self.model.order_stale.connect(self._on_order_stale)
+
+    LIVE_MS = 300
 
     def _on_filter(self, text: str) -> None:
         self.model.set_filter(GalleryFilter(text))
-        self._reselect()
+        self._after_user_change()
 
     def _on_sort(self, text: str) -> None:
         self.model.set_sort(GallerySort(text))
-        self._reselect()
+        self._after_user_change()
 
-    def _reselect(self) -> None:
+    def _after_user_change(self) -> None:
+        """A new sort or filter: the selection stays selected, the list starts at the top."""
+        self.live_timer.stop()
         if self._current is not None:
-            self.select(self._current, emit=False)
+            self.select(self._current, emit=False, scroll=False)
+        self.view.scrollToTop()
+
+    def _on_order_stale(self) -> None:
+        if not self.live_timer.isActive():  # a stream of changes re-sorts every LIVE_MS
+            self.live_timer.start()
+
+    def refresh_live(self) -> None:
+        """Apply the sort and filter again after edits, keeping the selected image where the
+        user sees it (or, with it not in view, the scroll position)."""
+        self.live_timer.stop()
+        bar = self.view.verticalScrollBar()
+        scroll = bar.value()
+        current = self._current
+        row = self.model.row_of(current) if current is not None else None
+        visible = row is not None and self.view.viewport().rect().intersects(
+            self.view.visualRect(self.model.index(row)))
+        if not self.model.refresh():
+            return
+        if current is not None and self.model.row_of(current) is not None:
+            self.select(current, emit=False, scroll=False)
+        if visible and current is not None and self.model.row_of(current) is not None:
+            self.view.scrollTo(self.model.index(self.model.row_of(current)))
+        else:
+            bar.setValue(min(scroll, bar.maximum()))
 
     def _on_current(self, current: QModelIndex, _previous: QModelIndex) -> None:
         path = self.model.path_at(current.row()) if current.isValid() else None
@@ -322,8 +388,9 @@ class GalleryPanel(QWidget):
             self._current = path
             self.image_selected.emit(path)
 
-    def select(self, path: str, emit: bool = True) -> None:
-        """Make ``path`` current (if it passes the filter); ``emit=False`` stays silent."""
+    def select(self, path: str, emit: bool = True, scroll: bool = True) -> None:
+        """Make ``path`` current (if it passes the filter); ``emit=False`` stays silent,
+        ``scroll=False`` leaves the view where it is."""
         if not emit:
             self._current = path
         row = self.model.row_of(path)
@@ -331,7 +398,8 @@ class GalleryPanel(QWidget):
             return
         idx = self.model.index(row)
         self.view.setCurrentIndex(idx)
-        self.view.scrollTo(idx)
+        if scroll:
+            self.view.scrollTo(idx)
 
     def neighbour(self, path: str | None, step: int) -> str | None:
         """The image ``step`` rows away from ``path`` in the current order."""

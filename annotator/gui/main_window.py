@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
+    QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -23,7 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.domain import ImageAnnotation, KeypointSchema, Project
+from annotator.domain import ImageAnnotation, ImageRecord, KeypointSchema, Project
+from annotator.gui.coco_export import CocoExportDialog, CocoExporter
 from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.progress import RateEstimator
@@ -32,13 +35,16 @@ from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
-from annotator.gui.worker import EngineFactory, WorkerController
-from annotator.io.coco import CocoFormatError, import_coco, write_coco
+from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
+from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
 from annotator.io.formats import ExportOptions, FormatError, export_project
+from annotator.io.images import list_images
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
     Autosaver,
     ProjectFileError,
+    backup_path,
+    load_project,
     load_project_recovering,
     new_project,
     save_project,
@@ -75,6 +81,7 @@ class MainWindow(QMainWindow):
         parent: QWidget | None = None,
         *,
         isolated: bool = False,
+        preload_models: bool | None = None,
     ) -> None:
         super().__init__(parent)
         self.isolated = isolated
@@ -88,19 +95,37 @@ class MainWindow(QMainWindow):
         self._pending: list[Any] = []
         self._baseline: dict[str, ImageAnnotation] = {}
         self._rate: RateEstimator | None = None
+        self._unreadable_in_run = 0
+        self._reference_dock_decided = False
         self._shut_down = False
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
         self._recovered = 0  # journaled edits recovered when the project was opened
         self._manual_save = False  # a Ctrl+S save is running in the background
 
         self.loader = ThumbnailLoader(parent=self)
-        self.controller = WorkerController(engine_factory, self)
+        self.exporter = CocoExporter(self)
+        self._export_choice: ExportChoice | None = None
+        # the model stack is imported in GIL-friendly steps on the worker, at idle once a
+        # project is open (default: with the real engine only; tests inject light engines)
+        self.preload_models = engine_factory is None if preload_models is None else preload_models
+        self.controller = WorkerController(
+            engine_factory, self, preloader=default_preloader if self.preload_models else None
+        )
+        self.preload_timer = QTimer(self)
+        self.preload_timer.setSingleShot(True)
+        self.preload_timer.setInterval(3000)
+        self.preload_timer.timeout.connect(self.controller.preload)
         self.welcome = WelcomePage(show_recent=not isolated)
         self.editor = EditorPage(self.loader)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.editor)
         self.setCentralWidget(self.stack)
+        self.reference_dock = QDockWidget("Reference", self)
+        self.reference_dock.setObjectName("reference-dock")
+        self.reference_dock.setWidget(self.editor.reference_pane)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.reference_dock)
+        self.reference_dock.hide()  # shown with a project, in a window wide enough for it
         self._build_status_bar()
         self._build_actions()
         self._connect()
@@ -110,6 +135,10 @@ class MainWindow(QMainWindow):
         self.autosave_timer.timeout.connect(self._autosave_tick)
         if not isolated:
             self.autosave_timer.start()
+        self.counts_timer = QTimer(self)
+        self.counts_timer.setSingleShot(True)
+        self.counts_timer.setInterval(250)
+        self.counts_timer.timeout.connect(self._update_counts)
         self.flush_timer = QTimer(self)
         self.flush_timer.setInterval(250)
         self.flush_timer.timeout.connect(self.flush_predictions)
@@ -125,6 +154,15 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("device: -")
         self.model_label = QLabel("models: not loaded")
         self.cache_label = QLabel("cache: -")
+        self.review_label = QLabel()
+        self.zoom_label = QLabel()
+        bar.addPermanentWidget(self.review_label)
+        bar.addPermanentWidget(self.zoom_label)
+        self.export_bar = QProgressBar()
+        self.export_bar.setMaximumWidth(120)
+        self.export_bar.setFormat("export %p%")
+        bar.addPermanentWidget(self.export_bar)
+        self.export_bar.hide()
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             bar.addPermanentWidget(w)
             w.hide()
@@ -150,6 +188,7 @@ class MainWindow(QMainWindow):
         self.act_open = self._action(m, "&Open project...", self.open_project_dialog, (K.Open,))
         self.act_import = self._action(m, "&Import COCO...", self.import_coco_dialog)
         self.act_demo = self._action(m, "Open &demo project", self.open_demo)
+        self.act_rescan = self._action(m, "&Rescan image folder", self.rescan_images)
         m.addSeparator()
         self.act_save = self._action(m, "&Save", self.save, (K.Save,))
         self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
@@ -176,6 +215,9 @@ class MainWindow(QMainWindow):
         self.act_next_kp = self._action(m, "Next &keypoint", lambda: e.step_keypoint(1), ("]",))
         self.act_prev_kp = self._action(m, "Previous keypoint", lambda: e.step_keypoint(-1),
                                         ("[",))
+        self.act_reference = self._action(m, "Use as &reference", e.make_reference, ("M",))
+        self.act_replace = self._action(m, "Re-place keypoint at next click", e.arm_replace,
+                                        ("R",))
         m.addSeparator()
         self.act_v2 = self._action(m, "Visible (v=2)", lambda: e.set_visibility(2), ("2",))
         self.act_v1 = self._action(m, "Occluded (v=1)", lambda: e.set_visibility(1), ("1",))
@@ -186,6 +228,11 @@ class MainWindow(QMainWindow):
         self.act_heatmap = self._action(
             m, "Similarity &heatmap", lambda: e.heatmap_box.toggle(), ("H",)
         )
+        self.act_reference_pane = self.reference_dock.toggleViewAction()
+        self.act_reference_pane.setText("Reference &pane")
+        self.act_reference_pane.setShortcut(QKeySequence("V"))
+        m.addAction(self.act_reference_pane)
+        self.addAction(self.act_reference_pane)
         m.addSeparator()
         self.act_box_tool = self._action(m, "&Box tool", lambda: None, ("B",))
         self.act_box_tool.setCheckable(True)
@@ -202,12 +249,19 @@ class MainWindow(QMainWindow):
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
         self.act_detect = self._action(m, "&Detect boxes", self.detect_boxes, ("Ctrl+D",))
         self.act_cancel = self._action(m, "&Cancel", self.cancel_propagation, ("Esc",))
+
+        m = self.menuBar().addMenu("&Help")
+        self.act_shortcuts = self._action(m, "&Keyboard shortcuts", self.show_shortcuts,
+                                          ("F1",))
+        self.act_models_note = self._action(m, "About the &models", self.show_models_note)
         self.project_actions = [
             self.act_detect, self.act_box_tool, self.act_add_instance, self.act_delete_instance,
             self.act_save, self.act_save_as, self.act_export, self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
-            self.act_fit, self.act_heatmap, self.act_propagate,
+            self.act_fit, self.act_heatmap, self.act_propagate, self.act_reference,
+            self.act_rescan,
+            self.act_replace,
         ]
         self.project_actions.append(self.act_export_as)
 
@@ -222,6 +276,10 @@ class MainWindow(QMainWindow):
         self.editor.message.connect(lambda text: self.statusBar().showMessage(text, 5000))
         self.editor.heatmap_wanted.connect(self._on_heatmap_wanted)
         self.editor.heatmap_cleared.connect(self.controller.cancel_heatmap)
+        self.editor.canvas.zoom_changed.connect(
+            lambda scale: self.zoom_label.setText(f"zoom {scale * 100:.0f} %"))
+        self.exporter.progress.connect(self._on_export_progress)
+        self.exporter.finished.connect(self._on_export_finished)
         c = self.controller
         c.run_progress.connect(self._on_progress)
         c.prediction_ready.connect(self._on_prediction)
@@ -262,13 +320,21 @@ class MainWindow(QMainWindow):
                 add_recent_project(path)
             self.editor.set_project(project)
             self.stack.setCurrentWidget(self.editor)
+            if self.width() >= 1280 and not self._reference_dock_decided:
+                self.reference_dock.show()
+            self._reference_dock_decided = True
+            if self.preload_models and not self.isolated:
+                self.preload_timer.start()
             self.device_label.setText(f"device: {project.settings.device}")
         else:
             self.editor.set_project(None)
+            self.reference_dock.hide()
+            self._reference_dock_decided = False
             self.welcome.refresh()
             self.stack.setCurrentWidget(self.welcome)
         self._update_title()
         self._update_actions()
+        self._update_counts()
 
     def _detach_project(self) -> None:
         if self.controller.busy:
@@ -338,8 +404,10 @@ class MainWindow(QMainWindow):
         try:
             project, self._recovered = load_project_recovering(path)
         except ProjectFileError as exc:
-            self.show_message("error", "Open project", str(exc))
-            return None
+            self._recovered = 0
+            project = self._restore_from_backup(path, exc)
+            if project is None:
+                return None
         if not os.path.isdir(project.image_root):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
@@ -351,6 +419,66 @@ class MainWindow(QMainWindow):
         if recovered:
             self.statusBar().showMessage(
                 f"Recovered {recovered} unsaved edit(s) from the edit journal", 10_000)
+        if os.path.isdir(project.image_root):
+            self.rescan_images(quiet=True)
+        return project
+
+    def rescan_images(self, quiet: bool = False) -> list[str]:
+        """Add the images put into the image folder since the project was made; returns
+        their paths. ``quiet``: say nothing when there are none (on open)."""
+        if self.project is None:
+            return []
+        try:
+            found = list_images(self.project.image_root)
+        except (OSError, ValueError) as exc:
+            if not quiet:
+                self.show_message("warning", "Rescan image folder", str(exc))
+            return []
+        added = self.project.add_images(ImageRecord(p) for p in found)
+        if added or not quiet:
+            self.statusBar().showMessage(
+                f"{len(added)} new image(s) found in {self.project.image_root}"
+                if added else "No new images in the image folder", 8000)
+        if added:
+            self.editor.gallery.model.refresh()
+        return added
+
+    def _ask_yes_no(self, title: str, text: str) -> bool:
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(self, title, text, buttons.Yes | buttons.No, buttons.Yes)
+        return answer == buttons.Yes
+
+    def _restore_from_backup(self, path: str, error: Exception) -> Project | None:
+        """``path`` cannot be read: offer its previous version (``path~``). The unreadable
+        file is kept beside it (``.unreadable-<time>``), so nothing is lost either way."""
+        backup = backup_path(path)
+        try:
+            load_project(backup)
+            usable = True
+        except (ProjectFileError, OSError):
+            usable = False
+        if not usable:
+            self.show_message("error", "Open project", str(error))
+            return None
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(backup)))
+        if not self._ask_yes_no(
+            "Open project",
+            f"{error}\n\nThe previous version of this project ({backup.name}, saved {when}) "
+            "can be read. Restore it? The unreadable file is kept beside it.",
+        ):
+            return None
+        aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            if os.path.exists(path):
+                shutil.copy2(path, aside)
+            shutil.copy2(backup, path)
+            project = load_project(path)
+        except (OSError, ProjectFileError) as exc:
+            self.show_message("error", "Open project", f"Cannot restore {backup}: {exc}")
+            return None
+        self.statusBar().showMessage(
+            f"Restored {os.path.basename(path)} from {backup.name}; the unreadable file is "
+            f"{os.path.basename(aside)}", 15_000)
         return project
 
     def open_project_dialog(self) -> None:
@@ -449,25 +577,50 @@ class MainWindow(QMainWindow):
         path = self._ask_save_file("Save project as", self.project_path or "", PROJECT_FILTER)
         return self.save_as(path) if path else False
 
-    def export_coco(self, path: str) -> bool:
+    def export_coco(self, path: str, choice: ExportChoice | None = None) -> bool:
+        """Export to ``path`` in the background (default: reviewed and reference images
+        only); the snapshot is taken now. Returns whether the export started;
+        ``exporter.finished`` follows."""
         if self.project is None:
             return False
-        self.flush_predictions()
-        try:
-            write_coco(self.project, path)
-        except (OSError, ValueError) as exc:
-            self.show_message("error", "Export COCO", str(exc))
+        if self.exporter.busy:
+            self.show_message("info", "Export COCO", "An export is still being written; "
+                              "try again when it has finished.")
             return False
-        self.statusBar().showMessage(f"Exported {path}", 5000)
-        return True
+        self.flush_predictions()
+        choice = choice or ExportChoice(min_confidence=self.project.settings.review_threshold)
+        self._export_choice = choice
+        self.export_bar.setRange(0, 0)
+        self.export_bar.show()
+        self.statusBar().showMessage(f"Exporting {path} ({choice.describe()})...")
+        return self.exporter.start(self.project, path, choice)
+
+    def _on_export_progress(self, done: int, total: int) -> None:
+        self.export_bar.setRange(0, max(total, 1))
+        self.export_bar.setValue(done)
+
+    def _on_export_finished(self, path: str, error: str, images: int, annotations: int) -> None:
+        self.export_bar.hide()
+        if error:
+            self.statusBar().clearMessage()
+            self.show_message("error", "Export COCO", f"Cannot export {path}: {error}")
+            return
+        choice = self._export_choice.describe() if self._export_choice else ""
+        self.statusBar().showMessage(
+            f"Exported {path}: {images} images, {annotations} annotations ({choice})", 8000
+        )
 
     def export_coco_dialog(self) -> None:
         if self.project is None:
             return
+        dialog = CocoExportDialog(self.project, self._export_choice, self)
+        if dialog.exec() != CocoExportDialog.DialogCode.Accepted:
+            return
+        choice = dialog.choice()
         start = os.path.splitext(self.project_path or "annotations")[0] + "_coco.json"
         path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
         if path:
-            self.export_coco(path)
+            self.export_coco(path, choice)
 
     def export_as(self, fmt: str, path: str, options: ExportOptions) -> bool:
         """Export in ``fmt`` (see :mod:`annotator.io.formats`); errors are shown."""
@@ -518,6 +671,40 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Autosave failed: {exc}", 10_000)
         self._update_title()
 
+    # ----------------------------------------------------------------- help
+    def shortcut_sheet(self) -> list[tuple[str, str]]:
+        """(keys, what they do) for every menu action with a shortcut, in menu order."""
+        rows = []
+        for menu_action in self.menuBar().actions():
+            menu = menu_action.menu()
+            for action in menu.actions() if menu is not None else []:
+                keys = [k.toString(QKeySequence.SequenceFormat.NativeText)
+                        for k in action.shortcuts()]
+                if keys:
+                    what = action.text().replace("&", "")
+                    rows.append((", ".join(keys), what))
+        return rows
+
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{w}</td></tr>"
+                       for k, w in self.shortcut_sheet())
+        extra = ("<p>Mouse: a click places the selected keypoint while it is unplaced; drag a "
+                 "point to move it; click a stack of points again to pick the next one; wheel "
+                 "zooms; middle drag or Ctrl + drag pans; right-click a point for its "
+                 "visibility.</p>")
+        box = QMessageBox(self)
+        box.setWindowTitle("Keyboard shortcuts")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(f"<table>{rows}</table>{extra}")
+        box.setModal(False)
+        box.show()
+        self.shortcut_box = box
+
+    def show_models_note(self) -> None:
+        from annotator.gui.welcome import FIRST_RUN_NOTE
+
+        self.show_message("info", "About the models", FIRST_RUN_NOTE)
+
     # ---------------------------------------------------------------- edits
     def undo(self) -> None:
         if self.project is not None:
@@ -559,6 +746,31 @@ class MainWindow(QMainWindow):
         self.editor.project_changed(paths)
         self._update_actions()
         self._update_title()
+        if not self.counts_timer.isActive():  # streams of edits: counted a few times a second
+            self.counts_timer.start()
+
+    def review_counts(self) -> tuple[int, int, int]:
+        """(reviewed or reference, total, predicted below the review threshold)."""
+        from annotator.domain import ImageStatus
+
+        if self.project is None:
+            return (0, 0, 0)
+        threshold = self.project.settings.review_threshold
+        done = need = 0
+        for ann in self.project.annotations().values():
+            if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+                done += 1
+            elif ann.status == ImageStatus.PREDICTED:
+                conf = ann.worst_confidence()
+                need += conf is None or conf < threshold
+        return done, len(self.project), need
+
+    def _update_counts(self) -> None:
+        if self.project is None:
+            self.review_label.setText("")
+            return
+        done, total, need = self.review_counts()
+        self.review_label.setText(f"{done:,} / {total:,} reviewed, {need:,} need review")
 
     def _update_actions(self) -> None:
         has = self.project is not None
@@ -589,7 +801,8 @@ class MainWindow(QMainWindow):
         if not self.project.reference_paths():
             self.show_message("info", "Propagate",
                               "Label a reference image first: select an image, click to place "
-                              "its keypoints, then press Propagate.")
+                              "its keypoints, make it a reference (Image > Use as reference, "
+                              "M), then press Propagate.")
             return False
         self.flush_predictions()
         self._baseline = self.project.annotations()
@@ -598,6 +811,8 @@ class MainWindow(QMainWindow):
         self._run_kind = "Propagation"
         self.controller.propagate(self.project, targets)
         self._rate = RateEstimator(0)
+        self._unreadable_in_run = 0
+        self.statusBar().clearMessage()  # the last run's outcome is not this run's
         self.progress_bar.setRange(0, 0)
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             w.show()
@@ -672,6 +887,7 @@ class MainWindow(QMainWindow):
         for pred in preds:
             if pred.error is not None:
                 self.editor.gallery.model.mark_unreadable(pred.path, pred.error)
+                self._unreadable_in_run += 1
                 continue
             empty = ImageAnnotation()
             if self.project.annotation(pred.path) != self._baseline.get(pred.path, empty):
@@ -705,7 +921,11 @@ class MainWindow(QMainWindow):
         text = {"done": f"{kind} finished", "cancelled": f"{kind} cancelled",
                 "failed": f"{kind} failed"}.get(outcome, outcome)
         if self._rate is not None and outcome == "done":
-            text += f": {self._rate.done} images in {self._rate.elapsed:.1f} s"
+            bad = self._unreadable_in_run
+            text += (f": {self._rate.done - bad} images predicted in "
+                     f"{self._rate.elapsed:.1f} s")
+            if bad:
+                text += f", {bad} unreadable (filter \"Unreadable\" lists them)"
         self._rate = None
         self.statusBar().showMessage(text, 8000)
         self._update_actions()
@@ -745,11 +965,14 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         self.autosave_timer.stop()
         self.flush_timer.stop()
+        self.preload_timer.stop()
         self.hide()  # the user sees the close at once; a model load may hold the join
         self._detach_project()  # cancel the run, apply what arrived, save: before any wait
         self.controller.shutdown()
+        self.exporter.wait()  # an export being written finishes (it is atomic either way)
         self.loader.stop()
         self.editor.images.stop()
+        self.editor.reference_pane.images.stop()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self._shut_down and not self._saved_or_confirmed():

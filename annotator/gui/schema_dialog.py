@@ -6,6 +6,8 @@ their index maps so the project can remap existing annotations consistently on a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
@@ -16,6 +18,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -80,13 +83,20 @@ class SchemaDialog(QDialog):
         self._updating = False
 
         self.name_edit = QLineEdit(self.schema.name)
+        self.supercategory_edit = QLineEdit(self.schema.supercategory)
+        self.supercategory_edit.setPlaceholderText("same as the category")
         self.template_box = QComboBox()
         self.template_box.addItems(list_templates())
+        self.template_box.setPlaceholderText("choose...")
+        # show the template the schema comes from, if any, never an unrelated first entry
+        self.template_box.setCurrentIndex(self.template_box.findText(self.schema.name))
         self.template_button = QPushButton("Use template")
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["Keypoint", "Colour"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setColumnWidth(0, 220)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setMinimumSectionSize(90)
         self.new_name = QLineEdit()
         self.new_name.setPlaceholderText("new keypoint name")
         self.add_button = QPushButton("Add")
@@ -104,6 +114,8 @@ class SchemaDialog(QDialog):
         top = QHBoxLayout()
         top.addWidget(QLabel("Category"))
         top.addWidget(self.name_edit, 1)
+        top.addWidget(QLabel("Supercategory"))
+        top.addWidget(self.supercategory_edit, 1)
         top.addWidget(QLabel("Template"))
         top.addWidget(self.template_box)
         top.addWidget(self.template_button)
@@ -176,6 +188,8 @@ class SchemaDialog(QDialog):
             self.schema = template
             self.index_map = compose(self.index_map, mapping)
             self.name_edit.setText(template.name)
+            self.supercategory_edit.setText(template.supercategory)
+            self.template_box.setCurrentIndex(self.template_box.findText(name))
             self._refresh()
 
         return self._guard(do)
@@ -274,6 +288,11 @@ class SchemaDialog(QDialog):
             return
         if name and name != self.schema.name and not self._guard(
             lambda: self._set(self.schema.renamed(name))
+        ):
+            return
+        supercategory = self.supercategory_edit.text().strip()
+        if supercategory != self.schema.supercategory and not self._guard(
+            lambda: self._set(replace(self.schema, supercategory=supercategory))
         ):
             return
         self.accept()

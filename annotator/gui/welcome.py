@@ -17,6 +17,13 @@ from PySide6.QtWidgets import (
 
 from annotator.gui.recent import recent_projects
 
+FIRST_RUN_NOTE = (
+    "First run: the first Propagate downloads the feature models once, Stable Diffusion 1.5 "
+    "and DINOv2 (about 2.5 GB in half precision, 4.5 GB in full precision), unless Edit > "
+    "Settings points at local copies. Labelling, review and export work without them. "
+    "Help > Keyboard shortcuts (F1) lists the keys."
+)
+
 
 class WelcomePage(QWidget):
     """Buttons for the ways to start; the main window connects them."""
@@ -33,12 +40,16 @@ class WelcomePage(QWidget):
         self.open_button = QPushButton("Open project...")
         self.import_button = QPushButton("Import COCO keypoints...")
         self.demo_button = QPushButton("Open the demo project (cat faces)")
+        self.first_run_note = QLabel(FIRST_RUN_NOTE)
+        self.first_run_note.setWordWrap(True)
+        self.first_run_note.setStyleSheet("color: #909090")
         self.recent = QListWidget()
         self.recent.setMaximumHeight(220)
         buttons = QVBoxLayout()
         for b in (self.new_button, self.open_button, self.import_button, self.demo_button):
             b.setMinimumHeight(36)
             buttons.addWidget(b)
+        buttons.addWidget(self.first_run_note)
         buttons.addWidget(QLabel("Recent projects"))
         buttons.addWidget(self.recent)
         row = QHBoxLayout()

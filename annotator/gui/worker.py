@@ -25,6 +25,7 @@ from annotator.gui.requests import DetectOrder, HeatmapOrder, ProjectSnapshot, P
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ProjectSettings], Any]
+Preloader = Callable[[Callable[[], bool]], Any]  # called with "is it cancelled?"
 _LIVE_THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
 
 MODELS_HELP = (
@@ -34,10 +35,31 @@ MODELS_HELP = (
     "(a few GB, once);\n"
     "  - offline: download the models on another machine (huggingface-cli download "
     "stable-diffusion-v1-5/stable-diffusion-v1-5 and facebook/dinov2-base) and set their "
-    "local folders in Settings > Models;\n"
-    "  - check the device and precision in Settings.\n\n"
+    "local folders in Edit > Settings (\"SD 1.5 model\", \"DINOv2 model\");\n"
+    "  - check the device and precision in Edit > Settings.\n\n"
     "Manual annotation, review and export keep working."
 )
+
+
+def _looks_like_folder(source: str) -> bool:
+    return source.startswith(("/", "~", ".", "\\")) or (len(source) > 1 and source[1] == ":")
+
+
+def models_help(settings: ProjectSettings, exc: BaseException) -> str:
+    """The message for models that could not be loaded: a local folder that does not exist
+    is named as such (no download would help); otherwise the general advice."""
+    missing = [
+        f"{label} folder {source} does not exist"
+        for label, source in (("SD 1.5 model", settings.sd_model),
+                              ("DINOv2 model", settings.dino_model))
+        if _looks_like_folder(source) and not os.path.isdir(os.path.expanduser(source))
+    ]
+    if missing:
+        return (f"{exc}\n\nThe " + "; the ".join(missing) + ". Set the folders that hold the "
+                "downloaded models in Edit > Settings (\"SD 1.5 model\", \"DINOv2 model\"), "
+                "or put back the hub ids to download them.\n\n"
+                "Manual annotation, review and export keep working.")
+    return f"{exc}\n\n{MODELS_HELP}"
 
 
 def default_engine_factory(settings: ProjectSettings) -> Any:
@@ -45,6 +67,13 @@ def default_engine_factory(settings: ProjectSettings) -> Any:
     from annotator.jobs.propagate import build_engine
 
     return build_engine(settings)
+
+
+def default_preloader(cancelled: Callable[[], bool]) -> Any:
+    """Import the model stack without starving the GUI thread (worker thread only)."""
+    from annotator.jobs.preload import preload_model_stack
+
+    return preload_model_stack(cancelled)
 
 
 def running_worker_threads() -> list[QThread]:
@@ -75,10 +104,15 @@ class EngineWorker(QObject):
     failed = Signal(int, str, str)  # request id, kind ("models" or "error"), message
     heatmap_ready = Signal(int, object)  # request id, (H, W) float array over the target
     cache_usage = Signal(object)  # bytes used by the feature cache
+    preloaded = Signal()  # the model stack is imported (or the preload gave up)
 
-    def __init__(self, engine_factory: EngineFactory | None = None) -> None:
+    def __init__(
+        self, engine_factory: EngineFactory | None = None, preloader: Preloader | None = None
+    ) -> None:
         super().__init__()
         self._factory = engine_factory or default_engine_factory
+        self._preloader = preloader
+        self._preloaded = False
         self._engine: Any = None
         self._engine_key: object = None
         self._lock = threading.Lock()
@@ -105,6 +139,25 @@ class EngineWorker(QObject):
         self._engine = None
         self._engine_key = None
 
+    @Slot(object)
+    def set_preloader(self, preloader: Preloader | None) -> None:
+        """Preload with ``preloader`` from now on (again, if a preload has run)."""
+        self._preloader = preloader
+        self._preloaded = False
+
+    @Slot()
+    def preload(self) -> None:
+        """Import the model stack now (once), in steps that leave the GUI responsive."""
+        if self._preloader is None or self._preloaded:
+            return
+        self._preloaded = True
+        try:
+            self._preloader(self._stopping.is_set)
+        except Exception:  # optional: the engine build reports real problems
+            log.warning("preloading the model stack failed", exc_info=True)
+        finally:
+            self.preloaded.emit()
+
     def request_stop(self) -> None:
         """Thread-safe: the application is closing; a weight download stops at its next
         file instead of holding up the close."""
@@ -120,6 +173,7 @@ class EngineWorker(QObject):
         if self._engine is None or self._engine_key != key:
             self._engine = None
             self.model_state.emit("loading", settings.device)
+            self.preload()
             engine = self._factory(settings)
             if hasattr(engine, "on_download"):  # first run: weights download, with progress
 
@@ -148,7 +202,7 @@ class EngineWorker(QObject):
                 return None
             log.warning("engine could not be built: %s", exc, exc_info=True)
             self.model_state.emit("failed", f"{type(exc).__name__}: {exc}")
-            self.failed.emit(request_id, "models", f"{exc}\n\n{MODELS_HELP}")
+            self.failed.emit(request_id, "models", models_help(settings, exc))
             return None
 
     @Slot(object)
@@ -193,7 +247,7 @@ class EngineWorker(QObject):
         except Exception as exc:
             log.error("propagation %d failed:\n%s", rid, traceback.format_exc())
             if type(exc).__name__ == "ModelLoadError":
-                self.failed.emit(rid, "models", f"{exc}\n\n{MODELS_HELP}")
+                self.failed.emit(rid, "models", models_help(order.snapshot.settings, exc))
             else:
                 self.failed.emit(rid, "error", f"{type(exc).__name__}: {exc}")
         finally:
@@ -302,13 +356,23 @@ class WorkerController(QObject):
     error = Signal(str, str)  # kind, message
     heatmap_ready = Signal(object)
     cache_usage = Signal(object)
+    preloaded = Signal()
 
     _send_propagate = Signal(object)
     _send_detect = Signal(object)
     _send_heatmap = Signal(object)
     _send_factory = Signal(object)
+    _send_preload = Signal()
+    _send_preloader = Signal(object)
 
-    def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None):
+    def __init__(
+        self,
+        engine_factory: EngineFactory | None = None,
+        parent: QObject | None = None,
+        preloader: Preloader | None = None,
+    ):
+        """``preloader`` imports the model stack before the first engine is built (and on
+        :meth:`preload`); None skips that step."""
         super().__init__(parent)
         self._next_id = 0
         self._run_id: int | None = None
@@ -316,8 +380,10 @@ class WorkerController(QObject):
         self._thread = QThread()
         self._thread.setObjectName("annotator-engine-worker")
         _LIVE_THREADS.add(self._thread)
-        self._worker = EngineWorker(engine_factory)
+        self._worker = EngineWorker(engine_factory, preloader)
         self._worker.moveToThread(self._thread)
+        self._send_preload.connect(self._worker.preload)
+        self._send_preloader.connect(self._worker.set_preloader)
         self._send_propagate.connect(self._worker.run_propagation)
         self._send_detect.connect(self._worker.run_detection)
         self._send_heatmap.connect(self._worker.compute_heatmap)
@@ -329,6 +395,7 @@ class WorkerController(QObject):
         self._worker.failed.connect(self._on_failed)
         self._worker.heatmap_ready.connect(self._on_heatmap)
         self._worker.cache_usage.connect(self.cache_usage)
+        self._worker.preloaded.connect(self.preloaded)
         self._thread.finished.connect(self._worker.deleteLater)
         self._thread.start()
 
@@ -349,6 +416,15 @@ class WorkerController(QObject):
         queued keeps the engine it was sent for and the next one gets the new factory.
         """
         self._send_factory.emit(engine_factory)
+
+    def set_preloader(self, preloader: Preloader | None) -> None:
+        """Use ``preloader`` for the next preload (queued like the orders)."""
+        self._send_preloader.emit(preloader)
+
+    def preload(self) -> None:
+        """Ask the worker to import the model stack now, ahead of the first run (queued
+        behind any order already sent)."""
+        self._send_preload.emit()
 
     def propagate(self, project: Project, targets: list[str] | None = None) -> int:
         """Start propagating from a snapshot of ``project``; cancels any run in progress."""

@@ -18,8 +18,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +75,85 @@ def _instance_box(
     return (x, y, w, h)
 
 
-def _image_size(project: Project, rec: ImageRecord) -> tuple[int, int] | None:
+class ExportScope(str, Enum):
+    """Which labels an export carries (recorded in the file's ``info``)."""
+
+    REVIEWED = "reviewed"  # reviewed and reference images only: labels a person checked
+    PREDICTIONS = "predictions"  # also every predicted keypoint nobody reviewed
+    CONFIDENT = "confident"  # also predicted keypoints scored at or above min_confidence
+
+
+@dataclass(frozen=True)
+class ExportChoice:
+    """What to export. The default is the honest one: only images a person reviewed (or
+    made references). ``min_confidence`` applies to :attr:`ExportScope.CONFIDENT` only: a
+    predicted keypoint scored below it goes out as not labelled (0, 0, 0), its score kept."""
+
+    scope: ExportScope = ExportScope.REVIEWED
+    min_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scope", ExportScope(self.scope))
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence {self.min_confidence} is not within 0..1")
+
+    def describe(self) -> str:
+        """One line for the dialog, the CLI and the file's ``info``."""
+        if self.scope == ExportScope.REVIEWED:
+            return "reviewed and reference images only"
+        if self.scope == ExportScope.PREDICTIONS:
+            return "reviewed and reference images, and all unreviewed predictions"
+        return ("reviewed and reference images, and unreviewed predicted keypoints with "
+                f"confidence >= {self.min_confidence:g}")
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scope": self.scope.value, "description": self.describe()}
+        if self.scope == ExportScope.CONFIDENT:
+            out["min_confidence"] = self.min_confidence
+        return out
+
+
+@dataclass(frozen=True)
+class CocoSource:
+    """An immutable snapshot of what an export reads, taken on the GUI thread in
+    milliseconds (annotations and image records are frozen; only the dicts are copied), so
+    the document can be built and written on another thread while the user edits on."""
+
+    image_root: str
+    images: tuple[ImageRecord, ...]
+    schema: KeypointSchema
+    annotations: Mapping[str, ImageAnnotation]
+
+    @classmethod
+    def of(cls, project: Project) -> CocoSource:
+        return cls(project.image_root, project.images, project.schema, project.annotations())
+
+    def annotation(self, path: str) -> ImageAnnotation:
+        return self.annotations.get(path, _EMPTY)
+
+
+_EMPTY = ImageAnnotation()
+ProgressFn = Callable[[int, int], None]
+
+
+def _image_size(image_root: str, rec: ImageRecord) -> tuple[int, int] | None:
     """(width, height), read from the file header when the project does not know it yet;
     None when the file cannot be read."""
     if rec.width and rec.height:
         return rec.width, rec.height
     try:
-        w, h = read_size(resolve_image_path(project.image_root, rec.path))
+        return read_size(resolve_image_path(image_root, rec.path))
     except (ImageLoadError, ValueError) as exc:
         log.warning("image %s left out of the COCO export: %s", rec.path, exc)
         return None
-    project.set_image_size(rec.path, w, h)
-    return w, h
 
 
-def _annotation_ids(project: Project) -> Callable[[Instance], int]:
+def _annotation_ids(annotations: Iterable[ImageAnnotation]) -> Callable[[Instance], int]:
     """Id per exported instance: its own ``ann_id`` (kept from import or creation, so ids are
     stable across exports) when unique, else the next id above every known one, in order."""
     seen: set[int] = set()
-    counter = project.next_annotation_id()
+    counter = 1 + max((inst.ann_id for ann in annotations for inst in ann.instances
+                       if inst.ann_id is not None), default=0)
 
     def next_id(inst: Instance) -> int:
         nonlocal counter
@@ -107,19 +168,44 @@ def _annotation_ids(project: Project) -> Callable[[Instance], int]:
     return next_id
 
 
-def export_coco(project: Project, include_predictions: bool = True) -> dict[str, Any]:
-    """COCO keypoints document for ``project``.
+def _exported(ann: ImageAnnotation, choice: ExportChoice) -> ImageAnnotation | None:
+    """What of ``ann`` the export carries under ``choice`` (None: the image is left out)."""
+    if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+        return ann
+    if choice.scope == ExportScope.REVIEWED:
+        return None
+    if choice.scope == ExportScope.PREDICTIONS:
+        return ann
+    low = choice.min_confidence
+    insts = tuple(
+        replace(inst, keypoints=tuple(
+            Keypoint(origin=kp.origin, confidence=kp.confidence)
+            if kp.origin == Origin.PREDICTED and kp.labelled
+            and (kp.confidence is None or kp.confidence < low)
+            else kp
+            for kp in inst.keypoints
+        ))
+        for inst in ann.instances
+    )
+    return replace(ann, instances=insts)
 
-    ``include_predictions=False`` leaves out the keypoints of images whose status is only
-    *predicted*. Unreadable images without labels are left out (logged).
-    """
-    schema = project.schema
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    next_id = _annotation_ids(project)
-    for rec in project.images:
-        ann = project.annotation(rec.path)
-        size = _image_size(project, rec)
+
+def _entries(
+    project: Project | CocoSource, choice: ExportChoice, progress: ProgressFn | None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("image" | "annotation", entry), in document order within each kind."""
+    source = CocoSource.of(project) if isinstance(project, Project) else project
+    n_images = 0
+    next_id = _annotation_ids(source.annotations.values())
+    total = len(source.images)
+    step = max(1, total // 100)
+    for done, rec in enumerate(source.images):
+        if progress is not None and done % step == 0:
+            progress(done, total)
+        ann = _exported(source.annotation(rec.path), choice)
+        if ann is None:
+            continue
+        size = _image_size(source.image_root, rec)
         if size is None:
             if ann.has_labels:
                 raise CocoFormatError(
@@ -128,18 +214,17 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
                 )
             continue  # an unreadable image without labels has nothing to export
         width, height = size
-        image_id = len(images) + 1
-        images.append(
-            {
-                "id": image_id,
-                "file_name": rec.path,
-                "width": width,
-                "height": height,
-                "annotator_status": ann.status.value,
-            }
-        )
-        if ann.status == ImageStatus.PREDICTED and not include_predictions:
-            continue
+        if isinstance(project, Project) and not rec.width:
+            project.set_image_size(rec.path, width, height)
+        n_images += 1
+        image_id = n_images
+        yield "image", {
+            "id": image_id,
+            "file_name": rec.path,
+            "width": width,
+            "height": height,
+            "annotator_status": ann.status.value,
+        }
         for inst in ann.instances:
             if inst.num_labelled == 0 and inst.bbox is None:
                 continue
@@ -159,24 +244,28 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
                     flat += [0, 0, 0]
                 scores.append(None if kp.confidence is None else round(kp.confidence, 4))
             x, y, w, h = (round(b, 2) for b in _instance_box(inst, width, height))
-            annotations.append(
-                {
-                    "id": next_id(inst),
-                    "image_id": image_id,
-                    "category_id": CATEGORY_ID,
-                    "keypoints": flat,
-                    "num_keypoints": inst.num_labelled,
-                    "bbox": [x, y, w, h],
-                    "area": round(w * h, 4),
-                    "bbox_source": "user" if inst.bbox is not None else "keypoints",
-                    "iscrowd": 0,
-                    "segmentation": [],
-                    "keypoint_scores": scores,
-                    "keypoint_origins": [kp.origin.value for kp in inst.keypoints],
-                    **({"bbox_score": round(inst.box_score, 4)}
-                       if inst.box_score is not None else {}),
-                }
-            )
+            yield "annotation", {
+                "id": next_id(inst),
+                "image_id": image_id,
+                "category_id": CATEGORY_ID,
+                "keypoints": flat,
+                "num_keypoints": inst.num_labelled,
+                "bbox": [x, y, w, h],
+                "area": round(w * h, 4),
+                "bbox_source": "user" if inst.bbox is not None else "keypoints",
+                "iscrowd": 0,
+                "segmentation": [],
+                "keypoint_scores": scores,
+                "keypoint_origins": [kp.origin.value for kp in inst.keypoints],
+                **({"bbox_score": round(inst.box_score, 4)}
+                   if inst.box_score is not None else {}),
+            }
+    if progress is not None:
+        progress(total, total)
+
+
+def _frame(schema: KeypointSchema, choice: ExportChoice) -> dict[str, Any]:
+    """The document without its images and annotations, keys in the order written."""
     category = {
         "id": CATEGORY_ID,
         "name": schema.name,
@@ -185,21 +274,80 @@ def export_coco(project: Project, include_predictions: bool = True) -> dict[str,
         "skeleton": [[a + 1, b + 1] for a, b in schema.skeleton],
     }
     return {
-        "info": {"description": "exported by keypoint-annotator", "version": "1.0"},
+        "info": {"description": "exported by keypoint-annotator", "version": "1.0",
+                 "annotator_export": choice.info()},
         "licenses": [],
-        "images": images,
-        "annotations": annotations,
+        "images": [],
+        "annotations": [],
         "categories": [category],
     }
 
 
-def write_coco(
-    project: Project, path: str | os.PathLike[str], include_predictions: bool = True
+def export_coco(
+    project: Project | CocoSource,
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Export ``project`` to ``path`` atomically; returns the document."""
-    doc = export_coco(project, include_predictions)
+    """COCO keypoints document for ``project`` (or a snapshot of it) under ``choice``
+    (default: reviewed and reference images only).
+
+    Images whose labels the choice leaves out are left out entirely, so that a reader does
+    not take them for images without objects; so are unreadable images without labels
+    (logged). Sizes read from files are stored in ``project`` when it is a :class:`Project`.
+    ``progress(done, total)`` is called now and then. The choice is recorded in
+    ``info["annotator_export"]``.
+    """
+    choice = choice or ExportChoice()
+    doc = _frame(project.schema, choice)
+    for kind, entry in _entries(project, choice, progress):
+        doc["images" if kind == "image" else "annotations"].append(entry)
+    return doc
+
+
+def render_coco(
+    project: Project | CocoSource,
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[str, int, int]:
+    """(``json.dumps(export_coco(...))``, images, annotations), built one entry at a time:
+    each entry becomes text as soon as it is made, so a large export never holds a large
+    graph of objects (whose garbage collection or release would hold the GIL for long), and
+    a thread rendering it lets others run between entries."""
+    choice = choice or ExportChoice()
+    parts: dict[str, list[str]] = {"images": [], "annotations": []}
+    for kind, entry in _entries(project, choice, progress):
+        text = json.dumps(entry, allow_nan=False)
+        parts["images" if kind == "image" else "annotations"].append(text)
+    body = []
+    for key, value in _frame(project.schema, choice).items():
+        text = f"[{', '.join(parts[key])}]" if key in parts else json.dumps(value, allow_nan=False)
+        body.append(f"{json.dumps(key)}: {text}")
+    return "{" + ", ".join(body) + "}", len(parts["images"]), len(parts["annotations"])
+
+
+def write_coco(
+    project: Project | CocoSource,
+    path: str | os.PathLike[str],
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Export ``project`` (or a snapshot) to ``path`` atomically; returns the document."""
+    doc = export_coco(project, choice, progress)
     atomic_write_text(path, json.dumps(doc, allow_nan=False), backup=False)
     return doc
+
+
+def write_coco_text(
+    project: Project | CocoSource,
+    path: str | os.PathLike[str],
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[int, int]:
+    """Like :func:`write_coco` (the same bytes) but through :func:`render_coco`, for a
+    background thread; returns (images, annotations)."""
+    text, n_images, n_annotations = render_coco(project, choice, progress)
+    atomic_write_text(path, text, backup=False)
+    return n_images, n_annotations
 
 
 # ==================================================================== import

@@ -235,6 +235,7 @@ def run_propagation(
     total = len(request.targets)
     state.set_progress(0, total, "loading references")
     images: dict[str, np.ndarray | None] = {}
+    unreadable: list[str] = []
     whole_refs, crop_refs = [], []
     for spec in request.references:
         if spec.path not in images:
@@ -242,6 +243,7 @@ def run_propagation(
                 images[spec.path] = loader(resolve_image_path(request.image_root, spec.path))
             except (ImageLoadError, ValueError) as exc:
                 log.warning("reference %s skipped: %s", spec.path, exc)
+                unreadable.append(f"{spec.path}: {exc}")
                 images[spec.path] = None
         image = images[spec.path]
         if image is None:
@@ -251,7 +253,8 @@ def run_propagation(
         if crop is not None:
             crop_refs.append(crop)
     if not whole_refs:
-        raise ValueError("none of the reference images can be read")
+        shown = "; ".join(unreadable[:5]) + ("; ..." if len(unreadable) > 5 else "")
+        raise ValueError(f"none of the reference images can be read ({shown})")
     boxes_of = dict(request.target_boxes)
     flip = settings.flip
     whole = _Transfer(engine, whole_refs, request.flip_pairs, flip)

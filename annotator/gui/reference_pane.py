@@ -1,0 +1,115 @@
+"""The reference pane: a reference image beside the target, with the selected keypoint
+highlighted, so the user sees what the point means while correcting it.
+
+The project does not record which reference produced a prediction, so the pane shows the
+first reference (in project order) that has the selected keypoint, and a list to pick another.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
+
+from annotator.domain import Keypoint, Project
+from annotator.gui.canvas import ImageCanvas, PointStyle
+from annotator.gui.image_loader import ImageLoader
+
+
+class ReferencePane(QWidget):
+    """Shows one reference image and its keypoints; never edits anything."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.project: Project | None = None
+        self.keypoint = 0
+        self.reference: str | None = None  # the path shown
+        self._chosen: str | None = None  # picked by the user in the list
+        self.images = ImageLoader(cache_size=3, parent=self)
+        self.images.loaded.connect(self._on_loaded)
+        self.choice = QComboBox()
+        self.choice.setToolTip("Reference image shown")
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        self.canvas = ImageCanvas()
+        self.canvas.setMinimumSize(160, 120)
+        # a view, not an editor: clicks and drags never reach it
+        self.canvas.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents, True)
+        self.canvas.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.choice)
+        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.caption)
+        self.choice.activated.connect(lambda _i: self._pick(self.choice.currentText()))
+
+    def set_project(self, project: Project | None) -> None:
+        self.project = project
+        self.reference = self._chosen = None
+        self.images.set_root(project.image_root if project is not None else "")
+        self.update_view()
+
+    def set_keypoint(self, index: int) -> None:
+        self.keypoint = index
+        self.update_view()
+
+    def _pick(self, path: str) -> None:
+        self._chosen = path or None
+        self.update_view()
+
+    def _references(self) -> list[str]:
+        return self.project.reference_paths() if self.project is not None else []
+
+    def _points(self, path: str) -> tuple[Keypoint, ...]:
+        assert self.project is not None
+        ann = self.project.annotation(path)
+        return ann.instances[0].keypoints if ann.instances else ()
+
+    def update_view(self) -> None:
+        """Follow the project's references and the selected keypoint."""
+        refs = self._references()
+        self.choice.blockSignals(True)
+        self.choice.clear()
+        self.choice.addItems(refs)
+        self.choice.blockSignals(False)
+        if self.project is None or not refs:
+            self.reference = None
+            self.canvas.set_image(None, "No reference image yet")
+            self.caption.setText("")
+            return
+        k = self.keypoint
+        with_point = [p for p in refs
+                      if k < len(self._points(p)) and self._points(p)[k].labelled]
+        if self._chosen in refs:
+            path = self._chosen
+        else:
+            path = with_point[0] if with_point else refs[0]
+        self.choice.setCurrentText(path)
+        if path != self.reference:
+            self.reference = path
+            img = self.images.request(path)
+            if img is None:
+                self.canvas.set_image(None, f"Loading {path}...")
+            else:
+                self.canvas.set_image(img)
+        self._show_points()
+
+    def _on_loaded(self, path: str, image: QImage | None, error: str) -> None:
+        if path != self.reference:
+            return
+        self.canvas.set_image(image, f"Unreadable reference\n{error}")
+        self._show_points()
+
+    def _show_points(self) -> None:
+        if self.project is None or self.reference is None:
+            return
+        schema = self.project.schema
+        kps = self._points(self.reference)
+        if len(kps) != len(schema):
+            kps = tuple(Keypoint() for _ in schema.keypoints)
+        styles = [PointStyle(n, c, kp) for n, c, kp in zip(schema.keypoints, schema.colors, kps)]
+        k = min(self.keypoint, len(schema) - 1)
+        self.canvas.set_points(styles, schema.skeleton, k)
+        name = schema.keypoints[k]
+        where = "" if kps[k].labelled else " (not labelled on this reference)"
+        self.caption.setText(f"<b>{name}</b> on {self.reference}{where}")
