@@ -13,7 +13,7 @@ from PySide6.QtTest import QTest
 
 from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Origin, Visibility
 from annotator.gui.gallery import INSTANCES_ROLE
-from annotator.io.coco import import_coco
+from annotator.io.coco import ExportChoice, ExportScope, import_coco
 from annotator.io.project_file import new_project, save_project
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
     make_window,
@@ -143,7 +143,9 @@ def test_boxes_propagate_edit_undo_export_reimport(qtbot, tmp_path, project_file
 
     # 5. export, reimport: two instances with their boxes and ids
     out = str(tmp_path / "export.json")
-    assert window.export_coco(out)
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as exported:
+        assert window.export_coco(out, ExportChoice(ExportScope.PREDICTIONS))
+    assert exported.args[1] == ""  # no error
     back = import_coco(out, project.image_root)
     again = back.annotation("two.png").instances
     assert [i.bbox for i in again] == [tuple(round(v, 2) for v in b) for b in boxes]

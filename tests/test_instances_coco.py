@@ -10,7 +10,10 @@ from pycocotools.cocoeval import COCOeval
 
 from annotator.cli import main
 from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Visibility
-from annotator.io.coco import export_coco, import_coco, write_coco
+from annotator.io.coco import ExportChoice, ExportScope, export_coco, import_coco, write_coco
+
+# every image, boxes to fill included (the default export keeps reviewed/reference images only)
+ALL = ExportChoice(ExportScope.PREDICTIONS)
 from annotator.io.project_file import new_project
 from tests.test_instances_propagate import OBJ_POINTS, SIDE, _canvas, _object
 
@@ -28,7 +31,7 @@ def _project(tmp_path):
 
 
 def test_one_annotation_per_instance_with_boxes(tmp_path):
-    doc = export_coco(_project(tmp_path))
+    doc = export_coco(_project(tmp_path), ALL)
     anns = doc["annotations"]
     assert [a["image_id"] for a in anns] == [1, 1, 2]
     assert anns[0]["bbox"] == [10, 20, 20, 20] and anns[0]["bbox_source"] == "keypoints"
@@ -42,16 +45,16 @@ def test_one_annotation_per_instance_with_boxes(tmp_path):
 
 def test_ids_stable_across_exports_and_reimport(tmp_path):
     p = _project(tmp_path)
-    first = [a["id"] for a in export_coco(p)["annotations"]]
+    first = [a["id"] for a in export_coco(p, ALL)["annotations"]]
     assert len(set(first)) == 3
-    assert [a["id"] for a in export_coco(p)["annotations"]] == first
+    assert [a["id"] for a in export_coco(p, ALL)["annotations"]] == first
     path = tmp_path / "c.json"
-    write_coco(p, path)
+    write_coco(p, path, ALL)
     back = import_coco(path)
-    assert [a["id"] for a in export_coco(back)["annotations"]] == first
+    assert [a["id"] for a in export_coco(back, ALL)["annotations"]] == first
     # a new instance on the first image does not renumber the others
     back.add_instance("a.png", (1.0, 1.0, 5.0, 5.0))
-    again = export_coco(back)["annotations"]
+    again = export_coco(back, ALL)["annotations"]
     assert [a["id"] for a in again if a["bbox"] != [1, 1, 5, 5]] == first
     assert len({a["id"] for a in again}) == 4
 
@@ -90,7 +93,7 @@ def test_detected_box_score_round_trips(tmp_path):
     ann = p.annotation("b.png")
     p.set_annotation("b.png", ann.with_instance(0, replace(ann.instances[0], box_score=0.3)), "d")
     path = tmp_path / "c.json"
-    write_coco(p, path)
+    write_coco(p, path, ALL)
     assert json.loads(path.read_text())["annotations"][2]["bbox_score"] == 0.3
     assert import_coco(path).annotation("b.png").instances[0].box_score == 0.3
 

@@ -140,9 +140,15 @@ def export_project(
     """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
     out = Path(out)
     if fmt == "coco":
-        from annotator.io.coco import write_coco
+        from annotator.io.coco import ExportChoice, ExportScope, write_coco
 
-        doc = write_coco(project, out, include_predictions=options.include_predictions)
+        if not options.include_predictions:
+            choice = ExportChoice(ExportScope.REVIEWED)
+        elif options.min_confidence is None:
+            choice = ExportChoice(ExportScope.PREDICTIONS)
+        else:
+            choice = ExportChoice(ExportScope.CONFIDENT, options.min_confidence)
+        doc = write_coco(project, out, choice)
         return ExportReport(out, len(doc["images"]), len(doc["annotations"]))
     if fmt == "yolo-pose":
         from annotator.io.formats.yolo import write_yolo_pose
