@@ -11,11 +11,11 @@ from pycocotools.cocoeval import COCOeval
 from annotator.cli import main
 from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Visibility
 from annotator.io.coco import ExportChoice, ExportScope, export_coco, import_coco, write_coco
+from annotator.io.project_file import new_project
+from tests.test_instances_propagate import OBJ_POINTS, SIDE, _canvas, _object
 
 # every image, boxes to fill included (the default export keeps reviewed/reference images only)
 ALL = ExportChoice(ExportScope.PREDICTIONS)
-from annotator.io.project_file import new_project
-from tests.test_instances_propagate import OBJ_POINTS, SIDE, _canvas, _object
 
 
 def _project(tmp_path):
