@@ -112,13 +112,13 @@ def test_run_detection_progress_unreadable_and_cancel(project, tiny_detector):
 
 
 def test_detect_cli_end_to_end_then_propagate(project, tiny_detector, tmp_path, capsys):
-    from annotator.io.coco import write_coco
+    from annotator.io.coco import ExportChoice, ExportScope, write_coco
 
     with pytest.raises(SystemExit) as exc:
         main(["detect", "--help"])
     assert exc.value.code == 0 and "open-vocabulary" in capsys.readouterr().out
     src = tmp_path / "in.json"
-    write_coco(project, src)
+    write_coco(project, src, ExportChoice(ExportScope.PREDICTIONS))  # targets too
     out = tmp_path / "boxes.json"
     args = ["detect", str(src), "--out", str(out), "--model", str(tiny_detector),
             "--threshold", "0.3", "--max-boxes", "3", "--device", "cpu"]

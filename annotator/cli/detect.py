@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from annotator.cli.propagate import load_input
     from annotator.features.models import ModelLoadError
-    from annotator.io.coco import write_coco
+    from annotator.io.coco import ExportChoice, ExportScope, write_coco
     from annotator.jobs.detect import DetectRequest, apply_detections, build_detector, run_detection
     from annotator.jobs.progress import Cancelled, TaskState
 
@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar.close()
     apply_detections(project, results)
-    write_coco(project, args.out)
+    # the detected boxes are unreviewed predictions: the file is for the next step
+    # (propagate, review), so every image goes out
+    write_coco(project, args.out, ExportChoice(ExportScope.PREDICTIONS))
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"skipped {r.path}: {r.error}", file=sys.stderr)
