@@ -15,11 +15,11 @@ from skimage import data
 from annotator.cli import main
 from annotator.domain import Keypoint, Visibility
 from annotator.io.project_file import save_project
+from tests.shared_fixtures import DIY_SC_CHECKPOINT
 from tests.test_cli_propagate import POINTS, labelled_project
 from tests.tiny_models import TINY, TINY_FAST, build_tiny_dino768
 
-FIXTURE = (Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "diy-sc"
-           / "0300_dino_spair_best.pth")
+FIXTURE = DIY_SC_CHECKPOINT
 SIZES = ("sd_size", "sd_tile", "sd_tile_offsets", "dino_size", "grid", "pca_dim", "dino_layer")
 
 

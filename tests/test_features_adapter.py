@@ -15,16 +15,16 @@ import torch.nn.functional as F
 from annotator.features import adapter as ad
 from annotator.features.config import DIY_SC_SHA256
 from annotator.features.fusion import l2n
+from tests.shared_fixtures import DIY_SC_CHECKPOINT, candidates
 
-FIXTURE = (Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "diy-sc"
-           / "0300_dino_spair_best.pth")
+FIXTURE = DIY_SC_CHECKPOINT
 
 
 @pytest.fixture(scope="module")
 def ckpt() -> Path:
     if not FIXTURE.is_file():
-        pytest.fail(f"DIY-SC fixture missing: expected {FIXTURE} (the shared/fixtures folder "
-                    "beside the repository checkout)")
+        pytest.fail("DIY-SC fixture missing: diy-sc/0300_dino_spair_best.pth in none of "
+                    f"{[str(c) for c in candidates()]} (set ANNOTATOR_SHARED_FIXTURES)")
     return FIXTURE
 
 
