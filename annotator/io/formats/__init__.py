@@ -140,9 +140,10 @@ def export_project(
     """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
     out = Path(out)
     if fmt == "coco":
-        from annotator.io.coco import write_coco
+        from annotator.io.coco import ExportChoice, ExportScope, write_coco
 
-        doc = write_coco(project, out, include_predictions=options.include_predictions)
+        scope = ExportScope.PREDICTIONS if options.include_predictions else ExportScope.REVIEWED
+        doc = write_coco(project, out, ExportChoice(scope))
         return ExportReport(out, len(doc["images"]), len(doc["annotations"]))
     if fmt == "yolo-pose":
         from annotator.io.formats.yolo import write_yolo_pose
