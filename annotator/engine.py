@@ -26,12 +26,27 @@ from annotator.features.config import (
 
 if TYPE_CHECKING:
     from annotator.features.cache import CacheStats, FeatureCache
+    from annotator.features.crop import ImageCrop
     from annotator.features.extractor import FeatureExtractor, FeatureMaps
     from annotator.matching.transfer import MatchParams, TransferResult
 
+    ImageLike = np.ndarray | ImageCrop
+
 log = logging.getLogger(__name__)
 
-Reference = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # (image, points (K,2), valid (K,))
+# (image or crop, points (K,2) in its pixels, valid (K,))
+Reference = tuple["ImageLike", np.ndarray, np.ndarray | None]
+
+
+def _pixels(image: Any) -> np.ndarray:
+    """The array to featurize: an image, or a crop's pixels (annotator.features.crop)."""
+    return image if isinstance(image, np.ndarray) else image.pixels
+
+
+def _mirrored(image: Any) -> Any:
+    if isinstance(image, np.ndarray):
+        return np.ascontiguousarray(image[:, ::-1])
+    return image.flipped()
 
 
 def flip_permutation(k: int, flip_pairs: Iterable[tuple[int, int]]) -> np.ndarray:
@@ -210,14 +225,26 @@ class Engine:
                 extractor.batch_size = batch // 2  # type: ignore[attr-defined]
                 log.warning("out of memory at batch size %d: retrying at %d", batch, batch // 2)
 
-    def features_many(self, images: Sequence[np.ndarray]) -> list[FeatureMaps]:
-        """Raw maps per image, through the cache; misses are extracted together."""
+    def features_many(self, images: Sequence[ImageLike]) -> list[FeatureMaps]:
+        """Raw maps per image or crop (annotator.features.crop.ImageCrop: featurized as an
+        image; its cache key adds the crop rectangle), through the cache; misses of one
+        kind are extracted together."""
         images = list(images)
         if self.cache is None:
-            return self._extract(images)
-        return self.cache.get_or_compute(images, self.fingerprint, self._extract)
+            return self._extract([_pixels(im) for im in images])
+        groups: dict[str, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault("" if isinstance(im, np.ndarray) else im.key, []).append(i)
+        out: list[Any] = [None] * len(images)
+        for crop_key, idx in groups.items():
+            fingerprint = f"{self.fingerprint}|{crop_key}" if crop_key else self.fingerprint
+            maps = self.cache.get_or_compute([_pixels(images[i]) for i in idx], fingerprint,
+                                             self._extract)
+            for i, m in zip(idx, maps):
+                out[i] = m
+        return out
 
-    def features(self, image: np.ndarray) -> FeatureMaps:
+    def features(self, image: ImageLike) -> FeatureMaps:
         return self.features_many([image])[0]
 
     def describe_pair(self, maps_a: FeatureMaps, maps_b: FeatureMaps) -> tuple[Any, Any]:
@@ -266,15 +293,22 @@ class Engine:
         confident match wins (annotator.matching.transfer.combine)."""
         return list(self.iter_transfer(references, targets, flip_pairs, flip))
 
-    def iter_transfer(self, references: Sequence[Reference], targets: Iterable[np.ndarray],
+    def iter_transfer(self, references: Sequence[Reference], targets: Iterable[ImageLike],
                       flip_pairs: Iterable[tuple[int, int]] = (), flip: bool | None = None,
-                      *, fast: bool = True) -> Iterator[TransferResult]:
+                      *, fast: bool = True, prefetch: int = 0) -> Iterator[TransferResult]:
         """Generator form of ``transfer_many`` (one result per target, in order).
 
         Pair-independent fusions describe each reference once and each target once; copca
         fuses every (reference, target) pair on its own PCA basis. With ``fast`` (default),
         "concat"/"sd"/"dino" on the SD + DINOv2 extractor never materialise a target's fused
-        descriptor (annotator.matching.transfer_parts: same results to float32 rounding)."""
+        descriptor (annotator.matching.transfer_parts: same results to float32 rounding).
+
+        ``prefetch`` > 0 (fast path only): a background thread consumes ``targets`` and reads
+        their features (cache, or extraction for misses) up to ``prefetch`` targets ahead, and
+        the targets that are ready are matched together, up to ``prefetch`` at a time
+        (annotator.matching.transfer_batch: same results). ``targets`` is then consumed ahead
+        of the results, in that thread: only for iterables that do not rely on lockstep
+        consumption. Closing the generator waits for the target being read."""
         from annotator.features.extractor import pair_dependent
         from annotator.matching.transfer import combine, transfer
 
@@ -286,7 +320,7 @@ class Engine:
         for image, points, valid in references:
             pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
             maps = self.features(image)
-            fmaps = self.features(np.ascontiguousarray(image[:, ::-1])) if use_flip else None
+            fmaps = self.features(_mirrored(image)) if use_flip else None
             refs.append((maps, pts, valid, fmaps, flip_permutation(len(pts), pairs)))
         ks = {len(r[1]) for r in refs}
         if len(ks) != 1:
@@ -306,6 +340,10 @@ class Engine:
                           tp.PartsReference(parts_fusion, fd, f.layers, f.grid)
                           if f is not None and fd is not None else None)
                          for (m, _, _, f, _), (rd, fd) in zip(refs, ref_desc)]
+        if parts_fusion is not None and prefetch > 0:
+            yield from self._iter_parts_prefetched(refs, ref_parts, parts_fusion, targets,
+                                                   prefetch)
+            return
         for target in targets:
             tmaps = self.features(target)
             if per_pair:
@@ -322,6 +360,43 @@ class Engine:
                                     v, fd, perm)
                            for (m, p, v, _, perm), (rd, fd) in zip(refs, ref_desc)]
             yield results[0] if len(results) == 1 else combine(results)
+
+    def _iter_parts_prefetched(self, refs: list[Any], ref_parts: list[Any], fusion: str,
+                               targets: Iterable[np.ndarray], depth: int
+                               ) -> Iterator[TransferResult]:
+        """``iter_transfer``'s fast path with a prefetch thread and batched matching."""
+        from annotator.matching import transfer_batch as tb
+        from annotator.matching.transfer import combine
+        from annotator.matching.transfer_parts import PartsDescriptor
+
+        def load(target: np.ndarray) -> tuple[Any, Any]:
+            maps = self.features(target)  # only this thread uses the cache meanwhile
+            return PartsDescriptor(fusion, maps.layers, maps.grid), maps.letterbox
+
+        pf = tb.Prefetch(targets, load, depth)
+        try:
+            for first in pf:
+                batch, error = [first], None
+                while len(batch) < depth and pf.ready():
+                    try:
+                        batch.append(next(pf))
+                    except StopIteration:
+                        break
+                    except Exception as exc:  # raised after the targets before it
+                        error = exc
+                        break
+                descs = [d for d, _ in batch]
+                lbs = [lb for _, lb in batch]
+                per_ref = [tb.transfer_parts_batch(rp, descs, p, m.letterbox, lbs,
+                                                   self.match_params, v, fp, perm)
+                           for (m, p, v, _, perm), (rp, fp) in zip(refs, ref_parts)]
+                for i in range(len(batch)):
+                    results = [r[i] for r in per_ref]
+                    yield results[0] if len(results) == 1 else combine(results)
+                if error is not None:
+                    raise error
+        finally:
+            pf.close()
 
     def similarity_heatmap(self, ref_image: np.ndarray, point: np.ndarray,
                            target_image: np.ndarray) -> np.ndarray:

@@ -10,6 +10,10 @@ no recent-files entry, no autosave, nothing of the user's QSettings touched):
 - ``max_stall_open_ms``: the longest event-loop stall during 1 s after opening;
 - ``max_stall_scroll_ms``: the same while the gallery scrolls top to bottom in 60 steps, one
   every 16 ms, thumbnails loading (``thumbnails_decoded`` says how many were);
+- ``worst_first_sort_ms``, ``review_filter_ms``, ``back_to_all_ms``: re-sorting the gallery
+  worst first, filtering "needs review" and back (one event-loop pass each); with
+  ``--instances N`` every image holds N predicted instances with boxes, and both use the worst
+  instance;
 - ``max_stall_ctrl_s_ms``, ``max_stall_autosave_ms``, ``max_stall_edit_stream_ms``: the same
   around Ctrl+S, an autosave after one edit and 3 s of edits (10/s) with autosaves, every image
   holding predictions (see :func:`measure_saving`); ``save_seconds``: Ctrl+S until written;
@@ -17,7 +21,10 @@ no recent-files entry, no autosave, nothing of the user's QSettings touched):
   ``--worker-images`` real small images (views cropped, scaled, mirrored and dimmed from the demo
   photographs) with the weight-free content engine (``fast`` preset, hard argmax); predictions
   stream into the project and the gallery every 250 ms as in normal use. ``worker_seconds``,
-  ``worker_images`` and ``worker_images_per_s`` describe that run; the stall is also split into
+  ``worker_images`` and ``worker_images_per_s`` describe that run (one-off included);
+  ``worker_one_off_seconds`` (until the engine is built), ``worker_steady_images_per_s`` (the
+  images after it) and ``worker_projected_seconds_10000_images`` (one-off + 10,000 / steady
+  rate) keep one-off and steady-state costs apart; the stall is also split into
   ``max_stall_worker_engine_load_ms`` (start until the engine is built: the worker thread
   imports torch, whose C initialisation holds the GIL) and ``max_stall_worker_images_ms``.
 
@@ -52,8 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "resources" / "demo"
 
 
-def make_project(folder: Path, n: int) -> Path:
-    """An ``n``-image project file over hard links to one small JPEG."""
+def make_project(folder: Path, n: int, instances: int = 0) -> Path:
+    """An ``n``-image project file over hard links to one small JPEG; with ``instances``,
+    every image holds that many predicted instances (boxes, one still a detection with its
+    score, keypoints with confidences)."""
     from PIL import Image
 
     from annotator.domain.schema import KeypointSchema
@@ -71,9 +80,37 @@ def make_project(folder: Path, n: int) -> Path:
             dst.write_bytes(first.read_bytes())
     schema = KeypointSchema("object", ("nose", "left_eye", "right_eye"), flip_pairs=((1, 2),))
     project = new_project(img_dir, schema)
+    if instances > 0:
+        project = _with_instances(project, instances)
     path = folder / "bench.kpproj.json"
     save_project(project, path)
     return path
+
+
+def _with_instances(project, per_image: int, seed: int = 0):  # noqa: ANN001, ANN202
+    """``project`` with ``per_image`` predicted instances on every image."""
+    import numpy as np
+
+    from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Project
+    from annotator.domain.annotation import Origin, Visibility
+
+    rng = np.random.default_rng(seed)
+    k = len(project.schema)
+    annotations = {}
+    next_id = 1
+    for rec in project.images:
+        insts = []
+        for j in range(per_image):
+            x, y = float(rng.uniform(0, 200)), float(rng.uniform(0, 140))
+            kps = tuple(Keypoint(x + float(rng.uniform(0, 100)), y + float(rng.uniform(0, 80)),
+                                 Visibility.VISIBLE, Origin.PREDICTED,
+                                 float(rng.uniform(0.2, 1.0))) for _ in range(k))
+            score = float(rng.uniform(0.3, 1.0)) if j == per_image - 1 else None
+            insts.append(Instance(kps, (x, y, 100.0, 80.0), score, next_id))
+            next_id += 1
+        annotations[rec.path] = ImageAnnotation(tuple(insts), ImageStatus.PREDICTED)
+    return Project(project.image_root, project.images, project.schema, annotations,
+                   project.settings)
 
 
 def make_worker_project(folder: Path, n: int, seed: int = 0):  # noqa: ANN201
@@ -177,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--worker-images", type=int, default=300,
                     help="targets of the propagation timed on the worker (0: skip)")
+    ap.add_argument("--instances", type=int, default=0,
+                    help="predicted instances (with boxes) per image of the big project")
     ap.add_argument("--import-mode", choices=("steps", "plain", "none"), default="steps",
                     help="how the worker imports the model stack (see the docstring)")
     ap.add_argument("--out", type=Path, required=True)
@@ -196,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     from annotator.gui.thumbnails import busy_thumbnail_threads
     from annotator.io.project_file import load_project
 
-    result: dict[str, object] = {"images": args.images,
+    result: dict[str, object] = {"images": args.images, "instances_per_image": args.instances,
                                  "platform": os.environ.get("QT_QPA_PLATFORM")}
 
     def save() -> None:  # after each phase, so a crash keeps what was measured
@@ -204,16 +243,20 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="annotator-gui-") as tmp:
         t = time.perf_counter()
-        path = make_project(Path(tmp), args.images)
+        path = make_project(Path(tmp), args.images, args.instances)
         result["project_build_seconds"] = time.perf_counter() - t
         app = QApplication.instance() or QApplication([])
         app.processEvents()
 
         # ---- open
         t = time.perf_counter()
+        cpu = time.process_time()
         project = load_project(path)
         win = open_window(project)
         result["open_seconds"] = time.perf_counter() - t
+        # CPU time of the process over the same span: the figure without the other
+        # processes of a shared machine (thumbnail threads included)
+        result["open_cpu_seconds"] = time.process_time() - cpu
         gallery = win.editor.gallery
         result["loaded_images"] = gallery.model.rowCount()
         loader = win.loader
@@ -247,6 +290,23 @@ def main(argv: list[str] | None = None) -> int:
         result["scroll_range"] = bar.maximum()
         result["thumbnails_decoded"] = len(loader._cache)
         result["scroll"] = "done"
+        save()
+
+        # ---- re-sort worst first and filter "needs review" (worst instance of every image)
+        from annotator.gui.gallery import GalleryFilter, GallerySort
+
+        for key, change in (("worst_first_sort_ms", lambda: gallery.sort_box.setCurrentText(
+                                 GallerySort.WORST_FIRST.value)),
+                            ("review_filter_ms", lambda: gallery.filter_box.setCurrentText(
+                                 GalleryFilter.NEEDS_REVIEW.value)),
+                            ("back_to_all_ms", lambda: gallery.filter_box.setCurrentText(
+                                 GalleryFilter.ALL.value))):
+            t, cpu = time.perf_counter(), time.process_time()
+            change()
+            app.processEvents()
+            result[key] = (time.perf_counter() - t) * 1000
+            result[key.replace("_ms", "_cpu_ms")] = (time.process_time() - cpu) * 1000
+            result[key.replace("_ms", "_rows")] = gallery.model.rowCount()
         save()
 
         # ---- saving at N predicted images (Ctrl+S, autosave, edit journal)
@@ -354,6 +414,15 @@ def main(argv: list[str] | None = None) -> int:
             result["worker_images"] = done
             result["worker_targets"] = targets
             result["worker_images_per_s"] = done / max(1e-9, float(result["worker_seconds"]))
+            # one-off (engine import and build, before the first image) apart from the steady
+            # rate; a projection for N images is one-off + N / steady rate
+            load_s = float(loading.get("seconds") or 0.0)
+            result["worker_one_off_seconds"] = load_s
+            steady_s = float(result["worker_seconds"]) - load_s
+            result["worker_steady_images_per_s"] = done / steady_s if steady_s > 0 else None
+            if result["worker_steady_images_per_s"]:
+                result["worker_projected_seconds_10000_images"] = (
+                    load_s + 10000 / float(result["worker_steady_images_per_s"]))
             result["worker"] = outcome[0] if finished and outcome else "did not finish"
             save()
         else:

@@ -20,12 +20,15 @@ TINY_FAST = FeatureConfig(preset="tiny-fast", sd_size=128, sd_tile=128, sd_tile_
                           dino_size=112, grid=8, pca_dim=16, dino_layer=12)
 
 
-def _write_tokenizer(folder: Path) -> None:
+def _write_tokenizer(folder: Path, specials_last: bool = False) -> None:
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + list(letters) + [c + "</w>" for c in letters]
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = list(letters) + [c + "</w>" for c in letters]
+    # OWL detectors mask a query whose first token id is 0: real CLIP has BOS = 49406
+    tokens = tokens + specials if specials_last else specials + tokens
     vocab = {tok: i for i, tok in enumerate(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
@@ -75,6 +78,34 @@ def build_tiny_models(path: str | Path) -> tuple[Path, Path]:
         patch_size=14, image_size=56))
     dino.save_pretrained(str(dino_dir), safe_serialization=True)
     return sd_dir, dino_dir
+
+
+def build_tiny_detector(path: str | Path) -> Path:
+    """Save a tiny random Owlv2ForObjectDetection (the real class; 64 px input, 16 px patches,
+    16 boxes) with its CLIP tokenizer under ``path``; returns the folder."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection
+
+    folder = Path(path) / "tiny-owlv2"
+    torch.manual_seed(0)
+    cfg = Owlv2Config(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                         num_hidden_layers=2, vocab_size=54, max_position_embeddings=16,
+                         bos_token_id=52, eos_token_id=53, pad_token_id=53),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                           num_hidden_layers=2, image_size=64, patch_size=16),
+        projection_dim=16)
+    model = Owlv2ForObjectDetection(cfg)
+    with torch.no_grad():  # scores spread over (0, 1) and boxes near their patch cells
+        model.class_head.logit_shift.weight.zero_()
+        model.class_head.logit_shift.bias.zero_()
+        model.class_head.logit_scale.weight.zero_()
+        model.class_head.logit_scale.bias.fill_(2.0)  # scale elu(2) + 1 = 3
+        model.box_head.dense2.weight.mul_(0.1)
+        model.box_head.dense2.bias.zero_()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    _write_tokenizer(folder, specials_last=True)
+    return folder
 
 
 def build_tiny_dino768(path: str | Path) -> Path:

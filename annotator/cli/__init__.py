@@ -13,7 +13,8 @@ from annotator import __version__
 # subcommand modules, each exposing add_parser(subparsers); imported lazily by name so that a
 # broken optional part (say, the model stack) never breaks the others
 SUBCOMMANDS = ("annotator.cli.gui", "annotator.cli.propagate", "annotator.cli.eval",
-               "annotator.cli.bench", "annotator.cli.export", "annotator.cli.convert")
+               "annotator.cli.bench", "annotator.cli.export", "annotator.cli.convert",
+               "annotator.cli.extract", "annotator.cli.detect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="baseline tiles measured per image, the rest extrapolated "
                         "(default: all; 1 with --quick on the CPU)")
     p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--compile", default="off",
+                   choices=("off", "default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the engine's hook-free modules (reduce-overhead: CUDA "
+                        "graphs on CUDA); compilation counts as the first call's warm-up")
+    p.add_argument("--transfer-prefetch", type=int, default=8,
+                   help="targets read ahead and matched together in the transfer part")
+    p.add_argument("--tiny-models", action="store_true",
+                   help="scaled-down models instead of the full-size ones (dry runs, tests)")
     p.add_argument("--no-gui", action="store_true")
     p.add_argument("--gui-images", type=int, default=10000)
     p.set_defaults(func=run)
@@ -71,6 +79,12 @@ def gui_runner(n_images: int):
     return run_gui
 
 
+def _tiny() -> dict[str, Any]:
+    from annotator.jobs.bench_models import tiny_configs
+
+    return tiny_configs()
+
+
 def run(args: argparse.Namespace) -> int:
     from annotator.jobs.bench import BenchOptions, format_table, run_bench, write_json
 
@@ -81,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch, images=args.images, targets=args.targets,
         disk_targets=args.disk_targets, memory_targets=args.memory_targets,
         baseline_tiles=args.baseline_tiles, ablations=not args.no_ablations,
+        compile=args.compile, transfer_prefetch=args.transfer_prefetch,
+        configs=_tiny() if args.tiny_models else None,
+        map_channels=({"s5": 32, "s4": 32, "s3": 16, "dino": 16} if args.tiny_models else None),
         transfer_preset="paper" if "paper" in presets else next(iter(presets)), gui=gui,
         command="annotator " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
         else "annotator bench",

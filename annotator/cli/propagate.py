@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from annotator.cli.cluster import add_ray_arguments
 from annotator.cli.common import add_engine_arguments, engine_from_args
 from annotator.cli.export import add_include_arguments, choice_from_args
 
@@ -19,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Reads a project file or a COCO keypoint file whose labelled images are the "
         "references, predicts every other image of the folder and writes a COCO file whose "
         "predictions carry per-keypoint confidences (keypoint_scores). Features are cached on "
-        "disk, so an interrupted run continues quickly.",
+        "disk, so an interrupted run continues quickly. Instances: a target image with boxes (COCO "
+        "annotations with a bbox and no labelled keypoint, e.g. a detector's output or "
+        "`annotator detect`) gets one predicted instance per box, written as one annotation "
+        "with that bbox; a target without boxes is predicted as a whole image.",
     )
     p.add_argument("input", type=Path, help="project file (*.kpproj.json) or COCO keypoint file")
     p.add_argument("--images", type=Path, default=None,
@@ -28,8 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "list are added as targets.")
     p.add_argument("--out", type=Path, required=True, help="COCO file to write")
     p.add_argument("--category", default=None, help="COCO category to use when several exist")
+    p.add_argument("--crop", choices=("bbox", "none"), default=None,
+                   help="bbox (default): transfer between crops around the boxes; none: whole "
+                        "images, each box keeping the points that fall in it")
+    p.add_argument("--crop-margin", type=float, default=None,
+                   help="crop = box enlarged by this fraction of its size per side (0.15)")
     add_include_arguments(p, "predictions")
     add_engine_arguments(p)
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -86,6 +96,14 @@ def run(args: argparse.Namespace) -> int:
     project = load_input(args.input, args.images)
     choice = choice_from_args(args, project.settings.review_threshold)
     engine = engine_from_args(args, category=project.schema.name)
+    crop = {k: v for k, v in (("crop", args.crop), ("crop_margin", args.crop_margin))
+            if v is not None}
+    if crop:
+        try:
+            project.set_settings(dataclasses.replace(project.settings, **crop))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     request = PropagateRequest.from_project(project)
     # flip: --flip/--no-flip, else the follow-up presets' own rule (geoaware: adaptive pose
     # alignment; diy: none), else the project's setting
@@ -93,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
         engine.config.flip if args.preset in ("geoaware", "diy") else None)
     if use_flip is not None:
         flip = project.schema.flip_pairs if use_flip else ()
-        request = PropagateRequest(request.image_root, request.references, request.targets, flip,
-                                   dataclasses.replace(request.settings, flip=use_flip))
+        request = dataclasses.replace(  # keeps the target boxes
+            request, flip_pairs=tuple(flip),
+            settings=dataclasses.replace(request.settings, flip=use_flip))
     if not request.references:
         print(f"{args.input}: no labelled image to use as a reference", file=sys.stderr)
         return 2
@@ -109,7 +128,13 @@ def run(args: argparse.Namespace) -> int:
     state = TaskState(on_progress)
     predictions, failed = [], []
     try:
-        for pred in run_propagation(request, engine, state):
+        if args.ray:  # the same batch code on Ray actors; predictions stream back here
+            from annotator.cli.cluster import cluster_ray_predictions
+
+            stream = cluster_ray_predictions(args, request, bar, project.schema.name)
+        else:
+            stream = run_propagation(request, engine, state)
+        for pred in stream:
             (failed if pred.error else predictions).append(pred)
     except ModelLoadError as exc:
         bar.close()
@@ -139,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {pred.path}: {pred.error}", file=sys.stderr)
     print(f"wrote {args.out}: {len(predictions)} image(s) predicted, {len(failed)} unreadable; "
           f"contains {choice.describe()}")
-    stats = engine.cache_stats()
+    stats = None if args.ray else engine.cache_stats()
     if stats is not None:
         print(f"feature cache: {stats.hits} hit(s) ({stats.disk_hits} from disk, "
               f"{stats.memory_hits} from memory), {stats.misses} computed; "

@@ -49,8 +49,11 @@ class Keypoint:
     confidence: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "v", Visibility(int(self.v)))
-        object.__setattr__(self, "origin", Origin(self.origin))
+        # fast path when already typed (loading a project builds ~10^5 of these)
+        if type(self.v) is not Visibility:
+            object.__setattr__(self, "v", Visibility(int(self.v)))
+        if type(self.origin) is not Origin:
+            object.__setattr__(self, "origin", Origin(self.origin))
         if not (math.isfinite(self.x) and math.isfinite(self.y)):
             raise ValueError(f"keypoint position ({self.x}, {self.y}) is not finite")
         if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
@@ -76,20 +79,49 @@ class Keypoint:
 UNLABELLED_KEYPOINT = Keypoint()
 
 
+Box = tuple[float, float, float, float]  # (x, y, w, h) in original-image pixels
+
+
 @dataclass(frozen=True)
 class Instance:
-    """One object in an image: K keypoints and an optional user-drawn box (x, y, w, h)."""
+    """One object in an image: K keypoints and an optional box (x, y, w, h).
+
+    ``box_score`` is set while the box is a detector's prediction (in [0, 1]); None for a box
+    the user drew, moved or accepted, or that was imported. ``ann_id`` is the COCO annotation
+    id the instance was imported or created with (kept across exports), None until assigned.
+    """
 
     keypoints: tuple[Keypoint, ...]
-    bbox: tuple[float, float, float, float] | None = None
+    bbox: Box | None = None
+    box_score: float | None = None
+    ann_id: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keypoints", tuple(self.keypoints))
         if self.bbox is not None:
             box = tuple(float(b) for b in self.bbox)
-            if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+            if len(box) != 4 or box[2] <= 0 or box[3] <= 0 or not all(map(math.isfinite, box)):
                 raise ValueError(f"instance box {self.bbox} must be (x, y, w, h) with w, h > 0")
             object.__setattr__(self, "bbox", box)
+        if self.box_score is not None:
+            if self.bbox is None:
+                raise ValueError("a box score needs a box")
+            if not 0.0 <= self.box_score <= 1.0:
+                raise ValueError(f"box score {self.box_score} outside [0, 1]")
+        if self.ann_id is not None and (isinstance(self.ann_id, bool) or int(self.ann_id) < 1):
+            raise ValueError(f"annotation id {self.ann_id!r} must be an integer >= 1")
+
+    @property
+    def user_set(self) -> bool:
+        """The user drew, moved or accepted the box, or set one of the keypoints:
+        propagation must keep this instance."""
+        return (self.bbox is not None and self.box_score is None) or any(
+            kp.user_set for kp in self.keypoints
+        )
+
+    def with_box(self, bbox: Box | None) -> Instance:
+        """This instance with ``bbox`` set by the user (a detector's score is dropped)."""
+        return replace(self, bbox=bbox, box_score=None)
 
     @classmethod
     def empty(cls, num_keypoints: int) -> Instance:
@@ -150,12 +182,31 @@ class ImageAnnotation:
         return any(inst.num_labelled for inst in self.instances)
 
     def worst_confidence(self) -> float | None:
-        """Lowest confidence over predicted keypoints (those not found included), or None
-        when nothing is predicted."""
-        confs = [
-            kp.confidence
-            for inst in self.instances
-            for kp in inst.keypoints
-            if kp.origin == Origin.PREDICTED and kp.confidence is not None
-        ]
-        return min(confs) if confs else None
+        """Lowest confidence over all instances' predicted keypoints (those not found
+        included) and detected boxes not yet accepted, or None when nothing is predicted.
+        Computed once per (immutable) annotation: the gallery sorts and filters by it."""
+        try:
+            return self.__dict__["_worst"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        worst = self._worst_confidence()
+        object.__setattr__(self, "_worst", worst)  # a cache, not a field: eq/replace ignore it
+        return worst
+
+    def _worst_confidence(self) -> float | None:
+        worst: float | None = None
+        predicted = Origin.PREDICTED
+        for inst in self.instances:
+            for kp in inst.keypoints:
+                c = kp.confidence
+                if c is not None and kp.origin is predicted and (worst is None or c < worst):
+                    worst = c
+            c = inst.box_score
+            if c is not None and (worst is None or c < worst):
+                worst = c
+        return worst
+
+    def without_instance(self, index: int) -> ImageAnnotation:
+        inst = list(self.instances)
+        del inst[index]
+        return replace(self, instances=tuple(inst))

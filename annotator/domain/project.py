@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from annotator.domain.annotation import (
+    Box,
     ImageAnnotation,
     ImageStatus,
     Instance,
@@ -52,12 +53,28 @@ class ProjectSettings:
     review_threshold: float = 0.5
     cache_dir: str = ""
     cache_cap_gb: float = 20.0
+    # instances (DESIGN.md section 10): "bbox" transfers between box crops, "none" whole images
+    crop: str = "bbox"
+    crop_margin: float = 0.15
+    # zero-shot box detection (text-prompted, open vocabulary); prompt "" = the schema's name
+    detector_model: str = "google/owlv2-base-patch16-ensemble"
+    detect_prompt: str = ""
+    detect_threshold: float = 0.2
+    detect_max_boxes: int = 10
     #: CleanDIFT-style UNet state dict (local .safetensors or owner/repo/file); "" = none
     sd_unet: str = ""
     #: local DIY-SC adapter checkpoint for the diy preset; "" = download on first use
     diy_checkpoint: str = ""
 
     def __post_init__(self) -> None:
+        if self.crop not in ("bbox", "none"):
+            raise ValueError(f"crop must be 'bbox' or 'none', got {self.crop!r}")
+        if not 0.0 <= self.crop_margin <= 2.0:
+            raise ValueError(f"crop margin {self.crop_margin} outside [0, 2]")
+        if not 0.0 <= self.detect_threshold <= 1.0:
+            raise ValueError(f"detection threshold {self.detect_threshold} outside [0, 1]")
+        if self.detect_max_boxes < 1:
+            raise ValueError(f"max boxes {self.detect_max_boxes} must be >= 1")
         cap = self.cache_cap_gb
         if not (isinstance(cap, (int, float)) and math.isfinite(cap) and cap > 0):
             raise ValueError(f"cache_cap_gb must be a number > 0 (GB), got {cap!r}")
@@ -305,6 +322,50 @@ class Project:
             path, index, new, instance, f"Set {self.schema.keypoints[index]} visibility {int(v)}"
         )
 
+    # ---------------------------------------------------------- instances
+    def next_annotation_id(self) -> int:
+        """An annotation id no instance of the project uses yet (max + 1)."""
+        ids = [
+            inst.ann_id
+            for ann in self._annotations.values()
+            for inst in ann.instances
+            if inst.ann_id is not None
+        ]
+        return max(ids, default=0) + 1
+
+    def add_instance(self, path: str, bbox: Box | None = None) -> int:
+        """Append an empty instance (with ``bbox`` if given) as one undoable step; returns
+        its index."""
+        ann = self.annotation(path)
+        inst = replace(
+            Instance.empty(len(self.schema)), bbox=bbox, ann_id=self.next_annotation_id()
+        )
+        index = len(ann.instances)
+        new = ann.with_instance(index, inst)  # a box to fill: the image stays a target
+        self.set_annotation(path, new, "Add instance" if bbox is None else "Draw box")
+        return index
+
+    def delete_instance(self, path: str, index: int) -> None:
+        ann = self.annotation(path)
+        if not 0 <= index < len(ann.instances):
+            raise IndexError(f"image {path!r} has no instance {index}")
+        new = ann.without_instance(index)
+        if not new.instances and new.status != ImageStatus.REVIEWED:
+            new = replace(new, status=ImageStatus.UNLABELLED)
+        self.set_annotation(path, new, "Delete instance")
+
+    def set_instance_box(
+        self, path: str, index: int, bbox: Box | None, drag_id: object = None
+    ) -> None:
+        """Set (or with None remove) the box of ``instance``; consecutive calls with the same
+        ``drag_id`` form one undo step. A detected box becomes the user's."""
+        ann = self.annotation(path)
+        if not 0 <= index < len(ann.instances):
+            raise IndexError(f"image {path!r} has no instance {index}")
+        key = ("box", path, index, drag_id) if drag_id is not None else None
+        new = ann.with_instance(index, ann.instances[index].with_box(bbox))
+        self.set_annotation(path, new, "Edit box" if bbox else "Remove box", merge_key=key)
+
     def set_status(self, path: str, status: ImageStatus) -> None:
         ann = self.annotation(path)
         if status == ImageStatus.REVIEWED:
@@ -320,6 +381,8 @@ class Project:
                 )
                 for inst in ann.instances
             )
+            # accepting the image accepts its detected boxes too
+            insts = tuple(replace(i, box_score=None) for i in insts)
             ann = replace(ann, instances=insts)
         self.set_annotation(path, replace(ann, status=status), f"Mark {status.value}")
 

@@ -37,6 +37,8 @@ from annotator.domain import Keypoint, Origin, Visibility
 from annotator.gui.colors import confidence_color
 
 HIT_RADIUS = 10.0  # screen pixels
+HANDLE = 5.0  # half side of a box resize handle, screen pixels
+MIN_BOX = 2.0  # image pixels: a smaller drag is a click, not a box
 POINT_RADIUS = 6.0
 MIN_SCALE, MAX_SCALE = 0.02, 64.0
 _drag_ids = itertools.count(1)
@@ -51,8 +53,60 @@ class PointStyle:
     keypoint: Keypoint
 
 
+@dataclass(frozen=True)
+class BoxStyle:
+    """One instance box: (x, y, w, h) image pixels; ``score`` for an unreviewed detection."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    score: float | None = None
+    current: bool = False
+
+
+_CORNERS = ("tl", "tr", "bl", "br")
+
+
+def _box_edges(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    x, y, w, h = box
+    return x, y, x + w, y + h
+
+
+def _moved_box(kind: str, box: tuple[float, float, float, float], dx: float, dy: float,
+               size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``box`` moved ("move") or resized by a corner handle, by (dx, dy), kept in the image."""
+    x0, y0, x1, y1 = _box_edges(box)
+    w_img, h_img = size
+    if kind == "move":
+        w, h = x1 - x0, y1 - y0
+        nx = min(max(x0 + dx, 0.0), max(w_img - w, 0.0))
+        ny = min(max(y0 + dy, 0.0), max(h_img - h, 0.0))
+        return (nx, ny, w, h)
+    if "l" in kind:
+        x0 += dx
+    else:
+        x1 += dx
+    if "t" in kind:
+        y0 += dy
+    else:
+        y1 += dy
+    x0, x1 = sorted((min(max(x0, 0.0), w_img), min(max(x1, 0.0), w_img)))
+    y0, y1 = sorted((min(max(y0, 0.0), h_img), min(max(y1, 0.0), h_img)))
+    return (x0, y0, max(x1 - x0, 1.0), max(y1 - y0, 1.0))
+
+
 class ImageCanvas(QWidget):
-    """Shows one image with its keypoints; emits edit requests, never edits the project."""
+    """Shows one image with its keypoints; emits edit requests, never edits the project.
+
+    Instances: the current instance's keypoints are editable, the others' are drawn dimmed
+    (:meth:`set_instances`). In box mode (:attr:`box_mode`) a left drag on empty image draws
+    a box (:attr:`box_drawn`), a drag inside a box moves it and a drag on a corner handle of
+    the current box resizes it (:attr:`box_edited`, then :attr:`box_edit_finished`).
+    """
+
+    box_drawn = Signal(float, float, float, float)  # x, y, w, h (image pixels)
+    box_edited = Signal(int, float, float, float, float, int)  # instance, x, y, w, h, drag id
+    box_edit_finished = Signal(int)  # instance
+    instance_clicked = Signal(int)  # instance
 
     place_requested = Signal(int, float, float)  # keypoint index, x, y (image pixels)
     place_refused = Signal(int)  # a click on the image while keypoint index is placed
@@ -86,13 +140,53 @@ class ImageCanvas(QWidget):
         self._pan_from: QPointF | None = None
         self.threshold = 0.5
         self.show_names = True
+        self._boxes: list[BoxStyle] = []
+        self._others: list[tuple[int, list[PointStyle]]] = []  # (instance, its points)
+        self._box_drag: tuple[str, int, QPointF, tuple[float, float, float, float], int] | None \
+            = None
+        self._rubber: tuple[QPointF, QPointF] | None = None
+        self.box_mode = False
 
     # ------------------------------------------------------------- content
 
     @property
     def dragging(self) -> bool:
-        """Whether the user is dragging a keypoint right now."""
-        return self._drag is not None
+        """Whether the user is dragging a keypoint or a box right now."""
+        return self._drag is not None or self._box_drag is not None or self._rubber is not None
+
+    def set_instances(self, boxes: list[BoxStyle],
+                      others: list[tuple[int, list[PointStyle]]]) -> None:
+        """Instance boxes, and the keypoints of the instances other than the current one
+        as (instance index, points): drawn dimmed; clicking one selects its instance."""
+        self._boxes = boxes
+        self._others = others
+        self.update()
+
+    def set_box_mode(self, on: bool) -> None:
+        self.box_mode = bool(on)
+        self._rubber = None
+        self.setCursor(Qt.CursorShape.CrossCursor if on else Qt.CursorShape.ArrowCursor)
+        self.update()
+
+    def _handle_at(self, pos: QPointF) -> tuple[str, BoxStyle] | None:
+        """The box part under ``pos``: a corner of the current box, else the inside of a box
+        (the current one first, then the smallest)."""
+        for b in self._boxes:
+            if not b.current:
+                continue
+            x0, y0, x1, y1 = _box_edges(b.box)
+            for kind, (x, y) in zip(_CORNERS, ((x0, y0), (x1, y0), (x0, y1), (x1, y1))):
+                w = self.to_widget(x, y)
+                if abs(w.x() - pos.x()) <= HANDLE + 2 and abs(w.y() - pos.y()) <= HANDLE + 2:
+                    return kind, b
+        x, y = self.to_image(pos)
+        inside = [b for b in self._boxes
+                  if b.box[0] <= x <= b.box[0] + b.box[2] and b.box[1] <= y <= b.box[1] + b.box[3]]
+        if not inside:
+            return None
+        inside.sort(key=lambda b: (not b.current, b.box[2] * b.box[3]))
+        return "move", inside[0]
+
     @property
     def replace_armed(self) -> bool:
         """Whether the next click re-places the selected keypoint even though it is placed."""
@@ -109,6 +203,7 @@ class ImageCanvas(QWidget):
         self._message = message
         self._heat = None
         self._drag = None
+        self._box_drag = self._rubber = None
         self._press = None
         self.arm_replace(False)
         self.fit()
@@ -201,6 +296,19 @@ class ImageCanvas(QWidget):
             return None
         return self._current if self._current in near else near[0]
 
+    def _hit_other(self, pos: QPointF) -> int | None:
+        """Instance of the dimmed keypoint nearest ``pos`` within the hit radius."""
+        best, best_d = None, HIT_RADIUS
+        for instance, points in self._others:
+            for p in points:
+                if not p.keypoint.labelled:
+                    continue
+                w = self.to_widget(p.keypoint.x, p.keypoint.y)
+                d = ((w.x() - pos.x()) ** 2 + (w.y() - pos.y()) ** 2) ** 0.5
+                if d <= best_d:
+                    best, best_d = instance, d
+        return best
+
     def _inside(self, x: float, y: float) -> bool:
         size = self.image_size
         return size is not None and 0 <= x < size[0] and 0 <= y < size[1]
@@ -229,6 +337,21 @@ class ImageCanvas(QWidget):
             return
         if event.button() != Qt.MouseButton.LeftButton or self._pixmap is None:
             return
+        if self.box_mode:
+            part = self._handle_at(pos)
+            if part is not None:
+                kind, b = part
+                if not b.current:
+                    self.instance_clicked.emit(b.index)
+                self._box_drag = (kind, b.index, pos, b.box, next(_drag_ids))
+            elif self._inside(*self.to_image(pos)):
+                self._rubber = (pos, pos)
+            return
+        if not self._replace_armed and self.hit(pos) is None:
+            other = self._hit_other(pos)
+            if other is not None:  # a dimmed point: select its instance, place nothing
+                self.instance_clicked.emit(other)
+                return
         x, y = self.to_image(pos)
         index = None if self._replace_armed else self.hit(pos)
         if index is not None:
@@ -256,6 +379,17 @@ class ImageCanvas(QWidget):
             self._pan_from = pos
             self.pan_by(d.x(), d.y())
             return
+        if self._box_drag is not None:
+            kind, index, start, box, drag_id = self._box_drag
+            dx = (pos.x() - start.x()) / self._scale
+            dy = (pos.y() - start.y()) / self._scale
+            new = _moved_box(kind, box, dx, dy, self.image_size or (1, 1))
+            self.box_edited.emit(index, *new, drag_id)
+            return
+        if self._rubber is not None:
+            self._rubber = (self._rubber[0], pos)
+            self.update()
+            return
         if self._press is not None and self._drag is None:
             index, start = self._press[0], self._press[1]
             moved = (pos - start).manhattanLength()
@@ -275,6 +409,25 @@ class ImageCanvas(QWidget):
         if self._pan_from is not None:
             self._pan_from = None
             self.unsetCursor()
+            return
+        if self._box_drag is not None:
+            index = self._box_drag[1]
+            self._box_drag = None
+            self.box_edit_finished.emit(index)
+            return
+        if self._rubber is not None:
+            (a, b), self._rubber = self._rubber, None
+            size = self.image_size or (1, 1)
+            (x0, y0), (x1, y1) = self.to_image(a), self.to_image(b)
+            x0, x1 = sorted((min(max(x0, 0.0), size[0]), min(max(x1, 0.0), size[0])))
+            y0, y1 = sorted((min(max(y0, 0.0), size[1]), min(max(y1, 0.0), size[1])))
+            self.update()
+            if x1 - x0 >= MIN_BOX and y1 - y0 >= MIN_BOX:
+                self.box_drawn.emit(x0, y0, x1 - x0, y1 - y0)
+            else:  # a click: select the instance whose box is there
+                part = self._handle_at(a)
+                if part is not None:
+                    self.instance_clicked.emit(part[1].index)
             return
         press, self._press = self._press, None
         if self._drag is not None:
@@ -328,8 +481,48 @@ class ImageCanvas(QWidget):
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawImage(target, self._heat, QRectF(self._heat.rect()))
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        self._paint_others(painter)
+        self._paint_boxes(painter)
         self._paint_skeleton(painter)
         self._paint_points(painter)
+
+    def _paint_others(self, painter: QPainter) -> None:
+        """The other instances' keypoints, dimmed."""
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        for _, points in self._others:
+            for p in points:
+                if not p.keypoint.labelled:
+                    continue
+                color = QColor(p.color)
+                color.setAlpha(90)
+                painter.setPen(QPen(color, 1.5))
+                painter.setBrush(color)
+                painter.drawEllipse(self.to_widget(p.keypoint.x, p.keypoint.y),
+                                    POINT_RADIUS - 2, POINT_RADIUS - 2)
+
+    def _paint_boxes(self, painter: QPainter) -> None:
+        for b in self._boxes:
+            x0, y0, x1, y1 = _box_edges(b.box)
+            rect = QRectF(self.to_widget(x0, y0), self.to_widget(x1, y1))
+            color = QColor("#ffd740") if b.current else QColor(200, 200, 200, 110)
+            pen = QPen(color, 2 if b.current else 1.2)
+            if b.score is not None:  # a detection not yet reviewed
+                pen.setStyle(Qt.PenStyle.DashLine)
+            painter.setPen(pen)
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.drawRect(rect)
+            label = f"#{b.index + 1}" + (f" {b.score:.2f}" if b.score is not None else "")
+            painter.drawText(rect.topLeft() + QPointF(3, -4), label)
+            if b.current and self.box_mode:
+                painter.setBrush(color)
+                for corner in (rect.topLeft(), rect.topRight(), rect.bottomLeft(),
+                               rect.bottomRight()):
+                    painter.drawRect(QRectF(corner.x() - HANDLE, corner.y() - HANDLE,
+                                            2 * HANDLE, 2 * HANDLE))
+        if self._rubber is not None:
+            painter.setPen(QPen(QColor("#ffd740"), 1.5, Qt.PenStyle.DashLine))
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.drawRect(QRectF(self._rubber[0], self._rubber[1]).normalized())
 
     def _paint_skeleton(self, painter: QPainter) -> None:
         for a, b in self._skeleton:

@@ -21,9 +21,10 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.domain import ImageStatus, Keypoint, Origin, Project, Visibility
-from annotator.gui.canvas import ImageCanvas, PointStyle
+from annotator.gui.canvas import BoxStyle, ImageCanvas, PointStyle
 from annotator.gui.gallery import GalleryPanel
 from annotator.gui.image_loader import ImageLoader
+from annotator.gui.instance_list import InstancePanel
 from annotator.gui.keypoint_list import KeypointList
 from annotator.gui.qimage import heatmap_to_qimage
 from annotator.gui.reference_pane import ReferencePane
@@ -45,6 +46,7 @@ class EditorPage(QWidget):
         self.project: Project | None = None
         self.current_path: str | None = None
         self.current_keypoint = 0
+        self.current_instance = 0  # the instance placed keypoints go to
         self.shown_path: str | None = None  # the path whose image is on the canvas
         self.images = ImageLoader(parent=self)
         self.images.loaded.connect(self._on_image_loaded)
@@ -52,6 +54,7 @@ class EditorPage(QWidget):
         self.gallery = GalleryPanel(loader)
         self.canvas = ImageCanvas()
         self.keypoints = KeypointList()
+        self.instances = InstancePanel()
         self.reference_pane = ReferencePane()  # the main window docks it
         self._pane_timer = QTimer(self)
         self._pane_timer.setSingleShot(True)
@@ -72,6 +75,10 @@ class EditorPage(QWidget):
                       "to move it; R then a click re-places it.")
         hint.setWordWrap(True)
         side.addWidget(hint)
+        instances_hint = QLabel("Instances (B: box tool, drag to draw a box)")
+        instances_hint.setWordWrap(True)
+        side.addWidget(instances_hint)
+        side.addWidget(self.instances)
         side.addWidget(self.keypoints, 1)
         side.addWidget(self.heatmap_box)
         side.addWidget(self.accept_button)
@@ -102,6 +109,13 @@ class EditorPage(QWidget):
         self.canvas.visibility_requested.connect(self.set_visibility_of)
         self.keypoints.current_keypoint_changed.connect(self.set_current_keypoint)
         self.accept_button.clicked.connect(self.accept_image)
+        self.canvas.box_drawn.connect(self._on_box_drawn)
+        self.canvas.box_edited.connect(self._on_box_edited)
+        self.canvas.box_edit_finished.connect(self._on_drag_end)
+        self.canvas.instance_clicked.connect(self.select_instance)
+        self.instances.instance_selected.connect(self.select_instance)
+        self.instances.add_requested.connect(self.add_instance)
+        self.instances.delete_requested.connect(self.delete_instance)
         self.reference_button.clicked.connect(self.make_reference)
         self.heatmap_box.toggled.connect(self._on_heatmap_toggled)
 
@@ -136,6 +150,7 @@ class EditorPage(QWidget):
         self.project = project
         self.current_path = None
         self.current_keypoint = 0
+        self.current_instance = 0
         self.shown_path = None
         self.images.set_root(project.image_root if project is not None else "")
         self.gallery.model.set_project(project)
@@ -186,6 +201,8 @@ class EditorPage(QWidget):
             self.shown_path = None
             self.canvas.set_image(None, f"Loading {path}...")
         ann = self.project.annotation(path)
+        if changed:
+            self.current_instance = 0
         if changed and not ann.has_labels:
             self.current_keypoint = 0
         self.gallery.select(path, emit=False)
@@ -228,15 +245,26 @@ class EditorPage(QWidget):
         if self.current_path is None:
             return tuple(Keypoint() for _ in range(k))
         ann = self.project.annotation(self.current_path)
-        return ann.instances[0].keypoints if ann.instances else tuple(Keypoint() for _ in range(k))
+        if self.current_instance < len(ann.instances):
+            return ann.instances[self.current_instance].keypoints
+        return tuple(Keypoint() for _ in range(k))
 
     def _refresh_points(self) -> None:
         if self.project is None or self.current_path is None:
             return
         schema = self.project.schema
+        ann = self.project.annotation(self.current_path)
+        self.current_instance = max(0, min(self.current_instance, len(ann.instances) - 1))
         kps = self._keypoints()
         styles = [PointStyle(n, c, kp) for n, c, kp in zip(schema.keypoints, schema.colors, kps)]
         self.canvas.set_points(styles, schema.skeleton, self.current_keypoint)
+        boxes = [BoxStyle(i, inst.bbox, inst.box_score, i == self.current_instance)
+                 for i, inst in enumerate(ann.instances) if inst.bbox is not None]
+        others = [(i, [PointStyle(n, c, kp) for n, c, kp in
+                       zip(schema.keypoints, schema.colors, inst.keypoints)])
+                  for i, inst in enumerate(ann.instances) if i != self.current_instance]
+        self.canvas.set_instances(boxes, others)
+        self.instances.set_instances(ann, len(schema), self.current_instance)
         self.keypoints.set_keypoints(schema, kps, self.current_keypoint)
         ann = self.project.annotation(self.current_path)
         conf = ann.worst_confidence()
@@ -265,7 +293,8 @@ class EditorPage(QWidget):
     def _on_place(self, index: int, x: float, y: float) -> None:
         if self.project is None or self.current_path is None:
             return
-        self.project.move_keypoint(self.current_path, index, x, y, make_reference=False)
+        self.project.move_keypoint(self.current_path, index, x, y,
+                                   instance=self._edit_instance(), make_reference=False)
         kps = self._keypoints()
         k = len(kps)
         for step in range(1, k + 1):  # advance to the next unlabelled keypoint
@@ -305,9 +334,9 @@ class EditorPage(QWidget):
 
     def _on_drag(self, index: int, x: float, y: float, drag_id: int) -> None:
         if self.project is not None and self.current_path is not None:
-            self.project.move_keypoint(
-                self.current_path, index, x, y, drag_id=drag_id, make_reference=False
-            )
+            self.project.move_keypoint(self.current_path, index, x, y,
+                                       instance=self._edit_instance(), drag_id=drag_id,
+                                       make_reference=False)
 
     def _on_drag_end(self, _index: int) -> None:
         if self.project is not None:
@@ -324,10 +353,72 @@ class EditorPage(QWidget):
             return
         if not kp.labelled:
             return
-        self.project.set_visibility(self.current_path, index, Visibility(v))
+        self.project.set_visibility(self.current_path, index, Visibility(v),
+                                    instance=self.current_instance)
 
     def set_visibility(self, v: int) -> None:
         self.set_visibility_of(self.current_keypoint, v)
+
+    # ----------------------------------------------------------- instances
+    def _edit_instance(self) -> int:
+        """The instance an edit goes to: the selected one (0 creates the first)."""
+        assert self.project is not None and self.current_path is not None
+        n = len(self.project.annotation(self.current_path).instances)
+        return min(self.current_instance, n)
+
+    def select_instance(self, index: int) -> None:
+        if self.project is None or self.current_path is None:
+            return
+        n = len(self.project.annotation(self.current_path).instances)
+        if 0 <= index < n and index != self.current_instance:
+            self.current_instance = index
+            self._refresh_points()
+
+    def add_instance(self) -> None:
+        """A new empty instance, selected: the next keypoints placed go to it."""
+        if self.project is None or self.current_path is None:
+            return
+        self.current_instance = self.project.add_instance(self.current_path)
+        self.current_keypoint = 0
+        self._refresh_points()
+
+    def delete_instance(self, index: int | None = None) -> None:
+        if self.project is None or self.current_path is None:
+            return
+        index = self.current_instance if index is None or index < 0 else index
+        if index < len(self.project.annotation(self.current_path).instances):
+            self.project.delete_instance(self.current_path, index)
+            self.current_instance = max(0, index - 1)
+            self._refresh_points()
+
+    def delete_selected(self) -> None:
+        """Del: in box mode the selected instance's box goes, else the selected keypoint."""
+        if self.canvas.box_mode and self.project is not None and self.current_path is not None:
+            ann = self.project.annotation(self.current_path)
+            if self.current_instance < len(ann.instances):
+                if ann.instances[self.current_instance].bbox is not None:
+                    self.project.set_instance_box(self.current_path, self.current_instance, None)
+            return
+        self.set_visibility(0)
+
+    def _on_box_drawn(self, x: float, y: float, w: float, h: float) -> None:
+        """A drawn box goes to the selected instance when it has none, else to a new one."""
+        if self.project is None or self.current_path is None:
+            return
+        ann = self.project.annotation(self.current_path)
+        box = (x, y, w, h)
+        if self.current_instance < len(ann.instances) and \
+                ann.instances[self.current_instance].bbox is None:
+            self.project.set_instance_box(self.current_path, self.current_instance, box)
+        else:
+            self.current_instance = self.project.add_instance(self.current_path, box)
+        self._refresh_points()
+
+    def _on_box_edited(self, index: int, x: float, y: float, w: float, h: float,
+                       drag_id: int) -> None:
+        if self.project is not None and self.current_path is not None:
+            self.current_instance = index
+            self.project.set_instance_box(self.current_path, index, (x, y, w, h), drag_id)
 
     def accept_image(self) -> None:
         """Mark the current image reviewed (it becomes a reference) and go to the next one."""

@@ -42,6 +42,7 @@ PATH_ROLE = Qt.ItemDataRole.UserRole + 1
 STATUS_ROLE = Qt.ItemDataRole.UserRole + 2
 CONFIDENCE_ROLE = Qt.ItemDataRole.UserRole + 3
 ERROR_ROLE = Qt.ItemDataRole.UserRole + 4
+INSTANCES_ROLE = Qt.ItemDataRole.UserRole + 5
 
 AnyIndex = QModelIndex | QPersistentModelIndex
 
@@ -223,6 +224,8 @@ class GalleryModel(QAbstractListModel):
             return self._project.annotation(path).worst_confidence()
         if role == ERROR_ROLE:
             return self.error(path)
+        if role == INSTANCES_ROLE:
+            return len(self._project.annotation(path).instances)
         if role == Qt.ItemDataRole.ToolTipRole:
             ann = self._project.annotation(path)
             conf = ann.worst_confidence()
@@ -283,6 +286,14 @@ class GalleryDelegate(QStyledItemDelegate):
         painter.fillRect(badge_rect, QColor(0, 0, 0, 170))
         painter.setPen(color)
         painter.drawText(badge_rect, Qt.AlignmentFlag.AlignCenter, badge)
+        count = index.data(INSTANCES_ROLE) or 0
+        if count > 1:  # several objects: the confidence badge is the worst over them
+            text = f"{count} obj"
+            count_rect = QRect(0, 0, fm.horizontalAdvance(text) + 8, fm.height() + 2)
+            count_rect.moveBottomRight(box.bottomRight() + QPoint(-2, -2))
+            painter.fillRect(count_rect, QColor(0, 0, 0, 170))
+            painter.setPen(QColor("#e8e8e8"))
+            painter.drawText(count_rect, Qt.AlignmentFlag.AlignCenter, text)
         painter.restore()
 
 

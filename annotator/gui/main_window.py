@@ -221,8 +221,8 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         self.act_v2 = self._action(m, "Visible (v=2)", lambda: e.set_visibility(2), ("2",))
         self.act_v1 = self._action(m, "Occluded (v=1)", lambda: e.set_visibility(1), ("1",))
-        self.act_v0 = self._action(m, "Delete keypoint (v=0)", lambda: e.set_visibility(0),
-                                   ("0", "Del", "Backspace"))
+        self.act_v0 = self._action(m, "Delete keypoint (v=0) / box in box mode",
+                                   e.delete_selected, ("0", "Del", "Backspace"))
         m.addSeparator()
         self.act_fit = self._action(m, "&Fit to window", e.canvas.fit, ("F",))
         self.act_heatmap = self._action(
@@ -233,9 +233,21 @@ class MainWindow(QMainWindow):
         self.act_reference_pane.setShortcut(QKeySequence("V"))
         m.addAction(self.act_reference_pane)
         self.addAction(self.act_reference_pane)
+        m.addSeparator()
+        self.act_box_tool = self._action(m, "&Box tool", lambda: None, ("B",))
+        self.act_box_tool.setCheckable(True)
+        self.act_box_tool.toggled.connect(e.canvas.set_box_mode)
+        self.act_add_instance = self._action(m, "Add &instance", e.add_instance, ("I",))
+        self.act_delete_instance = self._action(m, "Delete instance", e.delete_instance,
+                                                ("Shift+Del",))
+        toolbar = self.addToolBar("Tools")
+        toolbar.setObjectName("tools")
+        toolbar.addAction(self.act_box_tool)
+        toolbar.addAction(self.act_add_instance)
 
         m = self.menuBar().addMenu("&Run")
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
+        self.act_detect = self._action(m, "&Detect boxes", self.detect_boxes, ("Ctrl+D",))
         self.act_cancel = self._action(m, "&Cancel", self.cancel_propagation, ("Esc",))
 
         m = self.menuBar().addMenu("&Help")
@@ -243,6 +255,7 @@ class MainWindow(QMainWindow):
                                           ("F1",))
         self.act_models_note = self._action(m, "About the &models", self.show_models_note)
         self.project_actions = [
+            self.act_detect, self.act_box_tool, self.act_add_instance, self.act_delete_instance,
             self.act_save, self.act_save_as, self.act_export, self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
@@ -696,12 +709,14 @@ class MainWindow(QMainWindow):
     def undo(self) -> None:
         if self.project is not None:
             text = self.project.undo()
+            self._update_actions()  # the stack moves after the change is announced
             if text:
                 self.statusBar().showMessage(f"Undid: {text}", 3000)
 
     def redo(self) -> None:
         if self.project is not None:
             text = self.project.redo()
+            self._update_actions()
             if text:
                 self.statusBar().showMessage(f"Redid: {text}", 3000)
 
@@ -793,6 +808,7 @@ class MainWindow(QMainWindow):
         self._baseline = self.project.annotations()
         self._run_schema = self.project.schema
         self._run_key = object()  # this run's predictions accumulate into one undo step
+        self._run_kind = "Propagation"
         self.controller.propagate(self.project, targets)
         self._rate = RateEstimator(0)
         self._unreadable_in_run = 0
@@ -817,6 +833,27 @@ class MainWindow(QMainWindow):
         if engine_factory is not None:
             self.controller.set_engine_factory(engine_factory)
         return self.propagate(targets)
+
+    def detect_boxes(self, targets: list[str] | None = None) -> bool:
+        """Find boxes with the zero-shot detector (Settings: model, prompt, threshold, max
+        boxes) on every image that is neither reviewed nor a reference; they stream back as
+        predicted boxes with a score, one undo step."""
+        if self.project is None:
+            return False
+        self.flush_predictions()
+        self._baseline = self.project.annotations()
+        self._run_schema = self.project.schema
+        self._run_key = object()
+        self._run_kind = "Detection"
+        self.controller.detect(self.project, targets)
+        self._rate = RateEstimator(0)
+        self.progress_bar.setRange(0, 0)
+        for w in (self.progress_bar, self.progress_label, self.cancel_button):
+            w.show()
+        self.progress_label.setText("loading the detector...")
+        self.flush_timer.start()
+        self._update_actions()
+        return True
 
     def cancel_propagation(self) -> None:
         if self.controller.busy:
@@ -857,10 +894,16 @@ class MainWindow(QMainWindow):
                 continue  # the user edited this image during the run: keep their work
             fresh.append(pred)
         if fresh:
-            # The worker imported this module already; this is a dictionary lookup.
+            # The worker imported these modules already; this is a dictionary lookup.
+            from annotator.jobs.detect import BoxResult, apply_detections
             from annotator.jobs.propagate import apply_predictions
 
-            apply_predictions(self.project, fresh, merge_key=("propagate", self._run_key))
+            boxes = [p for p in fresh if isinstance(p, BoxResult)]
+            preds = [p for p in fresh if not isinstance(p, BoxResult)]
+            if boxes:
+                apply_detections(self.project, boxes, merge_key=("detect", self._run_key))
+            if preds:
+                apply_predictions(self.project, preds, merge_key=("propagate", self._run_key))
             for path in (p.path for p in fresh):
                 self._baseline[path] = self.project.annotation(path)
 
@@ -874,8 +917,9 @@ class MainWindow(QMainWindow):
     def _finish_run_ui(self, outcome: str) -> None:
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             w.hide()
-        text = {"done": "Propagation finished", "cancelled": "Propagation cancelled",
-                "failed": "Propagation failed"}.get(outcome, outcome)
+        kind = getattr(self, "_run_kind", "Propagation")
+        text = {"done": f"{kind} finished", "cancelled": f"{kind} cancelled",
+                "failed": f"{kind} failed"}.get(outcome, outcome)
         if self._rate is not None and outcome == "done":
             bad = self._unreadable_in_run
             text += (f": {self._rate.done - bad} images predicted in "

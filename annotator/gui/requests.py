@@ -60,3 +60,12 @@ class HeatmapOrder:
     point: tuple[float, float]
     target: str
     category: str = ""  # the schema's name, for a "{category}" prompt
+
+
+@dataclass(frozen=True)
+class DetectOrder:
+    """Find boxes in ``request.targets`` with the zero-shot detector of the request's settings
+    (``request`` is an annotator.jobs.detect.DetectRequest: plain frozen data)."""
+
+    request_id: int
+    request: object

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
+    QSpinBox,
     QWidget,
 )
 
@@ -129,12 +130,39 @@ class SettingsDialog(QDialog):
         form.addRow("Review below confidence", self.threshold)
         form.addRow("Cache folder", self.cache_dir)
         form.addRow("Cache size cap", self.cache_cap)
+        self._add_instance_rows(form, settings)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    def _add_instance_rows(self, form: QFormLayout, settings: ProjectSettings) -> None:
+        """Instances: crop transfer and the zero-shot box detector."""
+        self.crop = QCheckBox("Transfer between crops around instance boxes")
+        self.crop.setChecked(settings.crop == "bbox")
+        self.crop_margin = QDoubleSpinBox()
+        self.crop_margin.setRange(0.0, 2.0)
+        self.crop_margin.setSingleStep(0.05)
+        self.crop_margin.setValue(settings.crop_margin)
+        self.detector_model = PathField(settings.detector_model, "Box detector folder")
+        self.detector_model.edit.setToolTip("OWLv2: Hugging Face id or a local folder")
+        self.detect_prompt = QLineEdit(settings.detect_prompt)
+        self.detect_prompt.setPlaceholderText("default: the schema's category name")
+        self.detect_threshold = QDoubleSpinBox()
+        self.detect_threshold.setRange(0.0, 1.0)
+        self.detect_threshold.setSingleStep(0.05)
+        self.detect_threshold.setValue(settings.detect_threshold)
+        self.detect_max = QSpinBox()
+        self.detect_max.setRange(1, 1000)
+        self.detect_max.setValue(settings.detect_max_boxes)
+        form.addRow("", self.crop)
+        form.addRow("Crop margin (per side)", self.crop_margin)
+        form.addRow("Box detector model", self.detector_model)
+        form.addRow("Detection prompt", self.detect_prompt)
+        form.addRow("Detection score threshold", self.detect_threshold)
+        form.addRow("Max boxes per image", self.detect_max)
 
     def _preset_changed(self, name: str) -> None:
         """A preset brings its own fusion and flip default (still editable)."""
@@ -155,6 +183,12 @@ class SettingsDialog(QDialog):
     def settings(self) -> ProjectSettings:
         return replace(
             self._base,
+            crop="bbox" if self.crop.isChecked() else "none",
+            crop_margin=float(self.crop_margin.value()),
+            detector_model=self.detector_model.text() or self._base.detector_model,
+            detect_prompt=self.detect_prompt.text().strip(),
+            detect_threshold=float(self.detect_threshold.value()),
+            detect_max_boxes=int(self.detect_max.value()),
             sd_model=self.sd_model.text() or self._base.sd_model,
             dino_model=self.dino_model.text() or self._base.dino_model,
             preset=self.preset.currentText(),

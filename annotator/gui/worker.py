@@ -20,7 +20,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from annotator.domain import Project, ProjectSettings
-from annotator.gui.requests import HeatmapOrder, ProjectSnapshot, PropagateOrder
+from annotator.gui.requests import DetectOrder, HeatmapOrder, ProjectSnapshot, PropagateOrder
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ class EngineWorker(QObject):
         self._states: dict[int, Any] = {}
         self._cancelled: set[int] = set()
         self._stopping = threading.Event()  # the window is closing: abandon downloads
+        self._detector: Any = None
+        self._detector_key: object = None
 
     # ------------------------------------------------ called from the GUI thread
     def request_cancel(self, request_id: int) -> None:
@@ -256,6 +258,60 @@ class EngineWorker(QObject):
             self._report_cache(order.snapshot.settings)
 
     @Slot(object)
+    def run_detection(self, order: DetectOrder) -> None:
+        """Zero-shot boxes (annotator.jobs.detect); each BoxResult goes out as a
+        ``prediction``."""
+        rid = order.request_id
+        outcome = "failed"
+        try:
+            from annotator.jobs import detect as job
+            from annotator.jobs.progress import Cancelled, TaskState
+
+            request = order.request
+            assert isinstance(request, job.DetectRequest)
+            state = TaskState()
+            with self._lock:
+                self._states[rid] = state
+                if rid in self._cancelled:
+                    state.cancel()
+            if state.is_cancelled():
+                outcome = "cancelled"
+                return
+            s = request.settings
+            key = (s.detector_model, s.device, s.dtype)
+            if self._detector is None or self._detector_key != key:
+                self._detector = None
+                self.model_state.emit("loading", s.device)
+                try:
+                    self._detector = job.build_detector(s)
+                except Exception as exc:  # missing weights, bad folder, bad device
+                    self.model_state.emit("failed", f"{type(exc).__name__}: {exc}")
+                    self.failed.emit(rid, "models", f"The box detector could not be loaded:\n"
+                                     f"{exc}\n\nSet its hub id or local folder in Settings.")
+                    return
+                self._detector_key = key
+                self.model_state.emit("ready", str(self._detector.device))
+            total = len(request.targets)
+            self.progress.emit(rid, 0, total, "")
+            done = 0
+            try:
+                for res in job.run_detection(request, self._detector, state):
+                    done += 1
+                    self.prediction.emit(rid, res)
+                    self.progress.emit(rid, done, total, res.path)
+                outcome = "done"
+            except Cancelled:
+                outcome = "cancelled"
+        except Exception as exc:
+            log.error("detection %d failed:\n%s", rid, traceback.format_exc())
+            self.failed.emit(rid, "error", f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._states.pop(rid, None)
+                self._cancelled.discard(rid)
+            self.finished.emit(rid, outcome)
+
+    @Slot(object)
     def compute_heatmap(self, order: HeatmapOrder) -> None:
         rid = order.request_id
         with self._lock:
@@ -303,6 +359,7 @@ class WorkerController(QObject):
     preloaded = Signal()
 
     _send_propagate = Signal(object)
+    _send_detect = Signal(object)
     _send_heatmap = Signal(object)
     _send_factory = Signal(object)
     _send_preload = Signal()
@@ -328,6 +385,7 @@ class WorkerController(QObject):
         self._send_preload.connect(self._worker.preload)
         self._send_preloader.connect(self._worker.set_preloader)
         self._send_propagate.connect(self._worker.run_propagation)
+        self._send_detect.connect(self._worker.run_detection)
         self._send_heatmap.connect(self._worker.compute_heatmap)
         self._send_factory.connect(self._worker.set_factory)
         self._worker.model_state.connect(self.model_state)
@@ -376,6 +434,19 @@ class WorkerController(QObject):
         self._run_id = rid
         t = tuple(targets) if targets is not None else None
         self._send_propagate.emit(PropagateOrder(rid, ProjectSnapshot.of(project), t))
+        self.run_started.emit(rid)
+        return rid
+
+    def detect(self, project: Project, targets: list[str] | None = None) -> int:
+        """Start zero-shot box detection on a snapshot of ``project`` (it is a run: progress,
+        cancel and results like a propagation); cancels any run in progress."""
+        from annotator.jobs.detect import DetectRequest
+
+        if self._run_id is not None:
+            self.cancel()
+        rid = self._new_id()
+        self._run_id = rid
+        self._send_detect.emit(DetectOrder(rid, DetectRequest.from_project(project, targets)))
         self.run_started.emit(rid)
         return rid
 

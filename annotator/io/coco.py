@@ -3,8 +3,13 @@
 Export follows DESIGN.md section 5. Extra fields that COCO readers ignore carry what COCO has
 no place for, so that export -> import -> export round-trips:
 ``annotations[].keypoint_scores`` (per-keypoint confidence, null where not predicted),
-``annotations[].keypoint_origins``, ``annotations[].bbox_source`` ("user" or "keypoints")
-and ``images[].annotator_status``.
+``annotations[].keypoint_origins``, ``annotations[].bbox_source`` ("user" or "keypoints"),
+``annotations[].bbox_score`` (a detector's box score, until accepted) and
+``images[].annotator_status``.
+
+Instances: one annotation per instance; its id is the instance's own id (from import or
+creation), so ids are stable across exports. On import an annotation with a bbox and no
+labelled keypoint (all v = 0, or no keypoints field: a detector's output) is a box to fill.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -143,6 +148,26 @@ def _image_size(image_root: str, rec: ImageRecord) -> tuple[int, int] | None:
         return None
 
 
+def _annotation_ids(annotations: Iterable[ImageAnnotation]) -> Callable[[Instance], int]:
+    """Id per exported instance: its own ``ann_id`` (kept from import or creation, so ids are
+    stable across exports) when unique, else the next id above every known one, in order."""
+    seen: set[int] = set()
+    counter = 1 + max((inst.ann_id for ann in annotations for inst in ann.instances
+                       if inst.ann_id is not None), default=0)
+
+    def next_id(inst: Instance) -> int:
+        nonlocal counter
+        if inst.ann_id is not None and inst.ann_id not in seen:
+            seen.add(inst.ann_id)
+            return inst.ann_id
+        while counter in seen:
+            counter += 1
+        seen.add(counter)
+        return counter
+
+    return next_id
+
+
 def _exported(ann: ImageAnnotation, choice: ExportChoice) -> ImageAnnotation | None:
     """What of ``ann`` the export carries under ``choice`` (None: the image is left out)."""
     if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
@@ -170,7 +195,8 @@ def _entries(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """("image" | "annotation", entry), in document order within each kind."""
     source = CocoSource.of(project) if isinstance(project, Project) else project
-    n_images = n_annotations = 0
+    n_images = 0
+    next_id = _annotation_ids(source.annotations.values())
     total = len(source.images)
     step = max(1, total // 100)
     for done, rec in enumerate(source.images):
@@ -218,9 +244,8 @@ def _entries(
                     flat += [0, 0, 0]
                 scores.append(None if kp.confidence is None else round(kp.confidence, 4))
             x, y, w, h = (round(b, 2) for b in _instance_box(inst, width, height))
-            n_annotations += 1
             yield "annotation", {
-                "id": n_annotations,
+                "id": next_id(inst),
                 "image_id": image_id,
                 "category_id": CATEGORY_ID,
                 "keypoints": flat,
@@ -232,6 +257,8 @@ def _entries(
                 "segmentation": [],
                 "keypoint_scores": scores,
                 "keypoint_origins": [kp.origin.value for kp in inst.keypoints],
+                **({"bbox_score": round(inst.box_score, 4)}
+                   if inst.box_score is not None else {}),
             }
     if progress is not None:
         progress(total, total)
@@ -416,6 +443,8 @@ def _schema_from_category(cat: dict, source: str) -> KeypointSchema:
 
 
 def _parse_keypoints(ann: dict, k: int, where: str) -> tuple[Keypoint, ...]:
+    if "keypoints" not in ann and "bbox" in ann:  # a detection: a box to fill
+        return tuple(Keypoint() for _ in range(k))
     flat = _need(ann, "keypoints", list, where)
     if len(flat) != 3 * k:
         raise CocoFormatError(f"{where}: {len(flat)} keypoint numbers, expected 3 x {k} = {3 * k}")
@@ -535,13 +564,24 @@ def coco_to_project(
         kps = _parse_keypoints(ann, k, where)
         # a box we derived from the keypoints is not a user box: derive it again on export
         bbox = None if ann.get("bbox_source") == "keypoints" else _parse_bbox(ann, where)
-        instances.setdefault(id_to_path[image_id], []).append(Instance(kps, bbox))
+        if bbox is None and not any(kp.labelled for kp in kps):
+            continue  # neither a box nor a labelled keypoint: nothing to keep
+        score = ann.get("bbox_score")
+        if score is not None:
+            score = _number(score, f"{where}, bbox_score")
+            if not 0 <= score <= 1 or bbox is None:
+                raise CocoFormatError(f"{where}: bbox_score {score} needs a box and [0, 1]")
+        instances.setdefault(id_to_path[image_id], []).append(
+            Instance(kps, bbox, score, ann_id if ann_id >= 1 else None)
+        )
 
     annotations = {}
     for path, insts in instances.items():
         status = statuses[path]
-        if status == ImageStatus.UNLABELLED:  # labelled by another tool: a reference
-            status = ImageStatus.REFERENCE
+        if status == ImageStatus.UNLABELLED:
+            # labelled by another tool: a reference; only boxes to fill: still a target
+            if any(inst.num_labelled for inst in insts):
+                status = ImageStatus.REFERENCE
         annotations[path] = ImageAnnotation(tuple(insts), status)
     try:
         return Project(str(image_root), images, schema, annotations)

@@ -265,7 +265,7 @@ def _spair_sample(path: Path, root: Path) -> PairSample:
     if len(src) != len(trg):
         raise DatasetFormatError(path, "trg_kps", f"{len(trg)} points but src_kps has {len(src)}")
     x1, y1, x2, y2 = _bbox_xyxy(_field(data, "trg_bndbox", path), path, "trg_bndbox")
-    _bbox_xyxy(_field(data, "src_bndbox", path), path, "src_bndbox")
+    sx1, sy1, sx2, sy2 = _bbox_xyxy(_field(data, "src_bndbox", path), path, "src_bndbox")
     for name in ("src_imsize", "trg_imsize"):
         size = _field(data, name, path)
         if not (isinstance(size, Sequence) and len(size) >= 2
@@ -274,7 +274,9 @@ def _spair_sample(path: Path, root: Path) -> PairSample:
     images = root / "JPEGImages" / category
     meta = {"kps_ids": data.get("kps_ids"), "src_imsize": data["src_imsize"][:2],
             "trg_imsize": data["trg_imsize"][:2], "mirror": data.get("mirror", 0),
-            "viewpoint_variation": data.get("viewpoint_variation")}
+            "viewpoint_variation": data.get("viewpoint_variation"),
+            # instance boxes (x, y, w, h) for object-centric (crop) transfer
+            "src_bbox": (sx1, sy1, sx2 - sx1, sy2 - sy1), "trg_bbox": (x1, y1, x2 - x1, y2 - y1)}
     return PairSample(path.stem, category, images / src_name, images / trg_name, src, trg,
                       max(x2 - x1, y2 - y1), meta)
 
@@ -531,6 +533,15 @@ def _coco_kps(ann: Mapping[str, Any], k: int, path: Path) -> np.ndarray:
     return arr
 
 
+def _coco_box(box: Any) -> tuple[float, float, float, float] | None:
+    """(x, y, w, h) of a valid COCO bbox with w, h > 0, else None."""
+    if not (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+        return None
+    x, y, w, h = (float(v) for v in box)
+    return (x, y, w, h) if w > 0 and h > 0 else None
+
+
 def load_coco_pairs(annotations: str | os.PathLike[str],
                     image_root: str | os.PathLike[str] | None = None, *,
                     threshold: Literal["bbox", "image"] = "bbox",
@@ -617,9 +628,12 @@ def load_coco_pairs(annotations: str | os.PathLike[str],
                         length = float(max(info["width"], info["height"]))
                     else:
                         length = float(max(_image_wh(trg_path)))
+                meta: dict[str, Any] = {"keypoint_index": np.nonzero(common)[0].tolist()}
+                boxes = (_coco_box(a.get("bbox")), _coco_box(b.get("bbox")))
+                if boxes[0] is not None and boxes[1] is not None:  # for crop transfer
+                    meta["src_bbox"], meta["trg_bbox"] = boxes
                 return PairSample(pair_id, name, image_path(a["image_id"]), trg_path,
-                                  ka[common, :2], kb[common, :2], length,
-                                  {"keypoint_index": np.nonzero(common)[0].tolist()})
+                                  ka[common, :2], kb[common, :2], length, meta)
 
             records.append(PairRecord(pair_id, name, load))
     if not records:

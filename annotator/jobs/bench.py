@@ -37,6 +37,7 @@ from annotator.features.letterbox import Letterbox
 from annotator.jobs.bench_baseline import BaselineExtractor, classic_attention, loop_match
 from annotator.jobs.bench_util import (
     MemoryPeak,
+    compile_modules,
     count_flops,
     machine_info,
     make_timer,
@@ -70,11 +71,16 @@ class BenchOptions:
     memory_targets: int | None = None
     transfer_preset: str = "paper"
     transfer_fusions: tuple[str, ...] = ("copca", "concat")
+    transfer_prefetch: int = 8  # targets read ahead and matched together (0: lockstep only)
+    lockstep_targets: int = 20  # targets of the slower cases (lockstep concat, copca run basis)
+    pair_targets: int = 6  # targets of per-pair copca (about 0.25 s each on a 2-core CPU)
+    copca_sample: int = 8  # targets in the copca run basis (with the reference)
     peak_size: int = 4096
     peak_seconds: float = 2.0
     map_channels: dict[str, int] | None = None  # synthetic cached maps (None: SD 1.5/DINOv2-B)
     ablations: bool = True
     precision_check: bool = True
+    compile: str = "off"  # engine: torch.compile mode (bench_util.COMPILE_MODES)
     gui: Callable[[Progress], dict[str, Any]] | None = None
     command: str = ""
 
@@ -88,11 +94,11 @@ class BenchOptions:
                       else {"fast": 3, "paper": 3})
         if self.quick and not gpu:
             o.baseline_tiles = 0 if o.baseline_tiles is None else o.baseline_tiles
-            o.disk_targets = 4 if o.disk_targets is None else o.disk_targets
-            o.memory_targets = 4 if o.memory_targets is None else o.memory_targets
+            o.disk_targets = 60 if o.disk_targets is None else o.disk_targets
+            o.memory_targets = 60 if o.memory_targets is None else o.memory_targets
         elif self.quick:  # the transfer runs on the CPU (fusion of cached CPU maps)
-            o.disk_targets = 20 if o.disk_targets is None else o.disk_targets
-            o.memory_targets = 20 if o.memory_targets is None else o.memory_targets
+            o.disk_targets = 60 if o.disk_targets is None else o.disk_targets
+            o.memory_targets = 60 if o.memory_targets is None else o.memory_targets
         o.disk_targets = o.targets if o.disk_targets is None else o.disk_targets
         o.memory_targets = o.targets if o.memory_targets is None else o.memory_targets
         return o
@@ -160,7 +166,8 @@ class _Models:
 
 # ---- extraction ----------------------------------------------------------------------------
 def _bench_engine(models: _Models, cfg: FeatureConfig, images: list[np.ndarray], batch: int,
-                  reps: int, device: str, progress: Progress) -> dict[str, Any]:
+                  reps: int, device: str, progress: Progress, compile_mode: str = "off"
+                  ) -> dict[str, Any]:
     from annotator.features.sd_dino import SDDinoExtractor
 
     sd, dino = models.engine_parts()
@@ -174,28 +181,45 @@ def _bench_engine(models: _Models, cfg: FeatureConfig, images: list[np.ndarray],
         adapter = DiyAdapter(width, width // 4, math.gcd(32, width // 4))
     ext = SDDinoExtractor(sd if cfg.uses_sd else None, dino if cfg.uses_dino else None, cfg,
                           device, models.dtype, batch_size=batch, adapter=adapter)
+    restore = compile_modules(sd if cfg.uses_sd else None, dino if cfg.uses_dino else None,
+                              compile_mode)
+    try:
+        res = _time_engine(ext, cfg, images, batch, reps, device, progress)
+    finally:
+        restore()
+    res["compile"] = compile_mode
+    return res
+
+
+def _time_engine(ext: Any, cfg: FeatureConfig, images: list[np.ndarray], batch: int, reps: int,
+                 device: str, progress: Progress) -> dict[str, Any]:
     timer = make_timer(device)
-    gpu = device.startswith("cuda")
     times: list[float] = []
     flops = None
+    first = 0.0
     with MemoryPeak(device) as mem:
-        # the first pass counts FLOPs; it is also timed on the CPU (the counter's overhead is
-        # per op, negligible against seconds), on the GPU it doubles as the warm-up
-        for r in range(reps + (1 if gpu else 0)):
+        # the first pass is the first call (one-off warm-up: allocations, kernel selection,
+        # lazy initialisation) and counts FLOPs; the steady state is the best of the others
+        for r in range(reps + 1):
             t0 = timer()
             with count_flops(r == 0) as fc:
                 ext.extract(images)
             dt = timer() - t0
             if fc is not None:
                 flops = fc.get_total_flops() / len(images)
-            if not (gpu and r == 0):
+            if r == 0:
+                first = dt
+            else:
                 times.append(dt / len(images))
             progress(f"  engine {cfg.preset}: {dt / len(images):.3f} s/image "
-                     f"({len(images)} image(s), batch {batch})")
+                     f"({len(images)} image(s), batch {batch}"
+                     f"{', first call + FLOP count' if r == 0 else ''})")
     best = min(times)
     return {"seconds_per_image": best, "seconds_per_image_all": times,
+            "first_call_seconds": first,
+            "warmup_seconds": max(0.0, first - best * len(images)),
             "images_per_second": 1.0 / best, "images": len(images), "batch_size": batch,
-            "dtype": str(models.dtype).replace("torch.", ""), "flops_per_image": flops,
+            "dtype": str(ext.dtype).replace("torch.", ""), "flops_per_image": flops,
             "achieved_flops_per_s": (flops / best) if flops else None,
             "memory": mem.as_dict()}
 
@@ -259,6 +283,7 @@ def _bench_baseline(models: _Models, cfg: FeatureConfig, images: list[np.ndarray
             "dtype": "float32", "stages_seconds": st, "tiles_measured": measured,
             "tiles": n_tiles, "extrapolated": measured != n_tiles,
             "tile_figures_from": record[cfg.sd_tile]["from"] if reused else None,
+            "first_call_included": True,  # one run per image: no separate warm-up
             "flops_per_image": flops,
             "achieved_flops_per_s": (flops / best) if flops else None,
             "memory": mem.as_dict()}
@@ -459,10 +484,50 @@ def _key_image(i: int) -> np.ndarray:
     return np.frombuffer(np.int64(i).tobytes() * 6, np.uint8).reshape(4, 4, 3).copy()
 
 
+def _time_transfer(make_engine: Callable[[], Any], ref_img: np.ndarray, pts: np.ndarray,
+                   targets: list[np.ndarray], prefetch: int, projected: int) -> dict[str, Any]:
+    """Time ``iter_transfer`` over ``targets`` apart from its one-off costs (reference read and
+    preparation, first-call warm-up): a run over the first target alone gives one-off + one
+    target, the run over all ``targets`` adds the steady state of the others (a two-point fit:
+    exact for batched and prefetched runs too, whose first result already carries a batch of
+    targets). Projection = one-off + steady x ``projected``. Each run uses a fresh engine."""
+    def run(ts: list[np.ndarray]) -> tuple[float, float]:
+        eng = make_engine()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in eng.iter_transfer([(ref_img, pts, None)], iter(ts), flip=False,
+                                   prefetch=prefetch):
+            pass
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    n = len(targets)
+    if n < 2:
+        raise ValueError("the transfer timing needs at least 2 targets")
+    one, one_cpu = run(targets[:1])
+    total, cpu = run(targets)
+    steady = max(0.0, total - one) / (n - 1)
+    one_off = max(0.0, one - steady)
+    return {"targets_measured": n, "seconds": total, "first_target_run_seconds": one,
+            "one_off_seconds": one_off, "seconds_per_target": steady,
+            "cpu_seconds_per_target": max(0.0, cpu - one_cpu) / (n - 1),
+            "projected_seconds": one_off + steady * projected, "prefetch": prefetch}
+
+
 def _bench_transfer(cfg: FeatureConfig, opts: BenchOptions, progress: Progress
                     ) -> dict[str, Any]:
+    """Transfer of K keypoints to cached targets through ``Engine.iter_transfer``, per case:
+
+    - ``concat`` (the fast default for many targets): parts fast path, ``transfer_prefetch``
+      targets read ahead in a thread and matched together; and the lockstep path (prefetch 0,
+      what the propagation job uses);
+    - ``copca`` (paper): per-pair joint PCA; and ``copca-run``: one joint basis fitted on the
+      reference and ``copca_sample`` targets (annotator.features.copca_basis), a one-off.
+
+    From disk: a fresh cache object with no memory tier, every entry a distinct file read (and
+    verified) once, the OS page cache warm (files just written). From memory: the memory tier
+    holding 8 distinct target entries that the targets cycle through."""
     from annotator.engine import Engine
     from annotator.features.cache import FeatureCache
+    from annotator.features.copca_basis import RunBasisExtractor, fit_copca_basis
     from annotator.matching.transfer import query_cells
 
     hw = opts.image_hw
@@ -472,58 +537,86 @@ def _bench_transfer(cfg: FeatureConfig, opts: BenchOptions, progress: Progress
     stub = _CachedOnly(cfg)
     ref_img = _key_image(-1)
     out: dict[str, Any] = {"preset": cfg.preset, "fusion": cfg.fusion, "keypoints": k,
-                           "projected_targets": opts.targets}
+                           "projected_targets": opts.targets, "prefetch": opts.transfer_prefetch}
+    n_distinct = 8
     with tempfile.TemporaryDirectory(prefix="annotator-bench-") as tmp:
         writer = FeatureCache(tmp, memory_bytes=0, disk_bytes=1 << 50)
         fp = stub.fingerprint
         n_disk = int(opts.disk_targets or 0)
-        n_distinct = max(1, min(n_disk, 8))
         base_maps = [synthetic_maps(cfg, hw, s, opts.map_channels) for s in range(n_distinct + 1)]
         t0 = time.perf_counter()
         writer.put(writer.key(ref_img, fp), base_maps[-1])
-        for i in range(n_disk):
+        for i in range(max(n_disk, n_distinct)):
             writer.put(writer.key(_key_image(i), fp), base_maps[i % n_distinct])
         write_s = time.perf_counter() - t0
         st = writer.stats()
         per_image = st.disk_bytes / max(1, st.disk_entries)
         out["cache_bytes_per_image"] = per_image
-        out["cache_write_seconds_per_image"] = write_s / max(1, n_disk + 1)
-        progress(f"  cache: {per_image / 1e6:.1f} MB per image, written {n_disk + 1} entries")
-
-        def run(cache: FeatureCache, n: int, fcfg: FeatureConfig) -> float:
-            eng = Engine(config=fcfg, cache=cache, extractor=_CachedOnly(fcfg))  # type: ignore
-            targets = (_key_image(i) for i in range(n))
-            t = time.perf_counter()
-            for _ in eng.iter_transfer([(ref_img, pts, None)], targets):
-                pass
-            return time.perf_counter() - t
-
+        out["cache_write_seconds_per_image"] = write_s / max(1, st.disk_entries)
+        progress(f"  cache: {per_image / 1e6:.1f} MB per image, written {st.disk_entries} "
+                 f"entries")
         n_mem = int(opts.memory_targets or 0)
         mem = FeatureCache(None, memory_bytes=1 << 40, use_disk=False)
-        if n_mem:
-            mem.put(mem.key(ref_img, fp), base_maps[-1])
-            for i in range(n_mem):
-                mem.put(mem.key(_key_image(i), fp), base_maps[i % n_distinct])
+        mem.put(mem.key(ref_img, fp), base_maps[-1])
+        for i in range(n_distinct):
+            mem.put(mem.key(_key_image(i), fp), base_maps[i])
+
+        def cache_for(where: str) -> FeatureCache:
+            return (FeatureCache(tmp, memory_bytes=0, disk_bytes=1 << 50) if where == "disk"
+                    else mem)
+
+        def targets_for(where: str, n: int) -> list[np.ndarray]:
+            return [_key_image(i if where == "disk" else i % n_distinct) for i in range(n)]
+
+        cases: list[tuple[str, str, int, int]] = []  # (name, fusion, prefetch, max targets)
         fusions = [cfg.fusion] + [f for f in opts.transfer_fusions if f != cfg.fusion]
+        for f in fusions:
+            if f == "copca":
+                cases += [("copca", "copca", 0, opts.pair_targets),
+                          ("copca-run", "copca", 0, opts.lockstep_targets)]
+            elif opts.transfer_prefetch > 0:
+                cases += [(f, f, opts.transfer_prefetch, 1 << 30),
+                          (f"{f}-lockstep", f, 0, opts.lockstep_targets)]
+            else:
+                cases += [(f, f, 0, 1 << 30)]
         out["fusions"] = {}
-        for fusion_name in fusions:
+        for name, fusion_name, prefetch, cap in cases:
             fcfg = cfg.replace(fusion=fusion_name)
             res: dict[str, Any] = {}
-            measured = [("disk", n_disk), ("memory", n_mem)]
-            for where, n in measured:
-                if not n:
+            for where, n_all in (("disk", n_disk), ("memory", n_mem)):
+                n = min(n_all, cap)
+                if n < 2:
                     continue
-                # disk: a fresh cache object, nothing in memory, every target read from disk
-                # (the OS page cache may still hold the files: the warm-disk case)
-                cache = (FeatureCache(tmp, memory_bytes=0, disk_bytes=1 << 50)
-                         if where == "disk" else mem)
-                dt = run(cache, n, fcfg)
-                res[where] = {"targets_measured": n, "seconds": dt, "seconds_per_target": dt / n,
-                              "projected_seconds": dt / n * opts.targets}
-                progress(f"  transfer ({fusion_name}) from {where}: {dt / n * 1000:.0f} "
-                         f"ms/target, {dt / n * opts.targets:.1f} s projected for "
-                         f"{opts.targets}")
-            out["fusions"][fusion_name] = res
+                cache = cache_for(where)
+                targets = targets_for(where, n)
+                fit_s = 0.0
+                if name == "copca-run":  # one-off: the basis from the reference + a sample
+                    t = time.perf_counter()
+                    sample = [cache.get(cache.key(im, fp)) for im in
+                              [ref_img, *targets[: opts.copca_sample]]]
+                    basis = fit_copca_basis([m.layers for m in sample if m is not None],
+                                            fcfg.pca_dim)
+                    fit_s = time.perf_counter() - t
+
+                    def make(fcfg: FeatureConfig = fcfg, cache: FeatureCache = cache,
+                             basis: Any = basis) -> Any:
+                        return Engine(config=fcfg, cache=cache,
+                                      extractor=RunBasisExtractor(_CachedOnly(fcfg), basis))
+                else:
+                    def make(fcfg: FeatureConfig = fcfg, cache: FeatureCache = cache) -> Any:
+                        return Engine(config=fcfg, cache=cache,
+                                      extractor=_CachedOnly(fcfg))  # type: ignore[arg-type]
+                r = _time_transfer(make, ref_img, pts, targets, prefetch, opts.targets)
+                if fit_s:
+                    r["basis_fit_seconds"] = fit_s
+                    r["one_off_seconds"] += fit_s
+                    r["projected_seconds"] += fit_s
+                res[where] = r
+                ms = r["seconds_per_target"] * 1e3
+                progress(f"  transfer {name} from {where}: steady {ms:.1f} ms/target ({n} "
+                         f"targets), one-off {r['one_off_seconds']:.2f} s -> "
+                         f"{r['projected_seconds']:.1f} s for {opts.targets}")
+            out["fusions"][name] = res
         # matching alone, vectorised vs the reference per-cell loop, on one fused pair
         from annotator.matching.transfer import transfer
 
@@ -558,10 +651,11 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
     result: dict[str, Any] = {
         "date": _dt.date.today().isoformat(), "command": opts.command, "quick": opts.quick,
         "machine": machine_info(device), "dtype": str(dtype).replace("torch.", ""),
-        "full_size_models": opts.configs is None,
+        "full_size_models": opts.configs is None, "compile": opts.compile,
     }
     say(f"device {device} ({result['machine']['device_name']}), engine dtype {dtype}")
-    peak_dtype = dtype if device.startswith("cuda") else torch.float32
+    # the peak of the engine's own dtype (bf16 on CPUs with avx512_bf16/AMX has its own)
+    peak_dtype = dtype
     peak = matmul_peak(device, peak_dtype, opts.peak_size, opts.peak_seconds)
     result["peak"] = peak
     say(f"matmul peak ({peak['dtype']}, {peak['size']}): {peak['flops_per_s'] / 1e12:.3f} "
@@ -580,19 +674,26 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
         n = opts.images or opts.batch_size or 1
         imgs = [synthetic_image(opts.image_hw, 100 + i) for i in range(n)]
         reps = (opts.reps or {}).get(name, 1)
-        eng = _bench_engine(models, cfg, imgs, opts.batch_size or 1, reps, device, say)
+        eng = _bench_engine(models, cfg, imgs, opts.batch_size or 1, reps, device, say,
+                            opts.compile)
         bimgs = [synthetic_image(opts.image_hw, 200 + i) for i in range(opts.baseline_images)]
         base = _bench_baseline(models, cfg, bimgs, opts.baseline_tiles, device, say, tile_record)
+        one_off = result["model_build_seconds"] + eng["warmup_seconds"]
         entry = {"config": {"sd_size": cfg.sd_size, "sd_tiles": len(cfg.sd_tile_offsets) ** 2,
                             "dino_size": cfg.dino_size, "grid": cfg.grid},
                  "engine": eng, "baseline": base,
-                 "speedup": base["seconds_per_image"] / eng["seconds_per_image"]}
+                 "speedup": base["seconds_per_image"] / eng["seconds_per_image"],
+                 # projection for ``targets`` images: one-off (model build + first-call warm-up)
+                 # plus the steady state per image
+                 "one_off_seconds": one_off, "projected_images": opts.targets,
+                 "projected_seconds": one_off + opts.targets * eng["seconds_per_image"]}
         for part in (eng, base):
             if part["achieved_flops_per_s"]:
                 part["fraction_of_peak"] = part["achieved_flops_per_s"] / peak["flops_per_s"]
         extraction[name] = entry
-        say(f"  {name}: engine {eng['seconds_per_image']:.3f} s/image, baseline "
-            f"{base['seconds_per_image']:.3f} s/image, x{entry['speedup']:.2f}")
+        say(f"  {name}: engine {eng['seconds_per_image']:.3f} s/image steady (first call "
+            f"{eng['first_call_seconds']:.3f} s), baseline {base['seconds_per_image']:.3f} "
+            f"s/image, x{entry['speedup']:.2f}")
     result["extraction"] = extraction
 
     # the SD ablations and the precision check run on the first preset, without an adapter
@@ -645,6 +746,11 @@ def format_table(res: dict[str, Any]) -> str:
              f"{'peak mem GB':>12}"]
     for name, e in res["extraction"].items():
         eng, base = e["engine"], e["baseline"]
+        proj = (f"; {e['projected_images']} images: {e['projected_seconds']:.0f} s = one-off "
+                f"{e['one_off_seconds']:.1f} s (model build {res['model_build_seconds']:.1f} s "
+                f"+ first-call warm-up {eng['warmup_seconds']:.1f} s) + "
+                f"{e['projected_images']} x {eng['seconds_per_image']:.3f} s"
+                if "one_off_seconds" in e else "")
         lines.append(
             f"{name:<8}{eng['seconds_per_image']:>13.3f}{base['seconds_per_image']:>12.3f}"
             f"{e['speedup']:>7.2f}x{_fmt(_tflops(eng['flops_per_image'])):>15}"
@@ -652,6 +758,10 @@ def format_table(res: dict[str, Any]) -> str:
             f"{_fmt(100 * eng.get('fraction_of_peak', 0) or None, '', 1):>8}"
             f"{_fmt(100 * base.get('fraction_of_peak', 0) or None, '', 1):>9}"
             f"{eng['memory']['peak_bytes'] / 1e9:>12.2f}")
+        if "first_call_seconds" in eng:
+            lines.append(f"{'':<8}engine: steady state {eng['seconds_per_image']:.3f} s/image, "
+                         f"first call {eng['first_call_seconds'] / max(1, eng['images']):.3f} "
+                         f"s/image{proj}")
         if base.get("extrapolated"):
             src = (f"; per-tile figures from the {base['tile_figures_from']} run, same tile"
                    if base.get("tile_figures_from") else "")
@@ -676,11 +786,15 @@ def format_table(res: dict[str, Any]) -> str:
     if tr:
         lines += ["", f"transfer ({tr['preset']} preset), {tr['keypoints']} keypoints, "
                       f"cache {tr['cache_bytes_per_image'] / 1e6:.1f} MB/image:"]
+        lines.append(f"  {'case':<16}{'from':<8}{'steady ms/target':>17}{'cpu ms':>8}"
+                     f"{'one-off s':>10}{'measured':>9}   projection")
         for fusion_name, res_f in tr.get("fusions", {}).items():
             for where, d in res_f.items():
-                lines.append(f"  {fusion_name:<7}{where:<7} {d['seconds_per_target'] * 1000:8.1f} "
-                             f"ms/target ({d['targets_measured']} measured) -> "
-                             f"{d['projected_seconds']:.1f} s for {tr['projected_targets']}")
+                lines.append(
+                    f"  {fusion_name:<16}{where:<8}{d['seconds_per_target'] * 1000:>17.1f}"
+                    f"{d.get('cpu_seconds_per_target', float('nan')) * 1000:>8.1f}"
+                    f"{d.get('one_off_seconds', 0.0):>10.2f}{d['targets_measured']:>9}   "
+                    f"{tr['projected_targets']} targets: {d['projected_seconds']:.1f} s")
         lines.append(f"  matching alone: vectorised "
                      f"{tr['match_vectorised_seconds_per_target'] * 1000:.1f} ms/target, "
                      f"per-cell loop {tr['match_loop_seconds_per_target']:.2f} s/target "

@@ -61,6 +61,46 @@ def engine_predictor(engine: Any, flip_pairs: Sequence[tuple[int, int]] = ()) ->
     return predict
 
 
+class CropPredictor:
+    """Object-centric transfer for the evaluator: crop source and target around their boxes
+    (each enlarged by ``margin`` per side and clipped, DESIGN.md section 10), run ``predictor``
+    on the crops, map the points back; a point outside the target crop is not found (NaN).
+    :func:`evaluate` calls it with the pair's ``src_bbox`` and ``trg_bbox`` (x, y, w, h)."""
+
+    uses_boxes = True
+
+    def __init__(self, predictor: Predictor, margin: float = 0.15) -> None:
+        if margin < 0:
+            raise ValueError(f"crop margin {margin} must be >= 0")
+        self.predictor = predictor
+        self.margin = float(margin)
+
+    def __call__(self, src: np.ndarray, trg: np.ndarray, kps: np.ndarray,
+                 src_box: tuple[float, float, float, float],
+                 trg_box: tuple[float, float, float, float]) -> np.ndarray:
+        from annotator.features.crop import CropRect
+
+        kps = np.asarray(kps, dtype=np.float64).reshape(-1, 2)
+        rs = CropRect.around(src_box, src.shape[1], src.shape[0], self.margin)
+        rt = CropRect.around(trg_box, trg.shape[1], trg.shape[0], self.margin)
+        pred = np.asarray(self.predictor(rs.apply(src), rt.apply(trg), rs.to_crop(kps)),
+                          dtype=np.float64).reshape(-1, 2)
+        out = rt.to_image(pred)
+        out[~rt.contains(out)] = np.nan
+        return out
+
+
+def _predict(predictor: Predictor, sample: Any, src: np.ndarray, trg: np.ndarray
+             ) -> np.ndarray:
+    if not getattr(predictor, "uses_boxes", False):
+        return predictor(src, trg, sample.src_kps)
+    boxes = sample.meta.get("src_bbox"), sample.meta.get("trg_bbox")
+    if boxes[0] is None or boxes[1] is None:
+        raise ValueError(f"pair {sample.pair_id} has no source and target boxes: crop "
+                         "transfer needs a dataset with instance boxes (SPair-71k, COCO)")
+    return predictor(src, trg, sample.src_kps, *boxes)  # type: ignore[call-arg]
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Alphas of the tables (None: the protocol's), comparison rule (None: the protocol's),
@@ -146,6 +186,49 @@ def _slice(score: PairScore, idx: slice) -> PairScore:
                      score.norm_length, score.mean_error, score.num_found)
 
 
+def score_sample(sample: Any, predictor: Predictor, alphas: Sequence[float], rule: Rule,
+                 images: _ImageCache | None = None) -> PairScore:
+    """Predict one loaded pair (a :class:`~annotator.io.datasets.PairSample`) and score it at
+    ``alphas`` (shared by :func:`evaluate` and the Ray run)."""
+    images = images or _ImageCache(0)
+    src, trg = images.get(sample.src_image), images.get(sample.trg_image)
+    pred = np.asarray(_predict(predictor, sample, src, trg), dtype=np.float64)
+    if pred.shape != sample.trg_kps.shape:
+        raise ValueError(f"predictor returned shape {pred.shape} for pair {sample.pair_id}, "
+                         f"expected {sample.trg_kps.shape}")
+    return score_pair(sample.pair_id, sample.category, pred, sample.trg_kps,
+                      sample.norm_length, tuple(alphas), rule)
+
+
+def eval_alphas(dataset: PairDataset, config: EvalConfig
+                ) -> tuple[tuple[float, ...], tuple[float, ...], Rule]:
+    """(table alphas, curve alphas, rule) of a run: the config's or the protocol's."""
+    alphas = tuple(float(a) for a in (config.alphas or dataset.protocol.alphas))
+    rule = check_rule(config.rule or dataset.protocol.rule)
+    return alphas, tuple(float(a) for a in config.curve_alphas), rule
+
+
+def summarize(dataset: PairDataset, scores: Sequence[PairScore], config: EvalConfig,
+              elapsed: float, settings: Mapping[str, Any] | None = None,
+              skipped: Sequence[str] = ()) -> EvalResult:
+    """The :class:`EvalResult` of ``scores`` (each scored at table + curve alphas);
+    ``skipped``: "pair: reason" of the pairs left out."""
+    alphas, curve, rule = eval_alphas(dataset, config)
+    head = slice(0, len(alphas))
+    tail = slice(len(alphas), len(alphas) + len(curve))
+    table_scores = tuple(_slice(s, head) for s in scores)
+    result = EvalResult(
+        dataset=dataset.name, split=dataset.split, protocol=dataset.protocol, rule=rule,
+        alphas=alphas, curve_alphas=curve, scores=table_scores,
+        table=pck_table(table_scores, alphas),
+        curve=pck_table([_slice(s, tail) for s in scores], curve), total_pairs=len(dataset),
+        elapsed_s=elapsed, settings=dict(settings or {}), skipped=tuple(skipped))
+    pck = result.table.overall.per_keypoint
+    log.info("%s: %d pairs in %.1f s; per-keypoint PCK %s", dataset.name, len(scores), elapsed,
+             ", ".join(f"@{a:g}={v:.4f}" for a, v in zip(alphas, pck)))
+    return result
+
+
 def evaluate(dataset: PairDataset, predictor: Predictor, config: EvalConfig | None = None, *,
              progress: Any = None, settings: Mapping[str, Any] | None = None) -> EvalResult:
     """Run ``predictor`` on every pair of ``dataset`` (after ``config.limit``) and score it.
@@ -154,11 +237,7 @@ def evaluate(dataset: PairDataset, predictor: Predictor, config: EvalConfig | No
     (checked between pairs).
     """
     config = config or EvalConfig()
-    protocol = dataset.protocol
-    alphas = tuple(float(a) for a in (config.alphas or protocol.alphas))
-    rule = check_rule(config.rule or protocol.rule)
-    curve = tuple(float(a) for a in config.curve_alphas)
-    all_alphas = alphas + curve
+    alphas, curve, rule = eval_alphas(dataset, config)
     subset = dataset.limited(config.limit)
     total = len(subset)
     cache = _ImageCache(config.image_cache)
@@ -170,29 +249,9 @@ def evaluate(dataset: PairDataset, predictor: Predictor, config: EvalConfig | No
         _check(progress)
         sample = record.load()
         try:
-            src, trg = cache.get(sample.src_image), cache.get(sample.trg_image)
+            scores.append(score_sample(sample, predictor, alphas + curve, rule, cache))
         except DatasetFormatError as exc:  # one unreadable image: skip its pair, go on
             log.warning("pair %s skipped: %s", sample.pair_id, exc)
             skipped.append(f"{sample.pair_id}: {exc}")
-            _report(progress, done, total, f"{dataset.name}: {done}/{total} pairs")
-            continue
-        pred = np.asarray(predictor(src, trg, sample.src_kps), dtype=np.float64)
-        if pred.shape != sample.trg_kps.shape:
-            raise ValueError(f"predictor returned shape {pred.shape} for pair {sample.pair_id}, "
-                             f"expected {sample.trg_kps.shape}")
-        scores.append(score_pair(sample.pair_id, sample.category, pred, sample.trg_kps,
-                                 sample.norm_length, all_alphas, rule))
         _report(progress, done, total, f"{dataset.name}: {done}/{total} pairs")
-    elapsed = time.perf_counter() - start
-    head = slice(0, len(alphas))
-    tail = slice(len(alphas), len(all_alphas))
-    table_scores = tuple(_slice(s, head) for s in scores)
-    result = EvalResult(
-        dataset=dataset.name, split=dataset.split, protocol=protocol, rule=rule, alphas=alphas,
-        curve_alphas=curve, scores=table_scores, table=pck_table(table_scores, alphas),
-        curve=pck_table([_slice(s, tail) for s in scores], curve), total_pairs=len(dataset),
-        elapsed_s=elapsed, settings=dict(settings or {}), skipped=tuple(skipped))
-    pck = result.table.overall.per_keypoint
-    log.info("%s: %d pairs in %.1f s; per-keypoint PCK %s", dataset.name, total, elapsed,
-             ", ".join(f"@{a:g}={v:.4f}" for a, v in zip(alphas, pck)))
-    return result
+    return summarize(dataset, scores, config, time.perf_counter() - start, settings, skipped)

@@ -196,3 +196,154 @@ def describe(config: GeometryConfig) -> Sequence[str]:
     return (f"photos: {', '.join(config.images)}", f"transforms: {', '.join(config.transforms)}",
             f"{config.pairs_per_image} pair(s) per photo and transform, {config.keypoints} "
             f"keypoints each, longest side {config.max_side}, seed {config.seed}")
+
+
+# ------------------------------------------------------------------ small objects
+SMALL_OBJECTS_PROTOCOL = EvalProtocol(
+    "geometry: small objects", (0.05, 0.1, 0.2), "lt",
+    "alpha * max(h, w) of the target object's box",
+    "as SPair-71k (error < alpha * box side); the same pairs are transferred between whole "
+    "canvases and between crops around the boxes")
+
+
+@dataclass(frozen=True)
+class SmallObjectsConfig:
+    """Photos pasted small into large canvases (DESIGN.md section 10 test case).
+
+    Each pair: a source canvas holding the photo (longest side drawn from ``object_side``)
+    among ``objects_per_canvas - 1`` other photos, and a target canvas holding it at another
+    size and place among other photos; every ``mirror_every``-th target copy is mirrored.
+    Ground truth is exact: resizing and pasting are affine in pixel-centre coordinates.
+    """
+
+    images: tuple[str, ...] = SKIMAGE_PHOTOS
+    canvas: tuple[int, int] = (1024, 768)
+    object_side: tuple[int, int] = (96, 160)
+    objects_per_canvas: int = 4
+    pairs_per_image: int = 2
+    keypoints: int = 15
+    mirror_every: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.object_side
+        if not 16 <= lo <= hi or self.objects_per_canvas < 1 or self.pairs_per_image < 1:
+            raise ValueError("object_side must be 16 <= lo <= hi; counts must be >= 1")
+        if self.objects_per_canvas * hi * hi > 0.6 * self.canvas[0] * self.canvas[1]:
+            raise ValueError("the objects do not fit the canvas; use a bigger canvas")
+        if self.mirror_every < 0:
+            raise ValueError("mirror_every must be >= 0 (0: never mirrored)")
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Smooth low-contrast noise (not black: a crop's border is not letterbox padding)."""
+    import cv2
+
+    small = rng.uniform(50, 110, (max(2, h // 32), max(2, w // 32), 3)).astype(np.float32)
+    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), 0, 255
+                   ).astype(np.uint8)
+
+
+def _place(rng: np.random.Generator, sizes: Sequence[tuple[int, int]], w: int, h: int
+           ) -> list[tuple[int, int]]:
+    """Top-left corners for non-overlapping rectangles of ``sizes`` (w, h) in a w x h canvas
+    (rejection sampling, 8 px apart)."""
+    placed: list[tuple[int, int, int, int]] = []
+    for bw, bh in sizes:
+        for _ in range(1000):
+            x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+            if all(x + bw + 8 <= px or px + pw + 8 <= x or y + bh + 8 <= py or py + ph + 8 <= y
+                   for px, py, pw, ph in placed):
+                placed.append((x, y, bw, bh))
+                break
+        else:
+            raise ValueError("cannot place the objects without overlap; use a bigger canvas")
+    return [(x, y) for x, y, _, _ in placed]
+
+
+def _resized(photo: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    h, w = photo.shape[:2]
+    s = side / max(h, w)
+    return cv2.resize(photo, (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def _paste_map(pts: np.ndarray, photo_wh: tuple[int, int], obj_wh: tuple[int, int],
+               corner: tuple[int, int], mirrored: bool) -> np.ndarray:
+    """Photo pixel coords -> canvas coords of the pasted (resized, maybe mirrored) copy."""
+    pw, ph = photo_wh
+    ow, oh = obj_wh
+    p = np.asarray(pts, dtype=np.float64).copy()
+    if mirrored:
+        p[:, 0] = pw - 1 - p[:, 0]
+    p[:, 0] = (p[:, 0] + 0.5) * ow / pw - 0.5 + corner[0]
+    p[:, 1] = (p[:, 1] + 0.5) * oh / ph - 0.5 + corner[1]
+    return p
+
+
+def make_small_objects_dataset(config: SmallObjectsConfig | None = None) -> PairDataset:
+    """The small-objects pairs (in memory); category "mirrored" or "same side"; each sample's
+    meta carries ``src_bbox`` and ``trg_bbox`` (x, y, w, h), the pasted rectangles."""
+    config = config or SmallObjectsConfig()
+    rng = np.random.default_rng(config.seed)
+    cw, ch = config.canvas
+    photos = {name: load_photo(name, 384) for name in config.images}
+    records = []
+    n = 0
+    for name in config.images:
+        photo = photos[name]
+        others = [o for o in config.images if o != name] or [name]
+        for i in range(config.pairs_per_image):
+            n += 1
+            mirrored = config.mirror_every > 0 and n % config.mirror_every == 0
+            canvases, boxes = [], []
+            for side_is_target in (False, True):
+                sides = rng.integers(config.object_side[0], config.object_side[1] + 1,
+                                     config.objects_per_canvas)
+                picks = [photo] + [photos[others[int(j)]] for j in
+                                   rng.integers(0, len(others), config.objects_per_canvas - 1)]
+                objs = [_resized(p, int(s)) for p, s in zip(picks, sides)]
+                if side_is_target and mirrored:
+                    objs[0] = np.ascontiguousarray(objs[0][:, ::-1])
+                corners = _place(rng, [(o.shape[1], o.shape[0]) for o in objs], cw, ch)
+                canvas = _background(rng, cw, ch)
+                for o, (x, y) in zip(objs, corners):
+                    canvas[y:y + o.shape[0], x:x + o.shape[1]] = o
+                canvases.append(canvas)
+                boxes.append((corners[0], (objs[0].shape[1], objs[0].shape[0])))
+            ph, pw = photo.shape[:2]
+            kps = sample_keypoints(photo, np.eye(3), config.keypoints, 8, rng)
+            (sc, sw), (tc, tw) = boxes
+            src = _paste_map(kps, (pw, ph), sw, sc, False)
+            trg = _paste_map(kps, (pw, ph), tw, tc, mirrored)
+            src_box = (float(sc[0]), float(sc[1]), float(sw[0]), float(sw[1]))
+            trg_box = (float(tc[0]), float(tc[1]), float(tw[0]), float(tw[1]))
+            kind = "mirrored" if mirrored else "same side"
+            sample = PairSample(f"{name}/{i}", kind, canvases[0], canvases[1], src, trg,
+                                float(max(tw)), {"src_bbox": src_box, "trg_bbox": trg_box,
+                                                 "image": name, "mirrored": mirrored})
+            records.append(PairRecord(sample.pair_id, kind, lambda s=sample: s))
+    return PairDataset("geometry: small objects (scikit-image photos)", None, tuple(records),
+                       SMALL_OBJECTS_PROTOCOL, f"seed {config.seed}")
+
+
+def run_small_objects_benchmark(predictor: Predictor, config: SmallObjectsConfig | None = None,
+                                eval_config: EvalConfig | None = None, margin: float = 0.15,
+                                *, progress: Any = None,
+                                settings: Mapping[str, Any] | None = None
+                                ) -> dict[str, EvalResult]:
+    """The same pairs transferred between whole canvases and between box crops:
+    ``{"whole image": result, "crop": result}``."""
+    from annotator.jobs.evaluate import CropPredictor
+
+    dataset = make_small_objects_dataset(config)
+    base = dict(settings or {})
+    return {
+        "whole image": evaluate(dataset, predictor, eval_config, progress=progress,
+                                settings={**base, "crop": "none"}),
+        "crop": evaluate(dataset, CropPredictor(predictor, margin), eval_config,
+                         progress=progress, settings={**base, "crop": "bbox",
+                                                      "crop_margin": margin}),
+    }

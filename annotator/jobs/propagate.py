@@ -4,14 +4,15 @@ Plain Python (no Qt): the GUI worker and the CLI call :func:`run_propagation` wi
 :class:`PropagateRequest` and a :class:`~annotator.jobs.progress.TaskState`. Predictions are
 applied to the project on the caller's thread with :func:`apply_predictions`.
 
-Rule for several references: every reference is matched to each target and, per keypoint,
-the most confident found match wins (``annotator.matching.transfer.combine``). Only the first
-instance of a reference image is used.
+Rule for several references: every labelled instance of every reference image is matched to
+each target (or target box) and, per keypoint, the most confident found match wins
+(``annotator.matching.transfer.combine``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from annotator.domain.annotation import (
+    Box,
     ImageAnnotation,
     ImageStatus,
     Instance,
@@ -28,11 +30,13 @@ from annotator.domain.annotation import (
     Visibility,
 )
 from annotator.domain.project import Project, ProjectSettings
+from annotator.features.crop import CropRect, ImageCrop, keypoint_box
 from annotator.io.images import ImageLoadError, load_image, resolve_image_path
 from annotator.jobs.progress import TaskState
 
 if TYPE_CHECKING:
     from annotator.engine import Engine
+    from annotator.matching.transfer import TransferResult
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +45,21 @@ ImageLoader = Callable[[Path], np.ndarray]
 
 @dataclass(frozen=True)
 class ReferenceSpec:
-    """A labelled image: ``points`` (K, 2) original pixels, ``valid`` (K,) labelled flags."""
+    """A labelled instance: ``points`` (K, 2) original pixels, ``valid`` (K,) labelled flags,
+    ``box`` its box (x, y, w, h), or None to use its labelled keypoints' box."""
 
     path: str
     points: tuple[tuple[float, float], ...]
     valid: tuple[bool, ...]
+    box: Box | None = None
 
 
 @dataclass(frozen=True)
 class PropagateRequest:
-    """Everything the job needs, copied out of the project (the worker never reads it)."""
+    """Everything the job needs, copied out of the project (the worker never reads it).
+
+    ``target_boxes`` lists, per target path that has boxes, the boxes to fill (one predicted
+    instance each); a target without an entry is predicted as a whole image."""
 
     image_root: str
     references: tuple[ReferenceSpec, ...]
@@ -58,35 +67,59 @@ class PropagateRequest:
     flip_pairs: tuple[tuple[int, int], ...] = ()
     settings: ProjectSettings = field(default_factory=ProjectSettings)
     request_id: int = 0
+    target_boxes: tuple[tuple[str, tuple[Box, ...]], ...] = ()
 
     @classmethod
     def from_project(
         cls, project: Project, targets: Sequence[str] | None = None, request_id: int = 0
     ) -> PropagateRequest:
-        """References: reference and reviewed images with labels. Targets (default): every
-        image that is neither reviewed nor a reference."""
+        """References: every labelled instance of the reference and reviewed images.
+        Targets (default): every image that is neither reviewed nor a reference; their
+        instances' boxes are the boxes to fill."""
         refs = []
         for path in project.reference_paths():
-            inst = project.annotation(path).instances[0]
-            refs.append(
-                ReferenceSpec(
-                    path,
-                    tuple((kp.x, kp.y) for kp in inst.keypoints),
-                    tuple(kp.labelled for kp in inst.keypoints),
+            for inst in project.annotation(path).instances:
+                if not inst.num_labelled:
+                    continue
+                refs.append(
+                    ReferenceSpec(
+                        path,
+                        tuple((kp.x, kp.y) for kp in inst.keypoints),
+                        tuple(kp.labelled for kp in inst.keypoints),
+                        inst.bbox,
+                    )
                 )
-            )
         if targets is None:
             targets = project.paths_with_status(ImageStatus.UNLABELLED, ImageStatus.PREDICTED)
+        boxes = []
+        for path in targets:
+            found = tuple(i.bbox for i in project.annotation(path).instances if i.bbox)
+            if found:
+                boxes.append((path, found))
         flip = project.schema.flip_pairs if project.settings.flip else ()
         return cls(
             project.image_root, tuple(refs), tuple(targets), tuple(flip), project.settings,
-            request_id,
+            request_id, tuple(boxes),
         )
 
 
 @dataclass(frozen=True)
+class InstancePrediction:
+    """One predicted instance: arrays of length K; ``box`` the target box it fills (x, y, w,
+    h), None for a whole-image prediction."""
+
+    points: np.ndarray
+    confidence: np.ndarray
+    found: np.ndarray
+    needs_review: np.ndarray
+    box: Box | None = None
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """Result for one target: arrays of length K, or ``error`` when the image is unreadable."""
+    """Result for one target: arrays of length K for its first instance (``box`` the target
+    box it fills, None for the whole image), ``others`` the instances of further boxes, or
+    ``error`` when the image is unreadable."""
 
     path: str
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
@@ -95,6 +128,89 @@ class Prediction:
     needs_review: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     size: tuple[int, int] | None = None
     error: str | None = None
+    box: Box | None = None
+    others: tuple[InstancePrediction, ...] = ()
+
+    def instances(self) -> list[InstancePrediction]:
+        """Every predicted instance, the first one included (empty for a failed image)."""
+        if self.error is not None:
+            return []
+        first = InstancePrediction(self.points, self.confidence, self.found,
+                                   self.needs_review, self.box)
+        return [first, *self.others]
+
+    @classmethod
+    def of_instances(cls, path: str, instances: Sequence[InstancePrediction],
+                     size: tuple[int, int] | None) -> Prediction:
+        first, *rest = instances
+        return cls(path, first.points, first.confidence, first.found, first.needs_review,
+                   size, None, first.box, tuple(rest))
+
+
+class _Feed:
+    """An iterator the caller fills one item at a time: it drives an engine generator that
+    keeps its references' descriptors across targets of different kinds."""
+
+    def __init__(self) -> None:
+        self.items: deque[object] = deque()
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> object:
+        if not self.items:
+            raise StopIteration
+        return self.items.popleft()
+
+
+class _Transfer:
+    """Lazily started ``engine.iter_transfer`` over a :class:`_Feed`; one result per call."""
+
+    def __init__(self, engine: Engine, refs: list, flip_pairs: tuple, flip: bool) -> None:
+        self.feed = _Feed()
+        self.refs = refs
+        self.gen: Iterator | None = None
+        self.args = (engine, flip_pairs, flip)
+
+    def __call__(self, target: object) -> TransferResult:
+        if not self.refs:
+            raise ValueError("no reference keypoint lies inside its reference crop")
+        if self.gen is None:
+            engine, pairs, flip = self.args
+            self.gen = engine.iter_transfer(self.refs, self.feed, pairs, flip=flip)
+        self.feed.items.append(target)
+        return next(self.gen)
+
+
+def reference_crop(image: np.ndarray, spec: ReferenceSpec, margin: float
+                   ) -> tuple[ImageCrop, np.ndarray, np.ndarray] | None:
+    """The reference instance as (crop, points in crop pixels (K, 2), valid (K,)): its box,
+    else the box of its labelled keypoints (at least a tenth of the image's longest side),
+    enlarged by ``margin``. None when no labelled point lies in the crop."""
+    h, w = image.shape[:2]
+    points = np.asarray(spec.points, float).reshape(-1, 2)
+    valid = np.asarray(spec.valid, bool)
+    if spec.box is not None:
+        rect = CropRect.around(spec.box, w, h, margin)
+    else:
+        box = keypoint_box(points[valid])
+        if box is None:
+            return None
+        rect = CropRect.around(box, w, h, margin, min_side=max(16, round(0.1 * max(w, h))))
+    valid = valid & rect.contains(points)
+    if not valid.any():
+        return None
+    return ImageCrop.of(image, rect), rect.to_crop(points), valid
+
+
+def _instance(result: TransferResult, rect: CropRect | None, box: Box | None
+              ) -> InstancePrediction:
+    points = np.asarray(result.points, float).reshape(-1, 2)
+    found = np.asarray(result.found, bool).copy()
+    if rect is not None:  # crop pixels -> image pixels
+        points = rect.to_image(points)
+    return InstancePrediction(points, np.asarray(result.confidence, float), found,
+                              np.asarray(result.needs_review, bool), box)
 
 
 def run_propagation(
@@ -104,98 +220,145 @@ def run_propagation(
     loader: ImageLoader = load_image,
 ) -> Iterator[Prediction]:
     """Yield one :class:`Prediction` per target, in order; raises ``Cancelled`` on cancel
-    (between images) and ``ValueError`` when no reference is usable."""
+    (between images and between the boxes of one image) and ``ValueError`` when no reference
+    is usable.
+
+    Per-instance rule (DESIGN.md section 10): a target with boxes gets one instance per box;
+    with ``settings.crop == "bbox"`` each box, enlarged by ``settings.crop_margin`` and
+    clipped, is cropped and matched against every reference instance's crop (the keypoints of
+    all reference instances compete per keypoint, as several references do); a point outside
+    its target crop is not found. A target without boxes is matched as a whole image against
+    the whole reference images (today's rule, one instance)."""
     if not request.references:
         raise ValueError("no reference image: label at least one image first")
+    settings = request.settings
     total = len(request.targets)
     state.set_progress(0, total, "loading references")
-    refs = []
-    unreadable = []
+    images: dict[str, np.ndarray | None] = {}
+    unreadable: list[str] = []
+    whole_refs, crop_refs = [], []
     for spec in request.references:
-        try:
-            image = loader(resolve_image_path(request.image_root, spec.path))
-        except (ImageLoadError, ValueError) as exc:
-            log.warning("reference %s skipped: %s", spec.path, exc)
-            unreadable.append(f"{spec.path}: {exc}")
+        if spec.path not in images:
+            try:
+                images[spec.path] = loader(resolve_image_path(request.image_root, spec.path))
+            except (ImageLoadError, ValueError) as exc:
+                log.warning("reference %s skipped: %s", spec.path, exc)
+                unreadable.append(f"{spec.path}: {exc}")
+                images[spec.path] = None
+        image = images[spec.path]
+        if image is None:
             continue
-        refs.append((image, np.asarray(spec.points, float), np.asarray(spec.valid, bool)))
-    if not refs:
+        whole_refs.append((image, np.asarray(spec.points, float), np.asarray(spec.valid, bool)))
+        crop = reference_crop(image, spec, settings.crop_margin)
+        if crop is not None:
+            crop_refs.append(crop)
+    if not whole_refs:
         shown = "; ".join(unreadable[:5]) + ("; ..." if len(unreadable) > 5 else "")
         raise ValueError(f"none of the reference images can be read ({shown})")
+    boxes_of = dict(request.target_boxes)
+    flip = settings.flip
+    whole = _Transfer(engine, whole_refs, request.flip_pairs, flip)
+    cropped = _Transfer(engine, crop_refs, request.flip_pairs, flip)
 
-    pending: list[Prediction] = []  # unreadable targets, reported in order
-    loaded: list[tuple[str, tuple[int, int]]] = []
-
-    def targets() -> Iterator[np.ndarray]:
-        for path in request.targets:
-            state.check()
-            try:
-                image = loader(resolve_image_path(request.image_root, path))
-            except (ImageLoadError, ValueError) as exc:
-                pending.append(Prediction(path, error=str(exc)))
-                continue
-            loaded.append((path, (image.shape[1], image.shape[0])))
-            yield image
-
-    done = 0
-    results = engine.iter_transfer(refs, targets(), request.flip_pairs, flip=request.settings.flip)
-    for result in results:
-        for failed in pending:
-            done += 1
-            state.set_progress(done, total, failed.path)
-            yield failed
-        pending.clear()
-        path, size = loaded[-1]
-        done += 1
+    for done, path in enumerate(request.targets, start=1):
+        state.check()
+        try:
+            image = loader(resolve_image_path(request.image_root, path))
+        except (ImageLoadError, ValueError) as exc:
+            state.set_progress(done, total, path)
+            yield Prediction(path, error=str(exc))
+            continue
+        h, w = image.shape[:2]
+        boxes = boxes_of.get(path, ())
+        if not boxes:
+            result = whole(image)
+            preds = [_instance(result, None, None)]
+        elif settings.crop == "bbox":
+            preds = []
+            for box in boxes:
+                state.check()
+                rect = CropRect.around(box, w, h, settings.crop_margin)
+                pred = _instance(cropped(ImageCrop.of(image, rect)), rect, box)
+                preds.append(_inside(pred, rect))
+        else:  # whole-image transfer; each box keeps what falls in its crop
+            result = whole(image)
+            preds = [_inside(_instance(result, None, box),
+                             CropRect.around(box, w, h, settings.crop_margin)) for box in boxes]
         state.set_progress(done, total, path)
-        yield Prediction(
-            path,
-            np.asarray(result.points, float),
-            np.asarray(result.confidence, float),
-            np.asarray(result.found, bool),
-            np.asarray(result.needs_review, bool),
-            size,
-        )
-    for failed in pending:
-        done += 1
-        state.set_progress(done, total, failed.path)
-        yield failed
+        yield Prediction.of_instances(path, preds, (w, h))
+
+
+def _inside(pred: InstancePrediction, rect: CropRect) -> InstancePrediction:
+    """``pred`` with points outside ``rect`` marked not found (NaN)."""
+    found = pred.found & rect.contains(pred.points)
+    points = pred.points.copy()
+    points[~found] = np.nan
+    return replace(pred, points=points, found=found)
+
+
+def _keypoints(pred: InstancePrediction) -> tuple[Keypoint, ...]:
+    kps = []
+    for (x, y), conf, found in zip(pred.points, pred.confidence, pred.found):
+        c = float(np.clip(conf, 0.0, 1.0)) if np.isfinite(conf) else 0.0
+        if found and np.isfinite(x) and np.isfinite(y):
+            kps.append(Keypoint(float(x), float(y), Visibility.VISIBLE, Origin.PREDICTED, c))
+        else:  # not found: unlabelled (v = 0) for the user, with its (low) confidence
+            kps.append(Keypoint(origin=Origin.PREDICTED, confidence=c))
+    return tuple(kps)
 
 
 def prediction_annotation(
     prediction: Prediction, num_keypoints: int
 ) -> ImageAnnotation | None:
-    """The annotation a prediction stands for, or None for a failed one."""
+    """The annotation a prediction stands for (one instance per predicted instance, with its
+    target box), or None for a failed one."""
     if prediction.error is not None:
         return None
-    if len(prediction.points) != num_keypoints:
-        raise ValueError(
-            f"prediction for {prediction.path!r} has {len(prediction.points)} keypoints, "
-            f"schema has {num_keypoints}"
-        )
-    kps = []
-    for (x, y), conf, found in zip(prediction.points, prediction.confidence, prediction.found):
-        if found and np.isfinite(x) and np.isfinite(y):
-            c = float(np.clip(conf, 0.0, 1.0))
-            kps.append(Keypoint(float(x), float(y), Visibility.VISIBLE, Origin.PREDICTED, c))
-        else:  # not found: unlabelled (v = 0) for the user, with its (low) confidence
-            kps.append(Keypoint(origin=Origin.PREDICTED, confidence=float(np.clip(conf, 0, 1))))
-    return ImageAnnotation((Instance(tuple(kps)),), ImageStatus.PREDICTED)
+    instances = []
+    for pred in prediction.instances():
+        if len(pred.points) != num_keypoints:
+            raise ValueError(
+                f"prediction for {prediction.path!r} has {len(pred.points)} keypoints, "
+                f"schema has {num_keypoints}"
+            )
+        instances.append(Instance(_keypoints(pred), pred.box))
+    return ImageAnnotation(tuple(instances), ImageStatus.PREDICTED)
+
+
+def _merge_keypoints(mine: Instance, predicted: Instance) -> Instance:
+    kps = tuple(
+        m if m.user_set else p for m, p in zip(mine.keypoints, predicted.keypoints)
+    )
+    return replace(mine, keypoints=kps)
 
 
 def merge_prediction(old: ImageAnnotation, new: ImageAnnotation) -> ImageAnnotation:
     """``new`` predictions merged into ``old``: keypoints the user placed, moved or deleted
-    keep their state; the user's box and further instances are kept."""
+    keep their state, and so do boxes and instances the user made.
+
+    Per-box predictions go to the instance with the same box; instances without a box and
+    without any user work (an earlier whole-image prediction) are dropped once boxes exist. A
+    whole-image prediction fills the first instance, and is not applied when the image has
+    boxes by now (they are predicted on the next run)."""
     if not old.instances:
         return new
-    first = old.instances[0]
-    kps = tuple(
-        mine if mine.user_set else predicted
-        for mine, predicted in zip(first.keypoints, new.instances[0].keypoints)
-    )
-    return ImageAnnotation(
-        (replace(first, keypoints=kps), *old.instances[1:]), ImageStatus.PREDICTED
-    )
+    if not new.instances or new.instances[0].bbox is None:  # whole-image prediction
+        if any(inst.bbox is not None for inst in old.instances) or not new.instances:
+            return replace(old, status=ImageStatus.PREDICTED)
+        first = _merge_keypoints(old.instances[0], new.instances[0])
+        return ImageAnnotation((first, *old.instances[1:]), ImageStatus.PREDICTED)
+    by_box = {inst.bbox: inst for inst in new.instances}
+    had_boxes = any(inst.bbox is not None for inst in old.instances)
+    out = []
+    for inst in old.instances:
+        if inst.bbox is not None:
+            pred = by_box.pop(inst.bbox, None)
+            out.append(inst if pred is None else _merge_keypoints(inst, pred))
+        elif inst.user_set:
+            out.append(inst)
+    if not had_boxes:  # the boxes came with the request (a script): add their instances
+        out.extend(by_box.values())
+    return ImageAnnotation(tuple(out), ImageStatus.PREDICTED)
 
 
 def apply_predictions(

@@ -142,8 +142,13 @@ def export_project(
     if fmt == "coco":
         from annotator.io.coco import ExportChoice, ExportScope, write_coco
 
-        scope = ExportScope.PREDICTIONS if options.include_predictions else ExportScope.REVIEWED
-        doc = write_coco(project, out, ExportChoice(scope))
+        if not options.include_predictions:
+            choice = ExportChoice(ExportScope.REVIEWED)
+        elif options.min_confidence is None:
+            choice = ExportChoice(ExportScope.PREDICTIONS)
+        else:
+            choice = ExportChoice(ExportScope.CONFIDENT, options.min_confidence)
+        doc = write_coco(project, out, choice)
         return ExportReport(out, len(doc["images"]), len(doc["annotations"]))
     if fmt == "yolo-pose":
         from annotator.io.formats.yolo import write_yolo_pose
