@@ -128,3 +128,19 @@ def engine_from_args(args: argparse.Namespace, category: str = "") -> Any:
         adapter_checkpoint=getattr(args, "diy_checkpoint", None),
         category=category,
     )
+
+
+def tqdm_task_state(total: int, desc: str) -> tuple[Any, Any]:
+    """(tqdm bar over ``total`` images, the :class:`~annotator.jobs.progress.TaskState` a job
+    reports through, which moves the bar)."""
+    from tqdm import tqdm
+
+    from annotator.jobs.progress import TaskState
+
+    bar = tqdm(total=total, unit="img", desc=desc)
+
+    def on_progress(p: Any) -> None:
+        bar.n = p.done
+        bar.refresh()
+
+    return bar, TaskState(on_progress)

@@ -42,13 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from annotator.cli.common import tqdm_task_state
     from annotator.cli.propagate import load_input
     from annotator.features.models import ModelLoadError
     from annotator.io.coco import ExportChoice, ExportScope, write_coco
     from annotator.jobs.detect import DetectRequest, apply_detections, build_detector, run_detection
-    from annotator.jobs.progress import Cancelled, TaskState
+    from annotator.jobs.progress import Cancelled
 
     project = load_input(args.input, args.images)
     overrides = {
@@ -71,15 +70,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"detecting '{request.prompt}' in {len(request.targets)} image(s) with "
           f"{settings.detector_model}")
-    bar = tqdm(total=len(request.targets), unit="img", desc="detect")
-
-    def on_progress(p) -> None:
-        bar.n = p.done
-        bar.refresh()
-
+    bar, state = tqdm_task_state(len(request.targets), "detect")
     results = []
     try:
-        for res in run_detection(request, detector, TaskState(on_progress)):
+        for res in run_detection(request, detector, state):
             results.append(res)
     except (Cancelled, KeyboardInterrupt):
         bar.close()

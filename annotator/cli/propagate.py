@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from annotator.cli.cluster import add_ray_arguments
-from annotator.cli.common import add_engine_arguments, engine_from_args
+from annotator.cli.common import add_engine_arguments, engine_from_args, tqdm_task_state
 from annotator.cli.export import add_include_arguments, choice_from_args
 
 
@@ -82,11 +82,10 @@ def load_input(path: Path, images: Path | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from annotator.features.models import ModelLoadError
     from annotator.io.coco import write_coco
-    from annotator.jobs.progress import Cancelled, TaskState
+    from annotator.jobs.progress import Cancelled
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
     if args.out.exists() and args.input.exists() and os.path.samefile(args.out, args.input):
@@ -119,13 +118,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"{len(request.references)} reference(s), {len(request.targets)} target(s), "
           f"{len(project.schema)} keypoints")
-    bar = tqdm(total=len(request.targets), unit="img", desc="propagate")
-
-    def on_progress(p) -> None:
-        bar.n = p.done
-        bar.refresh()
-
-    state = TaskState(on_progress)
+    bar, state = tqdm_task_state(len(request.targets), "propagate")
     predictions, failed = [], []
     try:
         if args.ray:  # the same batch code on Ray actors; predictions stream back here
