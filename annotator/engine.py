@@ -336,8 +336,8 @@ class Engine:
 
                 parts_fusion = tp.parts_fusion(self.extractor)
         if parts_fusion is not None:
-            ref_parts = [(tp.PartsReference(parts_fusion, rd, m.layers, m.grid),
-                          tp.PartsReference(parts_fusion, fd, f.layers, f.grid)
+            ref_parts = [(tp.PartsReference(parts_fusion, rd, m.layers, m.grid, m.norms),
+                          tp.PartsReference(parts_fusion, fd, f.layers, f.grid, f.norms)
                           if f is not None and fd is not None else None)
                          for (m, _, _, f, _), (rd, fd) in zip(refs, ref_desc)]
         if parts_fusion is not None and prefetch > 0:
@@ -350,7 +350,8 @@ class Engine:
                 results = [self._transfer_maps(m, p, v, tmaps, f, perm)
                            for m, p, v, f, perm in refs]
             elif parts_fusion is not None:
-                tgt_parts = tp.PartsDescriptor(parts_fusion, tmaps.layers, tmaps.grid)
+                tgt_parts = tp.PartsDescriptor(parts_fusion, tmaps.layers, tmaps.grid,
+                                                tmaps.norms)
                 results = [tp.transfer_parts(rp, tgt_parts, p, m.letterbox, tmaps.letterbox,
                                              self.match_params, v, fp, perm)
                            for (m, p, v, _, perm), (rp, fp) in zip(refs, ref_parts)]
@@ -371,7 +372,7 @@ class Engine:
 
         def load(target: np.ndarray) -> tuple[Any, Any]:
             maps = self.features(target)  # only this thread uses the cache meanwhile
-            return PartsDescriptor(fusion, maps.layers, maps.grid), maps.letterbox
+            return PartsDescriptor(fusion, maps.layers, maps.grid, maps.norms), maps.letterbox
 
         pf = tb.Prefetch(targets, load, depth)
         try:

@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=200)
     ap.add_argument("--prefetch", type=int, default=8)
     ap.add_argument("--copca-targets", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="repetitions per case (the best steady state is kept)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     pts = np.random.default_rng(5).random((30, 2)) * [639, 479]
@@ -66,7 +68,8 @@ def main() -> None:
                         eng.iter_transfer = slow  # type: ignore[method-assign]
                     return eng
 
-                r = _time_transfer(make, ref, pts, targets, prefetch, 1000)
+                r = _time_transfer(make, ref, pts, targets, prefetch, 1000,
+                                   args.repeats if fusion != "copca" and fast else 1)
                 r["loadavg"] = os.getloadavg()[0]
                 results[f"{name}-{where}"] = r
                 print(f"{name:20s} {where:6s} steady {r['seconds_per_target'] * 1e3:7.1f} "

@@ -118,3 +118,100 @@ def test_disk_errors_do_not_stop_extraction(tmp_path, monkeypatch):
     maps = cache.get_or_compute([img], "fp", Counting())
     assert len(maps) == 1
     assert cache.get(cache.key(img, "fp")) is not None  # still served from memory
+
+
+def _paper_like_maps(seed=0):
+    """Layers at three resolutions around a 12-cell grid (one equal, one coarser, one finer)."""
+    from annotator.features.extractor import FeatureMaps
+    from annotator.features.letterbox import Letterbox
+
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"s3": (16, 12, 12), "s4": (24, 6, 6), "s5": (24, 3, 3), "dino": (20, 12, 12)}
+    layers = {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
+    return FeatureMaps(layers=layers, letterbox=Letterbox.fit(64, 48, 96), grid=12)
+
+
+def test_entries_keep_per_cell_norms_of_the_stored_values(tmp_path):
+    """The norms kept with an entry are those of the stored (float16) layers resized to the
+    grid, checked against an explicit F.interpolate of each layer; a fresh reader gets them
+    from disk, and they take part in the checksum (a changed byte there is refused)."""
+    import torch.nn.functional as F
+
+    key = "ab" * 32
+    stored = FeatureCache(tmp_path / "c", memory_bytes=0).put(key, _paper_like_maps())
+    read = FeatureCache(tmp_path / "c", memory_bytes=0).get(key)
+    assert read is not None and read.norms is not None
+    assert set(read.norms) == set(stored.layers)
+    for name, x in stored.layers.items():
+        assert x.dtype == torch.float16
+        up = F.interpolate(x.float()[None], size=(12, 12), mode="bilinear",
+                           align_corners=False)[0]
+        want = up.square().sum(0).flatten()
+        torch.testing.assert_close(read.norms[name], want, atol=1e-4, rtol=1e-5)
+        assert torch.equal(read.norms[name], stored.norms[name])
+    assert not any(k.startswith("norm2:") for k in read.layers)
+    # flip one byte of the stored norms of "s4" (located by its float32 bytes): refused
+    path = next((tmp_path / "c").glob("*/*.safetensors"))
+    data = bytearray(path.read_bytes())
+    at = data.find(stored.norms["s4"].numpy().tobytes())
+    assert at > 0
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert FeatureCache(tmp_path / "c", memory_bytes=0).get(key) is None
+
+
+def test_entries_of_format_2_are_still_read(tmp_path):
+    """An entry written by the previous version (sha256 checksum, no norms) is used as it is;
+    the transfer then computes the norms itself."""
+    import json
+
+    from safetensors.torch import save_file
+
+    import annotator.features.cache as cache_mod
+
+    key = "cd" * 32
+    cache = FeatureCache(tmp_path / "c", memory_bytes=0)
+    maps = _paper_like_maps(1)
+    tensors = {k: v.half().contiguous() for k, v in maps.layers.items()}
+    lb = json.dumps(maps.letterbox.__dict__, sort_keys=True)
+    meta = {"format": "2", "checksum": cache_mod._checksum(tensors, "12", lb, "2"),
+            "grid": "12", "letterbox": lb}
+    path = cache._path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    got = FeatureCache(tmp_path / "c", memory_bytes=0).get(key)
+    assert got is not None and got.norms is None
+    assert torch.equal(got.layers["s4"], tensors["s4"])
+    meta["checksum"] = "0" * 64  # and its checksum is still checked
+    save_file(tensors, str(path), metadata=meta)
+    assert FeatureCache(tmp_path / "c", memory_bytes=0).get(key) is None
+
+
+def test_layer_names_cannot_collide_with_stored_norms(tmp_path):
+    from annotator.features.extractor import FeatureMaps
+
+    maps = _paper_like_maps()
+    bad = FeatureMaps(layers={"norm2:s3": maps.layers["s3"]}, letterbox=maps.letterbox, grid=12)
+    with pytest.raises(ValueError, match="norm2:"):
+        FeatureCache(tmp_path / "c").put("ef" * 32, bad)
+
+
+def test_transfer_with_stored_norms_equals_computed_norms(tmp_path):
+    """The parts fast path gives bitwise the same result whether the target's norms come from
+    the cache entry or are computed by the matcher."""
+    from annotator.features import fusion
+    from annotator.matching.transfer_parts import PartsDescriptor, PartsReference, transfer_parts
+
+    cache = FeatureCache(tmp_path / "c", memory_bytes=0)
+    ref = cache.put("01" * 32, _paper_like_maps(2))
+    tgt = cache.put("02" * 32, _paper_like_maps(3))
+    r = PartsReference("concat", fusion.fuse("concat", {k: v.float() for k, v in
+                                                        ref.layers.items()}, 12),
+                       ref.layers, 12, ref.norms)
+    pts = np.array([[5.0, 7.0], [30.0, 20.0], [60.0, 40.0]])
+    with_norms = transfer_parts(r, PartsDescriptor("concat", tgt.layers, 12, tgt.norms), pts,
+                                ref.letterbox, tgt.letterbox)
+    without = transfer_parts(r, PartsDescriptor("concat", tgt.layers, 12), pts, ref.letterbox,
+                             tgt.letterbox)
+    for name in ("points", "similarity", "cycle_error", "confidence"):
+        np.testing.assert_array_equal(getattr(with_norms, name), getattr(without, name))

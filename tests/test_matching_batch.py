@@ -12,16 +12,12 @@ from annotator.engine import Engine
 from annotator.features import fusion
 from annotator.features.letterbox import Letterbox
 from annotator.matching.transfer import MatchParams, TransferResult
-from annotator.matching.transfer_batch import (
-    Prefetch,
-    descriptor_vectors,
-    layer_vectors,
-    transfer_parts_batch,
-)
+from annotator.matching.transfer_batch import Prefetch, transfer_parts_batch
 from annotator.matching.transfer_parts import (
     PartsDescriptor,
     PartsReference,
     _Layer,
+    matmul_columns,
     transfer_parts,
 )
 from tests.test_matching_parts import PAPER_CH, PAPER_SIZES, SMALL, RandomMaps, _images, _layers
@@ -36,16 +32,35 @@ def _exact(a: TransferResult, b: TransferResult) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("sizes,grid", [(PAPER_SIZES, 60), ({"s3": 24, "s4": 7, "s5": 5,
                                                                "dino": 20}, 24)])
-def test_layer_vectors_equal_dense_weights(sizes, grid):
-    layers = _layers(3, sizes, SMALL)
-    idx = torch.arange(grid * grid)  # every cell, borders included
+def test_layer_vectors_from_taps_equal_the_resized_layer(sizes, grid, dtype):
+    """``_Layer.at`` gathers at most four taps per cell; the reference is the layer resized by
+    F.interpolate (what fusion.resize does) and indexed at every cell, borders included."""
+    layers = {k: v.to(dtype) for k, v in _layers(3, sizes, SMALL).items()}
+    idx = torch.arange(grid * grid)
     for x in layers.values():
         lay = _Layer(x, grid)
-        torch.testing.assert_close(layer_vectors(lay, idx), lay.at(idx), atol=1e-6, rtol=1e-6)
-    d = PartsDescriptor("concat", layers, grid)
-    torch.testing.assert_close(descriptor_vectors(d, idx), d.vectors(idx), atol=1e-6, rtol=1e-6)
+        dense = torch.nn.functional.interpolate(x.float()[None], size=(grid, grid),
+                                                mode="bilinear", align_corners=False)[0]
+        want = dense.flatten(1)[:, idx].T
+        got = lay.at(idx)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 511, 512, 513, 1300])
+def test_matmul_columns_converts_half_layers_in_blocks(n):
+    g = torch.Generator().manual_seed(n)
+    q = torch.randn(7, 33, generator=g)
+    flat = torch.randn(33, n, generator=g).half()
+    got = matmul_columns(q, flat)
+    assert got.dtype == torch.float32 and got.shape == (7, n)
+    torch.testing.assert_close(got, q @ flat.float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(matmul_columns(q, flat, chunk=5), got, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        matmul_columns(q, flat[:32])
 
 
 def _batch_case(channels, n, fu="concat"):

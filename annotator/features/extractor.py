@@ -21,11 +21,15 @@ class FeatureMaps:
     ``layers``: name -> float tensor (C, h, w) on the CPU (keys among "s5", "s4", "s3", "dino";
     other extractors may use their own names). ``letterbox`` maps original pixels to the canvas
     the descriptor grid covers (``grid`` x ``grid`` cells of ``letterbox.canvas / grid`` px).
+    ``norms``: optional name -> (grid * grid,) float32 squared norms of each layer resized to the
+    grid (``annotator.features.cell_norms``), kept by the feature cache with its entries so that
+    transfers do not recompute them; None where not computed.
     """
 
     layers: dict[str, torch.Tensor] = field(hash=False)
     letterbox: Letterbox
     grid: int
+    norms: dict[str, torch.Tensor] | None = field(default=None, hash=False, compare=False)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -37,7 +41,8 @@ class FeatureMaps:
         return self.letterbox.canvas / self.grid
 
     def nbytes(self) -> int:
-        return int(sum(t.numel() * t.element_size() for t in self.layers.values()))
+        tensors = [*self.layers.values(), *(self.norms or {}).values()]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
 @runtime_checkable

@@ -10,11 +10,9 @@ once per batch:
 - the forward similarities are each target's own (``PartsDescriptor.similarity``, the same call
   as ``transfer_parts``: bitwise identical);
 - the cycle check matches the B * K best target vectors back against the reference in one matmul
-  per layer (the reference's layers are read once per batch instead of once per target), and the
-  target vectors at the best cells are gathered from their (at most four) bilinear taps instead
-  of a dense (K, h*w) weight matmul. Both only change the summation order of the back
-  similarities (float32 rounding, ~1e-7); the cycle's argmax can only differ where two reference
-  cells tie to that precision.
+  per layer (the reference's layers are read once per batch instead of once per target). This
+  only changes the summation order of the back similarities (float32 rounding, ~1e-7); the
+  cycle's argmax can only differ where two reference cells tie to that precision.
 
 Hard argmax, soft-argmax, cycle error, confidence, the flip choice and the result are
 ``annotator.matching.transfer``'s own code.
@@ -38,44 +36,10 @@ from annotator.matching.transfer import (
     match_similarity,
     transfer_with,
 )
-from annotator.matching.transfer_parts import PartsDescriptor, PartsReference, _Layer
+from annotator.matching.transfer_parts import PartsDescriptor, PartsReference
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def _taps(a: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear weights ``a`` (G, n) at output ``rows`` (K,) -> first tap index (K,), weights of
-    taps i and i + 1 (K,) each (the second is 0 where there is one tap or i + 1 == n)."""
-    nz = a[rows] != 0
-    first = nz.float().argmax(1)
-    n = a.shape[1]
-    second = (first + 1).clamp_max(n - 1)
-    w0 = a[rows, first]
-    w1 = torch.where(second > first, a[rows, second], torch.zeros_like(w0))
-    return first, w0, w1
-
-
-def layer_vectors(layer: _Layer, idx: torch.Tensor) -> torch.Tensor:
-    """(K,) flat cells -> (K, C) vectors of the resized ``layer`` there (``_Layer.at`` from the
-    bilinear taps: at most four (C,) rows per cell instead of a (K, h*w) dense weight matmul)."""
-    if layer.same:
-        return layer.flat[:, idx].T
-    g = layer.g
-    y0, wy0, wy1 = _taps(layer.ah, idx // g)
-    x0, wx0, wx1 = _taps(layer.aw, idx % g)
-    y1 = (y0 + 1).clamp_max(layer.h - 1)
-    x1 = (x0 + 1).clamp_max(layer.w - 1)
-    x = layer.x  # (C, h, w)
-    out = (x[:, y0, x0] * (wy0 * wx0) + x[:, y0, x1] * (wy0 * wx1)
-           + x[:, y1, x0] * (wy1 * wx0) + x[:, y1, x1] * (wy1 * wx1))
-    return out.T
-
-
-def descriptor_vectors(desc: PartsDescriptor, idx: torch.Tensor) -> torch.Tensor:
-    """``desc.vectors(idx)`` through ``layer_vectors``: (K,) cells -> (K, C) fused unit vectors."""
-    return torch.cat([layer_vectors(p, idx) * scale[idx][:, None]
-                      for half, scale in zip(desc.halves, desc.scales) for p in half], dim=1)
 
 
 def transfer_parts_batch(ref: PartsReference, targets: Sequence[PartsDescriptor],
@@ -126,7 +90,7 @@ def transfer_parts_batch(ref: PartsReference, targets: Sequence[PartsDescriptor]
         qidx = torch.from_numpy(cells[:, 1] * g + cells[:, 0])
         q = r.flat[qidx]
         sims[flipped] = [t.similarity(q) for t in targets]  # (K, N) each, as transfer_parts
-        vecs = torch.cat([descriptor_vectors(t, s.argmax(dim=1))
+        vecs = torch.cat([t.vectors(s.argmax(dim=1))
                           for t, s in zip(targets, sims[flipped])])  # (B*K, C)
         backs[flipped] = r.parts.similarity(vecs)  # (B*K, N)
 
@@ -224,3 +188,4 @@ class Prefetch(Generic[T, R]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+

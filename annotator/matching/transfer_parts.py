@@ -15,7 +15,8 @@ and per channel, so for a query q (a row of the reference's fused descriptor, sp
 the same ``F.interpolate`` call as ``fusion.resize``. The per-cell norms |up(x)|^2 come from the
 separable interpolation matrices A_h (G, h), A_w (G, w) (bilinear: at most two adjacent taps per
 row) and the channel Gram blocks R[i, i'] = x[:, i, :]^T x[:, i', :] (w x w) of equal and adjacent
-rows: |up(x)(y, x)|^2 = A_w[x] (sum_{i, i'} A_h[y, i] A_h[y, i'] R[i, i']) A_w[x]^T, all matmuls.
+rows: |up(x)(y, x)|^2 = A_w[x] (sum_{i, i'} A_h[y, i] A_h[y, i'] R[i, i']) A_w[x]^T, all matmuls
+(``annotator.features.cell_norms``; the feature cache keeps them with its entries).
 Cycle consistency needs the target's fused vectors at the K best cells (gathered through the same
 weights) against every reference cell: the same decomposition on the reference's layers, built
 once per reference. Hard argmax, soft-argmax, cycle, confidence and the flip choice are
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from annotator.features.cell_norms import interp_matrix, resized_norm2, usable_norm2
 from annotator.features.letterbox import Letterbox
 from annotator.matching.transfer import (
     MatchParams,
@@ -58,55 +60,76 @@ def supports(fusion: str) -> bool:
     return fusion in HALVES
 
 
+#: columns of a half-precision layer converted to float32 per GEMM in ``_Layer.similarity``
+#: (a few hundred KB that stay in the CPU cache, instead of a float32 copy of the whole layer)
+CHUNK_COLUMNS = 512
+
+
+def matmul_columns(q: torch.Tensor, flat: torch.Tensor, chunk: int = CHUNK_COLUMNS
+                   ) -> torch.Tensor:
+    """(Q, C) float32 @ (C, N) -> (Q, N) float32. A float32 ``flat`` is one GEMM; a float16 or
+    bfloat16 one is converted ``chunk`` columns at a time into a reused float32 buffer, each
+    column block multiplied while it is in the cache (same products, each output element is a
+    full-length dot product: no change of the summation over C)."""
+    if q.ndim != 2 or flat.ndim != 2 or q.shape[1] != flat.shape[0]:
+        raise ValueError(f"shapes {tuple(q.shape)} @ {tuple(flat.shape)} do not match")
+    q = q.float()
+    if flat.dtype == torch.float32:
+        return q @ flat
+    c, n = flat.shape
+    out = torch.empty(q.shape[0], n, dtype=torch.float32)
+    buf = torch.empty(c, min(n, chunk), dtype=torch.float32)
+    for j in range(0, n, chunk):
+        w = min(chunk, n - j)
+        b = buf[:, :w]
+        b.copy_(flat[:, j:j + w])
+        torch.matmul(q, b, out=out[:, j:j + w])
+    return out
+
+
 @lru_cache(maxsize=32)
-def _interp_matrix(n: int, g: int) -> torch.Tensor:
-    """(g, n) weights of ``F.interpolate(..., mode="bilinear", align_corners=False)`` along one
-    axis from n to g samples (PyTorch's own weights: an identity of n channels resized)."""
-    eye = torch.eye(n, dtype=torch.float32)[None, :, :, None]  # (1, n, n, 1)
-    a = F.interpolate(eye, size=(g, 1), mode="bilinear", align_corners=False)[0, :, :, 0].T
-    a = a.contiguous()
-    nz = (a != 0).float()
-    first, last = nz.argmax(1), n - 1 - nz.flip(1).argmax(1)
-    if bool((last - first > 1).any()):  # pragma: no cover - bilinear never does this
-        raise AssertionError("bilinear weights must have at most two adjacent taps")
-    return a
+def _tap_table(n: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear resize n -> g along one axis as taps: per output sample (g,), the first input
+    index i and the float32 weights of inputs i and i + 1 (the second is 0 where there is one
+    tap), read from ``interp_matrix`` (PyTorch's own weights)."""
+    a = interp_matrix(n, g).numpy()
+    first = (a != 0).argmax(1)
+    second = np.minimum(first + 1, n - 1)
+    rows = np.arange(g)
+    w1 = np.where(second > first, a[rows, second], np.float32(0)).astype(np.float32)
+    return first, a[rows, first].astype(np.float32), w1
 
 
 class _Layer:
-    """One raw layer (C, h, w) as a part of a G x G descriptor (bilinear resize when h, w != G)."""
+    """One raw layer (C, h, w) as a part of a G x G descriptor (bilinear resize when h, w != G).
 
-    def __init__(self, x: torch.Tensor, grid: int) -> None:
+    The layer is kept in its stored precision (the cache's float16): products are float32
+    (``matmul_columns``), vectors are gathered and converted where they are used."""
+
+    def __init__(self, x: torch.Tensor, grid: int, norm2: torch.Tensor | None = None) -> None:
         if x.ndim != 3:
             raise ValueError(f"layer must have shape (C, H, W), got {tuple(x.shape)}")
-        self.x = x.float()
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            x = x.float()
+        self.x = x
         self.c, self.h, self.w = self.x.shape
         self.g = grid
         self.same = self.h == grid and self.w == grid
         self.flat = self.x.reshape(self.c, -1)  # (C, h*w)
+        self._norm2 = norm2  # stored norms (FeatureMaps.norms), else computed on demand
         if not self.same:
-            self.ah = _interp_matrix(self.h, grid)  # (G, h)
-            self.aw = _interp_matrix(self.w, grid)  # (G, w)
+            self.ah = interp_matrix(self.h, grid)  # (G, h)
+            self.aw = interp_matrix(self.w, grid)  # (G, w)
 
     def norm2(self) -> torch.Tensor:
-        """(G*G,) squared norms of the resized layer per cell."""
-        if self.same:
-            return torch.linalg.vecdot(self.flat.T, self.flat.T)  # (x * x).sum(0), no temp
-        rows = self.x.permute(1, 2, 0)  # (h, w, C)
-        cols = self.x.permute(1, 0, 2)  # (h, C, w)
-        diag = torch.bmm(rows, cols)  # (h, w, w): R[i, i]
-        ah, aw = self.ah, self.aw
-        gy = (ah * ah) @ diag.reshape(self.h, -1)  # (G, w*w)
-        if self.h > 1:
-            off = torch.bmm(rows[:-1], cols[1:])  # (h-1, w, w): R[i, i+1]
-            off = off + off.transpose(1, 2)
-            gy = gy + (ah[:, :-1] * ah[:, 1:]) @ off.reshape(self.h - 1, -1)
-        gy = gy.reshape(self.g, self.w, self.w)  # per output row: sum A_h A_h R
-        n2 = ((gy @ aw.T) * aw.T[None]).sum(1)  # (G rows, G cols)
-        return n2.reshape(-1)
+        """(G*G,) squared norms of the resized layer per cell (annotator.features.cell_norms)."""
+        if self._norm2 is None:
+            self._norm2 = resized_norm2(self.x, self.g)
+        return self._norm2
 
     def similarity(self, q: torch.Tensor) -> torch.Tensor:
         """(Q, C) queries -> (Q, G*G) dot products with the resized layer."""
-        m = q @ self.flat  # (Q, h*w)
+        m = matmul_columns(q, self.flat)  # (Q, h*w)
         if self.same:
             return m
         m = F.interpolate(m.reshape(1, -1, self.h, self.w), size=(self.g, self.g),
@@ -114,11 +137,26 @@ class _Layer:
         return m.reshape(q.shape[0], -1)
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:
-        """(K,) flat cells -> (K, C) resized layer vectors there."""
-        if self.same:
-            return self.flat[:, idx].T
-        w = self.ah[idx // self.g][:, :, None] * self.aw[idx % self.g][:, None, :]  # (K, h, w)
-        return w.reshape(len(idx), -1) @ self.flat.T
+        """(K,) flat cells -> (K, C) float32 resized layer vectors there, from the (at most
+        four) bilinear taps of each cell (numpy gathers: a few hundred columns of a (C, h*w)
+        layer are a strided read that numpy does several times faster than torch here)."""
+        cells = idx.numpy()
+        if not self.same:
+            g, w, k = self.g, self.w, len(cells)
+            ty, tx = _tap_table(self.h, g), _tap_table(self.w, g)
+            iy, ix = np.divmod(cells, g)
+            y0, x0 = ty[0][iy], tx[0][ix]
+            y1, x1 = np.minimum(y0 + 1, self.h - 1), np.minimum(x0 + 1, w - 1)
+            cells = np.concatenate([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
+            wts = np.stack([ty[1][iy] * tx[1][ix], ty[1][iy] * tx[2][ix],
+                            ty[2][iy] * tx[1][ix], ty[2][iy] * tx[2][ix]])  # (4, K) float32
+        if self.flat.dtype == torch.bfloat16:  # no numpy dtype: torch's gather
+            v = self.flat.index_select(1, torch.from_numpy(cells)).float()
+        else:  # numpy gathers, torch converts (numpy's float16 conversion is slow)
+            v = torch.from_numpy(self.flat.numpy()[:, cells]).float()
+        if not self.same:
+            v = torch.einsum("ctk,tk->ck", v.reshape(self.c, 4, k), torch.from_numpy(wts))
+        return v.T.contiguous()
 
 
 class PartsDescriptor:
@@ -127,14 +165,16 @@ class PartsDescriptor:
     ``similarity(q)`` equals ``q @ D.flatten(1)`` and ``vectors(idx)`` equals
     ``D.flatten(1)[:, idx].T`` for D = ``_check_desc(fusion.fuse(fusion, layers, grid))``."""
 
-    def __init__(self, fusion: str, layers: Mapping[str, torch.Tensor], grid: int) -> None:
+    def __init__(self, fusion: str, layers: Mapping[str, torch.Tensor], grid: int,
+                 norms: Mapping[str, torch.Tensor] | None = None) -> None:
         if fusion not in HALVES:
             raise ValueError(f"no parts fast path for fusion {fusion!r}")
         missing = [k for half in HALVES[fusion] for k in half if k not in layers]
         if missing:
             raise ValueError(f"fusion {fusion!r} needs layers {missing}")
         self.grid = grid
-        self.halves = [[_Layer(layers[k], grid) for k in half] for half in HALVES[fusion]]
+        self.halves = [[_Layer(layers[k], grid, usable_norm2(norms, k, grid)) for k in half]
+                       for half in HALVES[fusion]]
         self.channels = sum(p.c for half in self.halves for p in half)
         norms = [torch.stack([p.norm2() for p in half]).sum(0).sqrt() for half in self.halves]
         f = [1.0 / n.clamp_min(EPS) for n in norms]  # l2n of each half
@@ -180,12 +220,14 @@ class PartsReference:
     what ``transfer`` uses) and its parts (the cycle's matching back)."""
 
     def __init__(self, fusion: str, desc: torch.Tensor, layers: Mapping[str, torch.Tensor],
-                 grid: int) -> None:
+                 grid: int, norms: Mapping[str, torch.Tensor] | None = None) -> None:
         d = _check_desc(desc, "ref_desc")
         if d.shape[1] != grid:
             raise ValueError(f"descriptor grid {d.shape[1]} differs from {grid}")
         self.flat = d.flatten(1).T.contiguous()  # (N, C)
-        self.parts = PartsDescriptor(fusion, layers, grid)
+        # float32 once: the reference's layers are multiplied with every target's vectors
+        self.parts = PartsDescriptor(fusion, {k: v.float() for k, v in layers.items()}, grid,
+                                     norms)
         if self.parts.channels != self.flat.shape[1]:
             raise ValueError("descriptor channels differ from the layers'")
         self.grid = grid
