@@ -17,7 +17,7 @@ from annotator.matching.transfer_parts import (
     PartsDescriptor,
     PartsReference,
     _Layer,
-    matmul_columns,
+    rows_similarity,
     transfer_parts,
 )
 from tests.test_matching_parts import PAPER_CH, PAPER_SIZES, SMALL, RandomMaps, _images, _layers
@@ -50,17 +50,20 @@ def test_layer_vectors_from_taps_equal_the_resized_layer(sizes, grid, dtype):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("n", [1, 511, 512, 513, 1300])
-def test_matmul_columns_converts_half_layers_in_blocks(n):
-    g = torch.Generator().manual_seed(n)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("h,w", [(1, 1), (7, 5), (60, 60)])
+def test_rows_similarity_is_the_matmul_of_the_rows(h, w, dtype):
+    g = torch.Generator().manual_seed(h * 100 + w)
     q = torch.randn(7, 33, generator=g)
-    flat = torch.randn(33, n, generator=g).half()
-    got = matmul_columns(q, flat)
-    assert got.dtype == torch.float32 and got.shape == (7, n)
-    torch.testing.assert_close(got, q @ flat.float(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(matmul_columns(q, flat, chunk=5), got, atol=1e-5, rtol=1e-5)
+    layer = torch.randn(33, h, w, generator=g).to(dtype)
+    rows = layer.permute(1, 2, 0).reshape(h * w, 33)
+    got = rows_similarity(q, rows, h, w)
+    assert got.dtype == torch.float32 and got.shape == (7, h * w)
+    torch.testing.assert_close(got, q @ layer.float().reshape(33, -1), atol=2e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="do not match"):
-        matmul_columns(q, flat[:32])
+        rows_similarity(q[:, :32], rows, h, w)
+    with pytest.raises(ValueError, match="do not match"):
+        rows_similarity(q, rows, h + 1, w)
 
 
 def _batch_case(channels, n, fu="concat"):

@@ -36,11 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=None, help="images per engine timing")
     p.add_argument("--targets", type=int, default=1000, help="targets of the transfer figure")
     p.add_argument("--disk-targets", type=int, default=None,
-                   help="targets actually read from disk (default: all, 30 with --quick)")
+                   help="targets actually read from disk (default: all, 60 with --quick)")
     p.add_argument("--memory-targets", type=int, default=None)
     p.add_argument("--baseline-tiles", type=int, default=None,
                    help="baseline tiles measured per image, the rest extrapolated "
-                        "(default: all; 1 with --quick on the CPU)")
+                        "(default: all; 0 with --quick on the CPU: the paper baseline's "
+                        "tiles are the fast run's per-tile figures)")
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--compile", default="off",
                    choices=("off", "default", "reduce-overhead", "max-autotune"),
@@ -48,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "graphs on CUDA); compilation counts as the first call's warm-up")
     p.add_argument("--transfer-prefetch", type=int, default=8,
                    help="targets read ahead and matched together in the transfer part")
+    p.add_argument("--transfer-repeats", type=int, default=3,
+                   help="repetitions per transfer case; the best steady state is reported "
+                        "(all are in the JSON)")
     p.add_argument("--tiny-models", action="store_true",
                    help="scaled-down models instead of the full-size ones (dry runs, tests)")
     p.add_argument("--no-gui", action="store_true")
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         disk_targets=args.disk_targets, memory_targets=args.memory_targets,
         baseline_tiles=args.baseline_tiles, ablations=not args.no_ablations,
         compile=args.compile, transfer_prefetch=args.transfer_prefetch,
+        transfer_repeats=args.transfer_repeats,
         configs=_tiny() if args.tiny_models else None,
         map_channels=({"s5": 32, "s4": 32, "s3": 16, "dino": 16} if args.tiny_models else None),
         transfer_preset="paper" if "paper" in presets else next(iter(presets)), gui=gui,

@@ -12,11 +12,14 @@ Entries live at ``<folder>/<k[:2]>/<k>.safetensors`` (``k`` a 64-digit hex key);
 clean-up touch only files of exactly that layout (and temporary files of our own naming), so
 nothing the cache did not write is ever deleted. Each entry carries a checksum (xxh3-128; entries
 of format 2 used sha256, which costs 8 ms per paper entry against under 1 ms) of its tensor names,
-dtypes, shapes and bytes *and* its metadata (grid, letterbox); an entry is verified the first time
-this cache reads it (again when its size or mtime changes), and a corrupt or truncated one is
-reported as a miss and deleted when the folder allows it. Entries also keep each layer's per-cell
-norms at the descriptor grid (``FeatureMaps.norms``, computed once from the stored values when
-the entry is stored), which the transfer's fast path would otherwise recompute per target.
+dtypes, shapes and bytes *and* its metadata (grid, letterbox, channel-last layers); an entry is
+verified the first time this cache reads it (again when its size or mtime changes), and a corrupt
+or truncated one is reported as a miss and deleted when the folder allows it. Layers (C, h, w)
+are stored channel-last ((h, w, C) on disk, a (C, h, w) view of that memory when read), each
+cell's channels together: the transfer reads them as rows. Entries also keep each layer's
+per-cell norms at the descriptor grid (``FeatureMaps.norms``, computed once from the stored
+values when the entry is stored), which the transfer's fast path would otherwise recompute per
+target.
 Disk problems (full, read-only, corrupt) are logged and the maps are computed without caching:
 the cache never aborts a run.
 """
@@ -50,7 +53,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "keypoint-annotator"
 FORMAT = "keypoint-annotator-feature-cache"
-ENTRY_FORMAT = "3"  # xxh3-128 checksum + per-cell norms; "2" (sha256) is still read
+ENTRY_FORMAT = "3"  # xxh3-128, per-cell norms, channel-last layers; "2" (sha256) still read
 _READ_FORMATS = ("2", ENTRY_FORMAT)
 NORM_PREFIX = "norm2:"  # entry tensor names of FeatureMaps.norms (layer names never start so)
 _STALE_TMP_S = 3600.0  # temporary files older than this were left by a killed process
@@ -81,7 +84,7 @@ def image_hash(image: np.ndarray) -> str:
 
 
 def _checksum(tensors: dict[str, torch.Tensor], grid: str, letterbox: str,
-              entry_format: str = ENTRY_FORMAT) -> str:
+              entry_format: str = ENTRY_FORMAT, hwc: str = "") -> str:
     """Checksum over every tensor's name, dtype, shape and bytes and the entry metadata: xxh3-128
     (format 3) or sha256 (format 2, still read). Not a defence against a forger, who could
     rewrite the checksum too: it detects damage (flipped bits, truncation, edits)."""
@@ -91,16 +94,28 @@ def _checksum(tensors: dict[str, torch.Tensor], grid: str, letterbox: str,
         import xxhash
 
         h = xxhash.xxh3_128()
-    h.update(f"{FORMAT}/{entry_format}\0grid={grid}\0letterbox={letterbox}\0".encode())
+    head = f"{FORMAT}/{entry_format}\0grid={grid}\0letterbox={letterbox}\0"
+    if entry_format != "2":
+        head += f"hwc={hwc}\0"
+    h.update(head.encode())
     for k in sorted(tensors):
         t = tensors[k].contiguous()
         h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(memoryview(t.view(torch.uint8).numpy()))  # no copy of the bytes
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no copy of the bytes
     return h.hexdigest()
 
 
 def _letterbox_json(lb: Letterbox) -> str:
     return json.dumps(lb.__dict__, sort_keys=True, allow_nan=False)
+
+
+def _channel_last(x: torch.Tensor) -> torch.Tensor:
+    """A (C, h, w) layer as a (C, h, w) view of (h, w, C) contiguous memory (how entries are
+    stored: each cell's channels together, what the transfer's row gathers and 1x1 products
+    read); other shapes contiguous."""
+    if x.ndim != 3:
+        return x.contiguous()
+    return x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
 
 
 def _norms_of(layers: dict[str, torch.Tensor], grid: int) -> dict[str, torch.Tensor] | None:
@@ -208,9 +223,15 @@ class FeatureCache:
                 if fmt not in _READ_FORMATS:
                     raise ValueError("entry of another format version")
                 if meta.get("checksum") != _checksum(tensors, meta["grid"], meta["letterbox"],
-                                                     fmt):
+                                                     fmt, meta.get("hwc", "")):
                     raise ValueError("checksum mismatch")
             lb = Letterbox(**json.loads(meta["letterbox"]))
+            hwc = json.loads(meta["hwc"]) if "hwc" in meta else []
+            if not isinstance(hwc, list) or any(k not in tensors or tensors[k].ndim != 3
+                                                for k in hwc):
+                raise ValueError("bad channel-last layer list")
+            for k in hwc:  # stored (h, w, C): the (C, h, w) channel-last view
+                tensors[k] = tensors[k].permute(2, 0, 1)
             layers = {k: v for k, v in tensors.items() if not k.startswith(NORM_PREFIX)}
             norms = {k[len(NORM_PREFIX):]: v for k, v in tensors.items()
                      if k.startswith(NORM_PREFIX)}
@@ -241,11 +262,14 @@ class FeatureCache:
 
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous() for k, v in maps.layers.items()}
+        hwc_names = sorted(k for k, v in maps.layers.items() if v.ndim == 3)
+        tensors = {k: (v.permute(1, 2, 0) if k in hwc_names else v).contiguous()
+                   for k, v in maps.layers.items()}
         tensors.update({NORM_PREFIX + k: v.contiguous() for k, v in (maps.norms or {}).items()})
         grid, lb = str(maps.grid), _letterbox_json(maps.letterbox)
-        meta = {"format": ENTRY_FORMAT, "checksum": _checksum(tensors, grid, lb),
-                "grid": grid, "letterbox": lb}
+        hwc = json.dumps(hwc_names)
+        meta = {"format": ENTRY_FORMAT, "checksum": _checksum(tensors, grid, lb, hwc=hwc),
+                "grid": grid, "letterbox": lb, "hwc": hwc}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{self._disk_key(key)}.",
                                    suffix=".kpc-tmp")
         os.close(fd)
@@ -339,7 +363,7 @@ class FeatureCache:
 
     def put(self, key: str, maps: FeatureMaps) -> FeatureMaps:
         """Store ``maps``; returns them converted to the storage dtype (use these)."""
-        layers = {k: v.detach().to("cpu", self.storage_dtype).contiguous()
+        layers = {k: _channel_last(v.detach().to("cpu", self.storage_dtype))
                   for k, v in maps.layers.items()}
         if any(k.startswith(NORM_PREFIX) for k in layers):
             raise ValueError(f"layer names must not start with {NORM_PREFIX!r}")

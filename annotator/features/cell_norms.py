@@ -45,8 +45,8 @@ def resized_norm2(x: torch.Tensor, grid: int) -> torch.Tensor:
     x = x.float()
     c, h, w = x.shape
     if h == grid and w == grid:
-        flat = x.reshape(c, -1)
-        return torch.linalg.vecdot(flat.T, flat.T)  # (x * x).sum(0), no temporary
+        rows = x.permute(1, 2, 0).reshape(h * w, c)  # a view of channel-last layers
+        return torch.linalg.vecdot(rows, rows)  # (x * x).sum(0), no temporary
     ah, aw = interp_matrix(h, grid), interp_matrix(w, grid)
     rows = x.permute(1, 2, 0)  # (h, w, C)
     cols = x.permute(1, 0, 2)  # (h, C, w)

@@ -12,18 +12,21 @@ The fused descriptor is a per-cell scaling of the concatenated resized layers. F
 ("sd"/"dino": one half, a = f * c3 with c3 = 1 / max(|h| f, eps)). Bilinear resizing is linear
 and per channel, so for a query q (a row of the reference's fused descriptor, split by layer)
 ``q_l . up(x_l)(cell) = up(q_l . x_l)(cell)``: the (K, h, w) layer similarities are resized with
-the same ``F.interpolate`` call as ``fusion.resize``. The per-cell norms |up(x)|^2 come from the
-separable interpolation matrices A_h (G, h), A_w (G, w) (bilinear: at most two adjacent taps per
-row) and the channel Gram blocks R[i, i'] = x[:, i, :]^T x[:, i', :] (w x w) of equal and adjacent
+``fusion.resize``'s bilinear weights (PyTorch's own, as matrices A_h (G, h), A_w (G, w)). The
+per-cell norms |up(x)|^2 come from the same matrices (bilinear: at most two adjacent taps per row)
+and the channel Gram blocks R[i, i'] = x[:, i, :]^T x[:, i', :] (w x w) of equal and adjacent
 rows: |up(x)(y, x)|^2 = A_w[x] (sum_{i, i'} A_h[y, i] A_h[y, i'] R[i, i']) A_w[x]^T, all matmuls
 (``annotator.features.cell_norms``; the feature cache keeps them with its entries).
-Cycle consistency needs the target's fused vectors at the K best cells (gathered through the same
-weights) against every reference cell: the same decomposition on the reference's layers, built
-once per reference. Hard argmax, soft-argmax, cycle, confidence and the flip choice are
-``annotator.matching.transfer``'s own code (``transfer_with``, ``match_similarity``).
+Cycle consistency needs the target's fused vectors at the K best cells (gathered from their at
+most four bilinear taps) against every reference cell: the same decomposition on the
+reference's layers, built once per reference. Hard argmax, soft-argmax, cycle, confidence and
+the flip choice are ``annotator.matching.transfer``'s own code (``transfer_with``,
+``match_similarity``).
 
-Results equal ``transfer(fuse(...), fuse(...))`` up to float32 rounding (different summation
-order); an argmax can only differ where two cells' similarities tie to within ~1e-6.
+Layers are read as (h * w, C) rows (the feature cache stores them channel-last) and every product is
+a float32 1x1 convolution (``rows_similarity``). Results equal ``transfer(fuse(...), fuse(...))`` up
+to float32 rounding (different summation order); an argmax can only differ where two cells'
+similarities tie to within ~1e-6.
 """
 
 from __future__ import annotations
@@ -60,31 +63,21 @@ def supports(fusion: str) -> bool:
     return fusion in HALVES
 
 
-#: columns of a half-precision layer converted to float32 per GEMM in ``_Layer.similarity``
-#: (a few hundred KB that stay in the CPU cache, instead of a float32 copy of the whole layer)
-CHUNK_COLUMNS = 512
-
-
-def matmul_columns(q: torch.Tensor, flat: torch.Tensor, chunk: int = CHUNK_COLUMNS
-                   ) -> torch.Tensor:
-    """(Q, C) float32 @ (C, N) -> (Q, N) float32. A float32 ``flat`` is one GEMM; a float16 or
-    bfloat16 one is converted ``chunk`` columns at a time into a reused float32 buffer, each
-    column block multiplied while it is in the cache (same products, each output element is a
-    full-length dot product: no change of the summation over C)."""
-    if q.ndim != 2 or flat.ndim != 2 or q.shape[1] != flat.shape[0]:
-        raise ValueError(f"shapes {tuple(q.shape)} @ {tuple(flat.shape)} do not match")
-    q = q.float()
-    if flat.dtype == torch.float32:
-        return q @ flat
-    c, n = flat.shape
-    out = torch.empty(q.shape[0], n, dtype=torch.float32)
-    buf = torch.empty(c, min(n, chunk), dtype=torch.float32)
-    for j in range(0, n, chunk):
-        w = min(chunk, n - j)
-        b = buf[:, :w]
-        b.copy_(flat[:, j:j + w])
-        torch.matmul(q, b, out=out[:, j:j + w])
-    return out
+def rows_similarity(q: torch.Tensor, rows: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(Q, C) queries against the (h * w, C) rows of a channel-last layer -> (Q, h * w) float32
+    dot products, as a 1x1 convolution: PyTorch's CPU matmul goes to MKL, whose kernels run at
+    about two thirds of oneDNN's on AMD CPUs; oneDNN's convolution on a channel-last input is the
+    fastest float32 product here (2.3x MKL for 30 queries, 1.5x for 240; measured in
+    BENCHMARKS.md). Half-precision rows are converted to float32 first (a contiguous pass)."""
+    if q.ndim != 2 or rows.ndim != 2 or q.shape[1] != rows.shape[1] or rows.shape[0] != h * w:
+        raise ValueError(f"queries {tuple(q.shape)} do not match rows {tuple(rows.shape)} of a "
+                         f"{h}x{w} layer")
+    r = rows if rows.dtype == torch.float32 else rows.float()
+    if not r.is_contiguous():
+        r = r.contiguous()
+    x = r.view(1, h, w, r.shape[1]).permute(0, 3, 1, 2)  # (1, C, h, w), channels-last strides
+    out = F.conv2d(x, q.float()[:, :, None, None])  # (1, Q, h, w)
+    return out.reshape(q.shape[0], h * w)
 
 
 @lru_cache(maxsize=32)
@@ -103,8 +96,9 @@ def _tap_table(n: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class _Layer:
     """One raw layer (C, h, w) as a part of a G x G descriptor (bilinear resize when h, w != G).
 
-    The layer is kept in its stored precision (the cache's float16): products are float32
-    (``matmul_columns``), vectors are gathered and converted where they are used."""
+    The layer is used as its (h * w, C) rows: a view of the feature cache's channel-last layers
+    (any other layout is copied once). Products are float32 (``rows_similarity``); the rows are
+    converted to float32 once, on first use."""
 
     def __init__(self, x: torch.Tensor, grid: int, norm2: torch.Tensor | None = None) -> None:
         if x.ndim != 3:
@@ -115,11 +109,19 @@ class _Layer:
         self.c, self.h, self.w = self.x.shape
         self.g = grid
         self.same = self.h == grid and self.w == grid
-        self.flat = self.x.reshape(self.c, -1)  # (C, h*w)
+        self.rows = x.permute(1, 2, 0).reshape(self.h * self.w, self.c)  # (h*w, C)
+        self._rows32: torch.Tensor | None = None
         self._norm2 = norm2  # stored norms (FeatureMaps.norms), else computed on demand
         if not self.same:
             self.ah = interp_matrix(self.h, grid)  # (G, h)
             self.aw = interp_matrix(self.w, grid)  # (G, w)
+
+    def rows32(self) -> torch.Tensor:
+        """(h*w, C) float32 contiguous rows (converted once)."""
+        if self._rows32 is None:
+            r = self.rows.float()
+            self._rows32 = r if r.is_contiguous() else r.contiguous()
+        return self._rows32
 
     def norm2(self) -> torch.Tensor:
         """(G*G,) squared norms of the resized layer per cell (annotator.features.cell_norms)."""
@@ -129,17 +131,18 @@ class _Layer:
 
     def similarity(self, q: torch.Tensor) -> torch.Tensor:
         """(Q, C) queries -> (Q, G*G) dot products with the resized layer."""
-        m = matmul_columns(q, self.flat)  # (Q, h*w)
+        m = rows_similarity(q, self.rows32(), self.h, self.w)  # (Q, h*w)
         if self.same:
             return m
-        m = F.interpolate(m.reshape(1, -1, self.h, self.w), size=(self.g, self.g),
-                          mode="bilinear", align_corners=False)[0]
-        return m.reshape(q.shape[0], -1)
+        # bilinear resize of the (Q, h, w) maps with PyTorch's own weights as two matmuls
+        # (A_h m A_w^T; 2-3x faster than F.interpolate here, equal to float32 rounding)
+        nq = q.shape[0]
+        t = (m.reshape(nq * self.h, self.w) @ self.aw.T).reshape(nq, self.h, self.g)
+        return torch.matmul(self.ah, t).reshape(nq, -1)
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:
         """(K,) flat cells -> (K, C) float32 resized layer vectors there, from the (at most
-        four) bilinear taps of each cell (numpy gathers: a few hundred columns of a (C, h*w)
-        layer are a strided read that numpy does several times faster than torch here)."""
+        four) bilinear taps of each cell (row gathers)."""
         cells = idx.numpy()
         if not self.same:
             g, w, k = self.g, self.w, len(cells)
@@ -150,13 +153,10 @@ class _Layer:
             cells = np.concatenate([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
             wts = np.stack([ty[1][iy] * tx[1][ix], ty[1][iy] * tx[2][ix],
                             ty[2][iy] * tx[1][ix], ty[2][iy] * tx[2][ix]])  # (4, K) float32
-        if self.flat.dtype == torch.bfloat16:  # no numpy dtype: torch's gather
-            v = self.flat.index_select(1, torch.from_numpy(cells)).float()
-        else:  # numpy gathers, torch converts (numpy's float16 conversion is slow)
-            v = torch.from_numpy(self.flat.numpy()[:, cells]).float()
+        v = self.rows32().index_select(0, torch.from_numpy(cells))  # (K or 4K, C)
         if not self.same:
-            v = torch.einsum("ctk,tk->ck", v.reshape(self.c, 4, k), torch.from_numpy(wts))
-        return v.T.contiguous()
+            v = torch.einsum("tkc,tk->kc", v.reshape(4, k, self.c), torch.from_numpy(wts))
+        return v
 
 
 class PartsDescriptor:
