@@ -227,3 +227,15 @@ def test_count_flops_counts_cpu_attention():
     with count_flops() as fc:  # and matmuls are still counted as before
         q @ k.transpose(-1, -2)
     assert fc.get_total_flops() == 2 * 3 * 2 * 50 * 70 * 16
+
+
+def test_peak_is_the_better_of_blas_and_the_convolution_kernel():
+    from annotator.jobs.bench_util import matmul_peak
+
+    p = matmul_peak("cpu", torch.float32, 64, seconds=0.2)
+    assert p["matmul_flops_per_s"] > 0 and p["conv1x1_flops_per_s"] > 0
+    assert p["flops_per_s"] == max(p["matmul_flops_per_s"], p["conv1x1_flops_per_s"])
+    assert p["kernel"] == ("conv1x1" if p["conv1x1_flops_per_s"] > p["matmul_flops_per_s"]
+                           else "matmul")
+    odd = matmul_peak("cpu", torch.float32, 60, seconds=0.1)  # not a square pixel count
+    assert odd["conv1x1_flops_per_s"] == 0 and odd["kernel"] == "matmul"

@@ -672,7 +672,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
     peak = matmul_peak(device, peak_dtype, opts.peak_size, opts.peak_seconds)
     result["peak"] = peak
     say(f"matmul peak ({peak['dtype']}, {peak['size']}): {peak['flops_per_s'] / 1e12:.3f} "
-        f"TFLOP/s")
+        f"TFLOP/s ({peak['kernel']}; torch.matmul {peak['matmul_flops_per_s'] / 1e12:.3f}, "
+        f"1x1 convolution {peak['conv1x1_flops_per_s'] / 1e12:.3f})")
     t = time.perf_counter()
     sd, dino = build_components(opts.configs, "cpu")
     result["model_build_seconds"] = time.perf_counter() - t
