@@ -370,9 +370,8 @@ class Engine:
         from annotator.matching.transfer import combine
         from annotator.matching.transfer_parts import PartsDescriptor
 
-        def load(target: np.ndarray) -> tuple[Any, Any]:
-            maps = self.features(target)  # only this thread uses the cache meanwhile
-            return PartsDescriptor(fusion, maps.layers, maps.grid, maps.norms), maps.letterbox
+        def load(target: np.ndarray) -> Any:
+            return self.features(target)  # only this thread uses the cache meanwhile
 
         pf = tb.Prefetch(targets, load, depth)
         try:
@@ -386,8 +385,8 @@ class Engine:
                     except Exception as exc:  # raised after the targets before it
                         error = exc
                         break
-                descs = [d for d, _ in batch]
-                lbs = [lb for _, lb in batch]
+                descs = [PartsDescriptor(fusion, m.layers, m.grid, m.norms) for m in batch]
+                lbs = [m.letterbox for m in batch]
                 per_ref = [tb.transfer_parts_batch(rp, descs, p, m.letterbox, lbs,
                                                    self.match_params, v, fp, perm)
                            for (m, p, v, _, perm), (rp, fp) in zip(refs, ref_parts)]
