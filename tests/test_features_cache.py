@@ -215,3 +215,25 @@ def test_transfer_with_stored_norms_equals_computed_norms(tmp_path):
                              tgt.letterbox)
     for name in ("points", "similarity", "cycle_error", "confidence"):
         np.testing.assert_array_equal(getattr(with_norms, name), getattr(without, name))
+
+
+@pytest.mark.parametrize("hwc", ['["s5", "s5"]', '["nope"]', '[3]', '"s5"', '{"a": 1}'])
+def test_malformed_channel_last_list_is_refused_even_with_a_matching_checksum(tmp_path, hwc):
+    """A forged or damaged "hwc" list (duplicates, unknown or non-string names, not a list) is
+    refused although its checksum was recomputed to match: never used as layers."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import annotator.features.cache as cache_mod
+
+    key = "9a" * 32
+    cache = FeatureCache(tmp_path / "c", memory_bytes=0)
+    cache.put(key, _paper_like_maps(4))
+    path = cache._path(key)
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["hwc"] = hwc
+    meta["checksum"] = cache_mod._checksum(tensors, meta["grid"], meta["letterbox"], "3", hwc)
+    save_file(tensors, str(path), metadata=meta)
+    assert FeatureCache(tmp_path / "c", memory_bytes=0).get(key) is None

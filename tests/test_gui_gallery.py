@@ -233,3 +233,26 @@ def test_live_refresh_moves_changed_images_where_a_full_sort_puts_them(
     assert len(full_calls) == 1
     assert [model.path_at(i) for i in range(model.rowCount())] == real()[0]
     loader.stop()
+
+
+def test_live_refresh_under_the_unreadable_filter_sees_thumbnail_failures(qtbot, tmp_path):  # noqa: ANN001
+    """A thumbnail failure is not an edit: under "Unreadable" a live refresh after an edit of
+    another image still shows the newly unreadable image (a full re-sort there). Found by review."""
+    from annotator.gui.gallery import GalleryModel
+
+    project = big_project(tmp_path, 20)
+    loader = ThumbnailLoader()
+    model = GalleryModel(loader)
+    model.set_project(project)
+    model.set_filter(GalleryFilter.UNREADABLE)
+    assert model.rowCount() == 0
+    paths = [r.path for r in project.images]
+    loader.mark_unreadable(paths[3], "broken")
+    project.set_status(paths[7], ImageStatus.REVIEWED)
+    model.images_changed({paths[7]})
+    model.refresh(model.take_stale())
+    assert [model.path_at(i) for i in range(model.rowCount())] == [paths[3]]
+    model.set_filter(GalleryFilter.ALL)
+    model.refresh([paths[7], paths[7]])  # the same image twice is one change
+    assert model.rowCount() == 20
+    loader.stop()

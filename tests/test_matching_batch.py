@@ -60,6 +60,7 @@ def test_rows_similarity_is_the_matmul_of_the_rows(h, w, dtype):
     got = rows_similarity(q, rows, h, w)
     assert got.dtype == torch.float32 and got.shape == (7, h * w)
     torch.testing.assert_close(got, q @ layer.float().reshape(33, -1), atol=2e-5, rtol=1e-5)
+    assert rows_similarity(q[:0], rows, h, w).shape == (0, h * w)  # no queries: empty
     with pytest.raises(ValueError, match="do not match"):
         rows_similarity(q[:, :32], rows, h, w)
     with pytest.raises(ValueError, match="do not match"):

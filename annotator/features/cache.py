@@ -227,8 +227,9 @@ class FeatureCache:
                     raise ValueError("checksum mismatch")
             lb = Letterbox(**json.loads(meta["letterbox"]))
             hwc = json.loads(meta["hwc"]) if "hwc" in meta else []
-            if not isinstance(hwc, list) or any(k not in tensors or tensors[k].ndim != 3
-                                                for k in hwc):
+            if (not isinstance(hwc, list) or len(set(map(str, hwc))) != len(hwc)
+                    or any(not isinstance(k, str) or k not in tensors or tensors[k].ndim != 3
+                           for k in hwc)):
                 raise ValueError("bad channel-last layer list")
             for k in hwc:  # stored (h, w, C): the (C, h, w) channel-last view
                 tensors[k] = tensors[k].permute(2, 0, 1)

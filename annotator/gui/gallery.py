@@ -158,8 +158,10 @@ class GalleryModel(QAbstractListModel):
         not, the rows are only repainted). With ``changed`` (the images edited since the last
         refresh), only those are moved into place when there are few of them; the result is
         the same as a full re-sort."""
-        if changed is not None and self._can_update(changed):
-            return self._update(changed)
+        if changed is not None:
+            changed = set(changed)
+            if self._can_update(changed):
+                return self._update(changed)
         self._stale = set()
         rows, keys, index_of = self._compute_rows()
         self._keys, self._index_of = keys, index_of
@@ -178,7 +180,9 @@ class GalleryModel(QAbstractListModel):
 
     def _can_update(self, changed: Collection[str]) -> bool:
         p = self._project
-        return (p is not None and len(changed) <= INCREMENTAL_MAX
+        # "Unreadable" also depends on thumbnail failures, which are not edits: always in full
+        return (p is not None and self.filter != GalleryFilter.UNREADABLE
+                and len(changed) <= INCREMENTAL_MAX
                 and len(p.images) == len(self._index_of)
                 and all(path in self._index_of for path in changed))
 

@@ -72,6 +72,8 @@ def rows_similarity(q: torch.Tensor, rows: torch.Tensor, h: int, w: int) -> torc
     if q.ndim != 2 or rows.ndim != 2 or q.shape[1] != rows.shape[1] or rows.shape[0] != h * w:
         raise ValueError(f"queries {tuple(q.shape)} do not match rows {tuple(rows.shape)} of a "
                          f"{h}x{w} layer")
+    if q.shape[0] == 0:
+        return torch.zeros(0, h * w, dtype=torch.float32)
     r = rows if rows.dtype == torch.float32 else rows.float()
     if not r.is_contiguous():
         r = r.contiguous()
