@@ -163,9 +163,8 @@ class GalleryModel(QAbstractListModel):
             if self._can_update(changed):
                 return self._update(changed)
         self._stale = set()
-        rows, keys, index_of = self._compute_rows()
-        self._keys, self._index_of = keys, index_of
-        self._key_of = dict(zip(rows, keys))
+        rows, self._keys = self._compute_rows()
+        self._key_of = dict(zip(rows, self._keys))
         return self._show(rows, frozenset())
 
     def _show(self, rows: list[str], changed: Collection[str]) -> bool:
@@ -227,17 +226,18 @@ class GalleryModel(QAbstractListModel):
         self._worst_cache[path] = (ann, conf)
         return conf
 
-    def _compute_rows(self) -> tuple[list[str], list[tuple], dict[str, int]]:
-        """(rows, their sort keys, project index of every image) after filter and sort."""
+    def _compute_rows(self) -> tuple[list[str], list[tuple]]:
+        """(rows, their sort keys) after filter and sort; records the project order the keys
+        were computed for (``_index_of``)."""
         p = self._project
+        self._index_of = {} if p is None else {r.path: i for i, r in enumerate(p.images)}
         if p is None:
-            return [], [], {}
-        self._index_of = index_of = {r.path: i for i, r in enumerate(p.images)}
+            return [], []
         rows = [r.path for r in p.images]
         if self.filter != GalleryFilter.ALL:
             rows = [path for path in rows if self._keep(path)]
         keyed = sorted((self._key(path), path) for path in rows)
-        return [path for _, path in keyed], [k for k, _ in keyed], index_of
+        return [path for _, path in keyed], [k for k, _ in keyed]
 
     def images_changed(self, paths: set[str] | frozenset[str], live: bool = True) -> None:
         """Repaint the rows of ``paths`` (all rows when empty); with ``live``, say that the
