@@ -24,11 +24,19 @@ EMPTY_ANNOTATION = ImageAnnotation()
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of the project; ``path`` is relative to the image root (POSIX)."""
+    """One image of the project; ``path`` is relative to the image root (POSIX).
+
+    A frame of a video has ``video`` (its path relative to the image root, or absolute),
+    ``frame`` (0-based index) and ``time_s`` (timestamp); its ``path`` is then a synthetic
+    name such as ``<video stem>/img0123.png`` (what a DeepLabCut export writes), decoded on
+    demand rather than read from disk."""
 
     path: str
     width: int | None = None
     height: int | None = None
+    video: str | None = None
+    frame: int | None = None
+    time_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_relpath(self.path))
@@ -36,6 +44,17 @@ class ImageRecord:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"image {self.path!r}: {name} {value!r} must be a positive int")
+        if (self.video is None) != (self.frame is None):
+            raise ValueError(f"image {self.path!r}: a video frame needs both video and frame")
+        if self.video is not None and (not isinstance(self.video, str) or not self.video):
+            raise ValueError(f"image {self.path!r}: video {self.video!r} must be a path")
+        f = self.frame
+        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f < 0):
+            raise ValueError(f"image {self.path!r}: frame {f!r} must be an int >= 0")
+        t = self.time_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                              or not math.isfinite(t) or t < 0):
+            raise ValueError(f"image {self.path!r}: time {t!r} must be a finite number >= 0")
 
 
 @dataclass(frozen=True)

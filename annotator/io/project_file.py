@@ -99,6 +99,18 @@ def encode_schema(s: KeypointSchema) -> dict[str, Any]:
     }
 
 
+def encode_image(r: ImageRecord) -> dict[str, Any]:
+    """The JSON form of one image record (video fields only for video frames)."""
+    out: dict[str, Any] = {"path": r.path}
+    if r.width:
+        out.update(width=r.width, height=r.height)
+    if r.video is not None:
+        out.update(video=r.video, frame=r.frame)
+        if r.time_s is not None:
+            out["time_s"] = r.time_s
+    return out
+
+
 def project_to_dict(project: Project | ProjectSnapshot) -> dict[str, Any]:
     """The JSON-ready document for ``project`` (or a :class:`ProjectSnapshot`)."""
     annotations = {path: encode_annotation(ann) for path, ann in project.annotations().items()}
@@ -108,10 +120,7 @@ def project_to_dict(project: Project | ProjectSnapshot) -> dict[str, Any]:
         "image_root": project.image_root,
         "schema": encode_schema(project.schema),
         "settings": dataclasses.asdict(project.settings),
-        "images": [
-            {"path": r.path, **({"width": r.width, "height": r.height} if r.width else {})}
-            for r in project.images
-        ],
+        "images": [encode_image(r) for r in project.images],
         "annotations": annotations,
     }
 
@@ -211,7 +220,8 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
         for n, i in enumerate(_kind(doc["images"], list, "images")):
             i = _kind(i, dict, f"images[{n}]")
             images.append(ImageRecord(_kind(i["path"], str, f"images[{n}].path"),
-                                      i.get("width"), i.get("height")))
+                                      i.get("width"), i.get("height"), i.get("video"),
+                                      i.get("frame"), i.get("time_s")))
         annotations = {}
         for path, a in _kind(doc.get("annotations", {}), dict, "annotations").items():
             a = _kind(a, dict, f"annotation of {path!r}")
@@ -240,7 +250,12 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
             status = _kind(a["status"], str, f"annotation of {path!r}: status")
             annotations[path] = ImageAnnotation(tuple(instances), ImageStatus(status))
         root = _kind(doc["image_root"], str, "image_root")
-        return Project(root, images, schema, annotations, settings)
+        project = Project(root, images, schema, annotations, settings)
+        if any(r.video is not None for r in images):  # frames decoded from their videos
+            from annotator.io.video import register_project
+
+            register_project(project)
+        return project
     except ProjectFileError as exc:
         msg = str(exc)
         raise ProjectFileError(msg if msg.startswith(source) else f"{source}: {msg}") from None
@@ -406,8 +421,7 @@ def document_text(project: Project | ProjectSnapshot, image_root: str | None = N
     parts.append('"images": [\n')
     last = len(images) - 1
     for i, r in enumerate(images):
-        rec = {"path": r.path, **({"width": r.width, "height": r.height} if r.width else {})}
-        parts.append(_dump(rec) + (",\n" if i < last else "\n"))
+        parts.append(_dump(encode_image(r)) + (",\n" if i < last else "\n"))
         if i % 64 == 63:
             pause()
     parts.append('],\n"annotations": {\n')
