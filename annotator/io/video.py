@@ -126,7 +126,8 @@ class VideoReader:
     def read_bgr(self, index: int) -> np.ndarray:
         """Frame ``index`` as OpenCV's BGR uint8 (H, W, 3)."""
         if isinstance(index, bool) or not 0 <= int(index) < self.info.n_frames:
-            raise VideoError(f"video {self.path}: frame {index} outside 0..{self.info.n_frames - 1}")
+            raise VideoError(f"video {self.path}: frame {index} outside "
+                             f"0..{self.info.n_frames - 1}")
         index = int(index)
         self._seek(index)
         ok, frame = self._cap.read()

@@ -1,0 +1,111 @@
+"""``annotator video``: projects from videos (frames picked uniformly or by k-means) and
+video facts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("video", help="projects from videos: pick the frames worth labelling",
+                       description="Video recordings as a source of images. Frames are "
+                       "decoded from the video on demand (nothing is extracted until export).")
+    vsub = p.add_subparsers(dest="video_command", metavar="ACTION")
+    f = vsub.add_parser(
+        "frames", help="pick frames of one or more videos into a project",
+        description="Picks --n frames of each video (k-means on grey thumbnails of a "
+        "subsample, as DeepLabCut's kmeans extraction, or uniformly spaced) and writes a "
+        "project file listing them, or adds them to an existing one with --add.")
+    f.add_argument("videos", nargs="+", type=Path, help="video file(s)")
+    f.add_argument("--pick", choices=("kmeans", "uniform"), default="kmeans")
+    f.add_argument("--n", type=int, default=50, help="frames per video (default 50)")
+    f.add_argument("--out", type=Path, required=True, help="project file (.kpproj.json)")
+    f.add_argument("--add", action="store_true",
+                   help="add the frames to the existing project --out")
+    f.add_argument("--schema", default="quadruped",
+                   help="keypoint schema: a template name or a JSON file of the template "
+                        "format (default: quadruped)")
+    f.add_argument("--max-samples", type=int, default=1000,
+                   help="kmeans: frames sampled per video for clustering (default 1000)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--start", type=int, default=0, help="first frame considered")
+    f.add_argument("--stop", type=int, default=None, help="frame after the last considered")
+    f.set_defaults(func=run_frames)
+    i = vsub.add_parser("info", help="frame count, rate and size of videos")
+    i.add_argument("videos", nargs="+", type=Path)
+    i.set_defaults(func=run_info)
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+
+def _schema(text: str):  # noqa: ANN202
+    from annotator.io.templates import load_template
+
+    path = Path(text)
+    if path.suffix.lower() == ".json" or path.is_file():
+        return load_template(path.stem, path.parent)
+    return load_template(text)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from annotator.io.video import VideoError, probe
+
+    rc = 0
+    for v in args.videos:
+        try:
+            info = probe(v)
+        except VideoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            rc = 2
+            continue
+        print(f"{v}: {info.n_frames} frames, {info.fps:.3f} fps, {info.width} x {info.height}")
+    return rc
+
+
+def run_frames(args: argparse.Namespace) -> int:
+    from annotator.domain.schema import SchemaError
+    from annotator.io.project_file import (
+        PROJECT_SUFFIX,
+        ProjectFileError,
+        load_project,
+        save_project,
+    )
+    from annotator.io.video import VideoError, add_video_frames, new_video_project
+    from annotator.jobs.frame_pick import pick_frames
+
+    if not args.out.name.endswith(PROJECT_SUFFIX):
+        print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX}",
+              file=sys.stderr)
+        return 2
+    if args.add != args.out.exists():
+        print(f"error: {args.out} " + ("does not exist (leave out --add to create it)"
+                                       if args.add else "exists; choose a new file name or "
+                                       "pass --add"), file=sys.stderr)
+        return 2
+    if args.n < 1:
+        print("error: --n must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        project = load_project(args.out) if args.add else None
+        schema = project.schema if project is not None else _schema(args.schema)
+        picked = []
+        for video in args.videos:
+            t0 = time.perf_counter()
+            frames = pick_frames(video, args.n, args.pick, args.max_samples, args.seed,
+                                 args.start, args.stop)
+            print(f"{video}: {len(frames)} frame(s) picked by {args.pick} in "
+                  f"{time.perf_counter() - t0:.1f} s")
+            picked.append((video, frames))
+        if project is None:
+            project = new_video_project(picked, schema)
+        else:
+            for video, frames in picked:
+                add_video_frames(project, video, frames)
+        save_project(project, args.out)
+    except (VideoError, SchemaError, ProjectFileError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(project)} frame(s) from {len(args.videos)} video(s)")
+    return 0
