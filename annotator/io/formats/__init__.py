@@ -125,8 +125,9 @@ def import_dataset(
         return read_dlc(path)
     if fmt == "sleap":
         from annotator.io.formats.sleap import read_sleap
+        from annotator.io.video_formats import is_video_slp, read_sleap_video
 
-        return read_sleap(path)
+        return read_sleap_video(path) if is_video_slp(path) else read_sleap(path)
     if fmt == "label-studio":
         from annotator.io.formats.label_studio import read_label_studio
 
@@ -139,6 +140,10 @@ def export_project(
 ) -> ExportReport:
     """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
     out = Path(out)
+    if any(r.video is not None for r in project.images):  # frames decoded on export
+        from annotator.io.video_formats import export_video_project
+
+        return export_video_project(project, fmt, out, options)
     if fmt == "coco":
         from annotator.io.coco import ExportChoice, ExportScope, write_coco
 

@@ -1,0 +1,346 @@
+"""Exports and imports of video projects, around :mod:`annotator.io.formats`.
+
+The format writers copy image files; a video frame has none until it is exported. So
+:func:`materialized` decodes the exported frames into PNG files at their listed paths
+(``<video stem>/img<frame>.png``) and hands the writers a plain project over them:
+
+- DeepLabCut: ``labeled-data/<video stem>/img<frame>.png`` and ``CollectedData_*.csv``
+  (plus ``.h5`` when PyTables is installed), with the real video in ``video_sets``;
+- SLEAP: video-backed labels (each labelled frame refers to its video and frame index;
+  nothing extracted), read back by :func:`read_sleap_video` into a video project;
+- COCO and Label Studio: the frames are written beside the output file at their listed
+  paths (the output's ``file_name`` / image paths are relative to its folder);
+- YOLO pose: frames copied into the dataset as the writer does for images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from annotator.domain.annotation import ImageAnnotation, Instance, Keypoint, Origin, Visibility
+from annotator.domain.project import ImageRecord, Project
+from annotator.domain.schema import KeypointSchema, SchemaError
+from annotator.io.formats._common import (
+    DEFAULT_EXPORT,
+    ExportOptions,
+    ExportReport,
+    FormatError,
+    exported_statuses,
+    imported_status,
+    require_sleap_io,
+    require_yaml,
+    staged_file,
+)
+from annotator.io.images import resolve_image_path
+from annotator.io.video import (
+    VideoError,
+    VideoInfo,
+    extract_frames,
+    frame_name,
+    probe,
+    register_project,
+    video_path,
+)
+
+log = logging.getLogger(__name__)
+
+
+def has_video(project: Project) -> bool:
+    return any(r.video is not None for r in project.images)
+
+
+def _exported_records(project: Project, options: ExportOptions) -> list[ImageRecord]:
+    wanted = exported_statuses(options)
+    return [r for r in project.images if project.annotation(r.path).status in wanted]
+
+
+def _plain_project(project: Project, root: Path, records: list[ImageRecord]) -> Project:
+    anns = project.annotations()
+    plain = [ImageRecord(r.path, r.width, r.height) for r in records]
+    return Project(str(root), plain, project.schema,
+                   {r.path: anns[r.path] for r in records if r.path in anns}, project.settings)
+
+
+@contextmanager
+def materialized(project: Project, options: ExportOptions = DEFAULT_EXPORT,
+                 root: Path | None = None) -> Iterator[Project]:
+    """A plain project over the images an export writes, video frames decoded to PNG files
+    at their listed paths under ``root`` (default: a temporary folder, removed afterwards;
+    other images are linked there). Errors name the video."""
+    records = _exported_records(project, options)
+    temporary = root is None
+    base = Path(tempfile.mkdtemp(prefix="annotator-frames-")) if root is None else Path(root)
+    try:
+        try:
+            extract_frames(project.image_root, records, base)
+        except VideoError as exc:
+            raise FormatError(f"cannot export video frames: {exc}") from None
+        for r in records:
+            if r.video is None:
+                target = base / r.path
+                if temporary:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(resolve_image_path(project.image_root, r.path), target)
+                elif not target.exists():
+                    raise FormatError(f"image {r.path!r} is not under {base}; export the "
+                                      "video frames and the images separately")
+        yield _plain_project(project, base, records)
+    finally:
+        if temporary:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _videos(project: Project) -> dict[str, str]:
+    """Video stem -> absolute video path, for the project's videos."""
+    return {Path(r.video).stem: str(video_path(project.image_root, r.video))
+            for r in project.images if r.video is not None}
+
+
+def write_dlc_video(project: Project, out: str | Path,
+                    options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
+    """A DeepLabCut project from a video project: ``labeled-data/<video stem>/imgNNNN.png``
+    (frame numbers in the names), ``CollectedData`` CSV (and H5 with PyTables) and the real
+    videos in ``config.yaml``'s ``video_sets``."""
+    from annotator.io.formats.dlc import write_dlc
+
+    out = Path(out)
+    with materialized(project, options) as plain:
+        report = write_dlc(plain, out, options)
+    yaml = require_yaml()
+    config_path = out / "config.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    videos = _videos(project)
+    sizes = {Path(r.video).stem: (r.width, r.height) for r in project.images
+             if r.video is not None and r.width}
+    sets: dict[str, Any] = {}
+    for key, value in (config.get("video_sets") or {}).items():
+        stem = Path(key).stem
+        if stem in videos:
+            w, h = sizes.get(stem, (None, None))
+            sets[videos[stem]] = {"crop": f"0, {w}, 0, {h}"} if w else value
+        else:
+            sets[key] = value
+    config["video_sets"] = sets
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True,
+                                          default_flow_style=None), encoding="utf-8")
+    notes = list(report.notes)
+    written = write_dlc_h5(out)
+    if not written:
+        notes.append("no CollectedData .h5 written (needs PyTables); "
+                     "deeplabcut.convertcsv2h5 makes it")
+    return replace(report, notes=tuple(notes))
+
+
+def write_dlc_h5(out: Path) -> list[Path]:
+    """``CollectedData_*.h5`` beside each CSV of a DLC export, as DeepLabCut writes them
+    (key ``df_with_missing``); nothing when pandas or PyTables is missing."""
+    try:
+        import pandas as pd
+        import tables  # noqa: F401  (pandas' HDF5 writer)
+    except ImportError:
+        return []
+    written = []
+    for csv_path in sorted(out.glob("labeled-data/*/CollectedData_*.csv")):
+        with open(csv_path, encoding="utf-8") as f:
+            n_header = 4 if f.readlines()[1].startswith("individuals") else 3
+        df = pd.read_csv(csv_path, header=list(range(n_header)), index_col=[0, 1, 2])
+        h5 = csv_path.with_suffix(".h5")
+        df.to_hdf(h5, key="df_with_missing", mode="w")
+        written.append(h5)
+    return written
+
+
+# ------------------------------------------------------------------- SLEAP
+def _sleap_instance(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
+    labelled = [kp for kp in inst.keypoints if kp.labelled]
+    pts = np.full((len(inst.keypoints), 2), np.nan)
+    for j, kp in enumerate(inst.keypoints):
+        if kp.labelled:
+            pts[j] = (kp.x, kp.y)
+    if labelled and all(kp.origin == Origin.PREDICTED and kp.v == Visibility.VISIBLE
+                        for kp in labelled):
+        scores = np.array([kp.confidence or 0.0 for kp in inst.keypoints], dtype=float)
+        return sio.PredictedInstance.from_numpy(
+            pts, point_scores=scores,
+            score=float(np.mean([kp.confidence or 0.0 for kp in labelled])), skeleton=skeleton)
+    visible = np.array([kp.v == Visibility.VISIBLE for kp in inst.keypoints])
+    return sio.Instance.from_numpy(np.column_stack([pts, visible]), skeleton=skeleton)
+
+
+def write_sleap_video(project: Project, out: str | Path,
+                      options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
+    """A SLEAP labels file whose labelled frames refer to the videos by frame index (other
+    images as one-frame image videos); nothing is extracted."""
+    sio = require_sleap_io()
+    import numpy as np
+
+    out = Path(out)
+    if out.suffix != ".slp":
+        raise FormatError(f"{out}: a SLEAP labels file must end in .slp")
+    schema = project.schema
+    names = list(schema.keypoints)
+    skeleton = sio.Skeleton(nodes=names, edges=[(names[a], names[b]) for a, b in schema.skeleton],
+                            symmetries=[(names[a], names[b]) for a, b in schema.flip_pairs],
+                            name=schema.name)
+    videos: dict[str, Any] = {}
+    frames, n_inst = [], 0
+    for r in _exported_records(project, options):
+        if r.video is not None:
+            key = str(video_path(project.image_root, r.video))
+            if key not in videos:
+                meta = {}
+                infos = [q for q in project.images if q.video == r.video and q.width]
+                try:
+                    n = probe(key).n_frames
+                except VideoError:
+                    n = max(int(q.frame or 0) for q in project.images if q.video == r.video) + 1
+                if infos:
+                    meta = {"shape": (n, infos[0].height, infos[0].width, 3)}
+                videos[key] = sio.Video(filename=key, open_backend=False, backend_metadata=meta)
+            video, idx = videos[key], int(r.frame or 0)
+        else:
+            key = str(resolve_image_path(project.image_root, r.path))
+            video = videos.setdefault(key, sio.Video(filename=key, open_backend=False))
+            idx = 0
+        min_conf = options.min_confidence
+        insts = []
+        for inst in project.annotation(r.path).instances:
+            if min_conf is not None:
+                inst = replace(inst, keypoints=tuple(
+                    Keypoint() if kp.origin == Origin.PREDICTED and kp.labelled
+                    and (kp.confidence is None or kp.confidence < min_conf) else kp
+                    for kp in inst.keypoints))
+            if inst.num_labelled:
+                insts.append(_sleap_instance(sio, np, inst, skeleton))
+        n_inst += len(insts)
+        frames.append(sio.LabeledFrame(video=video, frame_idx=idx, instances=insts))
+    labels = sio.Labels(labeled_frames=frames, videos=list(videos.values()), skeletons=[skeleton])
+    try:
+        with staged_file(out) as stage:
+            sio.save_slp(labels, str(stage), embed=False, verbose=False)
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{out}: cannot be written ({exc})") from None
+    return ExportReport(out, len(frames), n_inst)
+
+
+def _from_sleap_instance(inst: Any, k: int) -> Instance:
+    predicted = type(inst).__name__ == "PredictedInstance"
+    pts = inst.points
+    kps = []
+    for j in range(k):
+        x, y = (float(v) for v in pts["xy"][j])
+        if math.isnan(x) or math.isnan(y):
+            kps.append(Keypoint())
+        elif predicted:
+            score = float(pts["score"][j])
+            kps.append(Keypoint(x, y, Visibility.VISIBLE, Origin.PREDICTED,
+                                min(max(score, 0.0), 1.0) if math.isfinite(score) else None))
+        else:
+            v = Visibility.VISIBLE if bool(pts["visible"][j]) else Visibility.OCCLUDED
+            kps.append(Keypoint(x, y, v))
+    return Instance(tuple(kps))
+
+
+def read_sleap_video(path: str | Path) -> Project:
+    """A video project from a video-backed SLEAP labels file: one image record per labelled
+    (video, frame), decoded on demand; the image root is the folder holding the videos. A
+    missing video still gives the project (its frames then show as unreadable)."""
+    sio = require_sleap_io()
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    try:
+        labels = sio.load_slp(str(path), open_videos=False)
+    except Exception as exc:  # h5py and sleap-io raise many kinds for a bad file
+        raise FormatError(f"{path}: not a readable SLEAP file ({exc})") from None
+    if len(labels.skeletons) != 1:
+        raise FormatError(f"{path}: {len(labels.skeletons)} skeletons; one is supported")
+    sk = labels.skeletons[0]
+    names = [n.name for n in sk.nodes]
+    index = {n: i for i, n in enumerate(names)}
+    try:
+        schema = KeypointSchema(
+            sk.name or "instance", tuple(names),
+            tuple((index[e.source.name], index[e.destination.name]) for e in sk.edges),
+            tuple(tuple(sorted(index[n.name] for n in s.nodes)) for s in sk.symmetries))
+    except SchemaError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    entries = []
+    for lf in labels.labeled_frames:
+        if isinstance(lf.video.filename, list):
+            raise FormatError(f"{path}: image-sequence videos are read by the SLEAP import")
+        video = Path(lf.video.filename)
+        if not video.is_absolute():
+            video = path.parent / video
+        entries.append((Path(os.path.abspath(video)), int(lf.frame_idx), lf))
+    if not entries:
+        raise FormatError(f"{path}: no labelled frames")
+    root = Path(os.path.commonpath([str(v.parent) for v, _, _ in entries]))
+    infos: dict[Path, VideoInfo | None] = {}
+    records, anns = [], {}
+    for video, idx, lf in entries:
+        if video not in infos:
+            try:
+                infos[video] = probe(video)
+            except VideoError as exc:
+                log.warning("%s: %s; its frames show as unreadable", path, exc)
+                infos[video] = None
+        info = infos[video]
+        shape = lf.video.backend_metadata.get("shape")
+        n = info.n_frames if info else int(shape[0]) if shape else idx + 1
+        w, h = (info.width, info.height) if info else \
+            ((int(shape[2]), int(shape[1])) if shape and len(shape) >= 3 else (None, None))
+        rel = video.relative_to(root).as_posix()
+        name = frame_name(video, idx, n)
+        if name in anns:
+            raise FormatError(f"{path}: frame {idx} of {video} is listed twice")
+        time_s = round(info.time_of(idx), 6) if info else None
+        records.append(ImageRecord(name, w, h, video=rel, frame=idx, time_s=time_s))
+        insts = tuple(i for i in (_from_sleap_instance(i, len(names)) for i in lf.instances)
+                      if i.num_labelled)
+        anns[name] = ImageAnnotation(insts, imported_status(insts))
+    order = sorted(range(len(records)), key=lambda i: (records[i].video, records[i].frame))
+    project = Project(str(root), [records[i] for i in order], schema, anns)
+    register_project(project)
+    return project
+
+
+# ---------------------------------------------------------------- dispatch
+def export_video_project(project: Project, fmt: str, out: str | Path,
+                         options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
+    """:func:`annotator.io.formats.export_project` for a project with video frames."""
+    from annotator.io.formats import export_project
+
+    out = Path(out)
+    if fmt == "dlc":
+        return write_dlc_video(project, out, options)
+    if fmt == "sleap":
+        return write_sleap_video(project, out, options)
+    if fmt in ("coco", "label-studio"):  # image paths relative to the output's folder
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with materialized(project, options, root=out.parent) as plain:
+            return export_project(plain, fmt, out, options)
+    with materialized(project, options) as plain:
+        return export_project(plain, fmt, out, options)
+
+
+def is_video_slp(path: str | Path) -> bool:
+    """Whether a SLEAP labels file has labelled frames in video files (not images)."""
+    from annotator.io.video import VIDEO_EXTENSIONS
+
+    sio = require_sleap_io()
+    try:
+        labels = sio.load_slp(str(path), open_videos=False)
+    except Exception:  # the regular reader names the problem
+        return False
+    return any(isinstance(v.filename, str) and Path(v.filename).suffix.lower()
+               in VIDEO_EXTENSIONS for v in labels.videos)
