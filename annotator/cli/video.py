@@ -34,6 +34,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--start", type=int, default=0, help="first frame considered")
     f.add_argument("--stop", type=int, default=None, help="frame after the last considered")
     f.set_defaults(func=run_frames)
+    pr = vsub.add_parser(
+        "propagate", help="predict every frame of a project's videos, chunk by chunk",
+        description="Adds every frame of the project's videos (or --video) to the project and "
+        "predicts the unlabelled ones in time order from the labelled frames, saving the "
+        "project after each chunk: an interrupted run continues where it stopped when run "
+        "again. --nearest K uses, for each frame, only the K references nearest in time.")
+    pr.add_argument("project", type=Path, help="project file (.kpproj.json), updated in place")
+    pr.add_argument("--video", type=Path, action="append", default=None,
+                    help="video to predict (repeatable; default: every video of the project)")
+    pr.add_argument("--nearest", type=int, default=None,
+                    help="references per frame: the K nearest in time (default: all)")
+    pr.add_argument("--chunk", type=int, default=64, help="frames per saved chunk (64)")
+    from annotator.cli.common import add_engine_arguments
+
+    add_engine_arguments(pr)
+    pr.set_defaults(func=run_propagate)
     i = vsub.add_parser("info", help="frame count, rate and size of videos")
     i.add_argument("videos", nargs="+", type=Path)
     i.set_defaults(func=run_info)
@@ -108,4 +124,62 @@ def run_frames(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {len(project)} frame(s) from {len(args.videos)} video(s)")
+    return 0
+
+
+def run_propagate(args: argparse.Namespace) -> int:
+    from annotator.cli.common import engine_from_args, tqdm_task_state
+    from annotator.features.models import ModelLoadError
+    from annotator.io.project_file import ProjectFileError, load_project, save_project
+    from annotator.io.video import VideoError, add_video_frames, video_path
+    from annotator.jobs.progress import Cancelled
+    from annotator.jobs.video_propagate import pending_frames, propagate_frames
+
+    try:
+        project = load_project(args.project)
+        known = {str(video_path(project.image_root, r.video)): r.video
+                 for r in project.images if r.video is not None}
+        videos = [str(v.resolve()) for v in args.video] if args.video else list(known)
+        if not videos:
+            print(f"error: {args.project} has no video frames; pass --video", file=sys.stderr)
+            return 2
+        before = len(project)
+        for v in videos:
+            add_video_frames(project, v)
+        if len(project) != before:
+            save_project(project, args.project)
+    except (ProjectFileError, VideoError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    wanted = {r.video for r in project.images
+              if r.video is not None and str(video_path(project.image_root, r.video)) in videos}
+    targets = [p for p in pending_frames(project) if project.image(p).video in wanted]
+    print(f"{len(targets)} frame(s) to predict, {len(project.reference_paths())} reference(s)")
+    engine = engine_from_args(args, category=project.schema.name)
+    bar, state = tqdm_task_state(len(targets), "propagate")
+    failed = 0
+
+    def save(done: int) -> None:
+        save_project(project, args.project)
+
+    try:
+        for pred in propagate_frames(project, engine, state, targets, args.nearest,
+                                     args.chunk, save):
+            failed += bool(pred.error)
+    except ModelLoadError as exc:
+        bar.close()
+        print(f"cannot load the models:\n{exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        bar.close()
+        print(f"interrupted; predictions so far saved in {args.project}; run again to "
+              "continue", file=sys.stderr)
+        return 130
+    except ValueError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    print(f"saved {args.project}: {len(targets) - failed} frame(s) predicted, "
+          f"{failed} unreadable")
     return 0
