@@ -281,6 +281,9 @@ class GalleryModel(QAbstractListModel):
             return None
         path = self._rows[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
+            rec = self._project.image(path)
+            if rec.video is not None:  # a video frame: its video and frame number
+                return f"{posixpath.splitext(posixpath.basename(rec.video))[0]} #{rec.frame}"
             return posixpath.basename(path)
         if role == PATH_ROLE:
             return path

@@ -34,6 +34,7 @@ from annotator.gui.recent import add_recent_project
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.thumbnails import ThumbnailLoader
+from annotator.gui.video_actions import VideoSupport
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
@@ -189,6 +190,8 @@ class MainWindow(QMainWindow):
         self.act_import = self._action(m, "&Import COCO...", self.import_coco_dialog)
         self.act_demo = self._action(m, "Open &demo project", self.open_demo)
         self.act_rescan = self._action(m, "&Rescan image folder", self.rescan_images)
+        self.video = VideoSupport(self)
+        self.act_new_video, self.act_add_video = self.video.install(m)
         m.addSeparator()
         self.act_save = self._action(m, "&Save", self.save, (K.Save,))
         self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
@@ -264,6 +267,7 @@ class MainWindow(QMainWindow):
             self.act_replace,
         ]
         self.project_actions.append(self.act_export_as)
+        self.project_actions.append(self.act_add_video)
 
     def _connect(self) -> None:
         w = self.welcome
@@ -973,6 +977,7 @@ class MainWindow(QMainWindow):
         self.loader.stop()
         self.editor.images.stop()
         self.editor.reference_pane.images.stop()
+        self.video.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self._shut_down and not self._saved_or_confirmed():

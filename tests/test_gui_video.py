@@ -1,0 +1,108 @@
+"""The video timeline and the window's video actions (offscreen)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QApplication
+
+from annotator.domain.schema import KeypointSchema
+from annotator.gui.gallery import ERROR_ROLE
+from annotator.io.video import VideoReader
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    make_window,
+    no_thread_leaks,
+    qt_isolated,
+    show_image,
+)
+from tests.video_util import OPENFIELD_VIDEO, write_video
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
+SCHEMA = KeypointSchema("mouse", ("snout", "tail"))
+
+
+def _wait(cond, timeout=10.0):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        QApplication.processEvents()
+        time.sleep(0.002)
+
+
+def test_scrubbing_the_openfield_timeline_never_stalls_the_gui(qtbot):
+    from annotator.gui.video_panel import VideoTimeline
+
+    timeline = VideoTimeline(max_side=320)
+    qtbot.addWidget(timeline)
+    timeline.show()
+    assert timeline.set_video(str(OPENFIELD_VIDEO), 0)
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 2330, 150).tolist() + list(range(1200, 1260))
+    gaps, last = [], [time.perf_counter()]
+
+    def beat() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    heart = QTimer()
+    heart.setInterval(5)
+    heart.timeout.connect(beat)
+    scrub = QTimer()
+    scrub.setInterval(8)
+    scrub.timeout.connect(lambda: timeline.slider.setValue(targets.pop(0)) if targets else None)
+    heart.start()
+    scrub.start()
+    _wait(lambda: not targets, timeout=30)
+    timeline.slider.setValue(1234)
+    _wait(lambda: timeline.shown == (str(OPENFIELD_VIDEO), 1234), timeout=10)
+    heart.stop()
+    scrub.stop()
+    worst = max(gaps[1:])
+    assert worst < 0.050, f"GUI stalled {worst * 1000:.0f} ms while scrubbing"
+    assert 0 < timeline.decoder.decoded < 212  # stale requests were dropped, not queued
+    with VideoReader(OPENFIELD_VIDEO) as reader:
+        truth = reader.read(1234)
+    shown = timeline.preview.pixmap().toImage()
+    assert (shown.width(), shown.height()) == (320, 240)
+    px = shown.pixelColor(160, 120)
+    import cv2
+
+    small = cv2.resize(truth, (320, 240), interpolation=cv2.INTER_AREA)
+    assert np.abs(np.array([px.red(), px.green(), px.blue()]) - small[120, 160]).max() <= 1
+    timeline.shutdown()
+
+
+def test_window_video_project_timeline_and_missing_video(qtbot, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", n=40)
+    window = make_window(qtbot)
+    path = str(tmp_path / "clip.kpproj.json")
+    assert window.video.create_project([str(clip)], SCHEMA, path, n=4, method="uniform")
+    project = window.project
+    assert [r.frame for r in project.images] == [0, 13, 26, 39]
+    model = window.editor.gallery.model
+    names = [model.data(model.index(row, 0), Qt.ItemDataRole.DisplayRole)
+             for row in range(model.rowCount())]
+    assert sorted(names) == ["clip #0", "clip #13", "clip #26", "clip #39"]
+    show_image(window, "clip/img26.png")
+    timeline = window.video.timeline
+    assert window.video.dock.isVisible()
+    assert timeline.slider.value() == 26 and timeline.slider.maximum() == 39
+    _wait(lambda: timeline.shown == (str(clip.resolve()), 26))
+    timeline.slider.setValue(30)
+    added = window.video.add_frame(str(clip), 30)
+    assert added == "clip/img30.png" and project.image(added).frame == 30
+    window.save()
+    window.close_project()
+    clip.rename(tmp_path / "moved.mp4")
+    reopened = window.open_project(path)
+    assert reopened is not None and len(reopened) == 5  # the project still opens
+    show_image(window, "clip/img13.png")
+    _wait(lambda: model.data(model.index(model.row_of("clip/img13.png"), 0), ERROR_ROLE))
+    assert "clip.mp4: file not found" in model.data(model.index(model.row_of("clip/img13.png"),
+                                                                0), ERROR_ROLE)
+    assert "clip.mp4: file not found" in window.video.timeline.preview.text()
+    assert window.video.timeline.label.text() == "video unreadable"
