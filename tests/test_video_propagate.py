@@ -52,9 +52,9 @@ def test_temporal_requests_group_targets_that_share_references():
 
 
 def test_video_propagate_predicts_every_frame_and_resumes(tmp_path, monkeypatch):
-    clip = write_video(tmp_path / "clip.mp4", n=24, w=128, h=96)
-    project = new_video_project([(clip, [0, 23])], SCHEMA)
-    for path in [r.path for r in project.images]:  # frames 0 and 23 are the references
+    clip = write_video(tmp_path / "clip.mp4", n=14, w=128, h=96)
+    project = new_video_project([(clip, [0, 13])], SCHEMA)
+    for path in [r.path for r in project.images]:  # frames 0 and 13 are the references
         project.set_keypoint(path, 0, Keypoint(30.0, 40.0, Visibility.VISIBLE))
         project.set_keypoint(path, 1, Keypoint(64.0, 48.0, Visibility.VISIBLE))
         project.set_status(path, ImageStatus.REFERENCE)
@@ -78,15 +78,15 @@ def test_video_propagate_predicts_every_frame_and_resumes(tmp_path, monkeypatch)
     monkeypatch.setattr(prop, "run_propagation", interrupted)
     assert main(args) == 130
     half = load_project(proj)
-    assert len(half) == 24  # every frame listed
+    assert len(half) == 14  # every frame listed
     predicted = half.paths_with_status(ImageStatus.PREDICTED)
     assert len(predicted) == 6  # the chunk that was running kept what it made
-    assert len(pending_frames(half)) == 22 - 6
+    assert len(pending_frames(half)) == 12 - 6
     monkeypatch.setattr(prop, "run_propagation", original)
     calls.clear()
     assert main(args) == 0
     done = load_project(proj)
-    assert len(done.paths_with_status(ImageStatus.PREDICTED)) == 22
+    assert len(done.paths_with_status(ImageStatus.PREDICTED)) == 12
     assert pending_frames(done) == []
     ann = done.annotation(done.images[5].path)
     assert ann.instances[0].keypoints[1].labelled
