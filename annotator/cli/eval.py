@@ -14,7 +14,7 @@ from annotator.cli.common import add_engine_arguments
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("spair", "pfpascal", "tss", "coco")
+DATASETS = ("spair", "pfpascal", "tss", "coco", "labelled")
 
 
 def _say(text: str) -> None:
@@ -80,7 +80,11 @@ def add_parser(subparsers: Any) -> None:
         "eval", help="PCK benchmark on SPair-71k, PF-Pascal, TSS or a COCO keypoint file",
         description="Transfer every source keypoint of every pair and report PCK (Markdown, "
                     "JSON and a PCK-vs-alpha PNG in --out).")
-    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("dataset", choices=DATASETS,
+                   help="a benchmark, or labelled: your own labelled data (SOURCE)")
+    p.add_argument("source", nargs="?", type=Path, default=None,
+                   help="labelled: a project, COCO file, DLC project or any file `convert` "
+                        "reads")
     p.add_argument("--root", type=Path, default=None,
                    help="dataset folder (SPair-71k, PF-dataset-PASCAL, TSS_CVPR2016); for coco "
                         "the image folder (default: the annotation file's folder)")
@@ -103,6 +107,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--crop-margin", type=float, default=0.15,
                    help="crop = box enlarged by this fraction of its size per side")
     p.add_argument("--out", type=Path, default=None, help="report folder (default eval-<dataset>)")
+    from annotator.cli.eval_labelled import add_labelled_arguments
+
+    add_labelled_arguments(p)
     add_engine_arguments(p)
     add_ray_arguments(p)
     p.set_defaults(func=run_eval)
@@ -170,6 +177,10 @@ def _print_summary(results: dict[str, Any], files: Any) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``annotator eval``; returns the exit status."""
+    if args.dataset == "labelled":
+        from annotator.cli.eval_labelled import run_labelled
+
+        return run_labelled(args)
     from annotator.io.datasets import DatasetFormatError
     from annotator.jobs.evaluate import EvalConfig, engine_predictor, evaluate
     from annotator.jobs.progress import Cancelled

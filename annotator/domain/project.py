@@ -68,7 +68,9 @@ class ProjectSettings:
     device: str = "auto"
     dtype: str = "fp32"
     flip: bool = True
-    soft_argmax: bool = True
+    #: window soft-argmax refinement; off by default: on real DINOv2 features it moves points
+    #: off exact matches (BENCHMARKS.md "Real images")
+    soft_argmax: bool = False
     review_threshold: float = 0.5
     cache_dir: str = ""
     cache_cap_gb: float = 20.0
@@ -84,8 +86,23 @@ class ProjectSettings:
     sd_unet: str = ""
     #: local DIY-SC adapter checkpoint for the diy preset; "" = download on first use
     diy_checkpoint: str = ""
+    #: targets without boxes: "auto" finds the labelled kind of object from the references'
+    #: features (no detector) and transfers between crops; "none" matches whole images
+    boxes: str = "auto"
+    #: several references: "prototype" (per keypoint the mean of the references' descriptors,
+    #: one match) or "best" (each reference matched, the most confident wins)
+    combine: str = "prototype"
+    #: weight of the box-normalised spatial prior of the prototype rule (0 = off)
+    prior_weight: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.boxes not in ("auto", "none"):
+            raise ValueError(f"boxes must be 'auto' or 'none', got {self.boxes!r}")
+        if self.combine not in ("prototype", "best"):
+            raise ValueError(f"combine must be 'prototype' or 'best', got {self.combine!r}")
+        w = self.prior_weight
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ValueError(f"prior_weight must be a finite number >= 0, got {w!r}")
         if self.crop not in ("bbox", "none"):
             raise ValueError(f"crop must be 'bbox' or 'none', got {self.crop!r}")
         if not 0.0 <= self.crop_margin <= 2.0:

@@ -256,9 +256,10 @@ def run_propagation(
         shown = "; ".join(unreadable[:5]) + ("; ..." if len(unreadable) > 5 else "")
         raise ValueError(f"none of the reference images can be read ({shown})")
     boxes_of = dict(request.target_boxes)
-    flip = settings.flip
+    flip = settings.flip and bool(request.flip_pairs)
     whole = _Transfer(engine, whole_refs, request.flip_pairs, flip)
     cropped = _Transfer(engine, crop_refs, request.flip_pairs, flip)
+    rules = _Rules(engine, settings, request, images, whole_refs, crop_refs)
 
     for done, path in enumerate(request.targets, start=1):
         state.check()
@@ -270,22 +271,98 @@ def run_propagation(
             continue
         h, w = image.shape[:2]
         boxes = boxes_of.get(path, ())
-        if not boxes:
-            result = whole(image)
-            preds = [_instance(result, None, None)]
+        found_boxes: list[Box] = []
+        if not boxes and settings.boxes == "auto" and settings.crop == "bbox":
+            found_boxes = rules.find_boxes(image)
+        if not boxes and not found_boxes:
+            preds = [_instance(rules.whole(image) or whole(image), None, None)]
         elif settings.crop == "bbox":
             preds = []
-            for box in boxes:
+            recorded = boxes or (found_boxes if len(found_boxes) > 1 else [None])
+            for box, rbox in zip(boxes or found_boxes, recorded):
                 state.check()
                 rect = CropRect.around(box, w, h, settings.crop_margin)
-                pred = _instance(cropped(ImageCrop.of(image, rect)), rect, box)
-                preds.append(_inside(pred, rect))
+                crop = ImageCrop.of(image, rect)
+                pred = _inside(_instance(rules.crop(crop) or cropped(crop), rect, rbox), rect)
+                if not boxes:  # a found box: frame the object as the reference crops are
+                    pred = rules.reframe(image, pred, settings.crop_margin) or pred
+                preds.append(pred)
         else:  # whole-image transfer; each box keeps what falls in its crop
-            result = whole(image)
+            result = rules.whole(image) or whole(image)
             preds = [_inside(_instance(result, None, box),
                              CropRect.around(box, w, h, settings.crop_margin)) for box in boxes]
         state.set_progress(done, total, path)
         yield Prediction.of_instances(path, preds, (w, h))
+
+
+class _Rules:
+    """The reference rules chosen by the settings, built lazily on first use: keypoint
+    prototypes (``settings.combine == "prototype"``; None from ``whole``/``crop`` means "use
+    the per-reference transfer") and detector-free boxes (``settings.boxes == "auto"``)."""
+
+    def __init__(self, engine: Engine, settings: ProjectSettings, request: PropagateRequest,
+                 images: dict[str, np.ndarray | None], whole_refs: list, crop_refs: list
+                 ) -> None:
+        self.engine, self.settings = engine, settings
+        self.request, self.images = request, images
+        self.whole_refs, self.crop_refs = whole_refs, crop_refs
+        self._protos: dict[str, object] = {}
+        self._search: object | None = None
+
+    def _transfer(self, kind: str, refs: list, target: object) -> TransferResult | None:
+        if self.settings.combine != "prototype" or not refs:
+            return None
+        from annotator import references as rules
+
+        if kind not in self._protos:
+            self._protos[kind] = rules.build_prototypes(self.engine, refs)
+        params = rules.PrototypeParams(self.settings.prior_weight,
+                                       review_threshold=self.settings.review_threshold)
+        return rules.prototype_transfer(self.engine, self._protos[kind], target, params)
+
+    def whole(self, image: np.ndarray) -> TransferResult | None:
+        return self._transfer("whole", self.whole_refs, image)
+
+    def crop(self, crop: ImageCrop) -> TransferResult | None:
+        return self._transfer("crop", self.crop_refs, crop)
+
+    def reframe(self, image: np.ndarray, pred: InstancePrediction, margin: float
+                ) -> InstancePrediction | None:
+        """A second pass on the crop the reference instances would get around ``pred``'s
+        points (their box + margin, at least a tenth of the image side): a found box is
+        centred on the object's features, not framed like the references' keypoint boxes.
+        None when fewer than two points were found."""
+        ok = pred.found & np.isfinite(pred.points).all(axis=1)
+        if ok.sum() < 2 or self.settings.combine != "prototype":
+            return None
+        h, w = image.shape[:2]
+        box = keypoint_box(pred.points[ok])
+        rect = CropRect.around(box, w, h, margin, min_side=max(16, round(0.1 * max(w, h))))
+        crop = ImageCrop.of(image, rect)
+        result = self.crop(crop)
+        return None if result is None else _inside(_instance(result, rect, pred.box), rect)
+
+    def find_boxes(self, image: np.ndarray) -> list[Box]:
+        from annotator import references as rules
+
+        if self._search is None:
+            by_image: dict[str, list[Box]] = {}
+            for spec in self.request.references:
+                if self.images.get(spec.path) is None:
+                    continue
+                pts = np.asarray(spec.points, float).reshape(-1, 2)
+                box = spec.box or keypoint_box(pts[np.asarray(spec.valid, bool)])
+                if box is not None:
+                    by_image.setdefault(spec.path, []).append(box)
+            refs = [(self.images[p], b) for p, b in by_image.items()]
+            try:
+                self._search = rules.object_search(self.engine, refs)
+            except ValueError as exc:
+                log.warning("no automatic boxes: %s", exc)
+                self._search = False
+        if self._search is False:
+            return []
+        return rules.find_boxes(self.engine, self._search, image)
 
 
 def _inside(pred: InstancePrediction, rect: CropRect) -> InstancePrediction:

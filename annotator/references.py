@@ -1,0 +1,235 @@
+"""Several references at once: keypoint prototypes and detector-free object boxes.
+
+Engine-level glue (features through the engine's cache, then the pure tensor functions of
+``annotator.matching.prototype`` and ``annotator.matching.localize``):
+
+- :func:`build_prototypes` / :func:`prototype_transfer`: each keypoint's query is the mean of
+  every reference's descriptor at that keypoint, plus a box-normalised spatial prior; one
+  match per keypoint per target, whatever the number of references.
+- :func:`object_model` / :func:`find_boxes`: the labelled reference instances localise the
+  same kind of object in a whole target image, by feature similarity, no detector weights.
+
+Descriptors here are pair-independent: the extractor's own, or "concat" when its fusion is the
+pair-dependent "copca" (prototypes average descriptors of different images, so they must share
+one space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from annotator.features.crop import Box, ImageCrop
+
+if TYPE_CHECKING:
+    import torch
+
+    from annotator.engine import Engine
+    from annotator.features.extractor import FeatureMaps
+    from annotator.matching.localize import ObjectModel
+    from annotator.matching.prototype import Prototypes
+    from annotator.matching.transfer import TransferResult
+
+ImageLike = np.ndarray | ImageCrop
+
+
+@dataclass(frozen=True)
+class PrototypeParams:
+    """``prior_weight`` scales the spatial prior's log-density against cosine similarity
+    (0: off); ``prior_min_std`` is added to the references' spread (box-normalised units)."""
+
+    prior_weight: float = 0.05
+    prior_min_std: float = 0.1
+    review_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (self.prior_weight >= 0 and self.prior_min_std > 0):
+            raise ValueError("prior_weight must be >= 0 and prior_min_std > 0")
+
+
+def _size(image: ImageLike) -> tuple[int, int]:
+    px = image if isinstance(image, np.ndarray) else image.pixels
+    return int(px.shape[1]), int(px.shape[0])
+
+
+def shared_descriptor(engine: Engine, maps: FeatureMaps) -> torch.Tensor:
+    """(C, G, G) pair-independent descriptor of one image's maps."""
+    from annotator.features.extractor import pair_dependent
+
+    extractor = engine.extractor
+    if not pair_dependent(extractor):
+        return extractor.describe(maps)
+    from annotator.features import fusion
+
+    return fusion.fuse("concat", maps.layers, maps.grid)
+
+
+def _content_mask(maps: FeatureMaps) -> np.ndarray:
+    from annotator.matching.transfer import cell_centres
+
+    g = maps.grid
+    c = cell_centres(np.arange(g, dtype=np.float64), maps.cell_size)
+    xy = np.stack(np.meshgrid(c, c), -1).reshape(-1, 2)
+    return maps.letterbox.contains(xy).reshape(g, g)
+
+
+def _content_rect(maps: FeatureMaps) -> tuple[float, float, float, float]:
+    lb = maps.letterbox
+    return (lb.offset_x - 0.5, lb.offset_y - 0.5, float(lb.content_w), float(lb.content_h))
+
+
+def build_prototypes(engine: Engine,
+                     references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]]
+                     ) -> Prototypes:
+    """Prototypes of R references (image or crop, points (K, 2) in its pixels, valid (K,))."""
+    from annotator.matching import prototype as proto
+
+    if not references:
+        raise ValueError("at least one reference is needed")
+    samples, valids, positions = [], [], []
+    for image, points, valid in references:
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        ok = np.asarray(valid, bool).reshape(len(pts)) & np.isfinite(pts).all(axis=1)
+        safe = np.where(np.isfinite(pts), pts, 0.0)
+        maps = engine.features(image)
+        desc = shared_descriptor(engine, maps)
+        samples.append(proto.sample_descriptors(desc, maps.letterbox.to_canvas(safe),
+                                                maps.cell_size))
+        valids.append(ok)
+        w, h = _size(image)
+        positions.append((safe + 0.5) / (w, h))
+    ks = {len(s) for s in samples}
+    if len(ks) != 1:
+        raise ValueError(f"references have different keypoint counts {sorted(ks)}")
+    return proto.build_prototypes(samples, valids, positions)
+
+
+def prototype_transfer(engine: Engine, protos: Prototypes, target: ImageLike,
+                       params: PrototypeParams | None = None) -> TransferResult:
+    """Move every prototype to its best cell of ``target`` (whole image or crop). Confidence =
+    clip(cosine similarity, 0, 1); ``cycle_error`` is 0 (no single reference to return to);
+    a keypoint no reference labelled is not found."""
+    from annotator.matching import prototype as proto
+    from annotator.matching.transfer import TransferResult
+
+    params = params or PrototypeParams()
+    maps = engine.features(target)
+    desc = shared_descriptor(engine, maps)
+    prior = None
+    if params.prior_weight > 0:
+        prior = proto.prior_log_density(protos, _content_rect(maps), maps.grid, maps.cell_size,
+                                        params.prior_min_std)
+    m = proto.match_prototypes(protos, desc, maps.cell_size, _content_mask(maps), prior,
+                               params.prior_weight)
+    lb = maps.letterbox
+    found = m.found & lb.contains(m.canvas)
+    pts = lb.from_canvas(m.canvas)
+    pts[:, 0] = np.clip(pts[:, 0], 0, lb.width - 1)
+    pts[:, 1] = np.clip(pts[:, 1], 0, lb.height - 1)
+    pts[~found] = np.nan
+    conf = np.where(found, np.clip(m.similarity, 0.0, 1.0), 0.0)
+    k = len(pts)
+    return TransferResult(points=pts, similarity=m.similarity, cycle_error=np.zeros(k),
+                          confidence=conf, found=found,
+                          needs_review=conf < params.review_threshold,
+                          reference=np.full(k, -1, np.int64))
+
+
+# ---- boxes without a detector ---------------------------------------------------------------
+#: object cells: the instance box enlarged by this fraction per side; background: content
+#: cells outside the box enlarged by BACKGROUND_MARGIN (a ring around the object is neither)
+OBJECT_MARGIN = 0.15
+BACKGROUND_MARGIN = 1.0
+
+
+def _canvas_box(maps: FeatureMaps, box: Box, margin: float) -> tuple[float, float, float, float]:
+    x, y, w, h = box
+    mx, my = w * margin, h * margin
+    a = maps.letterbox.to_canvas(np.array([[x - mx - 0.5, y - my - 0.5],
+                                           [x + w + mx - 0.5, y + h + my - 0.5]]))
+    return float(a[0, 0]), float(a[0, 1]), float(a[1, 0]), float(a[1, 1])
+
+
+@dataclass(frozen=True)
+class ObjectSearch:
+    """What :func:`find_boxes` needs: the object/background model, the references' median
+    box size relative to their image's longest side, and how many objects an image holds
+    (the most instances of any reference image)."""
+
+    model: ObjectModel
+    relative_size: tuple[float, float]
+    max_objects: int
+
+
+def object_search(engine: Engine, references: Sequence[tuple[np.ndarray, Sequence[Box]]]
+                  ) -> ObjectSearch:
+    """Model the labelled object from whole reference images and their instance boxes."""
+    from annotator.matching import localize
+
+    descs, objects, backgrounds, sizes = [], [], [], []
+    most = 1
+    for image, boxes in references:
+        boxes = [b for b in boxes if b is not None and b[2] > 0 and b[3] > 0]
+        if not boxes:
+            continue
+        most = max(most, len(boxes))
+        maps = engine.features(image)
+        g, cell = maps.grid, maps.cell_size
+        content = _content_mask(maps)
+        obj = localize.cells_in_boxes([_canvas_box(maps, b, OBJECT_MARGIN) for b in boxes],
+                                      g, cell) & content
+        near = localize.cells_in_boxes([_canvas_box(maps, b, BACKGROUND_MARGIN)
+                                        for b in boxes], g, cell)
+        descs.append(shared_descriptor(engine, maps))
+        objects.append(obj)
+        backgrounds.append(content & ~near)
+        side = max(image.shape[:2])
+        sizes.extend((b[2] / side, b[3] / side) for b in boxes)
+    if not descs:
+        raise ValueError("no reference instance has a box or two labelled keypoints")
+    model = localize.object_model(descs, objects, backgrounds)
+    rel = np.median(np.asarray(sizes), axis=0)
+    return ObjectSearch(model, (float(rel[0]), float(rel[1])), most)
+
+
+def find_boxes(engine: Engine, search: ObjectSearch, image: np.ndarray) -> list[Box]:
+    """Boxes (x, y, w, h) of the modelled object in ``image``, strongest first (empty when
+    nothing scores as object). Each is centred on its region's score-weighted centroid and
+    spans the region, at least the references' typical box size (scaled to this image)."""
+    from annotator.matching import localize
+    from annotator.matching.transfer import cell_centres
+
+    maps = engine.features(image)
+    score = localize.object_score(search.model, shared_descriptor(engine, maps))
+    found = localize.find_objects(score, _content_mask(maps), maps.cell_size,
+                                  search.max_objects)
+    h, w = image.shape[:2]
+    side = max(w, h)
+    lb = maps.letterbox
+    centres = cell_centres(np.arange(maps.grid, dtype=np.float64), maps.cell_size)
+    out: list[Box] = []
+    for f in found:
+        region = (localize.cells_in_boxes([f.box], maps.grid, maps.cell_size)
+                  & (score > 0.5 * score.max()))
+        weights = np.where(region, score, 0.0)
+        total = weights.sum()
+        cx = float(weights.sum(0) @ centres / total)
+        cy = float(weights.sum(1) @ centres / total)
+        (px, py), = lb.from_canvas(np.array([[cx, cy]]))
+        corners = lb.from_canvas(np.array([[f.box[0], f.box[1]], [f.box[2], f.box[3]]]))
+        bw = max(corners[1, 0] - corners[0, 0], search.relative_size[0] * side, 1.0)
+        bh = max(corners[1, 1] - corners[0, 1], search.relative_size[1] * side, 1.0)
+        x0, y0 = max(px - bw / 2, 0.0), max(py - bh / 2, 0.0)
+        x1, y1 = min(px + bw / 2, w - 1.0), min(py + bh / 2, h - 1.0)
+        if x1 > x0 and y1 > y0:
+            out.append((float(x0), float(y0), float(x1 - x0), float(y1 - y0)))
+    return out
+
+
+def describe_any(engine: Engine, image: ImageLike) -> Any:
+    """Features and the shared descriptor of one image or crop (for callers that need both)."""
+    maps = engine.features(image)
+    return maps, shared_descriptor(engine, maps)
