@@ -97,10 +97,23 @@ def import_dataset(
     image_prefix: str = "",
 ) -> Project:
     """A new project from ``path`` in format ``fmt`` (detected when None). ``image_root``
-    overrides where COCO and Label Studio image paths are found (default: the file's
-    folder); ``image_prefix`` is stripped from Label Studio image URLs."""
+    is the dataset folder for COCO, Label Studio, YOLO pose and SLEAP (default: the file's
+    folder): nothing outside it is read or, on export, copied. ``image_prefix`` is stripped
+    from Label Studio image URLs. Every failure is a :class:`FormatError`."""
     path = Path(path)
     fmt = fmt or detect_format(path)
+    try:
+        return _import(path, fmt, image_root, image_prefix)
+    except FormatError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            RecursionError, UnicodeError, OSError) as exc:
+        # a malformed file that slipped past the importers' own checks: still our error
+        raise FormatError(f"{path}: malformed content ({type(exc).__name__}: {exc})"
+                          ) from None
+
+
+def _import(path: Path, fmt: str, image_root: str | Path | None, image_prefix: str) -> Project:
     if fmt == "project":
         from annotator.io.project_file import ProjectFileError, load_project
 
@@ -118,7 +131,7 @@ def import_dataset(
     if fmt == "yolo-pose":
         from annotator.io.formats.yolo import read_yolo_pose
 
-        return read_yolo_pose(path)
+        return read_yolo_pose(path, image_root)
     if fmt == "dlc":
         from annotator.io.formats.dlc import read_dlc
 
@@ -126,7 +139,7 @@ def import_dataset(
     if fmt == "sleap":
         from annotator.io.formats.sleap import read_sleap
 
-        return read_sleap(path)
+        return read_sleap(path, image_root)
     if fmt == "label-studio":
         from annotator.io.formats.label_studio import read_label_studio
 
@@ -138,7 +151,10 @@ def export_project(
     project: Project, fmt: str, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
 ) -> ExportReport:
     """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
+    from annotator.io.formats._common import refuse_symlink
+
     out = Path(out)
+    refuse_symlink(out)
     if fmt == "coco":
         from annotator.io.coco import ExportChoice, ExportScope, write_coco
 
