@@ -30,9 +30,9 @@ from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError
 from annotator.io.formats._common import (
     DEFAULT_EXPORT,
+    MAX_NAME,
     ExportOptions,
     ExportReport,
-    MAX_NAME,
     FormatError,
     dataset_file,
     export_frames,

@@ -31,10 +31,10 @@ from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.formats._common import (
     DEFAULT_EXPORT,
-    ExportOptions,
-    ExportReport,
     MAX_LISTED,
     MAX_NAME,
+    ExportOptions,
+    ExportReport,
     FormatError,
     Frame,
     clip_box,
