@@ -353,7 +353,7 @@ def test_dlc_layout_and_documented_occlusion_loss(project, tmp_path):
     assert [r.split(",")[0] for r in rows[:4]] == ["scorer", "individuals", "bodyparts", "coords"]
     a = rows[4].split(",")
     assert a[:3] == ["labeled-data", "images", "a.png"]
-    assert a[3:11] == ["10.500", "20.250", "12.000", "22.000", "", "", "30.000", "40.000"]
+    assert a[3:11] == ["10.5", "20.25", "12.0", "22.0", "", "", "30.0", "40.0"]
     assert (out / "labeled-data/sub/b.png").is_file()
 
     dropped = export_project(project, "dlc", tmp_path / "dlc2", ExportOptions(drop_occluded=True))
@@ -522,8 +522,8 @@ def test_strict_json_and_bounded_coordinates(tmp_path):
         import_dataset(tmp_path / "t.json")
     csv_path = tmp_path / "big.csv"
     csv_path.write_text("scorer,me,me\nbodyparts,head,head\ncoords,x,y\nimg.png,1e9,2\n")
-    with pytest.raises(FormatError, match=r"big\.csv: image 'img\.png', instance 0, "
-                                          r"keypoint 0, x: 1000000000\.0 is out of range"):
+    with pytest.raises(FormatError, match=r"big\.csv, line 4, head x: 1000000000\.0 is out "
+                                          "of range"):
         import_dataset(csv_path)
 
 
