@@ -95,15 +95,17 @@ def import_dataset(
     fmt: str | None = None,
     image_root: str | Path | None = None,
     image_prefix: str = "",
+    category: str | None = None,
 ) -> Project:
     """A new project from ``path`` in format ``fmt`` (detected when None). ``image_root``
     is the dataset folder for COCO, Label Studio, YOLO pose and SLEAP (default: the file's
     folder): nothing outside it is read or, on export, copied. ``image_prefix`` is stripped
-    from Label Studio image URLs. Every failure is a :class:`FormatError`."""
+    from Label Studio image URLs. ``category`` picks the keypoint category of a COCO file
+    that has several (its name or id). Every failure is a :class:`FormatError`."""
     path = Path(path)
     fmt = fmt or detect_format(path)
     try:
-        return _import(path, fmt, image_root, image_prefix)
+        return _import(path, fmt, image_root, image_prefix, category)
     except FormatError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
@@ -113,7 +115,11 @@ def import_dataset(
                           ) from None
 
 
-def _import(path: Path, fmt: str, image_root: str | Path | None, image_prefix: str) -> Project:
+def _import(path: Path, fmt: str, image_root: str | Path | None, image_prefix: str,
+            category: str | None) -> Project:
+    if category is not None and fmt != "coco":
+        raise FormatError(f"{path}: --category is for COCO files; a {fmt} dataset has one "
+                          "keypoint category")
     if fmt == "project":
         from annotator.io.project_file import ProjectFileError, load_project
 
@@ -125,7 +131,15 @@ def _import(path: Path, fmt: str, image_root: str | Path | None, image_prefix: s
         from annotator.io.coco import CocoFormatError, import_coco
 
         try:
-            return import_coco(path, image_root)
+            chosen: str | int | None = category
+            if category is not None and category.isdigit():
+                chosen = int(category)  # an id; a name is tried too
+            try:
+                return import_coco(path, image_root, chosen)
+            except CocoFormatError:
+                if chosen == category:
+                    raise
+                return import_coco(path, image_root, category)
         except CocoFormatError as exc:
             raise FormatError(str(exc)) from None
     if fmt == "yolo-pose":

@@ -287,6 +287,26 @@ def read_dataset_text(path: Path, root: Path, what: str, limit: int = MAX_TEXT_B
     return text
 
 
+def read_input_bytes(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of the file the user named (a regular file of at most ``limit`` bytes)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{path}: the {what} is not a regular file; not read")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise FormatError(f"{path}: the {what} is larger than {limit >> 20} MiB; not read")
+    return data
+
+
 def copy_image(source: Path, target: Path) -> None:
     """Copy the regular file ``source`` to ``target`` (a real copy: editing the dataset
     never touches the project's images). Links are not followed at the last step and a
