@@ -406,7 +406,8 @@ def read_dlc(path: str | Path) -> Project:
     if path.is_dir():
         path = path / "config.yaml"
     if not path.is_file():
-        raise FormatError(f"{path}: file not found")
+        raise FormatError(f"{path}: not a regular file; not read" if os.path.lexists(path)
+                          else f"{path}: file not found")
     config: dict[str, Any] | None = None
     if path.suffix.lower() in (".yaml", ".yml"):
         root = path.parent
