@@ -460,3 +460,87 @@ def test_a_killed_sleap_export_leaves_nothing_after_the_next_run(tmp_path):
     stale.write_bytes(b"half a file")
     export_project(project, "sleap", out_dir / "x.slp")
     assert sorted(p.name for p in out_dir.iterdir()) == ["x.slp"]
+
+
+# --------------------------------------------------------- real DLC projects
+def _dlc_example(name: str) -> Path:
+    from tests.shared_fixtures import shared_fixture
+
+    return shared_fixture("dlc-examples", name, "config.yaml").parent
+
+
+@pytest.mark.parametrize(("name", "scorer", "video"), [
+    ("openfield-Pranav-2018-10-30", "Pranav", "m4s1"),
+    ("Reaching-Mackenzie-2018-08-30", "Mackenzie", "reachingvideo1"),
+])
+def test_real_dlc_project_round_trip_is_byte_for_byte(tmp_path, name, scorer, video):
+    src = _dlc_example(name)
+    project = import_dataset(src)
+    out = tmp_path / "dlc"
+    export_project(project, "dlc", out)
+    csv_name = f"labeled-data/{video}/CollectedData_{scorer}.csv"
+    assert (out / csv_name).read_bytes() == (src / csv_name).read_bytes()
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    source_cfg = yaml.safe_load((src / "config.yaml").read_text())
+    assert cfg["scorer"] == scorer and cfg["Task"] == source_cfg["Task"]
+    assert [Path(v).stem for v in cfg["video_sets"]] == [video]
+    assert cfg["bodyparts"] == source_cfg["bodyparts"]
+    changed = {"project_path", "video_sets", "multianimalproject"}
+    for key in set(source_cfg) - changed:
+        assert cfg[key] == source_cfg[key], key  # the source project's settings are kept
+    assert sorted(p.name for p in (out / "labeled-data" / video).iterdir()) == sorted(
+        p.name for p in (src / "labeled-data" / video).iterdir() if p.suffix != ".h5")
+
+
+MADLC_CONFIG = {
+    "Task": "mice", "scorer": "Lab", "multianimalproject": True, "identity": False,
+    "bodyparts": "MULTI!", "individuals": ["Animal1", "Animal2"],
+    "uniquebodyparts": ["topleft"], "multianimalbodyparts": ["head", "tail"],
+    "skeleton": [["head", "tail"]],
+}
+MADLC_CSV = (
+    "scorer,,,Lab,Lab,Lab,Lab,Lab,Lab,Lab,Lab,Lab,Lab\n"
+    "individuals,,,Animal1,Animal1,Animal1,Animal1,Animal2,Animal2,Animal2,Animal2,single,single\n"
+    "bodyparts,,,head,head,tail,tail,head,head,tail,tail,topleft,topleft\n"
+    "coords,,,x,y,x,y,x,y,x,y,x,y\n"
+    "labeled-data,v1,img0.png,1.5,2.5,3.0,4.0,10.0,11.0,12.0,13.0,0.5,0.25\n"
+    "labeled-data,v1,img1.png,5.0,6.0,7.0,8.0\n"  # trailing empty cells left off (SLEAP's files)
+)
+
+
+def test_madlc_short_rows_unique_parts_and_individuals_survive(tmp_path):
+    src = tmp_path / "ma"
+    (src / "labeled-data" / "v1").mkdir(parents=True)
+    (src / "config.yaml").write_text(yaml.safe_dump(MADLC_CONFIG, sort_keys=False))
+    (src / "labeled-data" / "v1" / "CollectedData_Lab.csv").write_text(MADLC_CSV)
+    for i in range(2):
+        png(src / "labeled-data" / "v1" / f"img{i}.png")
+    project = import_dataset(src)
+    assert project.schema.keypoints == ("head", "tail", "topleft")
+    a = project.annotation("labeled-data/v1/img0.png").instances
+    assert [[(k.x, k.y) if k.labelled else None for k in i.keypoints] for i in a] == [
+        [(1.5, 2.5), (3.0, 4.0), None], [(10.0, 11.0), (12.0, 13.0), None],
+        [None, None, (0.5, 0.25)]]
+    assert len(project.annotation("labeled-data/v1/img1.png").instances) == 1
+    out = tmp_path / "out"
+    export_project(project, "dlc", out)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["individuals"] == ["Animal1", "Animal2"]
+    assert cfg["uniquebodyparts"] == ["topleft"]
+    assert cfg["multianimalbodyparts"] == ["head", "tail"]
+    written = (out / "labeled-data" / "v1" / "CollectedData_Lab.csv").read_text().splitlines()
+    source = MADLC_CSV.splitlines()
+    assert written[:5] == source[:5]
+    assert written[5] == source[5] + ",,,,,,"  # written whole, as pandas writes it
+    again = import_dataset(out)
+    for path in ("labeled-data/v1/img0.png", "labeled-data/v1/img1.png"):
+        assert again.annotation(path).instances == project.annotation(path).instances
+
+
+def test_dlc_export_of_a_plain_project_is_unchanged_in_form(tmp_path):
+    project = _small_project(tmp_path / "imgs")
+    export_project(project, "dlc", tmp_path / "d")
+    rows = (tmp_path / "d/labeled-data/images/CollectedData_annotator.csv").read_text()
+    assert rows.splitlines() == ["scorer,,,annotator,annotator,annotator,annotator",
+                                 "bodyparts,,,nose,nose,tail,tail", "coords,,,x,y,x,y",
+                                 "labeled-data,images,a.png,3.0,4.0,10.0,12.0"]

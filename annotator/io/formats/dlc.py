@@ -8,14 +8,22 @@ so this module writes and reads the layout itself::
     OUT/labeled-data/<folder>/<image name>           copies of the project's images
     OUT/labeled-data/<folder>/CollectedData_<scorer>.csv
 
-``<folder>`` is the image's folder in the project (``/`` written as ``__``; ``images`` for
-top-level images). The CSV has DLC's header rows (scorer, [individuals,] bodyparts, coords)
-and a three-column row index (``labeled-data``, folder, file name). Projects with more
-than one instance on some image are written as multi-animal (individuals ``animal1`` ...).
-DLC has no visibility flag: a point has coordinates or is empty. Occluded points are
-written with their coordinates (``drop_occluded`` leaves them empty instead) and every
-point read back is visible (v = 2). DLC's ``.h5`` copy of the CSV is not written (it needs
-PyTables); ``deeplabcut.convertcsv2h5(config)`` makes it. Boxes are not kept.
+``<folder>`` is the video folder for images of a DLC project (``labeled-data/<video>/``),
+else the image's folder in the project (``/`` written as ``__``; ``images`` for top-level
+images). The CSV has DLC's header rows (scorer, [individuals,] bodyparts, coords), a
+three-column row index (``labeled-data``, folder, file name) and positions in full
+(Python's shortest form, as pandas writes them). Projects with more than one instance on
+some image are written as multi-animal (individuals ``animal1`` ...). When the project's
+images live in a DLC project (its ``config.yaml`` is in the image root), its scorer,
+individual names, unique body parts, index form and other settings are kept, so a DLC
+project comes back as it was (DeepLabCut's openfield example: the same CSV bytes).
+
+Unique body parts (maDLC's individual ``single``) are read as an instance of their own and
+written back as such. DLC has no visibility flag: a point has coordinates or is empty.
+Occluded points are written with their coordinates (``drop_occluded`` leaves them empty
+instead) and every point read back is visible (v = 2). DLC's ``.h5`` copy of the CSV is
+not written (it needs PyTables); ``deeplabcut.convertcsv2h5(config)`` makes it. Boxes are
+not kept.
 """
 
 from __future__ import annotations
@@ -53,7 +61,6 @@ from annotator.io.jsonio import check_coordinate
 log = logging.getLogger(__name__)
 
 SCORER = "annotator"
-DECIMALS = 3
 
 
 @dataclass(frozen=True)
@@ -155,13 +162,9 @@ def _config(schema: KeypointSchema, out: Path, individuals: list[str], unique: l
 
 
 def _number(value: float) -> str:
-    """Shortest form with at most 3 decimals; a 3-decimal number up to float noise (as
-    DeepLabCut's pandas reads and writes them: ``250.05599999999998``) as it is."""
-    text = repr(float(value))
-    decimals = len(text.partition(".")[2]) if "e" not in text else 99
-    if decimals <= 3 or abs(value - round(value, 3)) <= 1e-9 * max(1.0, abs(value)):
-        return text
-    return f"{value:.{DECIMALS}f}"
+    """A position in full, in the shortest form that reads back the same (as DeepLabCut's
+    pandas writes it: ``250.05599999999998``), so a DLC file's values come back verbatim."""
+    return repr(float(value))
 
 
 def _value(kp: Keypoint, drop_occluded: bool) -> tuple[str, str]:
