@@ -307,6 +307,17 @@ def read_input_bytes(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> byte
     return data
 
 
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as safe YAML (libyaml's C parser when PyYAML has it), or a
+    FormatError naming ``source``."""
+    yaml = require_yaml()
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise FormatError(f"{source}: not readable YAML ({exc})") from None
+
+
 def copy_image(source: Path, target: Path) -> None:
     """Copy the regular file ``source`` to ``target`` (a real copy: editing the dataset
     never touches the project's images). Links are not followed at the last step and a

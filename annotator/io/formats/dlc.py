@@ -51,6 +51,7 @@ from annotator.io.formats._common import (
     copy_image,
     export_frames,
     imported_status,
+    load_yaml,
     project_from_frames,
     read_dataset_text,
     require_yaml,
@@ -277,12 +278,9 @@ def write_dlc(
 
 # ==================================================================== import
 def _read_config(path: Path, root: Path) -> dict[str, Any]:
-    yaml = require_yaml()
+    require_yaml()
     text = read_dataset_text(path, root, "DeepLabCut config.yaml")
-    try:
-        doc = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise FormatError(f"{path}: not readable YAML ({exc})") from None
+    doc = load_yaml(text, str(path))
     if not isinstance(doc, dict) or "bodyparts" not in doc:
         raise FormatError(f"{path}: not a DeepLabCut config.yaml (no bodyparts)")
     return doc

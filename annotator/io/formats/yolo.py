@@ -44,6 +44,7 @@ from annotator.io.formats._common import (
     imported_status,
     instance_box,
     is_inside,
+    load_yaml,
     project_from_frames,
     read_dataset_text,
     require_yaml,
@@ -318,14 +319,11 @@ def read_yolo_pose(path: str | Path, image_root: str | Path | None = None) -> Pr
     """A project from an Ultralytics pose dataset (``data.yaml`` or its folder). Every split
     listed (train, val, test) is read; the image root is the dataset folder (the YAML's
     folder, or ``image_root``), and nothing outside it is read."""
-    yaml = require_yaml()
+    require_yaml()
     yml = _find_yaml(Path(path))
     source = str(yml)
     text = read_dataset_text(yml, yml.parent, "dataset description")
-    try:
-        doc = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise FormatError(f"{source}: not readable YAML ({exc})") from None
+    doc = load_yaml(text, str(source))
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: not a YOLO dataset description")
     schema = _schema(doc, source)
