@@ -59,6 +59,7 @@ FORMAT = "keypoint-annotator-feature-cache"
 ENTRY_FORMAT = "3"  # xxh3-128, per-cell norms, channel-last layers; "2" (sha256) still read
 _READ_FORMATS = ("2", ENTRY_FORMAT)
 NORM_PREFIX = "norm2:"  # entry tensor names of FeatureMaps.norms (layer names never start so)
+_READ_ATTEMPTS = 3  # reads of an entry that another process keeps replacing
 _STALE_TMP_S = 3600.0  # temporary files older than this were left by a killed process
 
 
@@ -120,17 +121,6 @@ def _checksum(tensors: dict[str, torch.Tensor], grid: str, letterbox: str,
         h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no copy of the bytes
     return h.hexdigest()
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file held in ``data``."""
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError("truncated header")
-    meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("metadata is not an object")
-    return meta
 
 
 def _letterbox_json(lb: Letterbox) -> str:
@@ -234,52 +224,65 @@ class FeatureCache:
         if self.directory is None:
             return None
         path = self._path(key)
-        if not path.is_file():
-            return None
-        from safetensors.torch import load as load_tensors
-
-        try:
-            # one open file, read whole: safe_open opens the path twice (header, then data),
-            # so an entry replaced meanwhile by another process would be read torn
-            with open(path, "rb") as f:
-                data = f.read()
-            tensors = load_tensors(data)
-            meta = _metadata(data)
-            # every read is verified: damage that keeps size and mtime, or an entry replaced
-            # by another process between two reads, is caught (xxh3: about 1 ms per entry)
-            fmt = meta.get("format")
-            if fmt not in _READ_FORMATS:
-                raise ValueError("entry of another format version")
-            if meta.get("checksum") != _checksum(tensors, meta["grid"], meta["letterbox"],
-                                                 fmt, meta.get("hwc", "")):
-                raise ValueError("checksum mismatch")
-            lb = Letterbox(**json.loads(meta["letterbox"]))
-            hwc = json.loads(meta["hwc"]) if "hwc" in meta else []
-            if (not isinstance(hwc, list) or len(set(map(str, hwc))) != len(hwc)
-                    or any(not isinstance(k, str) or k not in tensors or tensors[k].ndim != 3
-                           for k in hwc)):
-                raise ValueError("bad channel-last layer list")
-            for k in hwc:  # stored (h, w, C): the (C, h, w) channel-last view
-                tensors[k] = tensors[k].permute(2, 0, 1)
-            layers = {k: v for k, v in tensors.items() if not k.startswith(NORM_PREFIX)}
-            norms = {k[len(NORM_PREFIX):]: v for k, v in tensors.items()
-                     if k.startswith(NORM_PREFIX)}
-            maps = FeatureMaps(layers=layers, letterbox=lb, grid=int(meta["grid"]),
-                               norms=norms or None)
-        except Exception as exc:  # any unreadable entry is corrupt: never use it
-            self._counts["corrupt"] += 1
+        for _ in range(_READ_ATTEMPTS):
             try:
-                path.unlink(missing_ok=True)
-                log.warning("corrupt feature cache entry %s (%s): deleted", path, exc)
-            except OSError as del_exc:
-                log.warning("corrupt feature cache entry %s (%s): not used, cannot be deleted "
-                            "(%s)", path, exc, del_exc)
-            return None
-        try:
-            os.utime(path)  # LRU by mtime
-        except OSError:  # read-only folder or evicted meanwhile: the maps are still good
-            pass
-        return maps
+                before = path.stat()
+            except OSError:
+                return None
+            try:
+                maps = self._load(path)
+            except Exception as exc:  # any unreadable entry is corrupt: never use it
+                try:
+                    after = path.stat()
+                except OSError:
+                    return None  # evicted or deleted meanwhile
+                if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
+                    continue  # replaced by another process while read: read it again
+                self._counts["corrupt"] += 1
+                try:
+                    path.unlink(missing_ok=True)
+                    log.warning("corrupt feature cache entry %s (%s): deleted", path, exc)
+                except OSError as del_exc:
+                    log.warning("corrupt feature cache entry %s (%s): not used, cannot be "
+                                "deleted (%s)", path, exc, del_exc)
+                return None
+            try:
+                os.utime(path)  # LRU by mtime
+            except OSError:  # read-only folder or evicted meanwhile: the maps are still good
+                pass
+            return maps
+        return None  # replaced on every attempt: a miss
+
+    @staticmethod
+    def _load(path: Path) -> FeatureMaps:
+        """The verified maps of the entry at ``path``. Every read is verified (xxh3, under
+        1 ms per paper entry): damage that keeps size and mtime is caught, and so is a read
+        torn by another process replacing the entry (safetensors opens the path once for
+        the header and again for the data)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        fmt = meta.get("format")
+        if fmt not in _READ_FORMATS:
+            raise ValueError("entry of another format version")
+        if meta.get("checksum") != _checksum(tensors, meta["grid"], meta["letterbox"],
+                                             fmt, meta.get("hwc", "")):
+            raise ValueError("checksum mismatch")
+        lb = Letterbox(**json.loads(meta["letterbox"]))
+        hwc = json.loads(meta["hwc"]) if "hwc" in meta else []
+        if (not isinstance(hwc, list) or len(set(map(str, hwc))) != len(hwc)
+                or any(not isinstance(k, str) or k not in tensors or tensors[k].ndim != 3
+                       for k in hwc)):
+            raise ValueError("bad channel-last layer list")
+        for k in hwc:  # stored (h, w, C): the (C, h, w) channel-last view
+            tensors[k] = tensors[k].permute(2, 0, 1)
+        layers = {k: v for k, v in tensors.items() if not k.startswith(NORM_PREFIX)}
+        norms = {k[len(NORM_PREFIX):]: v for k, v in tensors.items()
+                 if k.startswith(NORM_PREFIX)}
+        return FeatureMaps(layers=layers, letterbox=lb, grid=int(meta["grid"]),
+                           norms=norms or None)
 
     def _write(self, key: str, maps: FeatureMaps) -> None:
         if self.directory is None:
