@@ -16,8 +16,9 @@ dtypes, shapes and bytes *and* its metadata (grid, letterbox, channel-last layer
 verified every time it is read from disk (damage that keeps the size and mtime, or an entry
 replaced by another process meanwhile, is never trusted; about 1 ms per paper entry), and a
 corrupt or truncated one is reported as a miss and deleted when the folder allows it. Entries
-are written to a temporary file and renamed, so a reader sees a whole old or a whole new entry;
-their mode follows the umask. Layers (C, h, w)
+are written to a temporary file and renamed; a read that fails while another process replaced
+the entry (a changed inode or mtime) is read again rather than counted as damage. Entry files
+follow the umask. Layers (C, h, w)
 are stored channel-last ((h, w, C) on disk, a (C, h, w) view of that memory when read), each
 cell's channels together: the transfer reads them as rows. Entries also keep each layer's
 per-cell norms at the descriptor grid (``FeatureMaps.norms``, computed once from the stored
