@@ -544,3 +544,28 @@ def test_dlc_export_of_a_plain_project_is_unchanged_in_form(tmp_path):
     assert rows.splitlines() == ["scorer,,,annotator,annotator,annotator,annotator",
                                  "bodyparts,,,nose,nose,tail,tail", "coords,,,x,y,x,y",
                                  "labeled-data,images,a.png,3.0,4.0,10.0,12.0"]
+
+
+def test_a_pipe_or_device_named_as_the_input_is_not_read(tmp_path):
+    os.mkfifo(tmp_path / "x.json")  # opening it to read would block forever
+    (tmp_path / "y.yaml").symlink_to("/dev/zero")  # reading it would never end
+    for name in ("x.json", "y.yaml"):
+        with pytest.raises(FormatError, match="is not a regular file; not read"):
+            import_dataset(tmp_path / name)
+
+
+def test_pkg_slp_frames_are_not_extracted_through_a_link(tmp_path, secret):
+    sio = pytest.importorskip("sleap_io")
+    src = png(tmp_path / "src" / "robot0.png")
+    sk = sio.Skeleton(nodes=["a"])
+    video = sio.Video.from_filename([str(src)])
+    frame = sio.LabeledFrame(video=video, frame_idx=0, instances=[
+        sio.Instance.from_numpy(np.array([[1.0, 2.0]]), skeleton=sk)])
+    pkg = tmp_path / "share" / "r.pkg.slp"
+    pkg.parent.mkdir()
+    sio.save_slp(sio.Labels(labeled_frames=[frame], skeletons=[sk]), str(pkg), embed=True,
+                 verbose=False)
+    (pkg.parent / "r.pkg.frames").symlink_to(secret.parent, target_is_directory=True)
+    with pytest.raises(FormatError, match="links outside the dataset folder"):
+        import_dataset(pkg)
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["id_rsa.png"]

@@ -17,6 +17,7 @@ from annotator.io.formats._common import (
     ExportOptions,
     ExportReport,
     FormatError,
+    read_input_bytes,
 )
 
 FORMATS = ("coco", "yolo-pose", "dlc", "sleap", "label-studio")
@@ -67,7 +68,7 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".csv":
         return "dlc"
     if suffix in (".yaml", ".yml"):
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_input_bytes(path, "YAML file").decode("utf-8", errors="replace")
         if "kpt_shape" in text:
             return "yolo-pose"
         if "bodyparts" in text:
@@ -77,7 +78,7 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".json":
         from annotator.io.jsonio import loads_strict
 
-        doc = loads_strict(path.read_bytes(), str(path), FormatError)
+        doc = loads_strict(read_input_bytes(path, "JSON file"), str(path), FormatError)
         if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
             return "project"
         if isinstance(doc, dict) and "images" in doc and "annotations" in doc:

@@ -197,6 +197,9 @@ def _embedded_frames(sio: Any, path: Path, root: Path) -> dict[tuple[int, int], 
         array = np.asarray(lf.video[lf.frame_idx])
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
+        if not is_inside(Path(os.path.realpath(target.parent)), root):  # before mkdir
+            raise FormatError(f"{path}: {target.parent} links outside the dataset folder "
+                              f"{root}; frames not extracted")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.partial")
         Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
