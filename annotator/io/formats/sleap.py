@@ -173,28 +173,42 @@ def _size(meta: dict, where: str) -> tuple[int, int] | None:
     return w, h
 
 
-def _embedded_frames(sio: Any, path: Path, root: Path) -> dict[tuple[int, int], Path]:
+def _embedded_frames(labels: Any, path: Path, root: Path) -> dict[tuple[int, int], Path]:
     """Extract the images a ``.pkg.slp`` embeds into ``<root>/<name>.frames/`` (PNG, named
-    after their source images where the file records them); (video, frame) -> image."""
+    after their source images where the file records them); (video, frame) -> image. Only
+    the file's own embedded videos are opened (never a video it names elsewhere)."""
     import numpy as np
     from PIL import Image
 
-    labels = sio.load_slp(str(path))
     folder = root / (path.name.removesuffix(".slp") + ".frames")
     out: dict[tuple[int, int], Path] = {}
+    used: set[Path] = set()
     for lf in labels.labeled_frames:
-        vi = labels.videos.index(lf.video)
+        video = lf.video
+        if not (video.backend_metadata or {}).get("has_embedded_images"):
+            continue
+        vi = labels.videos.index(video)
         if (vi, lf.frame_idx) in out:
             continue
-        source = getattr(lf.video, "source_video", None)
+        if os.path.realpath(str(video.filename)) != os.path.realpath(path):
+            raise FormatError(f"{path}: embedded video {vi} names another file "
+                              f"({str(video.filename)[:200]!r}); not read")
+        if video.backend is None:
+            video.open()
+        source = getattr(video, "source_video", None)
         names = getattr(source, "filename", None)
         name = None
         if isinstance(names, list) and 0 <= lf.frame_idx < len(names):
             name = str(names[lf.frame_idx])
+        elif isinstance(names, str):
+            name = f"{Path(names.replace(chr(92), '/')).stem}_{lf.frame_idx:06d}"
         stem = Path(name.replace("\\", "/")).stem if name else f"frame{lf.frame_idx:06d}"
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:100] or "frame"
         target = folder / f"video{vi}" / f"{stem}.png"
-        array = np.asarray(lf.video[lf.frame_idx])
+        if target in used:  # two frames named alike: keep both
+            target = target.with_name(f"{stem}_{lf.frame_idx:06d}.png")
+        used.add(target)
+        array = np.asarray(video[lf.frame_idx])
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         if not is_inside(Path(os.path.realpath(target.parent)), root):  # before mkdir
@@ -245,7 +259,7 @@ def read_sleap(path: str | Path, image_root: str | Path | None = None) -> Projec
         if meta.get("has_embedded_images"):
             if embedded is None:
                 try:
-                    embedded = _embedded_frames(sio, path, root)
+                    embedded = _embedded_frames(labels, path, root)
                 except FormatError:
                     raise
                 except Exception as exc:  # h5py, the codecs, PIL
