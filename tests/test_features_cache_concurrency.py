@@ -53,7 +53,7 @@ def test_a_reader_never_gets_wrong_maps_while_another_process_replaces_the_entry
         while not ready.exists():
             assert writer.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             maps = reader.get(KEY)
             reads += 1
