@@ -353,7 +353,7 @@ def test_dlc_layout_and_documented_occlusion_loss(project, tmp_path):
     assert [r.split(",")[0] for r in rows[:4]] == ["scorer", "individuals", "bodyparts", "coords"]
     a = rows[4].split(",")
     assert a[:3] == ["labeled-data", "images", "a.png"]
-    assert a[3:11] == ["10.500", "20.250", "12.000", "22.000", "", "", "30.000", "40.000"]
+    assert a[3:11] == ["10.5", "20.25", "12.0", "22.0", "", "", "30.0", "40.0"]
     assert (out / "labeled-data/sub/b.png").is_file()
 
     dropped = export_project(project, "dlc", tmp_path / "dlc2", ExportOptions(drop_occluded=True))
@@ -522,8 +522,8 @@ def test_strict_json_and_bounded_coordinates(tmp_path):
         import_dataset(tmp_path / "t.json")
     csv_path = tmp_path / "big.csv"
     csv_path.write_text("scorer,me,me\nbodyparts,head,head\ncoords,x,y\nimg.png,1e9,2\n")
-    with pytest.raises(FormatError, match=r"big\.csv: image 'img\.png', instance 0, "
-                                          r"keypoint 0, x: 1000000000\.0 is out of range"):
+    with pytest.raises(FormatError, match=r"big\.csv, line 4, head x: 1000000000\.0 is out "
+                                          "of range"):
         import_dataset(csv_path)
 
 
@@ -625,3 +625,39 @@ def test_roundtrip_property(tmp_path_factory, fmt):
                 assert g.bbox is None
 
     check()
+
+
+# ---------------------------------------------------- convert --category, COCO precision
+def test_convert_category_picks_one_of_several(tmp_path, capsys):
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 2,
+                            "keypoints": [4.5, 5.25, 2, 0, 0, 0]},
+                           {"id": 2, "image_id": 1, "category_id": 1, "keypoints": [1, 1, 2]}],
+           "categories": [{"id": 1, "name": "cat", "keypoints": ["nose"]},
+                          {"id": 2, "name": "dog", "keypoints": ["nose", "tail"]}]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    out = tmp_path / "p.kpproj.json"
+    assert cli_main(["convert", str(tmp_path / "c.json"), "--to", "project", "--out",
+                     str(out)]) == 2
+    assert "choose one (convert --category NAME)" in capsys.readouterr().err
+    for chosen, keypoints in (("dog", ("nose", "tail")), ("1", ("nose",))):
+        out.unlink(missing_ok=True)
+        assert cli_main(["convert", str(tmp_path / "c.json"), "--category", chosen, "--to",
+                         "project", "--out", str(out)]) == 0
+        from annotator.io.project_file import load_project
+
+        assert load_project(out).schema.keypoints == keypoints
+    with pytest.raises(FormatError, match="--category is for COCO files"):
+        import_dataset(tmp_path / "c.json", "label-studio", category="dog")
+
+
+def test_coco_export_keeps_three_decimals(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(root / "a.png")
+    p = Project(str(root), [ImageRecord("a.png")], KeypointSchema("cat", ("nose",)))
+    p.set_annotation("a.png", ImageAnnotation((Instance((Keypoint(10.12345, 3.0006, V),)),),
+                                              ImageStatus.REVIEWED), "x")
+    export_project(p, "coco", tmp_path / "c.json")
+    ann = json.loads((tmp_path / "c.json").read_text())["annotations"][0]
+    assert ann["keypoints"][:2] == [10.123, 3.001]

@@ -190,7 +190,7 @@ def test_metadata_edit_with_valid_json_is_refused(tmp_path):
     assert FeatureCache(folder, memory_bytes=0).get(KEY) is None
 
 
-def test_verification_happens_once_per_entry_and_again_after_a_change(tmp_path, monkeypatch):
+def test_every_disk_read_is_verified_even_with_size_and_mtime_kept(tmp_path, monkeypatch):
     import annotator.features.cache as cache_mod
 
     folder = tmp_path / "c"
@@ -201,11 +201,14 @@ def test_verification_happens_once_per_entry_and_again_after_a_change(tmp_path, 
     reader = FeatureCache(folder, memory_bytes=0)
     for _ in range(3):
         assert reader.get(KEY) is not None
-    assert len(calls) == 1
+    assert len(calls) == 3
     path = _entry(reader)
+    st = path.stat()
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
-    path.write_bytes(bytes(data))  # new mtime: checked again
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
     assert reader.get(KEY) is None
 
 

@@ -30,8 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source_format", choices=INPUT_FORMATS, default=None,
                    help="input format (default: detected from the name and content)")
     p.add_argument("--images", type=Path, default=None,
-                   help="image folder for COCO and Label Studio input (default: the file's "
-                        "folder)")
+                   help="dataset folder for COCO, Label Studio, YOLO pose and SLEAP input "
+                        "(default: the file's folder); nothing outside it is read or copied, "
+                        "and SLEAP images are looked up in it by name")
+    p.add_argument("--category", default=None,
+                   help="COCO input with several keypoint categories: the one to convert "
+                        "(its name or id)")
     p.add_argument("--include-predictions", action="store_true",
                    help="also write images whose keypoints are unreviewed predictions")
     p.add_argument("--min-confidence", type=float, default=None,
@@ -63,12 +67,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.out.is_symlink():
+        print(f"error: --out {args.out} is a symbolic link; give the real path (an export "
+              "never writes through a link)", file=sys.stderr)
+        return 2
     if args.out.resolve() == args.input.resolve():
         print(f"error: --out {args.out} is the input; write the conversion elsewhere",
               file=sys.stderr)
         return 2
     try:
-        project = import_dataset(args.input, args.source_format, args.images, args.image_prefix)
+        project = import_dataset(args.input, args.source_format, args.images, args.image_prefix,
+                                 args.category)
         if args.to == "project":
             from annotator.io.project_file import PROJECT_SUFFIX, save_project
 

@@ -13,8 +13,12 @@ clean-up touch only files of exactly that layout (and temporary files of our own
 nothing the cache did not write is ever deleted. Each entry carries a checksum (xxh3-128; entries
 of format 2 used sha256, which costs 8 ms per paper entry against under 1 ms) of its tensor names,
 dtypes, shapes and bytes *and* its metadata (grid, letterbox, channel-last layers); an entry is
-verified the first time this cache reads it (again when its size or mtime changes), and a corrupt
-or truncated one is reported as a miss and deleted when the folder allows it. Layers (C, h, w)
+verified every time it is read from disk (damage that keeps the size and mtime, or an entry
+replaced by another process meanwhile, is never trusted; about 1 ms per paper entry), and a
+corrupt or truncated one is reported as a miss and deleted when the folder allows it. Entries
+are written to a temporary file and renamed; a read that fails while another process replaced
+the entry (a changed inode or mtime) is read again rather than counted as damage. Entry files
+follow the umask. Layers (C, h, w)
 are stored channel-last ((h, w, C) on disk, a (C, h, w) view of that memory when read), each
 cell's channels together: the transfer reads them as rows. Entries also keep each layer's
 per-cell norms at the descriptor grid (``FeatureMaps.norms``, computed once from the stored
@@ -30,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +60,22 @@ FORMAT = "keypoint-annotator-feature-cache"
 ENTRY_FORMAT = "3"  # xxh3-128, per-cell norms, channel-last layers; "2" (sha256) still read
 _READ_FORMATS = ("2", ENTRY_FORMAT)
 NORM_PREFIX = "norm2:"  # entry tensor names of FeatureMaps.norms (layer names never start so)
+_READ_ATTEMPTS = 3  # reads of an entry that another process keeps replacing
 _STALE_TMP_S = 3600.0  # temporary files older than this were left by a killed process
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc tells it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class CacheFolderError(ValueError):
@@ -148,7 +167,6 @@ class FeatureCache:
         self._mem: OrderedDict[str, FeatureMaps] = OrderedDict()
         self._mem_used = 0
         self._counts = {"hits": 0, "misses": 0, "memory_hits": 0, "disk_hits": 0, "corrupt": 0}
-        self._verified: dict[str, tuple[int, int]] = {}  # key -> (size, mtime_ns) checked
         self._write_warned = False
         if self.directory is not None:
             self._claim(self.directory)
@@ -207,54 +225,65 @@ class FeatureCache:
         if self.directory is None:
             return None
         path = self._path(key)
-        try:
-            st = path.stat()
-        except OSError:
-            return None
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                before = path.stat()
+            except OSError:
+                return None
+            try:
+                maps = self._load(path)
+            except Exception as exc:  # any unreadable entry is corrupt: never use it
+                try:
+                    after = path.stat()
+                except OSError:
+                    return None  # evicted or deleted meanwhile
+                if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
+                    continue  # replaced by another process while read: read it again
+                self._counts["corrupt"] += 1
+                try:
+                    path.unlink(missing_ok=True)
+                    log.warning("corrupt feature cache entry %s (%s): deleted", path, exc)
+                except OSError as del_exc:
+                    log.warning("corrupt feature cache entry %s (%s): not used, cannot be "
+                                "deleted (%s)", path, exc, del_exc)
+                return None
+            try:
+                os.utime(path)  # LRU by mtime
+            except OSError:  # read-only folder or evicted meanwhile: the maps are still good
+                pass
+            return maps
+        return None  # replaced on every attempt: a miss
+
+    @staticmethod
+    def _load(path: Path) -> FeatureMaps:
+        """The verified maps of the entry at ``path``. Every read is verified (xxh3, under
+        1 ms per paper entry): damage that keeps size and mtime is caught, and so is a read
+        torn by another process replacing the entry (safetensors opens the path once for
+        the header and again for the data)."""
         from safetensors import safe_open
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            stamp = (st.st_size, st.st_mtime_ns)
-            if self._verified.get(key) != stamp:
-                fmt = meta.get("format")
-                if fmt not in _READ_FORMATS:
-                    raise ValueError("entry of another format version")
-                if meta.get("checksum") != _checksum(tensors, meta["grid"], meta["letterbox"],
-                                                     fmt, meta.get("hwc", "")):
-                    raise ValueError("checksum mismatch")
-            lb = Letterbox(**json.loads(meta["letterbox"]))
-            hwc = json.loads(meta["hwc"]) if "hwc" in meta else []
-            if (not isinstance(hwc, list) or len(set(map(str, hwc))) != len(hwc)
-                    or any(not isinstance(k, str) or k not in tensors or tensors[k].ndim != 3
-                           for k in hwc)):
-                raise ValueError("bad channel-last layer list")
-            for k in hwc:  # stored (h, w, C): the (C, h, w) channel-last view
-                tensors[k] = tensors[k].permute(2, 0, 1)
-            layers = {k: v for k, v in tensors.items() if not k.startswith(NORM_PREFIX)}
-            norms = {k[len(NORM_PREFIX):]: v for k, v in tensors.items()
-                     if k.startswith(NORM_PREFIX)}
-            maps = FeatureMaps(layers=layers, letterbox=lb, grid=int(meta["grid"]),
-                               norms=norms or None)
-            self._verified[key] = stamp
-        except Exception as exc:  # any unreadable entry is corrupt: never use it
-            self._counts["corrupt"] += 1
-            self._verified.pop(key, None)
-            try:
-                path.unlink(missing_ok=True)
-                log.warning("corrupt feature cache entry %s (%s): deleted", path, exc)
-            except OSError as del_exc:
-                log.warning("corrupt feature cache entry %s (%s): not used, cannot be deleted "
-                            "(%s)", path, exc, del_exc)
-            return None
-        try:
-            os.utime(path)  # LRU by mtime
-            self._verified[key] = (st.st_size, path.stat().st_mtime_ns)
-        except OSError:  # read-only folder or evicted meanwhile: the maps are still good
-            pass
-        return maps
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        fmt = meta.get("format")
+        if fmt not in _READ_FORMATS:
+            raise ValueError("entry of another format version")
+        if meta.get("checksum") != _checksum(tensors, meta["grid"], meta["letterbox"],
+                                             fmt, meta.get("hwc", "")):
+            raise ValueError("checksum mismatch")
+        lb = Letterbox(**json.loads(meta["letterbox"]))
+        hwc = json.loads(meta["hwc"]) if "hwc" in meta else []
+        if (not isinstance(hwc, list) or len(set(map(str, hwc))) != len(hwc)
+                or any(not isinstance(k, str) or k not in tensors or tensors[k].ndim != 3
+                       for k in hwc)):
+            raise ValueError("bad channel-last layer list")
+        for k in hwc:  # stored (h, w, C): the (C, h, w) channel-last view
+            tensors[k] = tensors[k].permute(2, 0, 1)
+        layers = {k: v for k, v in tensors.items() if not k.startswith(NORM_PREFIX)}
+        norms = {k[len(NORM_PREFIX):]: v for k, v in tensors.items()
+                 if k.startswith(NORM_PREFIX)}
+        return FeatureMaps(layers=layers, letterbox=lb, grid=int(meta["grid"]),
+                           norms=norms or None)
 
     def _write(self, key: str, maps: FeatureMaps) -> None:
         if self.directory is None:
@@ -271,20 +300,15 @@ class FeatureCache:
         hwc = json.dumps(hwc_names)
         meta = {"format": ENTRY_FORMAT, "checksum": _checksum(tensors, grid, lb, hwc=hwc),
                 "grid": grid, "letterbox": lb, "hwc": hwc}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{self._disk_key(key)}.",
-                                   suffix=".kpc-tmp")
-        os.close(fd)
+        tmp = str(path.parent / f".{self._disk_key(key)}.{secrets.token_hex(8)}.kpc-tmp")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             save_file(tensors, tmp, metadata=meta)
+            os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        try:
-            st = path.stat()
-            self._verified[key] = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            pass
         self._evict_disk()
 
     def _own_files(self) -> Iterator[tuple[os.DirEntry[str], bool]]:

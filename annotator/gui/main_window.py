@@ -29,6 +29,7 @@ from annotator.domain import ImageAnnotation, ImageRecord, KeypointSchema, Proje
 from annotator.gui.coco_export import CocoExportDialog, CocoExporter
 from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
+from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, FormatImporter
 from annotator.gui.progress import RateEstimator
 from annotator.gui.recent import add_recent_project
 from annotator.gui.schema_dialog import SchemaDialog
@@ -38,7 +39,7 @@ from annotator.gui.video_actions import VideoSupport
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
-from annotator.io.formats import ExportOptions, FormatError, export_project
+from annotator.io.formats import ExportOptions, FormatError, detect_format, export_project
 from annotator.io.images import list_images
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
@@ -105,6 +106,7 @@ class MainWindow(QMainWindow):
 
         self.loader = ThumbnailLoader(parent=self)
         self.exporter = CocoExporter(self)
+        self.importer = FormatImporter(self)
         self._export_choice: ExportChoice | None = None
         # the model stack is imported in GIL-friendly steps on the worker, at idle once a
         # project is open (default: with the real engine only; tests inject light engines)
@@ -187,7 +189,7 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&File")
         self.act_new = self._action(m, "&New project...", self.new_project_dialog, (K.New,))
         self.act_open = self._action(m, "&Open project...", self.open_project_dialog, (K.Open,))
-        self.act_import = self._action(m, "&Import COCO...", self.import_coco_dialog)
+        self.act_import = self._action(m, "&Import...", self.import_dataset_dialog)
         self.act_demo = self._action(m, "Open &demo project", self.open_demo)
         self.act_rescan = self._action(m, "&Rescan image folder", self.rescan_images)
         self.video = VideoSupport(self)
@@ -273,7 +275,7 @@ class MainWindow(QMainWindow):
         w = self.welcome
         w.new_button.clicked.connect(self.new_project_dialog)
         w.open_button.clicked.connect(self.open_project_dialog)
-        w.import_button.clicked.connect(self.import_coco_dialog)
+        w.import_button.clicked.connect(self.import_dataset_dialog)
         w.demo_button.clicked.connect(self.open_demo)
         w.recent_chosen.connect(self.open_project)
         self.editor.propagate_button.clicked.connect(lambda _=False: self.propagate())
@@ -284,6 +286,7 @@ class MainWindow(QMainWindow):
             lambda scale: self.zoom_label.setText(f"zoom {scale * 100:.0f} %"))
         self.exporter.progress.connect(self._on_export_progress)
         self.exporter.finished.connect(self._on_export_finished)
+        self.importer.finished.connect(self._on_import_finished)
         c = self.controller
         c.run_progress.connect(self._on_progress)
         c.prediction_ready.connect(self._on_prediction)
@@ -513,6 +516,60 @@ class MainWindow(QMainWindow):
         path = self._ask_save_file("Save the imported project as", default, PROJECT_FILTER)
         if path:
             self.import_coco(json_path, root, path)
+
+    def import_dataset(self, source: str, image_root: str | None, path: str) -> bool:
+        """Import ``source`` in any format ``annotator convert`` reads into a new project
+        saved at ``path``, on a pool thread (``importer.finished`` follows); errors are
+        shown. Returns whether the import started."""
+        if self.importer.busy:
+            self.show_message("info", "Import", "An import is still running; try again when "
+                              "it has finished.")
+            return False
+        if not self._saved_or_confirmed():
+            return False
+        self.export_bar.setRange(0, 0)
+        self.export_bar.show()
+        self.statusBar().showMessage(f"Importing {source}...")
+        return self.importer.start(source, image_root, path)
+
+    def _on_import_finished(self, project: Project | None, error: str, path: str) -> None:
+        self.export_bar.hide()
+        if project is None:
+            self.statusBar().clearMessage()
+            self.show_message("error", "Import", error)
+            return
+        if not self._saved_or_confirmed():  # edited meanwhile: the import stays saved
+            self.statusBar().showMessage(f"Imported project saved as {path}", 10_000)
+            return
+        self.set_project(project, path)
+        labelled = sum(1 for r in project.images if project.annotation(r.path).has_labels)
+        self.statusBar().showMessage(
+            f"Imported {len(project)} image(s), {labelled} labelled; saved as {path}", 10_000)
+
+    def import_dataset_dialog(self) -> None:
+        """File > Import...: a COCO, YOLO pose, DeepLabCut, SLEAP or Label Studio file."""
+        source = self._ask_open_file("Import a dataset", IMPORT_FILTER)
+        if not source:
+            return
+        try:
+            fmt = detect_format(source)
+        except FormatError as exc:
+            self.show_message("error", "Import", str(exc))
+            return
+        root = None
+        if fmt in ASKS_IMAGE_FOLDER:
+            root = self._ask_existing_dir("Image folder of that file", os.path.dirname(source))
+            if not root:
+                return
+        if fmt == "project":
+            self.open_project(source)
+            return
+        stem = os.path.basename(os.path.dirname(source) if fmt in ("dlc", "yolo-pose")
+                                else os.path.splitext(source)[0])
+        default = os.path.join(os.path.dirname(source), stem + PROJECT_SUFFIX)
+        path = self._ask_save_file("Save the imported project as", default, PROJECT_FILTER)
+        if path:
+            self.import_dataset(source, root, path)
 
     def open_demo(self, target: str | None = None) -> Project | None:
         """Copy the shipped demo to a writable folder (once) and open it."""
@@ -974,6 +1031,7 @@ class MainWindow(QMainWindow):
         self._detach_project()  # cancel the run, apply what arrived, save: before any wait
         self.controller.shutdown()
         self.exporter.wait()  # an export being written finishes (it is atomic either way)
+        self.importer.wait()
         self.loader.stop()
         self.editor.images.stop()
         self.editor.reference_pane.images.stop()

@@ -38,7 +38,8 @@ class WelcomePage(QWidget):
         title.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.new_button = QPushButton("New project from an image folder...")
         self.open_button = QPushButton("Open project...")
-        self.import_button = QPushButton("Import COCO keypoints...")
+        self.import_button = QPushButton(
+            "Import a dataset (COCO, YOLO, DeepLabCut, SLEAP, Label Studio)...")
         self.demo_button = QPushButton("Open the demo project (cat faces)")
         self.first_run_note = QLabel(FIRST_RUN_NOTE)
         self.first_run_note.setWordWrap(True)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 CATEGORY_ID = 1
 MIN_BOX_SIDE = 1.0
+DECIMALS = 3  # keypoint and box positions are written to 0.001 px
+MAX_INPUT_BYTES = 1 << 30  # a COCO file read whole
+MAX_NAME = 4096  # characters in an image path
 
 
 class CocoFormatError(InputFormatError):
@@ -228,11 +232,12 @@ def _entries(
         for inst in ann.instances:
             if inst.num_labelled == 0 and inst.bbox is None:
                 continue
-            # positions as written (2 decimals), so the box derived on re-export is the same
+            # positions as written (3 decimals), so the box derived on re-export is the same
             inst = replace(
                 inst,
                 keypoints=tuple(
-                    replace(k, x=round(k.x, 2), y=round(k.y, 2)) for k in inst.keypoints
+                    replace(k, x=round(k.x, DECIMALS), y=round(k.y, DECIMALS))
+                    for k in inst.keypoints
                 ),
             )
             flat: list[float] = []
@@ -243,7 +248,7 @@ def _entries(
                 else:
                     flat += [0, 0, 0]
                 scores.append(None if kp.confidence is None else round(kp.confidence, 4))
-            x, y, w, h = (round(b, 2) for b in _instance_box(inst, width, height))
+            x, y, w, h = (round(b, DECIMALS) for b in _instance_box(inst, width, height))
             yield "annotation", {
                 "id": next_id(inst),
                 "image_id": image_id,
@@ -402,7 +407,8 @@ def _pick_category(categories: list, category: str | int | None, source: str) ->
         raise CocoFormatError(f"{source}: no category defines keypoints")
     if len(kp_cats) > 1:
         names = ", ".join(repr(c["name"]) for c in kp_cats)
-        raise CocoFormatError(f"{source}: several keypoint categories ({names}); choose one")
+        raise CocoFormatError(f"{source}: several keypoint categories ({names}); "
+                              "choose one (convert --category NAME)")
     return kp_cats[0]
 
 
@@ -525,6 +531,9 @@ def coco_to_project(
         if image_id in id_to_path:
             raise CocoFormatError(f"{where}: duplicate image id {image_id}")
         name = _need(im, "file_name", str, where)
+        if len(name) > MAX_NAME:
+            raise CocoFormatError(f"{where}: file_name of {len(name):,} characters (at most "
+                                  f"{MAX_NAME:,})")
         try:
             path = normalize_relpath(name)
         except PathEscapeError as exc:
@@ -600,11 +609,16 @@ def import_coco(
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CocoFormatError(f"{path}: not a regular file; not read")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_INPUT_BYTES + 1)
     except FileNotFoundError:
         raise CocoFormatError(f"{path}: file not found") from None
     except OSError as exc:
         raise CocoFormatError(f"{path}: cannot be read ({exc})") from None
+    if len(raw) > MAX_INPUT_BYTES:
+        raise CocoFormatError(f"{path}: larger than {MAX_INPUT_BYTES >> 30} GiB; not read")
     try:
         doc = loads_strict(raw, str(path), CocoFormatError)
     except CocoFormatError as exc:

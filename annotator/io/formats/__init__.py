@@ -17,6 +17,7 @@ from annotator.io.formats._common import (
     ExportOptions,
     ExportReport,
     FormatError,
+    read_input_bytes,
 )
 
 FORMATS = ("coco", "yolo-pose", "dlc", "sleap", "label-studio")
@@ -67,7 +68,7 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".csv":
         return "dlc"
     if suffix in (".yaml", ".yml"):
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_input_bytes(path, "YAML file").decode("utf-8", errors="replace")
         if "kpt_shape" in text:
             return "yolo-pose"
         if "bodyparts" in text:
@@ -77,7 +78,7 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".json":
         from annotator.io.jsonio import loads_strict
 
-        doc = loads_strict(path.read_bytes(), str(path), FormatError)
+        doc = loads_strict(read_input_bytes(path, "JSON file"), str(path), FormatError)
         if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
             return "project"
         if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
@@ -95,12 +96,31 @@ def import_dataset(
     fmt: str | None = None,
     image_root: str | Path | None = None,
     image_prefix: str = "",
+    category: str | None = None,
 ) -> Project:
     """A new project from ``path`` in format ``fmt`` (detected when None). ``image_root``
-    overrides where COCO and Label Studio image paths are found (default: the file's
-    folder); ``image_prefix`` is stripped from Label Studio image URLs."""
+    is the dataset folder for COCO, Label Studio, YOLO pose and SLEAP (default: the file's
+    folder): nothing outside it is read or, on export, copied. ``image_prefix`` is stripped
+    from Label Studio image URLs. ``category`` picks the keypoint category of a COCO file
+    that has several (its name or id). Every failure is a :class:`FormatError`."""
     path = Path(path)
     fmt = fmt or detect_format(path)
+    try:
+        return _import(path, fmt, image_root, image_prefix, category)
+    except FormatError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            RecursionError, UnicodeError, OSError) as exc:
+        # a malformed file that slipped past the importers' own checks: still our error
+        raise FormatError(f"{path}: malformed content ({type(exc).__name__}: {exc})"
+                          ) from None
+
+
+def _import(path: Path, fmt: str, image_root: str | Path | None, image_prefix: str,
+            category: str | None) -> Project:
+    if category is not None and fmt != "coco":
+        raise FormatError(f"{path}: --category is for COCO files; a {fmt} dataset has one "
+                          "keypoint category")
     if fmt == "project":
         from annotator.io.project_file import ProjectFileError, load_project
 
@@ -112,13 +132,21 @@ def import_dataset(
         from annotator.io.coco import CocoFormatError, import_coco
 
         try:
-            return import_coco(path, image_root)
+            chosen: str | int | None = category
+            if category is not None and category.isdigit():
+                chosen = int(category)  # an id; a name is tried too
+            try:
+                return import_coco(path, image_root, chosen)
+            except CocoFormatError:
+                if chosen == category:
+                    raise
+                return import_coco(path, image_root, category)
         except CocoFormatError as exc:
             raise FormatError(str(exc)) from None
     if fmt == "yolo-pose":
         from annotator.io.formats.yolo import read_yolo_pose
 
-        return read_yolo_pose(path)
+        return read_yolo_pose(path, image_root)
     if fmt == "dlc":
         from annotator.io.formats.dlc import read_dlc
 
@@ -127,7 +155,7 @@ def import_dataset(
         from annotator.io.formats.sleap import read_sleap
         from annotator.io.video_formats import is_video_slp, read_sleap_video
 
-        return read_sleap_video(path) if is_video_slp(path) else read_sleap(path)
+        return read_sleap_video(path) if is_video_slp(path) else read_sleap(path, image_root)
     if fmt == "label-studio":
         from annotator.io.formats.label_studio import read_label_studio
 
@@ -139,7 +167,10 @@ def export_project(
     project: Project, fmt: str, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
 ) -> ExportReport:
     """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
+    from annotator.io.formats._common import refuse_symlink
+
     out = Path(out)
+    refuse_symlink(out)
     if any(r.video is not None for r in project.images):  # frames decoded on export
         from annotator.io.video_formats import export_video_project
 

@@ -3,10 +3,12 @@ building a project from imported frames, and the lazy sleap-io import."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -28,6 +30,10 @@ from annotator.io.images import ImageLoadError, read_size, resolve_image_path
 from annotator.io.jsonio import InputFormatError, check_coordinate
 
 log = logging.getLogger(__name__)
+
+MAX_TEXT_BYTES = 256 << 20  # a dataset's YAML, CSV, label or JSON file read whole
+MAX_LISTED = 500_000  # entries walked when listing a split folder
+MAX_NAME = 4096  # characters in an image path
 
 FORMATS_EXTRA = 'pip install "keypoint-annotator[formats]"'
 
@@ -122,7 +128,10 @@ def export_frames(project: Project, options: ExportOptions) -> list[Frame]:
         ann = project.annotation(rec.path)
         if ann.status not in wanted:
             continue
-        source = resolve_image_path(project.image_root, rec.path)
+        try:
+            source = resolve_image_path(project.image_root, rec.path)
+        except ValueError as exc:  # a link that leaves the image folder: never followed
+            raise FormatError(f"cannot export image {rec.path!r}: {exc}") from None
         if rec.width and rec.height:
             width, height = rec.width, rec.height
         else:
@@ -160,6 +169,9 @@ def clip_box(
 
 def relpath_or_error(path: str, source: str) -> str:
     """``path`` normalised as a relative POSIX path, or a FormatError naming ``source``."""
+    if isinstance(path, str) and len(path) > MAX_NAME:
+        raise FormatError(f"{source}: an image path of {len(path):,} characters (at most "
+                          f"{MAX_NAME:,})")
     try:
         return normalize_relpath(path)
     except PathEscapeError as exc:
@@ -232,27 +244,142 @@ def require_yaml() -> Any:
     return yaml
 
 
-def copy_image(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` (a real copy: editing the dataset never touches the
-    project's images)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is ``root`` or below it (both taken as they are: resolve first)."""
+    return path == root or root in path.parents
+
+
+def dataset_file(path: Path, root: Path, what: str) -> Path:
+    """``path`` with links resolved, checked to be a regular file inside ``root`` (the
+    dataset's folder): a crafted dataset must not make an importer read ``~/.ssh/id_rsa``
+    or ``/dev/zero``."""
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(path))
+    if not is_inside(real, real_root):
+        raise FormatError(f"{path}: the {what} is outside the dataset folder {real_root}; "
+                          "not read")
     try:
-        shutil.copy2(source, target)
+        st = os.stat(real)
     except OSError as exc:
-        raise FormatError(f"cannot copy image {source} to {target}: {exc}") from None
+        raise FormatError(f"{path}: the {what} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{path}: the {what} is not a regular file; not read")
+    return real
+
+
+def read_dataset_text(path: Path, root: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a dataset file (see :func:`dataset_file`), at most ``limit``
+    bytes; every failure is a FormatError naming the file."""
+    real = dataset_file(path, root, what)
+    try:
+        with open(real, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise FormatError(f"{path}: the {what} cannot be read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise FormatError(f"{path}: the {what} is larger than {limit >> 20} MiB; not read")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: the {what} is not UTF-8 text (byte {exc.start})") from None
+    if "\x00" in text:
+        raise FormatError(f"{path}: the {what} contains a NUL character; not a text file")
+    return text
+
+
+def read_input_bytes(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of the file the user named (a regular file of at most ``limit`` bytes)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{path}: the {what} is not a regular file; not read")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise FormatError(f"{path}: the {what} is larger than {limit >> 20} MiB; not read")
+    return data
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as safe YAML (libyaml's C parser when PyYAML has it), or a
+    FormatError naming ``source``."""
+    yaml = require_yaml()
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise FormatError(f"{source}: not readable YAML ({exc})") from None
+
+
+def copy_image(source: Path, target: Path) -> None:
+    """Copy the regular file ``source`` to ``target`` (a real copy: editing the dataset
+    never touches the project's images). Links are not followed at the last step and a
+    device, pipe or folder is refused (``/dev/zero`` would fill the disk); the copy's mode
+    follows the umask."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(source, flags)
+    except OSError as exc:
+        reason = "a link" if exc.errno == errno.ELOOP else exc.strerror
+        raise FormatError(f"cannot copy image {source}: {reason}") from None
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"cannot copy image {source}: not a regular file")
+        try:
+            with open(target, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError as exc:
+            raise FormatError(f"cannot copy image {source} to {target}: {exc}") from None
+
+
+def refuse_symlink(out: Path) -> None:
+    """A FormatError when ``out`` is a symbolic link: an export never writes through one
+    (it would overwrite the link's target)."""
+    if out.is_symlink():
+        raise FormatError(f"{out} is a symbolic link; write the export to a real path")
+
+
+def _stage_name(out: Path, suffix: str = "") -> str:
+    return f".{out.name}.{secrets.token_hex(4)}.partial{suffix}"
+
+
+def clean_stale_stages(out: Path, suffix: str = "") -> None:
+    """Remove what an earlier export of ``out`` that was killed left behind (its hidden
+    ``.<name>.<random>.partial`` folder or file)."""
+    if not out.parent.is_dir():
+        return
+    for stale in out.parent.glob(f".{out.name}.????????.partial{suffix}"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 @contextmanager
 def staged_folder(out: Path, what: str) -> Iterator[Path]:
     """A temporary sibling of ``out`` to write a dataset folder into, renamed to ``out``
-    when the block succeeds and removed when it fails; ``out`` must be new or empty."""
+    when the block succeeds and removed when it fails (what a killed export left is
+    removed by the next one); ``out`` must be new or empty; modes follow the umask."""
+    refuse_symlink(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FormatError(
             f"{out}: the {what} folder must be new or empty (an export would mix its files "
             "with the ones there)"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    clean_stale_stages(out)
+    stage = out.parent / _stage_name(out)
+    os.mkdir(stage)  # 0777 minus the umask, unlike mkdtemp's 0700
     try:
         yield stage
         if out.exists():
@@ -265,11 +392,13 @@ def staged_folder(out: Path, what: str) -> Iterator[Path]:
 
 @contextmanager
 def staged_file(out: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out`` (same suffix) renamed to ``out`` on success."""
+    """A temporary sibling of ``out`` (same suffix, mode from the umask) renamed to
+    ``out`` on success."""
+    refuse_symlink(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    stage = Path(name)
+    clean_stale_stages(out, out.suffix)
+    stage = out.parent / _stage_name(out, out.suffix)
+    os.close(os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield stage
         os.replace(stage, out)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.formats._common import (
     DEFAULT_EXPORT,
+    MAX_NAME,
     ExportOptions,
     ExportReport,
     FormatError,
@@ -49,6 +51,8 @@ from annotator.io.formats._common import (
     imported_status,
     instance_box,
     project_from_frames,
+    read_dataset_text,
+    read_input_bytes,
 )
 from annotator.io.jsonio import check_coordinate, loads_strict
 from annotator.io.project_file import atomic_write_text
@@ -161,22 +165,46 @@ def image_path_from_url(url: str, prefix: str = "") -> str:
 
 def _config_order(json_path: Path) -> list[str] | None:
     cfg = config_path(json_path)
-    if not cfg.is_file():
+    if not os.path.lexists(cfg):
         return None
+    text = read_dataset_text(cfg, json_path.parent, "labelling configuration", 16 << 20)
     try:
-        root = ElementTree.fromstring(cfg.read_text(encoding="utf-8"))
-    except (OSError, ElementTree.ParseError) as exc:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
         raise FormatError(f"{cfg}: not a readable labelling configuration ({exc})") from None
     for el in root.iter("KeyPointLabels"):
         return [lab.get("value", "") for lab in el.iter("Label")]
     return None
 
 
+def _value(region: dict, where: str) -> dict:
+    value = region.get("value", {})
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: region {region.get('id')!r}: 'value' is not an object")
+    return value
+
+
+def _labels(region: dict, key: str, where: str) -> list:
+    labels = _value(region, where).get(key) or []
+    if not isinstance(labels, list):
+        raise FormatError(f"{where}: region {region.get('id')!r}: {key} {labels!r} is not "
+                          "a list")
+    return labels
+
+
 def _number(region: dict, key: str, where: str) -> float:
-    value = region.get("value", {}).get(key) if key in ("x", "y") else region.get(key)
+    value = _value(region, where).get(key) if key in ("x", "y") else region.get(key)
     if value is None:
         raise FormatError(f"{where}: {key} is missing")
     return check_coordinate(value, f"{where}, {key}", FormatError)
+
+
+def _side(region: dict, key: str, where: str) -> float:
+    """``original_width`` or ``original_height``: at least one pixel."""
+    value = _number(region, key, where)
+    if value < 1:
+        raise FormatError(f"{where}: {key} {value!r} is not a positive image size")
+    return value
 
 
 def _task_result(task: dict, where: str) -> tuple[list[dict], bool, float | None]:
@@ -203,12 +231,7 @@ def read_label_studio(
     is where the paths in ``data.image`` (without ``image_prefix``) are found."""
     path = Path(path)
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FormatError(f"{source}: file not found") from None
-    except OSError as exc:
-        raise FormatError(f"{source}: cannot be read ({exc})") from None
+    raw = read_input_bytes(path, "Label Studio file")
     doc = loads_strict(raw, source, FormatError)
     if isinstance(doc, dict) and "data" in doc:
         doc = [doc]
@@ -238,10 +261,10 @@ def read_label_studio(
             kind = r.get("type")
             if kind == "rectanglelabels":
                 boxes[str(r.get("id"))] = r
-                labels = r.get("value", {}).get("rectanglelabels") or [""]
-                category = category or str(labels[0])
+                labels = _labels(r, "rectanglelabels", where) or [""]
+                category = category or str(labels[0])[:MAX_NAME]
             elif kind == "keypointlabels":
-                labels = r.get("value", {}).get("keypointlabels") or []
+                labels = _labels(r, "keypointlabels", where)
                 if len(labels) != 1 or not isinstance(labels[0], str):
                     raise FormatError(f"{where}: keypoint region {r.get('id')!r} needs one "
                                       "label")
@@ -252,7 +275,7 @@ def read_label_studio(
                     seen_names.append(labels[0])
                 points.append(r)
             elif kind == "choices":
-                choices = r.get("value", {}).get("choices") or []
+                choices = _labels(r, "choices", where)
                 if any(str(c).lower() == OCCLUDED for c in choices):
                     occluded.add(str(r.get("id")))
             elif kind == "relation":
@@ -274,8 +297,8 @@ def read_label_studio(
         loose: list[list[Keypoint | None]] = []
         for r in points:
             rid = str(r.get("id"))
-            w = _number(r, "original_width", f"{where}, region {rid}")
-            h = _number(r, "original_height", f"{where}, region {rid}")
+            w = _side(r, "original_width", f"{where}, region {rid}")
+            h = _side(r, "original_height", f"{where}, region {rid}")
             size = (int(w), int(h))
             x = _number(r, "x", f"{where}, region {rid}") * w / 100
             y = _number(r, "y", f"{where}, region {rid}") * h / 100
@@ -297,15 +320,16 @@ def read_label_studio(
         insts = []
         for bid, slot in groups.items():
             r = boxes[bid]
-            w = _number(r, "original_width", f"{where}, region {bid}")
-            h = _number(r, "original_height", f"{where}, region {bid}")
+            w = _side(r, "original_width", f"{where}, region {bid}")
+            h = _side(r, "original_height", f"{where}, region {bid}")
             size = (int(w), int(h))
-            val = r.get("value", {})
-            try:
-                box = (val["x"] * w / 100, val["y"] * h / 100, val["width"] * w / 100,
-                       val["height"] * h / 100)
-            except (KeyError, TypeError):
-                raise FormatError(f"{where}: box {bid!r} lacks x, y, width or height") from None
+            val = _value(r, where)
+            if not all(isinstance(val.get(k), (int, float)) for k in ("x", "y", "width",
+                                                                       "height")):
+                raise FormatError(f"{where}: box {bid!r} lacks x, y, width or height")
+            box = tuple(check_coordinate(val[k] * s / 100, f"{where}, box {bid!r} {k}",
+                                         FormatError)
+                        for k, s in (("x", w), ("y", h), ("width", w), ("height", h)))
             inst = Instance(tuple(kp or Keypoint() for kp in slot))
             derived = (clip_box(instance_box(inst, int(w), int(h)), int(w), int(h))
                        if inst.num_labelled else None)

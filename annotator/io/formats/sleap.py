@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +25,24 @@ from annotator.domain.annotation import (
     Origin,
     Visibility,
 )
+from annotator.domain.paths import _DRIVE
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError
 from annotator.io.formats._common import (
     DEFAULT_EXPORT,
+    MAX_NAME,
     ExportOptions,
     ExportReport,
     FormatError,
-    common_root,
+    dataset_file,
     export_frames,
     imported_status,
+    is_inside,
     project_from_frames,
     require_sleap_io,
     staged_file,
 )
+from annotator.io.jsonio import check_coordinate
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +116,7 @@ def write_sleap(
     return ExportReport(out, len(frames), n_inst, tuple(notes))
 
 
-def _from_sleap(inst: Any, k: int) -> Instance:
+def _from_sleap(inst: Any, k: int, where: str) -> Instance:
     predicted = type(inst).__name__ == "PredictedInstance"
     pts = inst.points
     kps = []
@@ -118,7 +124,10 @@ def _from_sleap(inst: Any, k: int) -> Instance:
         x, y = (float(v) for v in pts["xy"][j])
         if math.isnan(x) or math.isnan(y):
             kps.append(Keypoint())
-        elif predicted:
+            continue
+        x = check_coordinate(x, f"{where}, node {j} x", FormatError)
+        y = check_coordinate(y, f"{where}, node {j} y", FormatError)
+        if predicted:
             score = float(pts["score"][j])
             conf = min(max(score, 0.0), 1.0) if math.isfinite(score) else None
             kps.append(Keypoint(x, y, Visibility.VISIBLE, Origin.PREDICTED, conf))
@@ -128,13 +137,101 @@ def _from_sleap(inst: Any, k: int) -> Instance:
     return Instance(tuple(kps))
 
 
-def read_sleap(path: str | Path) -> Project:
+def _locate(filename: str, root: Path, slp: Path) -> Path:
+    """The image a SLEAP video names, found inside ``root``: a relative path against the
+    file's folder, an absolute one as it is when it lies inside ``root``, else (a file
+    made on another machine, ``D:/data\\robot0.jpg``) by its trailing path components,
+    longest first. Nothing outside ``root`` is looked at."""
+    if not isinstance(filename, str) or "\x00" in filename or len(filename) > MAX_NAME:
+        raise FormatError(f"{slp}: image name {str(filename)[:80]!r} is not a file name")
+    norm = filename.replace("\\", "/")
+    absolute = norm.startswith("/") or bool(_DRIVE.match(norm))
+    candidates = []
+    if not absolute:
+        candidates.append(Path(os.path.normpath(slp.parent.absolute() / norm)))
+    elif norm.startswith("/"):
+        candidates.append(Path(os.path.normpath(norm)))
+    parts = [p for p in _DRIVE.sub("", norm).split("/") if p not in ("", ".", "..")]
+    candidates += [root.joinpath(*parts[-n:]) for n in range(len(parts), 0, -1)]
+    for cand in candidates:
+        if is_inside(cand, root) and os.path.lexists(cand):
+            return dataset_file(cand, root, "image")
+    raise FormatError(f"{slp}: image {filename!r} is not found in the dataset folder {root} "
+                      "(looked up by its path and file name); pass --images FOLDER holding it")
+
+
+def _size(meta: dict, where: str) -> tuple[int, int] | None:
+    shape = meta.get("shape")
+    if shape is None:
+        return None
+    if (not isinstance(shape, (list, tuple)) or len(shape) < 3
+            or not all(isinstance(v, numbers.Integral) for v in shape[1:3])):
+        raise FormatError(f"{where}: video shape {shape!r} is not (frames, height, width, ...)")
+    h, w = int(shape[1]), int(shape[2])
+    if h <= 0 or w <= 0:
+        raise FormatError(f"{where}: image size {w} x {h} is not positive")
+    return w, h
+
+
+def _embedded_frames(labels: Any, path: Path, root: Path) -> dict[tuple[int, int], Path]:
+    """Extract the images a ``.pkg.slp`` embeds into ``<root>/<name>.frames/`` (PNG, named
+    after their source images where the file records them); (video, frame) -> image. Only
+    the file's own embedded videos are opened (never a video it names elsewhere)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = root / (path.name.removesuffix(".slp") + ".frames")
+    out: dict[tuple[int, int], Path] = {}
+    used: set[Path] = set()
+    for lf in labels.labeled_frames:
+        video = lf.video
+        if not (video.backend_metadata or {}).get("has_embedded_images"):
+            continue
+        vi = labels.videos.index(video)
+        if (vi, lf.frame_idx) in out:
+            continue
+        if os.path.realpath(str(video.filename)) != os.path.realpath(path):
+            raise FormatError(f"{path}: embedded video {vi} names another file "
+                              f"({str(video.filename)[:200]!r}); not read")
+        if video.backend is None:
+            video.open()
+        source = getattr(video, "source_video", None)
+        names = getattr(source, "filename", None)
+        name = None
+        if isinstance(names, list) and 0 <= lf.frame_idx < len(names):
+            name = str(names[lf.frame_idx])
+        elif isinstance(names, str):
+            name = f"{Path(names.replace(chr(92), '/')).stem}_{lf.frame_idx:06d}"
+        stem = Path(name.replace("\\", "/")).stem if name else f"frame{lf.frame_idx:06d}"
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:100] or "frame"
+        target = folder / f"video{vi}" / f"{stem}.png"
+        if target in used:  # two frames named alike: keep both
+            target = target.with_name(f"{stem}_{lf.frame_idx:06d}.png")
+        used.add(target)
+        array = np.asarray(video[lf.frame_idx])
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if not is_inside(Path(os.path.realpath(target.parent)), root):  # before mkdir
+            raise FormatError(f"{path}: {target.parent} links outside the dataset folder "
+                              f"{root}; frames not extracted")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
+        os.replace(tmp, target)
+        out[(vi, lf.frame_idx)] = target
+    return out
+
+
+def read_sleap(path: str | Path, image_root: str | Path | None = None) -> Project:
     """A project from a SLEAP labels file: one image per (video, frame) whose video is an
-    image file or a list of image files; the image root is their common folder."""
+    image file or a list of image files, found inside the dataset folder (``image_root``,
+    default the file's folder; see :func:`_locate`). A ``.pkg.slp`` has its embedded images
+    extracted into ``<dataset folder>/<name>.frames/``."""
     sio = require_sleap_io()
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
+    dataset_file(path, path.parent, "SLEAP file")
     try:
         labels = sio.load_slp(str(path), open_videos=False)
     except Exception as exc:  # h5py and sleap-io raise many kinds for a bad file
@@ -153,23 +250,38 @@ def read_sleap(path: str | Path) -> Project:
         schema = KeypointSchema(sk.name or "instance", tuple(names), tuple(edges), tuple(pairs))
     except SchemaError as exc:
         raise FormatError(f"{path}: {exc}") from None
+    root = Path(os.path.realpath(image_root if image_root is not None else path.parent))
+    embedded: dict[tuple[int, int], Path] | None = None
     entries: list[tuple[Path, tuple[int, int] | None, ImageAnnotation]] = []
     for lf in labels.labeled_frames:
-        filename = lf.video.filename
-        if isinstance(filename, list):
-            filename = filename[lf.frame_idx]
-        elif lf.frame_idx != 0:
-            raise FormatError(f"{path}: frame {lf.frame_idx} of video {filename} -- video "
-                              "frames are not supported, only images")
-        image = Path(filename)
-        if not image.is_absolute():
-            image = path.parent / image
-        shape = lf.video.backend_metadata.get("shape")
-        size = (int(shape[2]), int(shape[1])) if shape and len(shape) >= 3 else None
-        insts = tuple(_from_sleap(i, len(names)) for i in lf.instances)
+        where = f"{path}: frame {lf.frame_idx}"
+        meta = lf.video.backend_metadata or {}
+        if meta.get("has_embedded_images"):
+            if embedded is None:
+                try:
+                    embedded = _embedded_frames(labels, path, root)
+                except FormatError:
+                    raise
+                except Exception as exc:  # h5py, the codecs, PIL
+                    raise FormatError(f"{path}: its embedded images cannot be extracted "
+                                      f"({type(exc).__name__}: {exc})") from None
+            image = embedded[(labels.videos.index(lf.video), lf.frame_idx)]
+        else:
+            filename = lf.video.filename
+            if isinstance(filename, list):
+                if not 0 <= lf.frame_idx < len(filename):
+                    raise FormatError(f"{where}: frame {lf.frame_idx} of a video of "
+                                      f"{len(filename)} images")
+                filename = filename[lf.frame_idx]
+            elif lf.frame_idx != 0:
+                raise FormatError(f"{path}: frame {lf.frame_idx} of video {filename} -- "
+                                  "video frames are not supported, only images")
+            image = _locate(filename, root, path)
+        size = _size(meta, where)
+        insts = tuple(_from_sleap(i, len(names), where) for i in lf.instances)
         insts = tuple(i for i in insts if i.num_labelled)
-        entries.append((image.resolve(), size, ImageAnnotation(insts, imported_status(insts))))
-    root, rels = common_root([e[0] for e in entries], path.parent)
+        entries.append((image, size, ImageAnnotation(insts, imported_status(insts))))
+    rels = [e[0].relative_to(root).as_posix() for e in entries]
     frames = [(rel, *(size or (None, None)), ann)
               for rel, (_, size, ann) in zip(rels, entries)]
     return project_from_frames(root, schema, frames, str(path))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,20 +31,27 @@ from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.formats._common import (
     DEFAULT_EXPORT,
+    MAX_LISTED,
+    MAX_NAME,
     ExportOptions,
     ExportReport,
     FormatError,
     Frame,
     clip_box,
     copy_image,
+    dataset_file,
     export_frames,
     imported_status,
     instance_box,
+    is_inside,
+    load_yaml,
     project_from_frames,
+    read_dataset_text,
     require_yaml,
     staged_folder,
 )
 from annotator.io.images import IMAGE_EXTENSIONS, ImageLoadError, read_size
+from annotator.io.jsonio import check_coordinate
 
 log = logging.getLogger(__name__)
 
@@ -201,22 +209,46 @@ def _schema(doc: dict, source: str) -> KeypointSchema:
         raise FormatError(f"{source}: {exc}") from None
 
 
-def _split_images(base: Path, entry: Any, source: str) -> list[Path]:
+def _walk_images(folder: Path, source: str) -> list[Path]:
+    """Image files below ``folder``; links to folders are not followed and at most
+    :data:`MAX_LISTED` entries are walked (a crafted ``train: /`` must not walk the disk)."""
+    found = []
+    walked = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        walked += len(dirnames) + len(filenames)
+        if walked > MAX_LISTED:
+            raise FormatError(f"{source}: split folder {folder} holds more than "
+                              f"{MAX_LISTED:,} entries; not listed")
+        found += [Path(dirpath, n) for n in filenames
+                  if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
+def _split_images(root: Path, entry: Any, source: str) -> list[Path]:
+    """The images a split entry lists, as paths under ``root`` (not yet checked for links
+    that leave it)."""
     entries = entry if isinstance(entry, list) else [entry]
     out: list[Path] = []
     for e in entries:
-        if not isinstance(e, str):
-            raise FormatError(f"{source}: split entry {e!r} is not a path")
-        p = (base / e).resolve()
-        if not p.exists() and e.startswith("../"):  # Roboflow's data.yaml, as Ultralytics
-            p = (base / e[3:]).resolve()
+        if not isinstance(e, str) or "\x00" in e or len(e) > MAX_NAME:
+            raise FormatError(f"{source}: split entry {str(e)[:80]!r} is not a path")
+        candidates = [Path(os.path.normpath(root / e))]
+        if e.startswith("../"):  # Roboflow's data.yaml, resolved as Ultralytics does
+            candidates.append(Path(os.path.normpath(root / e[3:])))
+        inside = [c for c in candidates if is_inside(c, root)]
+        if not inside:
+            raise FormatError(f"{source}: split {e!r} is outside the dataset folder {root}; "
+                              "not read (pass --images FOLDER to read a dataset elsewhere)")
+        p = next((c for c in inside if os.path.lexists(c)), inside[0])
+        if not is_inside(Path(os.path.realpath(p)), root):
+            raise FormatError(f"{source}: split {e!r} links outside the dataset folder {root}; "
+                              "not read")
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*")
-                          if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            out += _walk_images(p, source)
         elif p.is_file() and p.suffix == ".txt":
-            for line in p.read_text(encoding="utf-8").splitlines():
+            for line in read_dataset_text(p, root, "image list").splitlines():
                 if line.strip():
-                    out.append((p.parent / line.strip()).resolve())
+                    out.append(Path(os.path.normpath(p.parent / line.strip())))
         else:
             raise FormatError(f"{source}: split folder {p} does not exist")
     return out
@@ -233,10 +265,10 @@ def label_path_of(image: Path) -> Path:
 
 
 def _parse_labels(
-    label: Path, k: int, ndim: int, width: int, height: int
+    label: Path, text: str, k: int, ndim: int, width: int, height: int
 ) -> list[tuple[Instance, tuple[float, float, float, float]]]:
     out = []
-    for n, line in enumerate(label.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -257,9 +289,15 @@ def _parse_labels(
             v = values[6 + j * ndim] if ndim == 3 else (0.0 if nx == ny == 0 else 2.0)
             if v not in (0.0, 1.0, 2.0):
                 raise FormatError(f"{where}, keypoint {j}: visibility {v} is not 0, 1 or 2")
-            kps.append(Keypoint(nx * width, ny * height, Visibility(int(v))) if v
-                       else Keypoint())
+            if v:
+                x = check_coordinate(nx * width, f"{where}, keypoint {j} x", FormatError)
+                y = check_coordinate(ny * height, f"{where}, keypoint {j} y", FormatError)
+                kps.append(Keypoint(x, y, Visibility(int(v))))
+            else:
+                kps.append(Keypoint())
         box = ((cx - bw / 2) * width, (cy - bh / 2) * height, bw * width, bh * height)
+        for value in box:
+            check_coordinate(value, f"{where}, box", FormatError)
         out.append((Instance(tuple(kps)), box))
     return out
 
@@ -277,48 +315,50 @@ def _with_box(inst: Instance, box: tuple[float, float, float, float], width: int
     return Instance(inst.keypoints, box)
 
 
-def read_yolo_pose(path: str | Path) -> Project:
+def read_yolo_pose(path: str | Path, image_root: str | Path | None = None) -> Project:
     """A project from an Ultralytics pose dataset (``data.yaml`` or its folder). Every split
-    listed (train, val, test) is read; the image root is the dataset folder."""
-    yaml = require_yaml()
+    listed (train, val, test) is read; the image root is the dataset folder (the YAML's
+    folder, or ``image_root``), and nothing outside it is read."""
+    require_yaml()
     yml = _find_yaml(Path(path))
     source = str(yml)
-    try:
-        doc = yaml.safe_load(yml.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise FormatError(f"{source}: not readable YAML ({exc})") from None
+    text = read_dataset_text(yml, yml.parent, "dataset description")
+    doc = load_yaml(text, str(source))
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: not a YOLO dataset description")
     schema = _schema(doc, source)
     k, ndim = doc["kpt_shape"]
-    base = yml.parent
+    root = Path(os.path.realpath(image_root if image_root is not None else yml.parent))
     given = doc.get("path")
-    if isinstance(given, str) and Path(given).is_absolute() and Path(given).is_dir():
-        train = doc.get("train")
-        if not (isinstance(train, str) and (base / train).exists()):
-            base = Path(given)  # the splits are not next to the YAML: use its path
+    train = doc.get("train")
+    if (image_root is None and isinstance(given, str) and Path(given).is_absolute()
+            and isinstance(train, str) and not os.path.lexists(
+                os.path.normpath(root / train))):
+        raise FormatError(f"{source}: its splits are not next to it but under path: {given!r}, "
+                          f"outside the dataset folder {root}; pass --images {given} to read "
+                          "them there")
     images: dict[Path, None] = {}  # ordered, without the repeats of val = train
     for split in ("train", "val", "test"):
         if doc.get(split):
-            images.update(dict.fromkeys(_split_images(base, doc[split], source)))
+            images.update(dict.fromkeys(_split_images(root, doc[split], source)))
     if not images:
         raise FormatError(f"{source}: no images in its train/val/test splits")
-    root = base.resolve()
     frames = []
     for image in images:
-        try:
-            rel = image.relative_to(root).as_posix()
-        except ValueError:
-            raise FormatError(f"{source}: image {image} is outside the dataset folder") from None
+        if not is_inside(image, root) or not is_inside(Path(os.path.realpath(image)), root):
+            raise FormatError(f"{source}: image {image} is outside the dataset folder {root}; "
+                              "not read")
+        rel = image.relative_to(root).as_posix()
         label = label_path_of(image)
-        if not label.is_file():
+        if not os.path.lexists(label):
             frames.append((rel, None, None, ImageAnnotation()))
             continue
+        text = read_dataset_text(label, root, "label file")
         try:
-            width, height = read_size(image)
+            width, height = read_size(dataset_file(image, root, "image"))
         except (ImageLoadError, ValueError) as exc:
             raise FormatError(f"{label}: its image cannot be read for its size ({exc})") from None
         insts = tuple(_with_box(inst, box, width, height)
-                      for inst, box in _parse_labels(label, k, ndim, width, height))
+                      for inst, box in _parse_labels(label, text, k, ndim, width, height))
         frames.append((rel, width, height, ImageAnnotation(insts, imported_status(insts))))
     return project_from_frames(root, schema, frames, source)
