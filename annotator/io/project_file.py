@@ -513,7 +513,12 @@ def read_project_document(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     if is_store(path):
         try:
-            store = ProjectStore(path)
+            try:
+                store = ProjectStore(path)
+            except StoreError as exc:
+                if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                    raise
+                store = ProjectStore(path, readonly=True)  # a read-only folder or file
             try:
                 doc = store.document()
             finally:

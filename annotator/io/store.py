@@ -136,19 +136,28 @@ class ProjectStore:
     autosaver's writer thread, or the caller)."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
-                 synchronous: str = "FULL") -> None:
+                 synchronous: str = "FULL", readonly: bool = False) -> None:
         self.path = Path(path)
         if not create:
             if not self.path.exists():
                 raise StoreError(f"{self.path}: file not found")
             if not is_store(self.path):
                 raise StoreError(f"{self.path}: not a project store (not an SQLite file)")
+        target, uri = str(self.path), False
+        if readonly:  # a read-only folder: no -shm can be made; immutable when no WAL is left
+            left = os.path.exists(f"{self.path}-wal")
+            target = f"{self.path.resolve().as_uri()}?{'mode=ro' if left else 'immutable=1'}"
+            uri = True
         try:
-            self.conn = sqlite3.connect(str(self.path), isolation_level=None,
+            self.conn = sqlite3.connect(target, isolation_level=None, uri=uri,
                                         check_same_thread=False, timeout=10.0)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot be opened ({exc})") from None
         try:
+            if not create:  # before anything could change a file that is not ours
+                self._check_format()
+            if readonly:
+                return
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={synchronous}")
             if create:
@@ -157,8 +166,6 @@ class ProjectStore:
                     self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                           [("format", STORE_FORMAT),
                                            ("version", str(STORE_VERSION))])
-            else:
-                self._check_format()
         except sqlite3.Error as exc:
             self.conn.close()
             raise StoreError(f"{self.path}: not a readable project store ({exc})") from None
@@ -167,6 +174,10 @@ class ProjectStore:
             raise
 
     def _check_format(self) -> None:
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"meta", "settings", "images", "annotations", "instances"} <= tables:
+            raise StoreError(f"{self.path}: not a keypoint-annotator project store")
         meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != STORE_FORMAT:
             raise StoreError(f"{self.path}: not a keypoint-annotator project store")
