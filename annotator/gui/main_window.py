@@ -36,25 +36,32 @@ from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
+from annotator.io.autosave import Autosaver
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
 from annotator.io.formats import ExportOptions, FormatError, export_project
 from annotator.io.images import list_images
 from annotator.io.project_file import (
+    JSON_SUFFIX,
     PROJECT_SUFFIX,
-    Autosaver,
     ProjectFileError,
     backup_path,
+    is_json_path,
     load_project,
-    load_project_recovering,
     new_project,
+    open_project_file,
+    save_json_copy,
     save_project,
+    store_path_for,
 )
+from annotator.io.store import StoreError, remove_sidecars
 from annotator.io.templates import load_template
 
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo"
-PROJECT_FILTER = f"Annotator projects (*{PROJECT_SUFFIX});;All files (*)"
+PROJECT_FILTER = (f"Annotator projects (*{PROJECT_SUFFIX} *{JSON_SUFFIX});;"
+                  "All files (*)")
+JSON_FILTER = f"JSON project copy (*{JSON_SUFFIX})"
 
 
 def human_bytes(n: int) -> str:
@@ -100,6 +107,8 @@ class MainWindow(QMainWindow):
         self._shut_down = False
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
         self._recovered = 0  # journaled edits recovered when the project was opened
+        self._counts: dict[str, int] = {}  # path -> 1 reviewed/reference, 2 needs review
+        self._counted: tuple[int, int] = (0, 0)  # (done, need) over self._counts
         self._manual_save = False  # a Ctrl+S save is running in the background
 
         self.loader = ThumbnailLoader(parent=self)
@@ -192,6 +201,7 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         self.act_save = self._action(m, "&Save", self.save, (K.Save,))
         self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
+        self.act_save_json = self._action(m, "Save a copy as &JSON...", self.save_json_dialog)
         self.act_export = self._action(m, "&Export COCO...", self.export_coco_dialog, ("Ctrl+E",))
         self.act_export_as = self._action(m, "Export &as...", self.export_as_dialog)
         m.addSeparator()
@@ -256,7 +266,8 @@ class MainWindow(QMainWindow):
         self.act_models_note = self._action(m, "About the &models", self.show_models_note)
         self.project_actions = [
             self.act_detect, self.act_box_tool, self.act_add_instance, self.act_delete_instance,
-            self.act_save, self.act_save_as, self.act_export, self.act_close_project,
+            self.act_save, self.act_save_as, self.act_save_json, self.act_export,
+            self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
             self.act_fit, self.act_heatmap, self.act_propagate, self.act_reference,
@@ -364,6 +375,7 @@ class MainWindow(QMainWindow):
         """Create a project over the images under ``image_root`` and save it at ``path``."""
         if not self._saved_or_confirmed():
             return None
+        path = self._store_path(path)
         try:
             project = new_project(image_root, schema)
         except (OSError, ValueError) as exc:
@@ -379,6 +391,11 @@ class MainWindow(QMainWindow):
             return None
         self.set_project(project, path)
         return project
+
+    @staticmethod
+    def _store_path(path: str) -> str:
+        """Projects are edited in a store: a ``.json`` name becomes ``.kpproj``."""
+        return str(store_path_for(path)) if is_json_path(path) else path
 
     def new_project_dialog(self) -> None:
         root = self._ask_existing_dir("Image folder")
@@ -401,13 +418,20 @@ class MainWindow(QMainWindow):
             return self.project  # already open: the file on disk may be older than the edits
         if not self._saved_or_confirmed():
             return None
+        note = ""
         try:
-            project, self._recovered = load_project_recovering(path)
+            opened = open_project_file(path)
+            project, self._recovered = opened.project, opened.recovered
+            if opened.migrated_from is not None:
+                note = (f"Opened {opened.path.name}, the new project file made from "
+                        f"{opened.migrated_from.name} (kept unchanged as a backup)")
+            path = str(opened.path)
         except ProjectFileError as exc:
             self._recovered = 0
-            project = self._restore_from_backup(path, exc)
-            if project is None:
+            restored = self._restore_from_backup(path, exc)
+            if restored is None:
                 return None
+            project, note = restored
         if not os.path.isdir(project.image_root):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
@@ -417,15 +441,22 @@ class MainWindow(QMainWindow):
         finally:
             recovered, self._recovered = self._recovered, 0
         if recovered:
-            self.statusBar().showMessage(
-                f"Recovered {recovered} unsaved edit(s) from the edit journal", 10_000)
-        if os.path.isdir(project.image_root):
-            self.rescan_images(quiet=True)
+            note = "; ".join(filter(None, [
+                note, f"recovered {recovered} unsaved edit(s) from the edit journal"]))
+        added = self.rescan_images(quiet=True, show=False) \
+            if os.path.isdir(project.image_root) else []
+        if added:
+            found = f"{len(added)} new image(s) found in {project.image_root}"
+            note = f"{note}; {found}" if note else found
+        if note:  # one message: what happened on open is never replaced at once
+            self.statusBar().showMessage(note, 15_000)
         return project
 
-    def rescan_images(self, quiet: bool = False) -> list[str]:
-        """Add the images put into the image folder since the project was made; returns
-        their paths. ``quiet``: say nothing when there are none (on open)."""
+    def rescan_images(self, quiet: bool = False, show: bool = True) -> list[str]:
+        """Add the images put into the image folder since the project was made (never in a
+        folder the application exported to); returns their paths. ``quiet``: say nothing
+        when there are none (on open); ``show``: False leaves the status bar to the
+        caller."""
         if self.project is None:
             return []
         try:
@@ -434,8 +465,10 @@ class MainWindow(QMainWindow):
             if not quiet:
                 self.show_message("warning", "Rescan image folder", str(exc))
             return []
+        skip = self.autosaver.exported_dirs() if self.autosaver is not None else []
+        found = [p for p in found if not any(p.startswith(d.rstrip("/") + "/") for d in skip)]
         added = self.project.add_images(ImageRecord(p) for p in found)
-        if added or not quiet:
+        if show and (added or not quiet):
             self.statusBar().showMessage(
                 f"{len(added)} new image(s) found in {self.project.image_root}"
                 if added else "No new images in the image folder", 8000)
@@ -448,7 +481,8 @@ class MainWindow(QMainWindow):
         answer = QMessageBox.question(self, title, text, buttons.Yes | buttons.No, buttons.Yes)
         return answer == buttons.Yes
 
-    def _restore_from_backup(self, path: str, error: Exception) -> Project | None:
+    def _restore_from_backup(self, path: str,
+                             error: Exception) -> tuple[Project, str] | None:
         """``path`` cannot be read: offer its previous version (``path~``). The unreadable
         file is kept beside it (``.unreadable-<time>``), so nothing is lost either way."""
         backup = backup_path(path)
@@ -471,15 +505,14 @@ class MainWindow(QMainWindow):
         try:
             if os.path.exists(path):
                 shutil.copy2(path, aside)
+            remove_sidecars(Path(path))  # the damaged file's write-ahead log must not apply
             shutil.copy2(backup, path)
             project = load_project(path)
         except (OSError, ProjectFileError) as exc:
             self.show_message("error", "Open project", f"Cannot restore {backup}: {exc}")
             return None
-        self.statusBar().showMessage(
-            f"Restored {os.path.basename(path)} from {backup.name}; the unreadable file is "
-            f"{os.path.basename(aside)}", 15_000)
-        return project
+        return project, (f"Restored {os.path.basename(path)} from {backup.name}; the "
+                         f"unreadable file is {os.path.basename(aside)}")
 
     def open_project_dialog(self) -> None:
         path = self._ask_open_file("Open project", PROJECT_FILTER)
@@ -489,6 +522,7 @@ class MainWindow(QMainWindow):
     def import_coco(self, json_path: str, image_root: str, path: str) -> Project | None:
         if not self._saved_or_confirmed():
             return None
+        path = self._store_path(path)
         try:
             project = import_coco(json_path, image_root)
             save_project(project, path)
@@ -517,15 +551,16 @@ class MainWindow(QMainWindow):
             or os.path.expanduser("~/.keypoint-annotator"),
             "demo",
         )
-        project_file = os.path.join(base, "demo" + PROJECT_SUFFIX)
+        store = os.path.join(base, "demo" + PROJECT_SUFFIX)
+        shipped = os.path.join(base, "demo" + JSON_SUFFIX)  # migrated on its first opening
         try:
-            if not os.path.isfile(project_file):
+            if not os.path.isfile(store) and not os.path.isfile(shipped):
                 shutil.copytree(DEMO_DIR, base, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("make_demo.py", "*~"))
         except OSError as exc:
             self.show_message("error", "Demo project", f"Cannot copy the demo: {exc}")
             return None
-        return self.open_project(project_file)
+        return self.open_project(store if os.path.isfile(store) else shipped)
 
     def save(self) -> bool:
         if self.project is None:
@@ -538,12 +573,40 @@ class MainWindow(QMainWindow):
         """Journal every edit of the open project and save it to ``path`` in the background
         (see :class:`annotator.io.autosave.Autosaver`)."""
         assert self.project is not None
-        self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay,
-                                   background=True, dirty=dirty)
+        try:
+            self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay,
+                                       background=True, dirty=dirty, backup=True)
+        except (StoreError, OSError) as exc:
+            self.autosaver = None
+            self.show_message("error", "Autosave", f"Edits will not be saved: {exc}")
+            return
         self.autosave_timer.start()
+
+    def save_json_copy(self, path: str) -> bool:
+        """Write the project as a JSON document at ``path`` (for diffs and version
+        control); the project stays in its store."""
+        if self.project is None:
+            return False
+        self.flush_predictions()
+        try:
+            save_json_copy(self.project, path)
+        except OSError as exc:
+            self.show_message("error", "Save a copy as JSON", f"Cannot save {path}: {exc}")
+            return False
+        self.statusBar().showMessage(f"Saved a JSON copy at {path}", 5000)
+        return True
+
+    def save_json_dialog(self) -> bool:
+        if self.project is None:
+            return False
+        start = str(Path(self.project_path or "project").with_suffix("")) + JSON_SUFFIX
+        path = self._ask_save_file("Save a copy as JSON", start, JSON_FILTER)
+        return self.save_json_copy(path) if path else False
 
     def save_as(self, path: str) -> bool:
         assert self.project is not None
+        if is_json_path(path):  # a JSON document is a copy: editing goes on in the store
+            return self.save_json_copy(path)
         if self.autosaver is not None and path == self.project_path:
             # Ctrl+S: snapshot here, write on a background thread; the tick reports the end
             self.flush_predictions()

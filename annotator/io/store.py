@@ -331,7 +331,7 @@ def backup_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + "~")
 
 
-def _remove_sidecars(path: Path) -> None:
+def remove_sidecars(path: Path) -> None:
     """Remove ``-wal`` / ``-shm`` files of ``path`` (before replacing the file itself: an
     old write-ahead log must never be applied to a new file)."""
     for suffix in ("-wal", "-shm", "-journal"):
@@ -360,14 +360,14 @@ def write_store(project: Project | Any, path: str | os.PathLike[str], image_root
             store.close()
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        _remove_sidecars(Path(tmp))
+        remove_sidecars(Path(tmp))
         try:
             mode = path.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = None
         if mode is not None:
             os.chmod(tmp, mode)
-        _remove_sidecars(path)
+        remove_sidecars(path)
         os.replace(tmp, path)
     except BaseException:
         for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
