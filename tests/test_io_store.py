@@ -131,3 +131,15 @@ def test_gallery_rows_need_no_keypoint_decoding(tmp_path):
     assert by_path["sub/prédit.png"] == ("predicted", 0.03125)
     assert by_path["empty.png"] == (None, None)
     assert by_path["ref.png"] == ("reference", None)
+
+
+def test_cli_reads_a_store(tmp_path):
+    from annotator.cli import main
+    from annotator.io.formats import detect_format
+
+    path = tmp_path / "p.kpproj"
+    save_project(rich_project(tmp_path), path)
+    assert detect_format(path) == "project"
+    out = tmp_path / "out.json"
+    assert main(["export", str(path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["categories"][0]["keypoints"] == list(SCHEMA.keypoints)
