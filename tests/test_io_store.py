@@ -138,7 +138,9 @@ def test_cli_reads_a_store(tmp_path):
     from annotator.io.formats import detect_format
 
     path = tmp_path / "p.kpproj"
-    save_project(rich_project(tmp_path), path)
+    project = rich_project(tmp_path)
+    project.set_image_size("reviewed.png", 64, 64)
+    save_project(project, path)
     assert detect_format(path) == "project"
     out = tmp_path / "out.json"
     assert main(["export", str(path), "--out", str(out)]) == 0
