@@ -408,7 +408,10 @@ class MainWindow(QMainWindow):
         dialog = SchemaDialog(start, self)
         if dialog.exec() != SchemaDialog.DialogCode.Accepted:
             return
-        default = os.path.join(root, Path(root).name + PROJECT_SUFFIX)
+        # beside the image folder, not in it: nothing the application writes lands among
+        # the images
+        folder = Path(root).resolve()
+        default = str(folder.parent / (folder.name + PROJECT_SUFFIX))
         path = self._ask_save_file("Save the new project as", default, PROJECT_FILTER)
         if path:
             self.new_project(root, dialog.schema, path)
@@ -680,7 +683,9 @@ class MainWindow(QMainWindow):
         if dialog.exec() != CocoExportDialog.DialogCode.Accepted:
             return
         choice = dialog.choice()
-        start = os.path.splitext(self.project_path or "annotations")[0] + "_coco.json"
+        stem = os.path.basename(self.project_path or "annotations")
+        stem = stem.removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
+        start = os.path.join(self.default_export_dir(), stem + "_coco.json")
         path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
         if path:
             self.export_coco(path, choice)
@@ -699,16 +704,38 @@ class MainWindow(QMainWindow):
         except (FormatError, OSError, ValueError) as exc:
             self.show_message("error", "Export as", str(exc))
             return False
+        self._record_export(path)
         self.statusBar().showMessage(report.summary(), 10_000)
         return True
+
+    def default_export_dir(self) -> str:
+        """Where exports go by default: the project file's folder, unless that is in the
+        image folder; then ``<image folder>_exports`` beside it (never among the images)."""
+        assert self.project is not None
+        root = Path(self.project.image_root).resolve()
+        base = Path(self.project_path).resolve().parent if self.project_path else root
+        if base == root or root in base.parents:
+            base = root.parent / f"{root.name}_exports"
+        return str(base)
+
+    def _record_export(self, path: str) -> None:
+        """An export folder inside the image folder is recorded in the project: rescans
+        skip it (the copies of images it holds are not new images)."""
+        if self.project is None or self.autosaver is None or not os.path.isdir(path):
+            return
+        root = Path(self.project.image_root).resolve()
+        out = Path(path).resolve()
+        if root in out.parents:
+            self.autosaver.record_export_dir(out.relative_to(root).as_posix())
 
     def export_as_dialog(self) -> None:
         if self.project is None:
             return
-        base = self.project_path or os.path.join(self.project.image_root, "annotations")
-        stem = os.path.basename(base).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
-        dialog = ExportDialog(stem, os.path.dirname(base), self.project.settings.review_threshold,
-                              self)
+        base = self.project_path or "annotations"
+        stem = os.path.basename(base).removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX)
+        stem = stem.removesuffix(".json")
+        dialog = ExportDialog(stem, self.default_export_dir(),
+                              self.project.settings.review_threshold, self)
         if dialog.exec() == ExportDialog.DialogCode.Accepted:
             self.export_as(dialog.format(), dialog.path(), dialog.options())
 

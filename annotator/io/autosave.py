@@ -82,6 +82,9 @@ class Autosaver:
         if not is_store(self.path):
             raise StoreError(f"{self.path}: not a project store; save the project there first")
         self._store = ProjectStore(self.path)
+        dirs = self._store.meta("exported_dirs", [])
+        self._export_dirs = [d for d in dirs if isinstance(d, str)] \
+            if isinstance(dirs, list) else []
         self._db_lock = threading.Lock()  # the connection: writer thread or flush()
         self._results_lock = threading.Lock()
         self._results: list[tuple[bool, str]] = []
@@ -365,12 +368,13 @@ class Autosaver:
     # --------------------------------------------------------------- extras
     def exported_dirs(self) -> list[str]:
         """Folders (relative to the image root, POSIX) the application exported to."""
-        with self._db_lock:
-            value = self._store.meta("exported_dirs", [])
-        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+        return list(self._export_dirs)
 
     def record_export_dir(self, rel: str) -> None:
-        """Remember that the application exported into ``rel`` (under the image root)."""
+        """Remember (in the store) that the application exported into ``rel`` (under the
+        image root)."""
+        if rel not in self._export_dirs:
+            self._export_dirs.append(rel)
         self._queue.put(("export_dir", rel))
         if self._thread is None:
             self._drain_now()
