@@ -93,3 +93,38 @@ def _reviewed():  # noqa: ANN202
     from annotator.domain import ImageStatus
 
     return ImageStatus.REVIEWED
+
+
+def test_review_counts_are_kept_incrementally(qtbot, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
+
+    window, project = demo(qtbot, tmp_path)
+
+    def recount():  # noqa: ANN202
+        done = sum(project.status(r.path) in (ImageStatus.REVIEWED, ImageStatus.REFERENCE)
+                   for r in project.images)
+        t = project.settings.review_threshold
+        need = sum(a.status == ImageStatus.PREDICTED
+                   and (a.worst_confidence() is None or a.worst_confidence() < t)
+                   for a in real().values())
+        return done, len(project), need
+
+    real = project.annotations
+    assert window.review_counts() == recount()
+    calls = []
+    monkeypatch.setattr(project, "annotations", lambda: calls.append(1) or real())
+    k = len(project.schema)
+    low = ImageAnnotation((Instance(tuple(Keypoint(1, 1, 2, Origin.PREDICTED, 0.1)
+                                          for _ in range(k))),), ImageStatus.PREDICTED)
+    project.set_annotation(TARGET, low, "predict")
+    assert window.review_counts() == recount()
+    project.set_status(TARGET, ImageStatus.REVIEWED)
+    project.undo()
+    project.undo()
+    assert window.review_counts() == recount()
+    assert calls == []  # no edit above looked at every image
+    project.set_settings(replace(project.settings, review_threshold=0.05))  # whole project
+    assert window.review_counts() == recount()
+    window.close()

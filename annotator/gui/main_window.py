@@ -109,6 +109,7 @@ class MainWindow(QMainWindow):
         self._recovered = 0  # journaled edits recovered when the project was opened
         self._counts: dict[str, int] = {}  # path -> 1 reviewed/reference, 2 needs review
         self._counted: tuple[int, int] = (0, 0)  # (done, need) over self._counts
+        self._counts_stale = True  # recount at the next review_counts()
         self._manual_save = False  # a Ctrl+S save is running in the background
 
         self.loader = ThumbnailLoader(parent=self)
@@ -323,6 +324,7 @@ class MainWindow(QMainWindow):
         """Show ``project`` (saved at ``path``); None returns to the welcome page."""
         self._detach_project()
         self.project, self.project_path = project, path
+        self._counts_stale = True
         if project is not None:
             self.loader.set_root(project.image_root)
             self._unsubscribe = project.subscribe(self._on_project_changed)
@@ -833,26 +835,57 @@ class MainWindow(QMainWindow):
             self.device_label.setText(f"device: {self.project.settings.device}")
 
     def _on_project_changed(self, paths: frozenset[str]) -> None:
+        self._count_changed(paths)
         self.editor.project_changed(paths)
         self._update_actions()
         self._update_title()
         if not self.counts_timer.isActive():  # streams of edits: counted a few times a second
             self.counts_timer.start()
 
-    def review_counts(self) -> tuple[int, int, int]:
-        """(reviewed or reference, total, predicted below the review threshold)."""
+    def _category(self, ann: ImageAnnotation) -> int:
+        """1: reviewed or reference; 2: predicted below the review threshold; else 0."""
         from annotator.domain import ImageStatus
 
+        assert self.project is not None
+        if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+            return 1
+        if ann.status == ImageStatus.PREDICTED:
+            conf = ann.worst_confidence()
+            if conf is None or conf < self.project.settings.review_threshold:
+                return 2
+        return 0
+
+    def _count_changed(self, paths: frozenset[str]) -> None:
+        """Keep the review counts current in O(changed images); a whole-project change
+        (schema, settings, threshold) recounts at the next :meth:`review_counts`."""
+        if not paths or self._counts_stale:
+            self._counts_stale = True
+            return
+        assert self.project is not None
+        done, need = self._counted
+        for path in paths:
+            old = self._counts.pop(path, 0)
+            new = self._category(self.project.annotation(path))
+            if new:
+                self._counts[path] = new
+            done += (new == 1) - (old == 1)
+            need += (new == 2) - (old == 2)
+        self._counted = (done, need)
+
+    def review_counts(self) -> tuple[int, int, int]:
+        """(reviewed or reference, total, predicted below the review threshold)."""
         if self.project is None:
             return (0, 0, 0)
-        threshold = self.project.settings.review_threshold
-        done = need = 0
-        for ann in self.project.annotations().values():
-            if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
-                done += 1
-            elif ann.status == ImageStatus.PREDICTED:
-                conf = ann.worst_confidence()
-                need += conf is None or conf < threshold
+        if self._counts_stale:
+            self._counts = {}
+            for path, ann in self.project.annotations().items():
+                cat = self._category(ann)
+                if cat:
+                    self._counts[path] = cat
+            values = list(self._counts.values())
+            self._counted = (values.count(1), values.count(2))
+            self._counts_stale = False
+        done, need = self._counted
         return done, len(self.project), need
 
     def _update_counts(self) -> None:
