@@ -128,3 +128,18 @@ def test_review_counts_are_kept_incrementally(qtbot, tmp_path, monkeypatch):
     project.set_settings(replace(project.settings, review_threshold=0.05))  # whole project
     assert window.review_counts() == recount()
     window.close()
+
+
+def test_one_image_is_not_one_images(qtbot, tmp_path):
+    from annotator.domain import ImageStatus
+    from annotator.gui.coco_export import CocoExportDialog
+
+    window, project = demo(qtbot, tmp_path)
+    done = [r.path for r in project.images
+            if project.status(r.path) in (ImageStatus.REVIEWED, ImageStatus.REFERENCE)]
+    for path in done[1:]:
+        project.set_status(path, ImageStatus.UNLABELLED)
+    dialog = CocoExportDialog(project)
+    assert "(1 image)" in dialog.reviewed.text() and "images" not in dialog.reviewed.text()
+    dialog.close()
+    window.close()
