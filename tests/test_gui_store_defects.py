@@ -4,6 +4,7 @@ exports never default into the image folder and a rescan never adds exported cop
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def test_after_undoing_a_placement_the_next_click_places_that_point(qtbot, tmp_p
     window.close()
 
 
-def test_exports_default_outside_the_image_folder_and_are_never_rescanned(qtbot, tmp_path):
+def test_exports_default_outside_the_image_folder_and_are_never_rescanned(qtbot, tmp_path,
+                                                                          monkeypatch):
     from annotator.domain import KeypointSchema
 
     window, _demo = demo(qtbot, tmp_path)
@@ -53,7 +55,19 @@ def test_exports_default_outside_the_image_folder_and_are_never_rescanned(qtbot,
     project.set_keypoint(project.images[0].path, 0, _visible(5, 5))
     project.set_status(project.images[0].path, _reviewed())
     out = images / "yolo_export"
-    assert window.export_as("yolo-pose", str(out), ExportOptions())
+    from annotator.gui import main_window as mw
+
+    threads = []
+    real = mw.export_project
+
+    def spy(*args):  # noqa: ANN002, ANN202
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(*args)
+
+    monkeypatch.setattr(mw, "export_project", spy)
+    assert window.export_as("yolo-pose", str(out), ExportOptions())  # on a worker thread
+    window.wait_export_as()
+    assert threads == [False] and "yolo" in window.statusBar().currentMessage().lower()
     assert any(p.suffix == ".jpg" for p in out.rglob("*"))  # copies of images are there
     assert window.rescan_images() == [] and len(project) == n
     window.close()

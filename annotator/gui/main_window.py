@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QStandardPaths, Qt, QTimer
+from PySide6.QtCore import QObject, QStandardPaths, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -64,6 +65,12 @@ PROJECT_FILTER = (f"Annotator projects (*{PROJECT_SUFFIX} *{JSON_SUFFIX});;"
 JSON_FILTER = f"JSON project copy (*{JSON_SUFFIX})"
 
 
+class _ExportAsDone(QObject):
+    """Carries an Export as outcome from its thread to the GUI thread (queued)."""
+
+    done = Signal(str, object, str)  # path, report (None on failure), error
+
+
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
@@ -114,6 +121,9 @@ class MainWindow(QMainWindow):
 
         self.loader = ThumbnailLoader(parent=self)
         self.exporter = CocoExporter(self)
+        self._export_as_thread: threading.Thread | None = None
+        self._export_as_done = _ExportAsDone(self)
+        self._export_as_done.done.connect(self._on_export_as_finished)
         self._export_choice: ExportChoice | None = None
         # the model stack is imported in GIL-friendly steps on the worker, at idle once a
         # project is open (default: with the real engine only; tests inject light engines)
@@ -692,23 +702,60 @@ class MainWindow(QMainWindow):
         if path:
             self.export_coco(path, choice)
 
+    @property
+    def export_as_busy(self) -> bool:
+        t = self._export_as_thread
+        return t is not None and t.is_alive()
+
     def export_as(self, fmt: str, path: str, options: ExportOptions) -> bool:
-        """Export in ``fmt`` (see :mod:`annotator.io.formats`); errors are shown."""
+        """Export in ``fmt`` (see :mod:`annotator.io.formats`) on a background thread from a
+        snapshot taken now (the user edits on meanwhile); returns whether it started. The
+        outcome (or the error) is shown when it ends; :meth:`wait_export_as` waits."""
         if self.project is None:
             return False
-        self.flush_predictions()
-        try:
-            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # copying images takes time
-            try:
-                report = export_project(self.project, fmt, path, options)
-            finally:
-                QApplication.restoreOverrideCursor()
-        except (FormatError, OSError, ValueError) as exc:
-            self.show_message("error", "Export as", str(exc))
+        if self.export_as_busy:
+            self.show_message("info", "Export as", "An export is still being written; try "
+                              "again when it has finished.")
             return False
+        self.flush_predictions()
+        p = self.project
+        # immutable values: the copy is taken in milliseconds, the project is rebuilt there
+        parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
+        emit = self._export_as_done.done.emit
+
+        def run() -> None:
+            try:
+                snap = Project(parts[0], parts[1], parts[2], parts[3], parts[4])
+                emit(path, export_project(snap, fmt, path, options), "")
+            except (FormatError, OSError, ValueError) as exc:
+                emit(path, None, str(exc))
+            except Exception as exc:  # noqa: BLE001 (shown, never lost)
+                log.error("export to %s failed", path, exc_info=True)
+                emit(path, None, f"{type(exc).__name__}: {exc}")
+
+        self.export_bar.setRange(0, 0)
+        self.export_bar.show()
+        self.statusBar().showMessage(f"Exporting {path}...")
+        self._export_as_thread = threading.Thread(target=run, name="export-as", daemon=True)
+        self._export_as_thread.start()
+        return True
+
+    def wait_export_as(self, timeout: float | None = None) -> None:
+        """Wait for a running Export as and deliver its outcome (tests, closing)."""
+        t = self._export_as_thread
+        if t is not None:
+            t.join(timeout)
+        QApplication.processEvents()
+
+    def _on_export_as_finished(self, path: str, report: Any, error: str) -> None:
+        if not self.exporter.busy:
+            self.export_bar.hide()
+        if report is None:
+            self.statusBar().clearMessage()
+            self.show_message("error", "Export as", error)
+            return
         self._record_export(path)
         self.statusBar().showMessage(report.summary(), 10_000)
-        return True
 
     def default_export_dir(self) -> str:
         """Where exports go by default: the project file's folder, unless that is in the
@@ -1093,6 +1140,8 @@ class MainWindow(QMainWindow):
         self._detach_project()  # cancel the run, apply what arrived, save: before any wait
         self.controller.shutdown()
         self.exporter.wait()  # an export being written finishes (it is atomic either way)
+        if self._export_as_thread is not None:
+            self._export_as_thread.join()
         self.loader.stop()
         self.editor.images.stop()
         self.editor.reference_pane.images.stop()
