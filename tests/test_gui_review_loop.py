@@ -214,7 +214,7 @@ def test_export_runs_in_the_background_from_a_snapshot(qtbot, tmp_path):  # noqa
                                                    ImageStatus.PREDICTED), "predict")
     dialog = ExportDialog(project, None, window)
     assert dialog.reviewed.isChecked()  # the honest default
-    assert "(1 images)" in dialog.reviewed.text() and "1 more images" in dialog.predictions.text()
+    assert "(1 image)" in dialog.reviewed.text() and "1 more image," in dialog.predictions.text()
     dialog.confident.setChecked(True)
     assert dialog.choice() == ExportChoice(ExportScope.CONFIDENT, 0.5)
 
