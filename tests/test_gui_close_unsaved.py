@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
-import annotator.io.project_file as project_file
 from annotator.io.project_file import load_project
+from annotator.io.store import ProjectStore
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
     make_window,
     no_thread_leaks,
@@ -17,13 +20,16 @@ from tests.test_gui_support import (  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
 
 
-def failing_at(bad_path, real):  # noqa: ANN001, ANN201
-    def save(project, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        if str(path) == str(bad_path):
-            raise OSError(28, "No space left on device")
-        return real(project, path, **kwargs)
+def failing_at(bad_path, monkeypatch):  # noqa: ANN001, ANN201
+    """Writes to the store at ``bad_path`` fail as on a full disk."""
+    real = ProjectStore.write_annotations
 
-    return save
+    def write(self, changes):  # noqa: ANN001, ANN202
+        if os.path.samefile(self.path, bad_path):
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, changes)
+
+    monkeypatch.setattr(ProjectStore, "write_annotations", write)
 
 
 def test_close_offers_save_elsewhere_then_cancel_or_save(qtbot, tmp_path, monkeypatch):
@@ -31,14 +37,13 @@ def test_close_offers_save_elsewhere_then_cancel_or_save(qtbot, tmp_path, monkey
     project = open_demo_project(window, tmp_path)
     old_path = window.project_path
     path0 = project.images[0].path
+    failing_at(old_path, monkeypatch)
     project.move_keypoint(project.reference_paths()[0], 0, 3.0, 4.0)
-    monkeypatch.setattr(project_file, "save_project",
-                        failing_at(old_path, project_file.save_project))
     answers = [QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save]
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answers.pop(0))
     assert not window.close()  # cancelled: the window and the edit stay
     assert window.isVisible() and window.project is project
-    new_path = tmp_path / "elsewhere.kpproj.json"
+    new_path = tmp_path / "elsewhere.kpproj"
     monkeypatch.setattr(window, "_ask_save_file", lambda *a: str(new_path))
     assert window.close()
     saved = load_project(new_path)
@@ -61,9 +66,8 @@ def test_switching_projects_when_saving_fails_asks_first(qtbot, tmp_path, monkey
     window = make_window(qtbot)
     project = open_demo_project(window, tmp_path)
     ref = project.reference_paths()[0]
+    failing_at(window.project_path, monkeypatch)
     project.move_keypoint(ref, 0, 5.0, 6.0)
-    monkeypatch.setattr(project_file, "save_project",
-                        failing_at(window.project_path, project_file.save_project))
     monkeypatch.setattr(QMessageBox, "question",
                         lambda *a, **k: QMessageBox.StandardButton.Cancel)
     window.close_project()

@@ -214,7 +214,7 @@ def test_export_runs_in_the_background_from_a_snapshot(qtbot, tmp_path):  # noqa
                                                    ImageStatus.PREDICTED), "predict")
     dialog = ExportDialog(project, None, window)
     assert dialog.reviewed.isChecked()  # the honest default
-    assert "(1 images)" in dialog.reviewed.text() and "1 more images" in dialog.predictions.text()
+    assert "(1 image)" in dialog.reviewed.text() and "1 more image," in dialog.predictions.text()
     dialog.confident.setChecked(True)
     assert dialog.choice() == ExportChoice(ExportScope.CONFIDENT, 0.5)
 
@@ -400,33 +400,44 @@ def test_help_sheet_zoom_and_review_counts(qtbot, tmp_path):  # noqa: ANN001
 
 
 def test_a_corrupt_project_file_can_be_restored_from_its_backup(qtbot, tmp_path):  # noqa: ANN001
-    from annotator.io.project_file import backup_path, load_project, save_project
+    """The store keeps a copy of itself as opened (``path~``); a damaged file offers it, and
+    the restore message is not replaced by the rescan's (one message says both)."""
+    import shutil
+
+    from annotator.io.project_file import backup_path, load_project
 
     window, project = demo(qtbot, tmp_path)
     path = window.project_path
     project.move_keypoint(TARGET, 0, 40, 30)
-    save_project(project, path)  # the previous version (without the edit) becomes path~
+    window.close()
+    window = make_window(qtbot)
+    project = window.open_project(path)  # path~: the project as opened now (with the edit)
     project.move_keypoint(TARGET, 1, 60, 30)
-    save_project(project, path)  # path~ now has left_eye only
-    window.close()  # saves once more
+    window.close()
     expected = load_project(backup_path(path)).annotation(TARGET)
-    assert expected.has_labels
-    with open(path, "w") as f:
-        f.write('{"format": "keypoint-annot')  # cut off mid-write by a crash
+    assert expected.has_labels and expected != load_project(path).annotation(TARGET)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 3])  # cut off (a disk failure)
+    folder = tmp_path / "demo" / "images"
+    shutil.copy(folder / "chelsea.jpg", folder / "added_meanwhile.jpg")
 
     second = make_window(qtbot)
     asked = []
     second._ask_yes_no = lambda title, text: asked.append(text) or False
     assert second.open_project(path) is None  # declined: nothing changes
     assert "can be read. Restore it?" in asked[0]
-    assert open(path).read().startswith('{"format": "keypoint-annot')
+    assert open(path, "rb").read() == data[: len(data) // 3]
 
     second._ask_yes_no = lambda title, text: True
     restored = second.open_project(path)
     assert restored is not None and restored.annotation(TARGET) == expected
+    message = second.statusBar().currentMessage()
+    assert "Restored demo.kpproj from demo.kpproj~" in message
+    assert "1 new image(s) found" in message
     assert load_project(path).annotation(TARGET) == restored.annotation(TARGET)
     aside = [p for p in (tmp_path / "demo").iterdir() if ".unreadable-" in p.name]
-    assert len(aside) == 1 and aside[0].read_text().startswith('{"format": "keypoint-annot')
+    assert len(aside) == 1 and aside[0].read_bytes() == data[: len(data) // 3]
     second.close()
 
     # no readable backup: the error as before

@@ -48,7 +48,7 @@ def keypoints(project, path):  # noqa: ANN001, ANN201
 
 
 def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F811
-    project_file = str(tmp_path / "cats.kpproj.json")
+    project_file = str(tmp_path / "cats.kpproj")
     export_file = str(tmp_path / "export.json")
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(image_folder))
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (project_file, ""))

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Origin, Visibility
+from annotator.io.autosave import Autosaver
 from annotator.io.project_file import (
     FORMAT_VERSION,
-    Autosaver,
     ProjectFileError,
     backup_path,
     load_project,
@@ -100,24 +100,18 @@ def test_failed_save_keeps_previous_file(tmp_path, folder, monkeypatch):
     assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
 
 
-def test_autosave_coalesces_rapid_edits(tmp_path, folder):
-    now = [0.0]
+def test_autosave_writes_each_edit_and_close_writes_the_rest(tmp_path, folder):
     p = make(folder)
-    path = tmp_path / "auto.json"
-    saver = Autosaver(p, path, delay_s=2.0, clock=lambda: now[0])
-    for i in range(20):  # a burst of edits, 0.1 s apart
-        now[0] += 0.1
+    path = tmp_path / "auto.kpproj"
+    save_project(p, path)
+    saver = Autosaver(p, path)
+    for i in range(20):  # a burst of edits: each is in the store at once
         p.move_keypoint("a.jpg", 0, i, i)
-        assert not saver.maybe_save()
-    now[0] += 2.5
-    assert saver.maybe_save()
-    assert saver.saves == 1
-    assert load_project(path).annotation("a.jpg").instances[0].keypoints[0].x == 19
-    now[0] += 10
-    assert not saver.maybe_save()  # nothing new
-    p.undo()
-    saver.close()  # flushes pending change
-    assert saver.saves == 2
+        assert load_project(path).annotation("a.jpg").instances[0].keypoints[0].x == i
+    assert saver.saves == 20 and not saver.dirty
+    p.undo()  # the last move undone
+    saver.close()
+    assert load_project(path).annotation("a.jpg").instances[0].keypoints[0].x == 18
 
 
 def test_project_and_images_can_move_together(tmp_path, folder):
@@ -173,19 +167,3 @@ def test_settings_of_the_wrong_type_are_named(tmp_path, folder):
     path.write_text(json.dumps(doc))
     with pytest.raises(ProjectFileError, match="setting 'cache_cap_gb' is '20', expected float"):
         load_project(path)
-
-
-def test_autosave_saves_during_a_steady_stream_of_edits(tmp_path, folder):
-    now = [0.0]
-    p = make(folder)
-    saver = Autosaver(p, tmp_path / "s.json", delay_s=2.0, max_wait_s=15.0,
-                      clock=lambda: now[0])
-    saves_at = []
-    for i in range(80):  # an edit every 0.25 s for 20 s: never 2 s of quiet
-        now[0] += 0.25
-        p.move_keypoint("a.jpg", 0, i, i)
-        if saver.maybe_save():
-            saves_at.append(now[0])
-    assert saves_at and saves_at[0] <= 15.25
-    saved = load_project(tmp_path / "s.json", recover=False)  # the file alone, no journal
-    assert saved.annotation("a.jpg").instances[0].keypoints[0].x <= 60

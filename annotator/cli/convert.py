@@ -79,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
         project = import_dataset(args.input, args.source_format, args.images, args.image_prefix,
                                  args.category)
         if args.to == "project":
-            from annotator.io.project_file import PROJECT_SUFFIX, save_project
+            from annotator.io.project_file import JSON_SUFFIX, PROJECT_SUFFIX, save_project
 
-            if not args.out.name.endswith(PROJECT_SUFFIX):
-                print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX}",
-                      file=sys.stderr)
+            if not args.out.name.endswith((PROJECT_SUFFIX, JSON_SUFFIX)):
+                print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX} "
+                      f"(or {JSON_SUFFIX} for a JSON document)", file=sys.stderr)
                 return 2
             if args.out.exists():
                 print(f"error: {args.out} exists; choose a new file name", file=sys.stderr)

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "keypoint: a box to fill. `annotator propagate` on that file then predicts one "
         "instance per box. Earlier detections the user has not touched are replaced.",
     )
-    p.add_argument("input", type=Path, help="project file (*.kpproj.json) or COCO keypoint file")
+    p.add_argument("input", type=Path, help="project file (.kpproj, .kpproj.json) or COCO file")
     p.add_argument("--images", type=Path, default=None,
                    help="image folder (default: the COCO file's folder or the project's root); "
                         "images it holds that the input does not list are searched too")

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "images a person reviewed or made references go out; unreviewed predictions only on "
         "request (--include).",
     )
-    p.add_argument("project", type=Path, help="project file (*.kpproj.json)")
+    p.add_argument("project", type=Path, help="project file (*.kpproj or *.kpproj.json)")
     p.add_argument("--out", type=Path, required=True, help="COCO file to write")
     add_include_arguments(p, "reviewed")
     p.set_defaults(func=run)

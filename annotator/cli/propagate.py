@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "`annotator detect`) gets one predicted instance per box, written as one annotation "
         "with that bbox; a target without boxes is predicted as a whole image.",
     )
-    p.add_argument("input", type=Path, help="project file (*.kpproj.json) or COCO keypoint file")
+    p.add_argument("input", type=Path, help="project file (.kpproj, .kpproj.json) or COCO file")
     p.add_argument("--images", type=Path, default=None,
                    help="image folder (COCO input: default the COCO file's folder; project input: "
                         "the project's image root). Images in it that the COCO file does not "
@@ -50,9 +50,11 @@ def load_input(path: Path, images: Path | None):
     from annotator.io.images import list_images
     from annotator.io.jsonio import InputFormatError, loads_strict
     from annotator.io.project_file import FORMAT_NAME, ProjectFileError, load_project
+    from annotator.io.store import is_store
 
     try:
-        head = loads_strict(path.read_bytes(), str(path))
+        head = {"format": FORMAT_NAME} if is_store(path) else loads_strict(path.read_bytes(),
+                                                                          str(path))
     except FileNotFoundError:
         raise SystemExit(f"{path}: file not found") from None
     except OSError as exc:

@@ -30,6 +30,11 @@ from annotator.io.coco import CocoSource, ExportChoice, ExportScope, write_coco_
 log = logging.getLogger(__name__)
 
 
+def count_text(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``1,000 more images``: singular for one."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 class CocoExportDialog(QDialog):
     """Pick an :class:`ExportChoice`, with the counts of what each choice writes."""
 
@@ -47,9 +52,11 @@ class CocoExportDialog(QDialog):
                 checked += 1
             elif status == ImageStatus.PREDICTED:
                 predicted += 1
-        self.reviewed = QRadioButton(f"Reviewed and reference images only ({checked} images)")
+        self.reviewed = QRadioButton(
+            f"Reviewed and reference images only ({count_text(checked, 'image')})")
         self.predictions = QRadioButton(
-            f"Also unreviewed predictions ({predicted} more images, every predicted point)"
+            f"Also unreviewed predictions ({count_text(predicted, 'more image')}, every "
+            "predicted point)"
         )
         self.confident = QRadioButton("Also unreviewed predicted points scored at least")
         self.threshold = QDoubleSpinBox()

@@ -46,6 +46,8 @@ class EditorPage(QWidget):
         self.project: Project | None = None
         self.current_path: str | None = None
         self.current_keypoint = 0
+        # ((path, instance), labelled flags) of the points on show: what an undo unplaced
+        self._shown_labelled: tuple[tuple[str | None, int], list[bool]] | None = None
         self.current_instance = 0  # the instance placed keypoints go to
         self.shown_path: str | None = None  # the path whose image is on the canvas
         self.images = ImageLoader(parent=self)
@@ -177,6 +179,7 @@ class EditorPage(QWidget):
             if self.project is not None:
                 self.current_keypoint = min(self.current_keypoint, len(self.project.schema) - 1)
         if self.current_path is not None and (not paths or self.current_path in paths):
+            self._follow_unplaced()
             self._refresh_points()
         if not self._pane_timer.isActive():  # references change rarely; edits come in streams
             self._pane_timer.start()
@@ -249,6 +252,20 @@ class EditorPage(QWidget):
             return ann.instances[self.current_instance].keypoints
         return tuple(Keypoint() for _ in range(k))
 
+    def _follow_unplaced(self) -> None:
+        """When an edit (an undo of a placement) unplaces exactly one keypoint of the shown
+        instance, select it: the next click places that point again, not the one the
+        selection had advanced to."""
+        before = self._shown_labelled
+        if self.project is None or before is None or before[0] != (self.current_path,
+                                                                     self.current_instance):
+            return
+        now = [kp.labelled for kp in self._keypoints()]
+        gone = [i for i, (a, b) in enumerate(zip(before[1], now)) if a and not b]
+        if len(gone) == 1 and len(now) == len(before[1]):
+            self.current_keypoint = gone[0]
+            self.reference_pane.set_keypoint(gone[0])
+
     def _refresh_points(self) -> None:
         if self.project is None or self.current_path is None:
             return
@@ -256,6 +273,8 @@ class EditorPage(QWidget):
         ann = self.project.annotation(self.current_path)
         self.current_instance = max(0, min(self.current_instance, len(ann.instances) - 1))
         kps = self._keypoints()
+        self._shown_labelled = ((self.current_path, self.current_instance),
+                                [kp.labelled for kp in kps])
         styles = [PointStyle(n, c, kp) for n, c, kp in zip(schema.keypoints, schema.colors, kps)]
         self.canvas.set_points(styles, schema.skeleton, self.current_keypoint)
         boxes = [BoxStyle(i, inst.bbox, inst.box_score, i == self.current_instance)

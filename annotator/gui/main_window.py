@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QStandardPaths, Qt, QTimer
+from PySide6.QtCore import QObject, QStandardPaths, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -38,25 +39,38 @@ from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.video_actions import VideoSupport
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
+from annotator.io.autosave import Autosaver
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
 from annotator.io.formats import ExportOptions, FormatError, detect_format, export_project
 from annotator.io.images import list_images
 from annotator.io.project_file import (
+    JSON_SUFFIX,
     PROJECT_SUFFIX,
-    Autosaver,
     ProjectFileError,
     backup_path,
+    is_json_path,
     load_project,
-    load_project_recovering,
     new_project,
+    open_project_file,
+    save_json_copy,
     save_project,
+    store_path_for,
 )
+from annotator.io.store import StoreError, remove_sidecars
 from annotator.io.templates import load_template
 
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo"
-PROJECT_FILTER = f"Annotator projects (*{PROJECT_SUFFIX});;All files (*)"
+PROJECT_FILTER = (f"Annotator projects (*{PROJECT_SUFFIX} *{JSON_SUFFIX});;"
+                  "All files (*)")
+JSON_FILTER = f"JSON project copy (*{JSON_SUFFIX})"
+
+
+class _ExportAsDone(QObject):
+    """Carries an Export as outcome from its thread to the GUI thread (queued)."""
+
+    done = Signal(str, object, str)  # path, report (None on failure), error
 
 
 def human_bytes(n: int) -> str:
@@ -102,11 +116,17 @@ class MainWindow(QMainWindow):
         self._shut_down = False
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
         self._recovered = 0  # journaled edits recovered when the project was opened
+        self._counts: dict[str, int] = {}  # path -> 1 reviewed/reference, 2 needs review
+        self._counted: tuple[int, int] = (0, 0)  # (done, need) over self._counts
+        self._counts_stale = True  # recount at the next review_counts()
         self._manual_save = False  # a Ctrl+S save is running in the background
 
         self.loader = ThumbnailLoader(parent=self)
         self.exporter = CocoExporter(self)
         self.importer = FormatImporter(self)
+        self._export_as_thread: threading.Thread | None = None
+        self._export_as_done = _ExportAsDone(self)
+        self._export_as_done.done.connect(self._on_export_as_finished)
         self._export_choice: ExportChoice | None = None
         # the model stack is imported in GIL-friendly steps on the worker, at idle once a
         # project is open (default: with the real engine only; tests inject light engines)
@@ -197,6 +217,7 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         self.act_save = self._action(m, "&Save", self.save, (K.Save,))
         self.act_save_as = self._action(m, "Save &as...", self.save_as_dialog, ("Ctrl+Shift+S",))
+        self.act_save_json = self._action(m, "Save a copy as &JSON...", self.save_json_dialog)
         self.act_export = self._action(m, "&Export COCO...", self.export_coco_dialog, ("Ctrl+E",))
         self.act_export_as = self._action(m, "Export &as...", self.export_as_dialog)
         m.addSeparator()
@@ -261,7 +282,8 @@ class MainWindow(QMainWindow):
         self.act_models_note = self._action(m, "About the &models", self.show_models_note)
         self.project_actions = [
             self.act_detect, self.act_box_tool, self.act_add_instance, self.act_delete_instance,
-            self.act_save, self.act_save_as, self.act_export, self.act_close_project,
+            self.act_save, self.act_save_as, self.act_save_json, self.act_export,
+            self.act_close_project,
             self.act_schema, self.act_settings, self.act_accept, self.act_next, self.act_prev,
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
             self.act_fit, self.act_heatmap, self.act_propagate, self.act_reference,
@@ -319,6 +341,7 @@ class MainWindow(QMainWindow):
         """Show ``project`` (saved at ``path``); None returns to the welcome page."""
         self._detach_project()
         self.project, self.project_path = project, path
+        self._counts_stale = True
         if project is not None:
             self.loader.set_root(project.image_root)
             self._unsubscribe = project.subscribe(self._on_project_changed)
@@ -371,6 +394,7 @@ class MainWindow(QMainWindow):
         """Create a project over the images under ``image_root`` and save it at ``path``."""
         if not self._saved_or_confirmed():
             return None
+        path = self._store_path(path)
         try:
             project = new_project(image_root, schema)
         except (OSError, ValueError) as exc:
@@ -387,6 +411,11 @@ class MainWindow(QMainWindow):
         self.set_project(project, path)
         return project
 
+    @staticmethod
+    def _store_path(path: str) -> str:
+        """Projects are edited in a store: a ``.json`` name becomes ``.kpproj``."""
+        return str(store_path_for(path)) if is_json_path(path) else path
+
     def new_project_dialog(self) -> None:
         root = self._ask_existing_dir("Image folder")
         if not root:
@@ -398,7 +427,10 @@ class MainWindow(QMainWindow):
         dialog = SchemaDialog(start, self)
         if dialog.exec() != SchemaDialog.DialogCode.Accepted:
             return
-        default = os.path.join(root, Path(root).name + PROJECT_SUFFIX)
+        # beside the image folder, not in it: nothing the application writes lands among
+        # the images
+        folder = Path(root).resolve()
+        default = str(folder.parent / (folder.name + PROJECT_SUFFIX))
         path = self._ask_save_file("Save the new project as", default, PROJECT_FILTER)
         if path:
             self.new_project(root, dialog.schema, path)
@@ -408,13 +440,20 @@ class MainWindow(QMainWindow):
             return self.project  # already open: the file on disk may be older than the edits
         if not self._saved_or_confirmed():
             return None
+        note = ""
         try:
-            project, self._recovered = load_project_recovering(path)
+            opened = open_project_file(path)
+            project, self._recovered = opened.project, opened.recovered
+            if opened.migrated_from is not None:
+                note = (f"Opened {opened.path.name}, the new project file made from "
+                        f"{opened.migrated_from.name} (kept unchanged as a backup)")
+            path = str(opened.path)
         except ProjectFileError as exc:
             self._recovered = 0
-            project = self._restore_from_backup(path, exc)
-            if project is None:
+            restored = self._restore_from_backup(path, exc)
+            if restored is None:
                 return None
+            project, note = restored
         if not os.path.isdir(project.image_root):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
@@ -424,15 +463,22 @@ class MainWindow(QMainWindow):
         finally:
             recovered, self._recovered = self._recovered, 0
         if recovered:
-            self.statusBar().showMessage(
-                f"Recovered {recovered} unsaved edit(s) from the edit journal", 10_000)
-        if os.path.isdir(project.image_root):
-            self.rescan_images(quiet=True)
+            note = "; ".join(filter(None, [
+                note, f"recovered {recovered} unsaved edit(s) from the edit journal"]))
+        added = self.rescan_images(quiet=True, show=False) \
+            if os.path.isdir(project.image_root) else []
+        if added:
+            found = f"{len(added)} new image(s) found in {project.image_root}"
+            note = f"{note}; {found}" if note else found
+        if note:  # one message: what happened on open is never replaced at once
+            self.statusBar().showMessage(note, 15_000)
         return project
 
-    def rescan_images(self, quiet: bool = False) -> list[str]:
-        """Add the images put into the image folder since the project was made; returns
-        their paths. ``quiet``: say nothing when there are none (on open)."""
+    def rescan_images(self, quiet: bool = False, show: bool = True) -> list[str]:
+        """Add the images put into the image folder since the project was made (never in a
+        folder the application exported to); returns their paths. ``quiet``: say nothing
+        when there are none (on open); ``show``: False leaves the status bar to the
+        caller."""
         if self.project is None:
             return []
         try:
@@ -441,8 +487,10 @@ class MainWindow(QMainWindow):
             if not quiet:
                 self.show_message("warning", "Rescan image folder", str(exc))
             return []
+        skip = self.autosaver.exported_dirs() if self.autosaver is not None else []
+        found = [p for p in found if not any(p.startswith(d.rstrip("/") + "/") for d in skip)]
         added = self.project.add_images(ImageRecord(p) for p in found)
-        if added or not quiet:
+        if show and (added or not quiet):
             self.statusBar().showMessage(
                 f"{len(added)} new image(s) found in {self.project.image_root}"
                 if added else "No new images in the image folder", 8000)
@@ -455,7 +503,8 @@ class MainWindow(QMainWindow):
         answer = QMessageBox.question(self, title, text, buttons.Yes | buttons.No, buttons.Yes)
         return answer == buttons.Yes
 
-    def _restore_from_backup(self, path: str, error: Exception) -> Project | None:
+    def _restore_from_backup(self, path: str,
+                             error: Exception) -> tuple[Project, str] | None:
         """``path`` cannot be read: offer its previous version (``path~``). The unreadable
         file is kept beside it (``.unreadable-<time>``), so nothing is lost either way."""
         backup = backup_path(path)
@@ -478,15 +527,14 @@ class MainWindow(QMainWindow):
         try:
             if os.path.exists(path):
                 shutil.copy2(path, aside)
+            remove_sidecars(Path(path))  # the damaged file's write-ahead log must not apply
             shutil.copy2(backup, path)
             project = load_project(path)
         except (OSError, ProjectFileError) as exc:
             self.show_message("error", "Open project", f"Cannot restore {backup}: {exc}")
             return None
-        self.statusBar().showMessage(
-            f"Restored {os.path.basename(path)} from {backup.name}; the unreadable file is "
-            f"{os.path.basename(aside)}", 15_000)
-        return project
+        return project, (f"Restored {os.path.basename(path)} from {backup.name}; the "
+                         f"unreadable file is {os.path.basename(aside)}")
 
     def open_project_dialog(self) -> None:
         path = self._ask_open_file("Open project", PROJECT_FILTER)
@@ -496,6 +544,7 @@ class MainWindow(QMainWindow):
     def import_coco(self, json_path: str, image_root: str, path: str) -> Project | None:
         if not self._saved_or_confirmed():
             return None
+        path = self._store_path(path)
         try:
             project = import_coco(json_path, image_root)
             save_project(project, path)
@@ -578,15 +627,16 @@ class MainWindow(QMainWindow):
             or os.path.expanduser("~/.keypoint-annotator"),
             "demo",
         )
-        project_file = os.path.join(base, "demo" + PROJECT_SUFFIX)
+        store = os.path.join(base, "demo" + PROJECT_SUFFIX)
+        shipped = os.path.join(base, "demo" + JSON_SUFFIX)  # migrated on its first opening
         try:
-            if not os.path.isfile(project_file):
+            if not os.path.isfile(store) and not os.path.isfile(shipped):
                 shutil.copytree(DEMO_DIR, base, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("make_demo.py", "*~"))
         except OSError as exc:
             self.show_message("error", "Demo project", f"Cannot copy the demo: {exc}")
             return None
-        return self.open_project(project_file)
+        return self.open_project(store if os.path.isfile(store) else shipped)
 
     def save(self) -> bool:
         if self.project is None:
@@ -599,12 +649,40 @@ class MainWindow(QMainWindow):
         """Journal every edit of the open project and save it to ``path`` in the background
         (see :class:`annotator.io.autosave.Autosaver`)."""
         assert self.project is not None
-        self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay,
-                                   background=True, dirty=dirty)
+        try:
+            self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay,
+                                       background=True, dirty=dirty, backup=True)
+        except (StoreError, OSError) as exc:
+            self.autosaver = None
+            self.show_message("error", "Autosave", f"Edits will not be saved: {exc}")
+            return
         self.autosave_timer.start()
+
+    def save_json_copy(self, path: str) -> bool:
+        """Write the project as a JSON document at ``path`` (for diffs and version
+        control); the project stays in its store."""
+        if self.project is None:
+            return False
+        self.flush_predictions()
+        try:
+            save_json_copy(self.project, path)
+        except OSError as exc:
+            self.show_message("error", "Save a copy as JSON", f"Cannot save {path}: {exc}")
+            return False
+        self.statusBar().showMessage(f"Saved a JSON copy at {path}", 5000)
+        return True
+
+    def save_json_dialog(self) -> bool:
+        if self.project is None:
+            return False
+        start = str(Path(self.project_path or "project").with_suffix("")) + JSON_SUFFIX
+        path = self._ask_save_file("Save a copy as JSON", start, JSON_FILTER)
+        return self.save_json_copy(path) if path else False
 
     def save_as(self, path: str) -> bool:
         assert self.project is not None
+        if is_json_path(path):  # a JSON document is a copy: editing goes on in the store
+            return self.save_json_copy(path)
         if self.autosaver is not None and path == self.project_path:
             # Ctrl+S: snapshot here, write on a background thread; the tick reports the end
             self.flush_predictions()
@@ -678,35 +756,96 @@ class MainWindow(QMainWindow):
         if dialog.exec() != CocoExportDialog.DialogCode.Accepted:
             return
         choice = dialog.choice()
-        start = os.path.splitext(self.project_path or "annotations")[0] + "_coco.json"
+        stem = os.path.basename(self.project_path or "annotations")
+        stem = stem.removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
+        start = os.path.join(self.default_export_dir(), stem + "_coco.json")
         path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
         if path:
             self.export_coco(path, choice)
 
+    @property
+    def export_as_busy(self) -> bool:
+        t = self._export_as_thread
+        return t is not None and t.is_alive()
+
     def export_as(self, fmt: str, path: str, options: ExportOptions) -> bool:
-        """Export in ``fmt`` (see :mod:`annotator.io.formats`); errors are shown."""
+        """Export in ``fmt`` (see :mod:`annotator.io.formats`) on a background thread from a
+        snapshot taken now (the user edits on meanwhile); returns whether it started. The
+        outcome (or the error) is shown when it ends; :meth:`wait_export_as` waits."""
         if self.project is None:
             return False
-        self.flush_predictions()
-        try:
-            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # copying images takes time
-            try:
-                report = export_project(self.project, fmt, path, options)
-            finally:
-                QApplication.restoreOverrideCursor()
-        except (FormatError, OSError, ValueError) as exc:
-            self.show_message("error", "Export as", str(exc))
+        if self.export_as_busy:
+            self.show_message("info", "Export as", "An export is still being written; try "
+                              "again when it has finished.")
             return False
-        self.statusBar().showMessage(report.summary(), 10_000)
+        self.flush_predictions()
+        p = self.project
+        # immutable values: the copy is taken in milliseconds, the project is rebuilt there
+        parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
+        emit = self._export_as_done.done.emit
+
+        def run() -> None:
+            try:
+                snap = Project(parts[0], parts[1], parts[2], parts[3], parts[4])
+                emit(path, export_project(snap, fmt, path, options), "")
+            except (FormatError, OSError, ValueError) as exc:
+                emit(path, None, str(exc))
+            except Exception as exc:  # noqa: BLE001 (shown, never lost)
+                log.error("export to %s failed", path, exc_info=True)
+                emit(path, None, f"{type(exc).__name__}: {exc}")
+
+        self.export_bar.setRange(0, 0)
+        self.export_bar.show()
+        self.statusBar().showMessage(f"Exporting {path}...")
+        self._export_as_thread = threading.Thread(target=run, name="export-as", daemon=True)
+        self._export_as_thread.start()
         return True
+
+    def wait_export_as(self, timeout: float | None = None) -> None:
+        """Wait for a running Export as and deliver its outcome (tests, closing)."""
+        t = self._export_as_thread
+        if t is not None:
+            t.join(timeout)
+        QApplication.processEvents()
+
+    def _on_export_as_finished(self, path: str, report: Any, error: str) -> None:
+        if not self.exporter.busy:
+            self.export_bar.hide()
+        if report is None:
+            self.statusBar().clearMessage()
+            self.show_message("error", "Export as", error)
+            return
+        self._record_export(path)
+        self.statusBar().showMessage(report.summary(), 10_000)
+
+    def default_export_dir(self) -> str:
+        """Where exports go by default: the project file's folder, unless that is in the
+        image folder; then ``<image folder>_exports`` beside it (never among the images)."""
+        assert self.project is not None
+        root = Path(self.project.image_root).resolve()
+        base = Path(self.project_path).resolve().parent if self.project_path else root
+        if base == root or root in base.parents:
+            base = root.parent / f"{root.name}_exports"
+        return str(base)
+
+    def _record_export(self, path: str) -> None:
+        """An export folder inside the image folder is recorded in the project: rescans
+        skip it (the copies of images it holds are not new images)."""
+        if self.project is None or self.autosaver is None or not os.path.isdir(path):
+            return
+        root = Path(self.project.image_root).resolve()
+        out = Path(path).resolve()
+        if root in out.parents:
+            self.autosaver.record_export_dir(out.relative_to(root).as_posix())
 
     def export_as_dialog(self) -> None:
         if self.project is None:
             return
-        base = self.project_path or os.path.join(self.project.image_root, "annotations")
-        stem = os.path.basename(base).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
-        dialog = ExportDialog(stem, os.path.dirname(base), self.project.settings.review_threshold,
-                              self)
+        base = self.project_path or "annotations"
+        stem = os.path.basename(base).removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX)
+        stem = stem.removesuffix(".json")
+        dialog = ExportDialog(stem, self.default_export_dir(),
+                              self.project.settings.review_threshold, self)
         if dialog.exec() == ExportDialog.DialogCode.Accepted:
             self.export_as(dialog.format(), dialog.path(), dialog.options())
 
@@ -804,26 +943,57 @@ class MainWindow(QMainWindow):
             self.device_label.setText(f"device: {self.project.settings.device}")
 
     def _on_project_changed(self, paths: frozenset[str]) -> None:
+        self._count_changed(paths)
         self.editor.project_changed(paths)
         self._update_actions()
         self._update_title()
         if not self.counts_timer.isActive():  # streams of edits: counted a few times a second
             self.counts_timer.start()
 
-    def review_counts(self) -> tuple[int, int, int]:
-        """(reviewed or reference, total, predicted below the review threshold)."""
+    def _category(self, ann: ImageAnnotation) -> int:
+        """1: reviewed or reference; 2: predicted below the review threshold; else 0."""
         from annotator.domain import ImageStatus
 
+        assert self.project is not None
+        if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+            return 1
+        if ann.status == ImageStatus.PREDICTED:
+            conf = ann.worst_confidence()
+            if conf is None or conf < self.project.settings.review_threshold:
+                return 2
+        return 0
+
+    def _count_changed(self, paths: frozenset[str]) -> None:
+        """Keep the review counts current in O(changed images); a whole-project change
+        (schema, settings, threshold) recounts at the next :meth:`review_counts`."""
+        if not paths or self._counts_stale:
+            self._counts_stale = True
+            return
+        assert self.project is not None
+        done, need = self._counted
+        for path in paths:
+            old = self._counts.pop(path, 0)
+            new = self._category(self.project.annotation(path))
+            if new:
+                self._counts[path] = new
+            done += (new == 1) - (old == 1)
+            need += (new == 2) - (old == 2)
+        self._counted = (done, need)
+
+    def review_counts(self) -> tuple[int, int, int]:
+        """(reviewed or reference, total, predicted below the review threshold)."""
         if self.project is None:
             return (0, 0, 0)
-        threshold = self.project.settings.review_threshold
-        done = need = 0
-        for ann in self.project.annotations().values():
-            if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
-                done += 1
-            elif ann.status == ImageStatus.PREDICTED:
-                conf = ann.worst_confidence()
-                need += conf is None or conf < threshold
+        if self._counts_stale:
+            self._counts = {}
+            for path, ann in self.project.annotations().items():
+                cat = self._category(ann)
+                if cat:
+                    self._counts[path] = cat
+            values = list(self._counts.values())
+            self._counted = (values.count(1), values.count(2))
+            self._counts_stale = False
+        done, need = self._counted
         return done, len(self.project), need
 
     def _update_counts(self) -> None:
@@ -1032,6 +1202,8 @@ class MainWindow(QMainWindow):
         self.controller.shutdown()
         self.exporter.wait()  # an export being written finishes (it is atomic either way)
         self.importer.wait()
+        if self._export_as_thread is not None:
+            self._export_as_thread.join()
         self.loader.stop()
         self.editor.images.stop()
         self.editor.reference_pane.images.stop()

@@ -1,173 +1,64 @@
-"""Autosave with a write-ahead journal: at most about a second of edits at risk.
+"""Autosave into the SQLite project store: every edit is its own small transaction.
 
-Every edit is appended to ``<project file>.journal`` as one checksummed line (the new state of
-each image it changed, or the whole schema, settings and annotations for a schema or settings
-change) and fsynced at once, by a background thread in ``background`` mode. The project file
-itself is rewritten ("folded") after a pause in editing or a maximum wait, from an immutable
-snapshot, atomically, on a background thread in ``background`` mode (the GUI). The file
-records which journal records it holds (``"journal": {"id": ..., "seq": ...}``);
-:func:`recover_document` (used by :func:`annotator.io.project_file.load_project`) replays the
-newer ones when the project is opened, so a crash loses only edits not yet fsynced. A torn or
-damaged journal line ends the replay (the lines before it are used).
+The :class:`Autosaver` listens to the project; each change (the new annotations of the images
+it touched; for a schema, settings or image-list change, what of those changed) is written
+to the store by a background writer thread in ``background`` mode (the GUI thread only
+captures the changed annotations, which are immutable values) or at once in the calling
+thread otherwise. Changes that queue up while a transaction commits are written together in
+the next one. Commits are ``synchronous=FULL`` in WAL mode: a crash (even a power cut) loses
+at most the changes not yet committed, typically milliseconds of edits; the file opens as
+the result of a prefix of the edits, never a torn state. There is no whole-file rewrite.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
 import queue
-import re
+import sqlite3
 import threading
 import time
-import uuid
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from annotator.domain.annotation import ImageAnnotation
-from annotator.domain.project import Project
-from annotator.io import project_file as pf
+from annotator.domain.project import ImageRecord, Project, ProjectSettings
+from annotator.domain.schema import KeypointSchema
+from annotator.io.store import ProjectStore, StoreError, backup_path, copy_store, is_store
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SUFFIX = ".journal"
-JOURNAL_FORMAT = "keypoint-annotator-journal"
-_EMPTY = ImageAnnotation()
-_STAMP = re.compile(rb'"journal":\s*\{\s*"id":\s*"([0-9a-f]{32})",\s*"seq":\s*(\d{1,18})\s*\}')
-
-
-def journal_path(project_path: str | os.PathLike[str]) -> Path:
-    """Where the edit journal of ``project_path`` lives (beside the real file)."""
-    return Path(os.path.realpath(project_path) + JOURNAL_SUFFIX)
-
-
-def _line(obj: Mapping[str, Any]) -> bytes:
-    body = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return f"{zlib.crc32(body.encode('ascii')):08x} {body}\n".encode("ascii")
-
-
-def read_journal(path: str | os.PathLike[str]) -> tuple[dict | None, list[dict], int]:
-    """(header, records, bytes of good lines) of a journal; reading stops at the first torn
-    or damaged line."""
-    data = Path(path).read_bytes()
-    header: dict | None = None
-    records: list[dict] = []
-    good = 0
-    pos = 0
-    while True:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            break
-        raw = data[pos:end]
-        try:
-            crc, body = raw.split(b" ", 1)
-            if int(crc, 16) != zlib.crc32(body):
-                break
-            obj = json.loads(body)
-        except (ValueError, RecursionError):
-            break
-        if not isinstance(obj, dict):
-            break
-        if header is None:
-            if obj.get("format") != JOURNAL_FORMAT or not isinstance(obj.get("id"), str):
-                break
-            header = obj
-        else:
-            if not isinstance(obj.get("seq"), int):
-                break
-            records.append(obj)
-        pos = good = end + 1
-    return header, records, good
-
-
-def read_stamp(project_path: str | os.PathLike[str]) -> tuple[str, int] | None:
-    """(journal id, seq) recorded near the top of a project file, or None."""
-    try:
-        with open(project_path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return None
-    m = _STAMP.search(head)
-    return (m.group(1).decode(), int(m.group(2))) if m else None
-
-
-def _apply_record(doc: dict, rec: Mapping[str, Any]) -> None:
-    if "a" in rec:
-        annotations = doc.setdefault("annotations", {})
-        for path, ann in rec["a"].items():
-            if ann is None:
-                annotations.pop(path, None)
-            else:
-                annotations[path] = ann
-    if "schema" in rec:
-        doc["schema"] = rec["schema"]
-        doc["settings"] = rec["settings"]
-        doc["annotations"] = dict(rec["annotations"])
-
-
-def recover_document(doc: Any, project_path: str | os.PathLike[str]) -> tuple[Any, int]:
-    """``doc`` with the journal records it does not hold yet applied, and their count."""
-    jp = journal_path(project_path)
-    stamp = doc.get("journal") if isinstance(doc, dict) else None
-    if not jp.exists() or not isinstance(stamp, dict):
-        return doc, 0
-    try:
-        header, records, _ = read_journal(jp)
-    except OSError as exc:
-        log.warning("edit journal %s cannot be read (%s)", jp, exc)
-        return doc, 0
-    if header is None or header.get("id") != stamp.get("id"):
-        return doc, 0
-    seq0 = stamp.get("seq") if isinstance(stamp.get("seq"), int) else 0
-    new = dict(doc)
-    new["annotations"] = dict(doc.get("annotations") or {})
-    count = 0
-    for rec in records:
-        if rec["seq"] > seq0:
-            try:
-                _apply_record(new, rec)
-            except (AttributeError, KeyError, TypeError) as exc:
-                log.warning("edit journal %s: record %s not applied (%s)", jp, rec["seq"], exc)
-                break
-            count += 1
-    if count:
-        log.info("recovered %d journaled edit(s) of %s", count, project_path)
-    return new, count
+#: how often :meth:`Autosaver.maybe_save` looks for image records changed without an edit
+#: (sizes learnt when images are first read)
+IMAGE_CHECK_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
 class _Change:
-    seq: int
+    revision: int
     annotations: Mapping[str, ImageAnnotation]
-    full: tuple[Any, Any] | None = None  # (schema, settings) for a whole-project change
+    schema: KeypointSchema | None = None
+    settings: ProjectSettings | None = None
+    images: tuple[ImageRecord, ...] | None = None
+    all_annotations: Mapping[str, ImageAnnotation] | None = None  # with a new schema
 
 
-def _encode_change(change: _Change) -> bytes:
-    if change.full is None:
-        a = {p: (None if ann == _EMPTY else pf.encode_annotation(ann))
-             for p, ann in change.annotations.items()}
-        return _line({"seq": change.seq, "a": a})
-    schema, settings = change.full
-    return _line({"seq": change.seq, "schema": pf.encode_schema(schema),
-                  "settings": dataclasses.asdict(settings),
-                  "annotations": {p: pf.encode_annotation(a)
-                                  for p, a in change.annotations.items()}})
+_SAVED = object()  # queue marker: report "Saved" once everything before it is written
+_STOP = object()
 
 
 class Autosaver:
-    """Journals every edit of ``project`` and folds them into the file at ``path``.
+    """Writes every edit of ``project`` to the store at ``path`` as a transaction.
 
-    The file is rewritten when the project changed and no further edit arrived for
-    ``delay_s`` seconds, or when changes have been waiting for ``max_wait_s``; call
-    :meth:`maybe_save` from a timer (the GUI) or after edits (scripts). With
-    ``background=True`` journal appends and saves run on background threads (the GUI thread
-    only takes a snapshot) and :meth:`poll` reports finished saves; otherwise everything
-    happens in the calling thread. ``dirty`` starts true when the project holds edits the
-    file does not (recovered from the journal).
+    ``path`` must be a store (``.kpproj``) holding the project as it is now (just loaded or
+    saved); with ``dirty`` the whole project is written first (it holds edits the file does
+    not). ``background``: a writer thread commits (batched), :meth:`poll` reports problems
+    and the end of a :meth:`save_async`; otherwise each edit commits before the edit call
+    returns. ``backup``: keep a copy of the store as it was when opened at ``path~``
+    (written first, by the writer). ``delay_s``, ``clock`` and ``max_wait_s`` are kept for
+    callers of the earlier journal-and-rewrite autosaver; writes no longer wait for a pause.
     """
 
     def __init__(
@@ -180,189 +71,246 @@ class Autosaver:
         *,
         background: bool = False,
         dirty: bool = False,
+        backup: bool = False,
     ) -> None:
         self.project = project
         self.path = Path(path)
         self.delay_s = delay_s
-        self.max_wait_s = max(max_wait_s, delay_s)
+        self.max_wait_s = max_wait_s
         self.background = background
         self._clock = clock
-        self._saved_revision = project.revision - (1 if dirty else 0)
-        self._last_change = clock()
-        self._dirty_since: float | None = self._last_change if dirty else None
-        self.saves = 0
-        self._lock = threading.Lock()  # journal file and records (held across fsyncs)
-        self._results_lock = threading.Lock()  # never held long: poll() runs on the GUI
-        self._fold_lock = threading.Lock()  # one project-file write at a time
+        if not is_store(self.path):
+            raise StoreError(f"{self.path}: not a project store; save the project there first")
+        self._store = ProjectStore(self.path)
+        dirs = self._store.meta("exported_dirs", [])
+        self._export_dirs = [d for d in dirs if isinstance(d, str)] \
+            if isinstance(dirs, list) else []
+        self._db_lock = threading.Lock()  # the connection: writer thread or flush()
+        self._results_lock = threading.Lock()
         self._results: list[tuple[bool, str]] = []
-        self._fold_thread: threading.Thread | None = None
-        self._queue: queue.Queue[_Change | None] = queue.Queue()
-        self._journal_thread: threading.Thread | None = None
-        self._records: list[tuple[int, bytes]] = []  # journaled since the last fold
-        self.journal = journal_path(self.path)
-        self._open_journal()
+        self._pending: list[_Change] = []  # written by the next transaction (retried on error)
+        self._written_revision = project.revision - (1 if dirty else 0)
+        self._schema, self._settings = project.schema, project.settings  # as in the store
+        self._images = project.images
+        self._seen_schema = project.schema  # last schema captured on the editing thread
+        self._last_image_check = clock()
+        self.saves = 0
+        self._failed = False
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.RLock()  # _pending and the transaction writing it
+        if backup:
+            self._queue.put(("backup",))
+        if dirty:
+            self._queue.put(self._full_change(project.revision, everything=True))
         if background:
-            self._journal_thread = threading.Thread(
-                target=self._journal_loop, name="autosave-journal", daemon=True)
-            self._journal_thread.start()
+            self._thread = threading.Thread(target=self._loop, name="autosave-writer",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._drain_now()
         self._unsubscribe: Callable[[], None] | None = project.subscribe(self._on_change)
 
-    # ------------------------------------------------------------------ journal
-    def _open_journal(self) -> None:
-        stamp = read_stamp(self.path)
-        header, records = None, []
-        if self.journal.exists():
-            try:
-                header, records, _ = read_journal(self.journal)
-            except OSError as exc:
-                log.warning("edit journal %s cannot be read (%s)", self.journal, exc)
-        if stamp is not None and header is not None and header.get("id") == stamp[0]:
-            self._id, file_seq = stamp
-            self._records = [(r["seq"], _line(r)) for r in records if r["seq"] > file_seq]
-            self._seq = max([file_seq, *(r["seq"] for r in records)])
-            self._rewrite_journal()  # drops folded records and any torn tail
-            return
-        if self.journal.exists():  # another file's journal: keep it aside, never delete
-            with contextlib.suppress(OSError):
-                os.replace(self.journal, str(self.journal) + "~")
-        if stamp is not None:  # the file names a journal that is not there: start it
-            self._id, self._seq = stamp
-            self._records = []
-            self._rewrite_journal()
-            return
-        self._id = uuid.uuid4().hex
-        self._seq = 0
-        self._rewrite_journal()
-        # the file must name this journal before its records count: write it now
-        try:
-            self._fold(pf.snapshot(self.project), self._seq)
-        except OSError as exc:
-            log.warning("project %s not stamped for its journal yet (%s)", self.path, exc)
-
-    def _header(self) -> bytes:
-        return _line({"format": JOURNAL_FORMAT, "id": self._id})
-
-    def _rewrite_journal(self) -> None:
-        with self._lock:
-            data = self._header() + b"".join(line for _, line in self._records)
-            try:
-                pf.atomic_write_bytes(self.journal, data)
-            except OSError as exc:
-                log.warning("edit journal %s not written (%s)", self.journal, exc)
-                self._report(False, f"edit journal not written: {exc}")
-
-    def _append(self, changes: list[_Change]) -> None:
-        lines = [(c.seq, _encode_change(c)) for c in changes]
-        with self._lock:
-            self._records.extend(lines)
-            try:
-                with open(self.journal, "ab") as f:
-                    f.write(b"".join(line for _, line in lines))
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as exc:  # kept in memory: the next fold writes them
-                log.warning("edit journal %s not written (%s)", self.journal, exc)
-                self._report(False, f"edit journal not written: {exc}")
-
-    def _journal_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            batch = [item]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            changes = [c for c in batch if c is not None]
-            try:
-                if changes:
-                    self._append(changes)
-            except Exception:  # never let the journal thread die silently
-                log.exception("edit journal append failed")
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-            if None in batch:
-                return
+    # --------------------------------------------------------------- changes
+    def _full_change(self, revision: int, everything: bool = False) -> _Change:
+        p = self.project
+        new_schema = everything or p.schema is not self._seen_schema
+        self._seen_schema = p.schema
+        return _Change(revision, {}, p.schema, p.settings, p.images,
+                       p.annotations() if new_schema else None)
 
     def _on_change(self, paths: frozenset[str]) -> None:
-        self._seq += 1
+        p = self.project
         if paths:
-            change = _Change(self._seq, {p: self.project.annotation(p) for p in paths})
+            change = _Change(p.revision, {path: p.annotation(path) for path in paths})
         else:
-            change = _Change(self._seq, self.project.annotations(),
-                             (self.project.schema, self.project.settings))
-        if self.background and self._journal_thread is not None:
-            self._queue.put(change)
-        else:
-            self._append([change])
-        self.notify()
+            change = self._full_change(p.revision)
+        self._queue.put(change)
+        if self._thread is None:
+            self._drain_now()
 
-    # ------------------------------------------------------------------ saving
+    # --------------------------------------------------------------- writing
+    def _write(self, changes: list[_Change]) -> None:
+        """One transaction holding ``changes`` (in order; consecutive annotation edits
+        coalesced by image); the remembered store state moves only once it committed."""
+        store = self._store
+        schema, settings, images = self._schema, self._settings, self._images
+        batch: dict[str, ImageAnnotation] = {}
+        with self._db_lock, store.transaction():
+            for c in changes:
+                if c.images is None:
+                    batch.update(c.annotations)
+                    continue
+                if batch:
+                    store.write_annotations(batch)
+                    batch = {}
+                if c.all_annotations is not None or (c.schema is not None
+                                                     and c.schema != schema):
+                    store.write_schema(c.schema or schema)
+                    store.replace_all_annotations(
+                        c.all_annotations if c.all_annotations is not None
+                        else self.project.annotations())
+                    schema = c.schema or schema
+                if c.settings is not None and c.settings != settings:
+                    store.write_settings(c.settings)
+                    settings = c.settings
+                self._write_images(images, c.images)
+                images = c.images
+            if batch:
+                store.write_annotations(batch)
+        self._schema, self._settings, self._images = schema, settings, images
+        self._written_revision = max(self._written_revision, changes[-1].revision)
+        self.saves += 1
+
+    def _write_images(self, old: tuple[ImageRecord, ...], new: tuple[ImageRecord, ...]) -> None:
+        n = 0
+        limit = min(len(old), len(new))
+        while n < limit and (old[n] is new[n] or old[n].path == new[n].path):
+            n += 1
+        if n < len(old) or len(new) > len(old):
+            self._store.write_images(new[n:], n)  # appended (rescan), or the order changed
+        self._store.update_images((i, new[i]) for i in range(n)
+                                  if new[i] is not old[i] and new[i] != old[i])
+
+    def _try_write(self) -> bool:
+        with self._write_lock:
+            if not self._pending:
+                return True
+            try:
+                self._write(self._pending)
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                log.warning("saving %s failed: %s", self.path, exc)
+                if not self._failed:
+                    self._report(False, f"Cannot save {self.path}: {exc}")
+                self._failed = True
+                return False
+            self._pending = []
+            if self._failed:
+                self._report(True, f"Saved {self.path}")
+            self._failed = False
+            return True
+
+    def _backup(self) -> None:
+        try:
+            with self._db_lock:
+                copy_store(self._store, backup_path(self.path))
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("backup of %s not written: %s", self.path, exc)
+
+    def _record_export(self, rel: str) -> None:
+        try:
+            with self._db_lock, self._store.transaction():
+                dirs = self._store.meta("exported_dirs", [])
+                dirs = dirs if isinstance(dirs, list) else []
+                if rel not in dirs:
+                    self._store.write_meta({"exported_dirs": [*dirs, rel]})
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            log.warning("export folder not recorded in %s: %s", self.path, exc)
+
+    def _take(self, items: list[Any]) -> tuple[bool, bool]:
+        """Sort queue items into pending changes; (saved marker seen, stop seen)."""
+        saved = stop = False
+        for item in items:
+            if isinstance(item, _Change):
+                with self._write_lock:
+                    self._pending.append(item)
+            elif item is _SAVED:
+                saved = True
+            elif item is _STOP:
+                stop = True
+            elif isinstance(item, tuple) and item == ("backup",):
+                self._backup()
+            elif isinstance(item, tuple) and item[0] == "export_dir":
+                self._try_write()  # in order: the edits queued before it first
+                self._record_export(item[1])
+        return saved, stop
+
+    def _drain(self) -> list[Any]:
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _drain_now(self) -> None:
+        items = self._drain()
+        try:
+            saved, _ = self._take(items)
+            ok = self._try_write()
+            if saved and ok:
+                self._report(True, f"Saved {self.path}")
+        finally:
+            for _ in items:
+                self._queue.task_done()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=1.0 if self._pending else None)
+            except queue.Empty:  # retry a failed write
+                self._try_write()
+                continue
+            items = [first, *self._drain()]
+            try:
+                saved, stop = self._take(items)
+                ok = self._try_write()
+                if saved and ok:
+                    self._report(True, f"Saved {self.path}")
+                elif saved:
+                    self._report(False, f"Cannot save {self.path}: the last write failed")
+            except Exception:  # never let the writer die silently
+                log.exception("autosave writer failed")
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    # --------------------------------------------------------------- public
     @property
     def dirty(self) -> bool:
-        return self.project.revision != self._saved_revision
+        """Whether the project holds edits the store does not yet."""
+        return self.project.revision != self._written_revision
 
     @property
     def saving(self) -> bool:
-        """Whether a background save is running."""
-        t = self._fold_thread
-        return t is not None and t.is_alive()
+        """Whether changes are waiting for the writer."""
+        return self._queue.unfinished_tasks > 0 or bool(self._pending)
 
     def notify(self) -> None:
-        """Record that an edit happened now."""
-        self._last_change = self._clock()
-        if self._dirty_since is None:
-            self._dirty_since = self._last_change
+        """Retry a failed write soon (kept for callers of the earlier autosaver)."""
+        if self._thread is None:
+            self._drain_now()
+
+    def check_images(self) -> None:
+        """Queue the image records changed without an edit (sizes learnt on reading)."""
+        self._last_image_check = self._clock()
+        images = self.project.images
+        if images != self._images:
+            self._queue.put(_Change(self._written_revision, {}, None, None, images, None))
+            if self._thread is None:
+                self._drain_now()
 
     def maybe_save(self, now: float | None = None) -> bool:
-        """Save if dirty and quiet for ``delay_s`` (or waiting for ``max_wait_s``); returns
-        whether it saved (started a save, in background mode)."""
+        """Every :data:`IMAGE_CHECK_S`, write image records learnt since; retry a failed
+        write. Returns whether it queued anything."""
         now = self._clock() if now is None else now
-        if not self.dirty or self.saving:
+        if now - self._last_image_check < IMAGE_CHECK_S:
             return False
-        waiting = now - (self._dirty_since if self._dirty_since is not None else now)
-        if now - self._last_change >= self.delay_s or waiting >= self.max_wait_s:
-            if self.background:
-                self.save_async()
-            else:
-                self.flush()
-            return True
-        return False
-
-    def _fold(self, snap: pf.ProjectSnapshot, seq: int, cooperative: bool = False) -> None:
-        """Write the project file holding journal records up to ``seq``, then drop them."""
-        with self._fold_lock:
-            stamp = {"id": self._id, "seq": seq}
-            if cooperative:
-                pf.save_project(snap, self.path, journal=stamp, cooperative=True)
-            else:
-                pf.save_project(snap, self.path, journal=stamp)
-            with self._lock:
-                self._records = [(s, line) for s, line in self._records if s > seq]
-            self._rewrite_journal()
+        before = self._queue.unfinished_tasks
+        self.check_images()
+        return self._queue.unfinished_tasks > before
 
     def save_async(self) -> bool:
-        """Snapshot now and write the file on a background thread; False when a save is
-        already running (the next tick saves what it missed)."""
-        if self.saving:
+        """Ctrl+S: True when edits are still being written (:meth:`poll` then reports
+        "Saved" once they are); False when the store already holds everything."""
+        self.check_images()
+        if not self.dirty and not self.saving:
             return False
-        snap, seq = pf.snapshot(self.project), self._seq
-        self._dirty_since = None
-
-        def run() -> None:
-            try:
-                self._fold(snap, seq, cooperative=True)
-            except Exception as exc:  # reported through poll(); the journal keeps the edits
-                log.warning("saving %s failed: %s", self.path, exc)
-                self._report(False, f"Cannot save {self.path}: {exc}")
-                return
-            self._saved_revision = snap.revision
-            self.saves += 1
-            self._report(True, f"Saved {self.path}")
-
-        self._fold_thread = threading.Thread(target=run, name="autosave-save", daemon=True)
-        self._fold_thread.start()
+        self._queue.put(_SAVED)
+        if self._thread is None:
+            self._drain_now()
         return True
 
     def _report(self, ok: bool, message: str) -> None:
@@ -370,49 +318,63 @@ class Autosaver:
             self._results.append((ok, message))
 
     def poll(self) -> list[tuple[bool, str]]:
-        """(ok, message) for each background save or journal problem since the last poll."""
+        """(ok, message) for each failed write, recovery or finished Ctrl+S since the last
+        poll."""
         with self._results_lock:
             out, self._results = self._results, []
         return out
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for the background save and the journal queue."""
-        t = self._fold_thread
-        if t is not None:
-            t.join(timeout)
-        if self._journal_thread is not None and self._journal_thread.is_alive():
-            self._queue.join()
+        """Wait until the writer has taken everything queued so far."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
 
     def flush(self) -> None:
-        """Save now (in this thread) if anything changed; raises OSError when it fails."""
+        """Write everything now (image records included); raises OSError when it fails."""
+        self.check_images()
         self.wait()
-        if self.dirty:
-            revision, seq = self.project.revision, self._seq
-            self._fold(pf.snapshot(self.project), seq)
-            self._saved_revision = revision
-            self._dirty_since = None
-            self.saves += 1
+        if self._thread is None or not self._thread.is_alive():
+            self._drain_now()
+        if not self._try_write():
+            raise OSError(f"Cannot save {self.path}: the project store cannot be written")
 
     def close(self) -> None:
-        """Flush, stop listening to the project and remove the (folded) journal."""
+        """Write everything, stop listening and close the store."""
         try:
             self.flush()
-        finally:  # stop the journal thread even when the save fails (the journal stays)
+        finally:
             self.detach()
-        with self._lock:
-            if not self._records:
-                with contextlib.suppress(OSError):
-                    self.journal.unlink()
 
     def detach(self) -> None:
-        """Stop listening to the project without saving (journaled edits are kept)."""
+        """Stop listening to the project; what was queued is still written (a failed write
+        is abandoned: the store keeps its last committed state). Closes the store."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._journal_thread is not None:
-            self._queue.put(None)
-            self._journal_thread.join()
-            self._journal_thread = None
-        t = self._fold_thread
-        if t is not None:
-            t.join()
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        else:
+            self._drain_now()
+        with self._db_lock:
+            self._store.close()
+
+    # --------------------------------------------------------------- extras
+    def exported_dirs(self) -> list[str]:
+        """Folders (relative to the image root, POSIX) the application exported to."""
+        return list(self._export_dirs)
+
+    def record_export_dir(self, rel: str) -> None:
+        """Remember (in the store) that the application exported into ``rel`` (under the
+        image root)."""
+        if rel not in self._export_dirs:
+            self._export_dirs.append(rel)
+        self._queue.put(("export_dir", rel))
+        if self._thread is None:
+            self._drain_now()

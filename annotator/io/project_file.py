@@ -1,4 +1,6 @@
-"""Versioned JSON project files: atomic saves with one backup, loading with clear errors."""
+"""Project files: the SQLite store (``.kpproj``, :mod:`annotator.io.store`) and the versioned
+JSON document of previous versions (``.kpproj.json``: opened and migrated, and written by
+"Save a copy as JSON"); atomic saves with one backup, loading with clear errors."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,21 @@ from annotator.domain.project import ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
 from annotator.io.images import list_images
 from annotator.io.jsonio import InputFormatError, check_coordinate, loads_strict
+from annotator.io.store import (  # noqa: F401 (backup_path: part of this module's API)
+    ProjectStore,
+    StoreError,
+    backup_path,
+    is_store,
+    record_data,
+    write_store,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "keypoint-annotator-project"
 FORMAT_VERSION = 1
-PROJECT_SUFFIX = ".kpproj.json"
+PROJECT_SUFFIX = ".kpproj"  # the SQLite store
+JSON_SUFFIX = ".kpproj.json"  # the JSON document (previous versions; "Save a copy as JSON")
 
 
 class ProjectFileError(InputFormatError):
@@ -99,18 +110,6 @@ def encode_schema(s: KeypointSchema) -> dict[str, Any]:
     }
 
 
-def encode_image(r: ImageRecord) -> dict[str, Any]:
-    """The JSON form of one image record (video fields only for video frames)."""
-    out: dict[str, Any] = {"path": r.path}
-    if r.width:
-        out.update(width=r.width, height=r.height)
-    if r.video is not None:
-        out.update(video=r.video, frame=r.frame)
-        if r.time_s is not None:
-            out["time_s"] = r.time_s
-    return out
-
-
 def project_to_dict(project: Project | ProjectSnapshot) -> dict[str, Any]:
     """The JSON-ready document for ``project`` (or a :class:`ProjectSnapshot`)."""
     annotations = {path: encode_annotation(ann) for path, ann in project.annotations().items()}
@@ -120,7 +119,7 @@ def project_to_dict(project: Project | ProjectSnapshot) -> dict[str, Any]:
         "image_root": project.image_root,
         "schema": encode_schema(project.schema),
         "settings": dataclasses.asdict(project.settings),
-        "images": [encode_image(r) for r in project.images],
+        "images": [{"path": r.path, **record_data(r)} for r in project.images],
         "annotations": annotations,
     }
 
@@ -143,6 +142,7 @@ def _decode_keypoint(raw: Any, where: str) -> Keypoint:
 
 
 _VISIBILITY = {int(v): v for v in Visibility}
+_IMAGE_FIELDS = tuple(f.name for f in dataclasses.fields(ImageRecord))
 _ORIGINS = {o.value: o for o in Origin}
 
 
@@ -178,7 +178,11 @@ def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
         if f.name not in raw:
             continue
         value, default = raw[f.name], getattr(defaults, f.name)
-        if isinstance(default, bool):
+        if value is None:  # allowed where the field is Optional
+            ok = "None" in str(f.type) or "Optional" in str(f.type)
+        elif default is None:  # an optional setting set: the dataclass checks it
+            ok = True
+        elif isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -219,9 +223,10 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
         images = []
         for n, i in enumerate(_kind(doc["images"], list, "images")):
             i = _kind(i, dict, f"images[{n}]")
-            images.append(ImageRecord(_kind(i["path"], str, f"images[{n}].path"),
-                                      i.get("width"), i.get("height"), i.get("video"),
-                                      i.get("frame"), i.get("time_s")))
+            _kind(i["path"], str, f"images[{n}].path")
+            # every field the record has (generic: newer optional fields round-trip);
+            # unknown keys (written by a newer version) are ignored
+            images.append(ImageRecord(**{k: i[k] for k in _IMAGE_FIELDS if k in i}))
         annotations = {}
         for path, a in _kind(doc.get("annotations", {}), dict, "annotations").items():
             a = _kind(a, dict, f"annotation of {path!r}")
@@ -373,12 +378,6 @@ def dumps_document(doc: Any, indent: int | None = 1) -> str:
     return text
 
 
-def backup_path(path: str | os.PathLike[str]) -> Path:
-    """Where the previous version of ``path`` is kept."""
-    p = Path(path)
-    return p.with_name(p.name + "~")
-
-
 def _portable_root(image_root: str, project_dir: Path) -> str:
     """The image root relative to the project file's folder (so both can move together),
     or absolute when that is not possible (another drive)."""
@@ -400,7 +399,7 @@ def _dump(obj: Any) -> str:
 
 
 def document_text(project: Project | ProjectSnapshot, image_root: str | None = None,
-                  journal: Mapping[str, Any] | None = None, cooperative: bool = False) -> str:
+                  cooperative: bool = False) -> str:
     """The project file's text: one line per top-level field, image and annotation.
 
     Written entry by entry from small temporary objects rather than one big document, so a
@@ -410,8 +409,6 @@ def document_text(project: Project | ProjectSnapshot, image_root: str | None = N
     every GIL hand-over of the GUI thread wait up to the 5 ms switch interval."""
     pause = (lambda: time.sleep(0.001)) if cooperative else (lambda: None)
     head: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-    if journal is not None:  # near the top, so a short read of the file finds it
-        head["journal"] = dict(journal)
     head["image_root"] = project.image_root if image_root is None else image_root
     head["schema"] = encode_schema(project.schema)
     head["settings"] = dataclasses.asdict(project.settings)
@@ -421,7 +418,8 @@ def document_text(project: Project | ProjectSnapshot, image_root: str | None = N
     parts.append('"images": [\n')
     last = len(images) - 1
     for i, r in enumerate(images):
-        parts.append(_dump(encode_image(r)) + (",\n" if i < last else "\n"))
+        rec = {"path": r.path, **record_data(r)}
+        parts.append(_dump(rec) + (",\n" if i < last else "\n"))
         if i % 64 == 63:
             pause()
     parts.append('],\n"annotations": {\n')
@@ -436,23 +434,34 @@ def document_text(project: Project | ProjectSnapshot, image_root: str | None = N
     return "".join(parts)
 
 
+def is_json_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a JSON project (``.json``) rather than a store."""
+    return str(path).lower().endswith(".json")
+
+
 def save_project(project: Project | ProjectSnapshot, path: str | os.PathLike[str],
-                 journal: Mapping[str, Any] | None = None, cooperative: bool = False) -> None:
-    """Save atomically, keeping one backup of the previous file. The image root is stored
-    relative to the project file's folder. ``journal`` ({"id", "seq"}) records which edit
-    journal entries the file already holds (see :mod:`annotator.io.autosave`; None: a new
-    journal identity, so no older journal is ever applied to this file);
-    ``cooperative``: see :func:`document_text`."""
+                 cooperative: bool = False) -> None:
+    """Save the whole project at ``path``, atomically: the SQLite store, or for a name ending
+    in ``.json`` the JSON document (keeping one backup, ``path~``). The image root is stored
+    relative to the file's folder. ``cooperative``: see :func:`document_text`."""
     root = _portable_root(project.image_root, Path(path).parent)
-    if journal is None:  # a new journal identity: no older journal applies to this file
-        journal = {"id": uuid.uuid4().hex, "seq": 0}
-    atomic_write_text(path, document_text(project, root, journal, cooperative))
+    if is_json_path(path):
+        atomic_write_text(path, document_text(project, root, cooperative))
+    else:
+        write_store(project, path, root)
     log.debug("saved project %s (revision %d)", path, project.revision)
 
 
+def save_json_copy(project: Project | ProjectSnapshot, path: str | os.PathLike[str]) -> None:
+    """"Save a copy as JSON": the JSON document at ``path`` (for diffs and version control)."""
+    root = _portable_root(project.image_root, Path(path).parent)
+    atomic_write_text(path, document_text(project, root))
+
+
 def load_project(path: str | os.PathLike[str], recover: bool = True) -> Project:
-    """Load a project file; raises :class:`ProjectFileError` and never modifies the file.
-    With ``recover``, edits in its journal that the file does not hold yet are applied."""
+    """Load a project file (store or JSON); raises :class:`ProjectFileError` and never
+    modifies the file. With ``recover``, the edit journal of a JSON project (written by
+    previous versions) is applied."""
     return load_project_recovering(path, recover)[0]
 
 
@@ -462,7 +471,7 @@ _COLLECT_AFTER_IMAGES = 2000
 
 def load_project_recovering(path: str | os.PathLike[str],
                             recover: bool = True) -> tuple[Project, int]:
-    """(project, number of journal records recovered) for :func:`load_project`.
+    """(project, number of legacy journal records recovered) for :func:`load_project`.
 
     No cyclic garbage collection while loading: building 10^5 small immutable objects would
     otherwise trigger dozens of collections (half the load time of a 10,000-image project
@@ -486,8 +495,8 @@ def load_project_recovering(path: str | os.PathLike[str],
 def _load_project_recovering(path: str | os.PathLike[str],
                              recover: bool) -> tuple[Project, int]:
     doc = read_project_document(path)
-    if recover:
-        from annotator.io.autosave import recover_document
+    if recover and not is_store(path):
+        from annotator.io.legacy_journal import recover_document
 
         recovered, count = recover_document(doc, path)
         if count:
@@ -498,28 +507,45 @@ def _load_project_recovering(path: str | os.PathLike[str],
     return project_from_dict(doc, str(path)), 0
 
 
+def _backup_hint(path: Path) -> str:
+    return f"; the previous version is in {backup_path(path)}" if backup_path(path).exists() \
+        else ""
+
+
 def read_project_document(path: str | os.PathLike[str]) -> Any:
-    """The decoded JSON of a project file (image root made absolute), not yet validated."""
+    """The project as a decoded JSON-project document (image root made absolute), not yet
+    validated: read from the store, or parsed from a JSON project file."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        hint = ""
-        if backup_path(path).exists():
-            hint = f"; the previous version is in {backup_path(path)}"
-        raise ProjectFileError(f"{path}: file not found{hint}") from None
-    except OSError as exc:
-        raise ProjectFileError(f"{path}: cannot be read ({exc})") from None
-    try:
-        doc = loads_strict(raw, str(path), ProjectFileError)
-    except ProjectFileError as exc:
-        if "not UTF-8" in str(exc):
-            raise ProjectFileError(f"{path}: not a text file (not a project file)") from None
-        hint = ""
-        if backup_path(path).exists():
-            hint = f"; the previous version is in {backup_path(path)}"
-        raise ProjectFileError(str(exc).replace("invalid or truncated", "truncated or invalid")
-                               + hint) from None
+    if is_store(path):
+        try:
+            try:
+                store = ProjectStore(path)
+            except StoreError as exc:
+                if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                    raise
+                store = ProjectStore(path, readonly=True)  # a read-only folder or file
+            try:
+                doc = store.document()
+            finally:
+                store.close()
+        except (StoreError, sqlite3.Error) as exc:
+            msg = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+            raise ProjectFileError(msg + _backup_hint(path)) from None
+        doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **doc}
+    else:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ProjectFileError(f"{path}: file not found{_backup_hint(path)}") from None
+        except OSError as exc:
+            raise ProjectFileError(f"{path}: cannot be read ({exc})") from None
+        try:
+            doc = loads_strict(raw, str(path), ProjectFileError)
+        except ProjectFileError as exc:
+            if "not UTF-8" in str(exc):
+                raise ProjectFileError(f"{path}: not a text file (not a project file)") from None
+            raise ProjectFileError(str(exc).replace("invalid or truncated", "truncated or invalid")
+                                   + _backup_hint(path)) from None
     if isinstance(doc, dict) and isinstance(doc.get("image_root"), str):
         root = Path(doc["image_root"])
         if not root.is_absolute():
@@ -527,17 +553,58 @@ def read_project_document(path: str | os.PathLike[str]) -> Any:
     return doc
 
 
+def store_path_for(path: str | os.PathLike[str]) -> Path:
+    """The store a JSON project migrates to: ``x.kpproj.json`` -> ``x.kpproj`` (``x.json``
+    -> ``x.kpproj``), with `` (2)``, `` (3)``... when that name is taken by a file that is
+    not already its migration."""
+    p = Path(path)
+    name = p.name
+    for suffix in (JSON_SUFFIX, ".json"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return p.with_name(name + PROJECT_SUFFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedProject:
+    """What :func:`open_project_file` found: the project, the store it is saved in, and
+    whether it came from a JSON project (``migrated_from``) with journaled edits."""
+
+    project: Project
+    path: Path
+    migrated_from: Path | None = None
+    recovered: int = 0
+
+
+def open_project_file(path: str | os.PathLike[str]) -> OpenedProject:
+    """Open a project for editing: a store as it is; a JSON project (previous versions) is
+    migrated to a store beside it (``x.kpproj.json`` -> ``x.kpproj``; the JSON file stays as
+    it is, as a backup). When the store is there already from an earlier migration and not
+    older than the JSON file, it is opened instead. Raises :class:`ProjectFileError`."""
+    path = Path(path)
+    if is_store(path) or not path.exists():
+        return OpenedProject(load_project(path), path)
+    target = store_path_for(path)
+    n = 1
+    while target.exists():
+        if is_store(target) and target.stat().st_mtime >= path.stat().st_mtime:
+            log.info("%s was migrated to %s before; opening that", path, target)
+            return OpenedProject(load_project(target), target, path)
+        n += 1
+        target = store_path_for(path).with_name(
+            store_path_for(path).name.removesuffix(PROJECT_SUFFIX) + f" ({n}){PROJECT_SUFFIX}")
+    project, recovered = load_project_recovering(path)
+    try:
+        save_project(project, target)
+    except OSError as exc:
+        raise ProjectFileError(f"{path}: cannot be migrated to {target} ({exc})") from None
+    log.info("migrated %s to %s (%d journaled edit(s) applied)", path, target, recovered)
+    return OpenedProject(project, target, path, recovered)
+
+
 def new_project(image_root: str | os.PathLike[str], schema: KeypointSchema) -> Project:
     """A project over every image found under ``image_root``."""
     root = Path(image_root).resolve()
     images = [ImageRecord(p) for p in list_images(root)]
     return Project(str(root), images, schema)
-
-
-def __getattr__(name: str) -> Any:
-    """``Autosaver`` lives in :mod:`annotator.io.autosave` (imported lazily: no cycle)."""
-    if name == "Autosaver":
-        from annotator.io.autosave import Autosaver
-
-        return Autosaver
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,6 +62,10 @@ def detect_format(path: str | Path) -> str:
                           "config.yaml (DeepLabCut)")
     if not path.exists():
         raise FormatError(f"{path}: file not found")
+    from annotator.io.store import is_store
+
+    if is_store(path):
+        return "project"
     suffix = path.suffix.lower()
     if suffix == ".slp":
         return "sleap"
@@ -87,7 +91,7 @@ def detect_format(path: str | Path) -> str:
             return "label-studio"
         raise FormatError(f"{path}: JSON that is neither a project, COCO keypoints nor "
                           "Label Studio tasks")
-    raise FormatError(f"{path}: unknown format (expected .kpproj.json, COCO .json, "
+    raise FormatError(f"{path}: unknown format (expected .kpproj, .kpproj.json, COCO .json, "
                       "Label Studio .json, .slp, a DLC .csv/config.yaml or a YOLO data.yaml)")
 
 

@@ -1,0 +1,404 @@
+"""The SQLite project store: one ``.kpproj`` file, edits written as small transactions.
+
+Tables (generic, so new optional fields of the domain's records need no schema change):
+
+- ``meta(key, value)``: format, version, image root (relative to the file's folder), the
+  keypoint schema (one JSON row) and the folders the application exported to;
+- ``settings(key, value)``: one row per :class:`ProjectSettings` field, the value as JSON
+  (unknown keys, from a newer version, are ignored when reading);
+- ``images(pos, path, data)``: one row per image in project order, ``data`` the record's
+  other fields as a JSON object (``width``, ``height``, and whatever fields a newer
+  :class:`ImageRecord` has);
+- ``annotations(path, status, worst)``: one row per image with a non-empty annotation
+  (``worst``: its lowest prediction confidence, what the gallery sorts by);
+- ``instances(path, idx, keypoints, bbox, box_score, ann_id)``: one row per instance, the
+  keypoints as a compact JSON list of ``[x, y, v, origin(, confidence)]``.
+
+WAL journal mode: a writer's transaction is all or nothing across a crash (SIGKILL, power
+loss with ``synchronous=FULL``), and readers never block it. Reading builds the same
+document as a JSON project file and validates it with the same code
+(:func:`annotator.io.project_file.project_from_dict`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from annotator.domain.annotation import ImageAnnotation
+from annotator.domain.project import EMPTY_ANNOTATION, ImageRecord, Project, ProjectSettings
+from annotator.domain.schema import KeypointSchema
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "keypoint-annotator-store"
+STORE_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    pos INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, data TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS annotations (
+    path TEXT PRIMARY KEY, status TEXT NOT NULL, worst REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instances (
+    path TEXT NOT NULL, idx INTEGER NOT NULL, keypoints TEXT NOT NULL, bbox TEXT,
+    box_score REAL, ann_id INTEGER, PRIMARY KEY (path, idx)) WITHOUT ROWID;
+"""
+
+
+class StoreError(ValueError):
+    """A project store cannot be read or is not one; the message names the file."""
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an SQLite file (by its header, whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _dump_text(obj: Any) -> str:
+    """JSON text that SQLite can store: undecodable names (surrogates) as \\u escapes."""
+    text = _dump(obj)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text
+
+
+def _sql_str(path: str) -> str | bytes:
+    """A path as an SQLite key: TEXT, or a BLOB of its bytes for a name with undecodable
+    bytes (surrogate escapes), which SQLite's UTF-8 text cannot hold."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+
+
+def _from_sql_str(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def record_data(rec: ImageRecord) -> dict[str, Any]:
+    """Every field of an image record but its path, None values left out (generic: fields a
+    newer :class:`ImageRecord` adds are stored without a schema change)."""
+    return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)
+            if f.name != "path" and getattr(rec, f.name) is not None}
+
+
+def settings_rows(settings: ProjectSettings) -> list[tuple[str, str]]:
+    """(field, JSON value) for every settings field."""
+    return [(f.name, _dump(getattr(settings, f.name))) for f in dataclasses.fields(settings)]
+
+
+def _keypoint_row(kp: Any) -> list[Any]:
+    out: list[Any] = [round(kp.x, 3), round(kp.y, 3), int(kp.v), kp.origin.value]
+    if kp.confidence is not None:
+        out.append(round(kp.confidence, 5))
+    return out
+
+
+def _instance_rows(path: str, ann: ImageAnnotation) -> list[tuple[Any, ...]]:
+    key = _sql_str(path)
+    return [(key, i, _dump([_keypoint_row(kp) for kp in inst.keypoints]),
+             _dump(list(inst.bbox)) if inst.bbox else None, inst.box_score, inst.ann_id)
+            for i, inst in enumerate(ann.instances)]
+
+
+def encode_schema(s: KeypointSchema) -> dict[str, Any]:
+    """The JSON form of a schema (the same as in a JSON project file)."""
+    return {"name": s.name, "supercategory": s.supercategory, "keypoints": list(s.keypoints),
+            "skeleton": [list(e) for e in s.skeleton],
+            "flip_pairs": [list(p) for p in s.flip_pairs], "colors": list(s.colors)}
+
+
+class ProjectStore:
+    """An open ``.kpproj`` file. Not thread-safe: one thread uses it at a time (the
+    autosaver's writer thread, or the caller)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
+                 synchronous: str = "FULL", readonly: bool = False) -> None:
+        self.path = Path(path)
+        if not create:
+            if not self.path.exists():
+                raise StoreError(f"{self.path}: file not found")
+            if not is_store(self.path):
+                raise StoreError(f"{self.path}: not a project store (not an SQLite file)")
+        target, uri = str(self.path), False
+        if readonly:  # a read-only folder: no -shm can be made; immutable when no WAL is left
+            left = os.path.exists(f"{self.path}-wal")
+            target = f"{self.path.resolve().as_uri()}?{'mode=ro' if left else 'immutable=1'}"
+            uri = True
+        try:
+            self.conn = sqlite3.connect(target, isolation_level=None, uri=uri,
+                                        check_same_thread=False, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot be opened ({exc})") from None
+        try:
+            if not create:  # before anything could change a file that is not ours
+                self._check_format()
+            if readonly:
+                return
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            if create:
+                self.conn.executescript(_DDL)
+                with self.transaction():
+                    self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                          [("format", STORE_FORMAT),
+                                           ("version", str(STORE_VERSION))])
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise StoreError(f"{self.path}: not a readable project store ({exc})") from None
+        except StoreError:
+            self.conn.close()
+            raise
+
+    def _check_format(self) -> None:
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"meta", "settings", "images", "annotations", "instances"} <= tables:
+            raise StoreError(f"{self.path}: not a keypoint-annotator project store")
+        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") != STORE_FORMAT:
+            raise StoreError(f"{self.path}: not a keypoint-annotator project store")
+        try:
+            version = int(meta.get("version", ""))
+        except ValueError:
+            raise StoreError(f"{self.path}: missing or invalid store version") from None
+        if version > STORE_VERSION:
+            raise StoreError(
+                f"{self.path}: written by a newer version of the annotator (store version "
+                f"{version}, this version reads up to {STORE_VERSION}); update the annotator")
+
+    # ------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def transaction(self) -> Any:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    # ------------------------------------------------------------- writing
+    def write_meta(self, items: Mapping[str, Any]) -> None:
+        """Set meta rows (values as JSON); call inside :meth:`transaction`."""
+        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              [(k, _dump_text(v)) for k, v in items.items()])
+
+    def write_schema(self, schema: KeypointSchema) -> None:
+        self.write_meta({"schema": encode_schema(schema)})
+
+    def write_settings(self, settings: ProjectSettings) -> None:
+        self.conn.execute("DELETE FROM settings")
+        self.conn.executemany("INSERT INTO settings VALUES (?, ?)", settings_rows(settings))
+
+    def write_images(self, records: Sequence[ImageRecord], start: int = 0) -> None:
+        """Rows ``start..`` of the image list (replacing what was there)."""
+        self.conn.execute("DELETE FROM images WHERE pos >= ?", (start,))
+        self.conn.executemany(
+            "INSERT INTO images VALUES (?, ?, ?)",
+            [(start + i, _sql_str(r.path), _dump_text(record_data(r)))
+             for i, r in enumerate(records)])
+
+    def update_images(self, changed: Iterable[tuple[int, ImageRecord]]) -> None:
+        self.conn.executemany("UPDATE images SET data = ? WHERE pos = ?",
+                              [(_dump_text(record_data(r)), i) for i, r in changed])
+
+    def write_annotations(self, changes: Mapping[str, ImageAnnotation]) -> None:
+        """Replace the annotations of the given images (empty: removed)."""
+        keys = [(_sql_str(p),) for p in changes]
+        self.conn.executemany("DELETE FROM instances WHERE path = ?", keys)
+        self.conn.executemany("DELETE FROM annotations WHERE path = ?", keys)
+        rows, inst_rows = [], []
+        for path, ann in changes.items():
+            if ann == EMPTY_ANNOTATION:
+                continue
+            rows.append((_sql_str(path), ann.status.value, ann.worst_confidence()))
+            inst_rows.extend(_instance_rows(path, ann))
+        self.conn.executemany("INSERT INTO annotations VALUES (?, ?, ?)", rows)
+        self.conn.executemany("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?)", inst_rows)
+
+    def replace_all_annotations(self, annotations: Mapping[str, ImageAnnotation]) -> None:
+        self.conn.execute("DELETE FROM instances")
+        self.conn.execute("DELETE FROM annotations")
+        self.write_annotations(annotations)
+
+    def write_project(self, project: Project | Any, image_root: str) -> None:
+        """Everything of ``project`` (a :class:`Project` or a snapshot), in one transaction."""
+        with self.transaction():
+            self.write_meta({"image_root": image_root})
+            self.write_schema(project.schema)
+            self.write_settings(project.settings)
+            self.write_images(list(project.images))
+            self.replace_all_annotations(project.annotations())
+
+    # ------------------------------------------------------------- reading
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except ValueError:
+            raise StoreError(f"{self.path}: meta {key!r} is not valid JSON") from None
+
+    def image_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def gallery_rows(self) -> list[tuple[str, str | None, float | None]]:
+        """(path, status or None, worst confidence) per image in project order: what the
+        gallery needs, without decoding a single keypoint."""
+        rows = self.conn.execute(
+            "SELECT i.path, a.status, a.worst FROM images i LEFT JOIN annotations a "
+            "ON a.path = i.path ORDER BY i.pos").fetchall()
+        return [(_from_sql_str(p), s, w) for p, s, w in rows]
+
+    def document(self) -> dict[str, Any]:
+        """The project as a JSON-project document without its format header (image root
+        as stored), not validated."""
+        settings = {}
+        for key, value in self.conn.execute("SELECT key, value FROM settings"):
+            try:
+                settings[key] = json.loads(value)
+            except ValueError:
+                raise StoreError(f"{self.path}: setting {key!r} is not valid JSON") from None
+        images = []
+        for path, data in self.conn.execute("SELECT path, data FROM images ORDER BY pos"):
+            try:
+                rec = json.loads(data)
+            except ValueError:
+                raise StoreError(f"{self.path}: image {path!r}: invalid data") from None
+            if not isinstance(rec, dict):
+                raise StoreError(f"{self.path}: image {path!r}: invalid data")
+            rec["path"] = _from_sql_str(path)
+            images.append(rec)
+        annotations: dict[str, Any] = {}
+        for path, status in self.conn.execute("SELECT path, status FROM annotations"):
+            annotations[_from_sql_str(path)] = {"status": status, "instances": []}
+        for path, _idx, kps, bbox, score, ann_id in self.conn.execute(
+                "SELECT path, idx, keypoints, bbox, box_score, ann_id FROM instances "
+                "ORDER BY path, idx"):
+            ann = annotations.get(_from_sql_str(path))
+            if ann is None:
+                raise StoreError(f"{self.path}: an instance of {path!r}, which has no "
+                                 "annotation row")
+            try:
+                inst: dict[str, Any] = {"keypoints": json.loads(kps)}
+                if bbox is not None:
+                    inst["bbox"] = json.loads(bbox)
+            except ValueError:
+                raise StoreError(f"{self.path}: instance of {path!r}: invalid JSON") from None
+            if score is not None:
+                inst["box_score"] = score
+            if ann_id is not None:
+                inst["id"] = ann_id
+            ann["instances"].append(inst)
+        return {"image_root": self.meta("image_root"), "schema": self.meta("schema"),
+                "settings": settings, "images": images, "annotations": annotations}
+
+
+def backup_path(path: str | os.PathLike[str]) -> Path:
+    """Where the previous version of ``path`` is kept (``path~``)."""
+    p = Path(path)
+    return p.with_name(p.name + "~")
+
+
+def remove_sidecars(path: Path) -> None:
+    """Remove ``-wal`` / ``-shm`` files of ``path`` (before replacing the file itself: an
+    old write-ahead log must never be applied to a new file)."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+
+
+def write_store(project: Project | Any, path: str | os.PathLike[str], image_root: str) -> None:
+    """Write ``project`` as a new store at ``path``, atomically: a temporary file in the same
+    folder, checkpointed and closed, then renamed over ``path``."""
+    path = Path(os.path.realpath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{path} is read-only; not overwritten (save it elsewhere or "
+                              "make the file writable)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # sqlite creates it
+    try:
+        store = ProjectStore(tmp, create=True, synchronous="NORMAL")
+        try:
+            store.write_project(project, image_root)
+            store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            store.conn.execute("PRAGMA synchronous=FULL")
+        finally:
+            store.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        remove_sidecars(Path(tmp))
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            os.chmod(tmp, mode)
+        remove_sidecars(path)
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def copy_store(src: ProjectStore, dest: str | os.PathLike[str]) -> None:
+    """A consistent copy of an open store at ``dest`` (SQLite's online backup), atomically."""
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        out = sqlite3.connect(tmp)
+        try:
+            src.conn.backup(out)
+            out.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            out.close()
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+__all__ = ["ProjectStore", "StoreError", "backup_path", "copy_store", "is_store", "write_store"]

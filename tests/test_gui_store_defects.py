@@ -1,0 +1,159 @@
+"""Issue 22's small defects and export defaults: undo-then-click places the undone point,
+exports never default into the image folder and a rescan never adds exported copies."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from annotator.io.formats import ExportOptions
+from tests.test_gui_review_loop import CTRL, TARGET, demo, kp, widget_point
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    make_window,
+    no_thread_leaks,
+    qt_isolated,
+)
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
+
+
+def test_after_undoing_a_placement_the_next_click_places_that_point(qtbot, tmp_path):
+    window, project = demo(qtbot, tmp_path)
+    editor, canvas = window.editor, window.editor.canvas
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 60, 50))
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 80, 50))
+    assert kp(project, TARGET, 1).labelled and editor.current_keypoint == 2
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, CTRL)  # undo the second placement
+    assert not kp(project, TARGET, 1).labelled
+    assert editor.current_keypoint == 1  # the selection follows the undo
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 90, 55))
+    assert kp(project, TARGET, 1).x == pytest.approx(90, abs=1)  # the undone point again
+    assert not kp(project, TARGET, 2).labelled
+    window.close()
+
+
+def test_exports_default_outside_the_image_folder_and_are_never_rescanned(qtbot, tmp_path,
+                                                                          monkeypatch):
+    from annotator.domain import KeypointSchema
+
+    window, _demo = demo(qtbot, tmp_path)
+    images = tmp_path / "demo" / "images"
+    window.close()
+    window = make_window(qtbot)
+    inside = images / "photos.kpproj"  # the project file inside the image folder
+    project = window.new_project(str(images), KeypointSchema("cat", ("a", "b")), str(inside))
+    assert project is not None
+    n = len(project)
+    default = Path(window.default_export_dir()).resolve()
+    root = images.resolve()
+    assert default != root and root not in default.parents
+    # the user exports into the image folder anyway (a folder format copies the images)
+    project.set_keypoint(project.images[0].path, 0, _visible(5, 5))
+    project.set_status(project.images[0].path, _reviewed())
+    out = images / "yolo_export"
+    from annotator.gui import main_window as mw
+
+    threads = []
+    real = mw.export_project
+
+    def spy(*args):  # noqa: ANN002, ANN202
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(*args)
+
+    monkeypatch.setattr(mw, "export_project", spy)
+    assert window.export_as("yolo-pose", str(out), ExportOptions())  # on a worker thread
+    window.wait_export_as()
+    assert threads == [False] and "yolo" in window.statusBar().currentMessage().lower()
+    assert any(p.suffix == ".jpg" for p in out.rglob("*"))  # copies of images are there
+    assert window.rescan_images() == [] and len(project) == n
+    window.close()
+    again = make_window(qtbot)
+    reopened = again.open_project(str(inside))  # and the rescan on open skips them too
+    assert reopened is not None and len(reopened) == n
+    assert not any(r.path.startswith("yolo_export/") for r in reopened.images)
+    again.close()
+
+
+def test_the_new_project_dialog_proposes_a_file_beside_the_image_folder(qtbot, tmp_path,
+                                                                          monkeypatch):
+    from annotator.gui import main_window as mw
+
+    window = make_window(qtbot)
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    proposed = []
+    monkeypatch.setattr(window, "_ask_existing_dir", lambda *a: str(folder))
+    monkeypatch.setattr(mw.SchemaDialog, "exec", lambda self: mw.SchemaDialog.DialogCode.Rejected)
+    window.new_project_dialog()  # the schema dialog cancelled: nothing asked yet
+    monkeypatch.setattr(mw.SchemaDialog, "exec", lambda self: mw.SchemaDialog.DialogCode.Accepted)
+    monkeypatch.setattr(window, "_ask_save_file", lambda title, start, f: proposed.append(start))
+    window.new_project_dialog()
+    assert proposed and os.path.dirname(proposed[0]) == str(tmp_path)
+    assert proposed[0].endswith("shots.kpproj")
+    window.close()
+
+
+def _visible(x, y):  # noqa: ANN001, ANN202
+    from annotator.domain import Keypoint, Visibility
+
+    return Keypoint(float(x), float(y), Visibility.VISIBLE)
+
+
+def _reviewed():  # noqa: ANN202
+    from annotator.domain import ImageStatus
+
+    return ImageStatus.REVIEWED
+
+
+def test_review_counts_are_kept_incrementally(qtbot, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
+
+    window, project = demo(qtbot, tmp_path)
+
+    def recount():  # noqa: ANN202
+        done = sum(project.status(r.path) in (ImageStatus.REVIEWED, ImageStatus.REFERENCE)
+                   for r in project.images)
+        t = project.settings.review_threshold
+        need = sum(a.status == ImageStatus.PREDICTED
+                   and (a.worst_confidence() is None or a.worst_confidence() < t)
+                   for a in real().values())
+        return done, len(project), need
+
+    real = project.annotations
+    assert window.review_counts() == recount()
+    calls = []
+    monkeypatch.setattr(project, "annotations", lambda: calls.append(1) or real())
+    k = len(project.schema)
+    low = ImageAnnotation((Instance(tuple(Keypoint(1, 1, 2, Origin.PREDICTED, 0.1)
+                                          for _ in range(k))),), ImageStatus.PREDICTED)
+    project.set_annotation(TARGET, low, "predict")
+    assert window.review_counts() == recount()
+    project.set_status(TARGET, ImageStatus.REVIEWED)
+    project.undo()
+    project.undo()
+    assert window.review_counts() == recount()
+    assert calls == []  # no edit above looked at every image
+    project.set_settings(replace(project.settings, review_threshold=0.05))  # whole project
+    assert window.review_counts() == recount()
+    window.close()
+
+
+def test_one_image_is_not_one_images(qtbot, tmp_path):
+    from annotator.domain import ImageStatus
+    from annotator.gui.coco_export import CocoExportDialog
+
+    window, project = demo(qtbot, tmp_path)
+    done = [r.path for r in project.images
+            if project.status(r.path) in (ImageStatus.REVIEWED, ImageStatus.REFERENCE)]
+    for path in done[1:]:
+        project.set_status(path, ImageStatus.UNLABELLED)
+    dialog = CocoExportDialog(project)
+    assert dialog.reviewed.text().endswith("(1 image)")
+    dialog.close()
+    window.close()

@@ -1,0 +1,147 @@
+"""The SQLite project store: a JSON project of the previous version migrates with every kind of
+content intact, the tables are generic (new optional fields need no schema change), and what
+the gallery needs is readable without decoding keypoints."""
+
+import dataclasses
+import json
+import sqlite3
+
+from annotator.domain import (
+    ImageRecord,
+    ImageStatus,
+    Keypoint,
+    KeypointSchema,
+    Origin,
+    Project,
+    Visibility,
+)
+from annotator.domain.annotation import ImageAnnotation, Instance
+from annotator.domain.project import ProjectSettings
+from annotator.io.autosave import Autosaver
+from annotator.io.project_file import (
+    load_project,
+    open_project_file,
+    project_to_dict,
+    save_json_copy,
+    save_project,
+)
+from annotator.io.store import ProjectStore
+
+SCHEMA = KeypointSchema("cat", ("nose", "left_eye", "right_eye"), skeleton=((0, 1), (0, 2)),
+                        flip_pairs=((1, 2),), colors=("#ff0000", "#00ff00", "#0000ff"),
+                        supercategory="animal")
+
+
+def rich_project(root) -> Project:
+    """Every kind of content: manual, predicted (with confidences, some not found), reviewed
+    keypoints; several instances with boxes, detector scores and annotation ids; reference,
+    reviewed, predicted and unlabelled images; known and unknown image sizes; non-default
+    settings of every type; non-ASCII names."""
+    images = [ImageRecord("ref.png", 640, 480), ImageRecord("sub/prédit.png", 320, 200),
+              ImageRecord("reviewed.png"), ImageRecord("empty.png", 10, 10)]
+    v, o = Visibility, Origin
+    ref = ImageAnnotation((Instance((Keypoint(1.5, 2.25, v.VISIBLE), Keypoint(3, 4, v.OCCLUDED),
+                                     Keypoint()), (0.5, 1.0, 100.0, 80.0), None, 7),),
+                          ImageStatus.REFERENCE)
+    predicted = ImageAnnotation((
+        Instance((Keypoint(10.125, 20.5, v.VISIBLE, o.PREDICTED, 0.875),
+                  Keypoint(0, 0, v.UNLABELLED, o.PREDICTED, 0.03125),
+                  Keypoint(11, 12, v.OCCLUDED, o.REVIEWED)), (5.0, 6.0, 50.0, 40.0), 0.625, 8),
+        Instance((Keypoint(), Keypoint(), Keypoint()), (60.0, 6.0, 30.0, 30.0), 0.25, None),
+        Instance((Keypoint(1, 1, v.VISIBLE, o.PREDICTED, 1.0), Keypoint(), Keypoint())),
+    ), ImageStatus.PREDICTED)
+    reviewed = ImageAnnotation((Instance((Keypoint(5, 5, v.VISIBLE, o.REVIEWED),
+                                          Keypoint(0, 0, v.UNLABELLED, o.REVIEWED),
+                                          Keypoint(6, 7, v.VISIBLE, o.MANUAL))),),
+                               ImageStatus.REVIEWED)
+    settings = dataclasses.replace(
+        ProjectSettings(), preset="geoaware", fusion="concat", flip=False, soft_argmax=False,
+        review_threshold=0.375, cache_cap_gb=3.5, crop="none", crop_margin=0.25,
+        detect_prompt="a cat", detect_max_boxes=4, sd_unet="u.safetensors")
+    return Project(str(root), images, SCHEMA,
+                   {"ref.png": ref, "sub/prédit.png": predicted, "reviewed.png": reviewed},
+                   settings)
+
+
+def test_json_project_round_trips_through_migration(tmp_path):
+    project = rich_project(tmp_path)
+    legacy = tmp_path / "rich.kpproj.json"
+    save_project(project, legacy)
+    before = legacy.read_bytes()
+    opened = open_project_file(legacy)
+    assert opened.path == tmp_path / "rich.kpproj" and legacy.read_bytes() == before
+    expected = project_to_dict(project)
+    assert project_to_dict(opened.project) == expected
+    assert project_to_dict(load_project(opened.path)) == expected  # what the store holds
+    # and back: "Save a copy as JSON" of the store gives the same document
+    copy = tmp_path / "copy.kpproj.json"
+    save_json_copy(load_project(opened.path), copy)
+    assert project_to_dict(load_project(copy)) == expected
+    got = load_project(opened.path)
+    inst = got.annotation("sub/prédit.png").instances[0]
+    assert inst.box_score == 0.625 and inst.ann_id == 8
+    assert inst.keypoints[1].confidence == 0.03125 and inst.keypoints[1].origin == Origin.PREDICTED
+    assert got.settings == project.settings and got.schema == SCHEMA
+    assert got.images == project.images and got.reference_paths() == ["ref.png", "reviewed.png"]
+
+
+def test_edits_through_the_autosaver_round_trip_every_kind_of_content(tmp_path):
+    """The incremental writes (per image) give the same project as a whole save."""
+    path = tmp_path / "p.kpproj"
+    blank = rich_project(tmp_path)
+    full = project_to_dict(blank)
+    empty = Project(str(tmp_path), blank.images, SCHEMA, settings=blank.settings)
+    save_project(empty, path)
+    saver = Autosaver(empty, path, background=True)
+    empty.set_annotations(blank.annotations(), "paste everything")
+    saver.close()
+    assert project_to_dict(load_project(path)) == full
+
+
+def test_settings_and_image_records_are_stored_generically(tmp_path):
+    path = tmp_path / "p.kpproj"
+    project = rich_project(tmp_path)
+    save_project(project, path)
+    con = sqlite3.connect(path)
+    keys = {k for (k,) in con.execute("SELECT key FROM settings")}
+    assert keys == {f.name for f in dataclasses.fields(ProjectSettings)}  # one row per field
+    assert json.loads(con.execute("SELECT data FROM images WHERE path = 'ref.png'").fetchone()[0]) \
+        == {"width": 640, "height": 480}
+    # a newer version's fields (an optional image field, a new setting) need no schema
+    # change and are ignored by this version
+    con.execute("""UPDATE images SET data = '{"width": 640, "height": 480, "video": "v.mp4",
+                "frame": 3}' WHERE path = 'ref.png'""")
+    con.execute("INSERT INTO settings VALUES ('matching_mode', '\"mutual\"')")
+    con.commit()
+    con.close()
+    got = load_project(path)
+    assert got.image("ref.png") == ImageRecord("ref.png", 640, 480)
+    assert got.settings == project.settings
+
+
+def test_gallery_rows_need_no_keypoint_decoding(tmp_path):
+    path = tmp_path / "p.kpproj"
+    project = rich_project(tmp_path)
+    save_project(project, path)
+    store = ProjectStore(path)
+    rows = store.gallery_rows()
+    store.close()
+    assert [r[0] for r in rows] == [r.path for r in project.images]
+    by_path = {p: (s, w) for p, s, w in rows}
+    assert by_path["sub/prédit.png"] == ("predicted", 0.03125)
+    assert by_path["empty.png"] == (None, None)
+    assert by_path["ref.png"] == ("reference", None)
+
+
+def test_cli_reads_a_store(tmp_path):
+    from annotator.cli import main
+    from annotator.io.formats import detect_format
+
+    path = tmp_path / "p.kpproj"
+    project = rich_project(tmp_path)
+    project.set_image_size("reviewed.png", 64, 64)
+    save_project(project, path)
+    assert detect_format(path) == "project"
+    out = tmp_path / "out.json"
+    assert main(["export", str(path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["categories"][0]["keypoints"] == list(SCHEMA.keypoints)
