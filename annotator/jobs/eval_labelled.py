@@ -106,8 +106,10 @@ class LabelledEvalResult:
         err, side = np.asarray(s.errors), np.asarray(s.box_side)
         conf = np.asarray(s.confidence)
         hit = err <= alpha * side
-        mean = (lambda a: float(np.nanmean(a)) if len(a) and np.isfinite(a).any()
-                else float("nan"))
+
+        def mean(a: np.ndarray) -> float:
+            return float(np.nanmean(a)) if len(a) and np.isfinite(a).any() else float("nan")
+
         return mean(conf[hit]), mean(conf[~hit])
 
     def to_json(self) -> dict[str, Any]:
