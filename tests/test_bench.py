@@ -25,13 +25,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_parts():
-    from annotator.jobs.bench_models import build_components, tiny_configs
+    from annotator.bench.models import build_components, tiny_configs
 
     return build_components(tiny_configs(), "cpu")
 
 
 def test_shipped_configs_are_full_size():
-    from annotator.jobs.bench_models import load_configs
+    from annotator.bench.models import load_configs
 
     cfg = load_configs()
     assert cfg["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
@@ -48,9 +48,9 @@ def test_shipped_configs_are_full_size():
 def test_baseline_gives_the_engine_features(tiny_parts, config):
     """Same weights, same image: the reference-style baseline (batch 1, full UNet, decoder,
     classic attention) and the optimised extractor give the same raw maps."""
+    from annotator.bench.baseline import BaselineExtractor
+    from annotator.bench.runner import synthetic_image
     from annotator.features.sd_dino import SDDinoExtractor
-    from annotator.jobs.bench import synthetic_image
-    from annotator.jobs.bench_baseline import BaselineExtractor
 
     sd, dino = tiny_parts
     img = synthetic_image((90, 130), 1)
@@ -67,8 +67,8 @@ def test_baseline_gives_the_engine_features(tiny_parts, config):
 
 
 def test_loop_match_agrees_with_vectorised_match():
+    from annotator.bench.baseline import loop_match
     from annotator.features.letterbox import Letterbox
-    from annotator.jobs.bench_baseline import loop_match
     from annotator.matching.transfer import MatchParams, query_cells, transfer
 
     g = torch.Generator().manual_seed(0)
@@ -83,8 +83,8 @@ def test_loop_match_agrees_with_vectorised_match():
 
 
 def test_bench_run_produces_table_and_json(tmp_path):
-    from annotator.jobs.bench import BenchOptions, format_table, run_bench, write_json
-    from annotator.jobs.bench_models import tiny_configs
+    from annotator.bench.models import tiny_configs
+    from annotator.bench.runner import BenchOptions, format_table, run_bench, write_json
 
     msgs: list[str] = []
     opts = BenchOptions(
@@ -150,7 +150,7 @@ def test_transfer_projection_separates_the_one_off():
     projection about 0.3 + 1000 x 0.01 s, not 1000 x the mean over the measured targets."""
     import time
 
-    from annotator.jobs.bench import _time_transfer
+    from annotator.bench.runner import _time_transfer
 
     class Batched:
         def iter_transfer(self, refs, targets, flip=None, prefetch=0):
@@ -181,7 +181,7 @@ def test_time_transfer_repeats_keep_the_best_steady_state():
     (10 ms); the report keeps the fast one and lists both."""
     import time
 
-    from annotator.jobs.bench import _time_transfer
+    from annotator.bench.runner import _time_transfer
 
     per_target = iter([0.03, 0.03, 0.01, 0.01])  # (1 target, n targets) per repetition
 
@@ -217,7 +217,7 @@ def test_count_flops_counts_cpu_attention():
     bench's counter adds it: QK^T and AV are 2 * N * M * d FLOPs each, per batch and head."""
     import torch.nn.functional as F
 
-    from annotator.jobs.bench_util import count_flops
+    from annotator.bench.util import count_flops
 
     q = torch.randn(2, 3, 50, 16)
     k = torch.randn(2, 3, 70, 16)
@@ -230,7 +230,7 @@ def test_count_flops_counts_cpu_attention():
 
 
 def test_peak_is_the_better_of_blas_and_the_convolution_kernel():
-    from annotator.jobs.bench_util import matmul_peak
+    from annotator.bench.util import matmul_peak
 
     p = matmul_peak("cpu", torch.float32, 64, seconds=0.2)
     assert p["matmul_flops_per_s"] > 0 and p["conv1x1_flops_per_s"] > 0

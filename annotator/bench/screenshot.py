@@ -1,4 +1,4 @@
-"""Take the README screenshot: ``python -m annotator.gui.screenshot docs/screenshot.png``.
+"""Take the README screenshot: ``python -m annotator.bench.screenshot docs/screenshot.png``.
 
 Opens a copy of the demo project, propagates on the worker thread and grabs the main window
 (works offscreen: QT_QPA_PLATFORM=offscreen, or under Xvfb). Without model weights (the default

@@ -31,11 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from annotator.features.config import FeatureConfig, preset, resolve_device, resolve_dtype
-from annotator.features.extractor import FeatureMaps
-from annotator.features.letterbox import Letterbox
-from annotator.jobs.bench_baseline import BaselineExtractor, classic_attention, loop_match
-from annotator.jobs.bench_util import (
+from annotator.bench.baseline import BaselineExtractor, classic_attention, loop_match
+from annotator.bench.util import (
     MemoryPeak,
     compile_modules,
     count_flops,
@@ -43,6 +40,9 @@ from annotator.jobs.bench_util import (
     make_timer,
     matmul_peak,
 )
+from annotator.features.config import FeatureConfig, preset, resolve_device, resolve_dtype
+from annotator.features.extractor import FeatureMaps
+from annotator.features.letterbox import Letterbox
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class BenchOptions:
     map_channels: dict[str, int] | None = None  # synthetic cached maps (None: SD 1.5/DINOv2-B)
     ablations: bool = True
     precision_check: bool = True
-    compile: str = "off"  # engine: torch.compile mode (bench_util.COMPILE_MODES)
+    compile: str = "off"  # engine: torch.compile mode (annotator.bench.util.COMPILE_MODES)
     gui: Callable[[Progress], dict[str, Any]] | None = None
     command: str = ""
 
@@ -654,7 +654,7 @@ def _bench_transfer(cfg: FeatureConfig, opts: BenchOptions, progress: Progress
 # ---- driver --------------------------------------------------------------------------------
 def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run everything ``options`` asks for; returns the JSON-ready result."""
-    from annotator.jobs.bench_models import build_components
+    from annotator.bench.models import build_components
 
     say = progress or (lambda msg: log.info("%s", msg))
     opts = options.resolved()
