@@ -45,11 +45,14 @@ class ProjectSettings:
     sd_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     dino_model: str = "facebook/dinov2-base"
     preset: str = "paper"
-    fusion: str = "copca"
+    #: None: the preset's own value (annotator.jobs.engine_factory resolves presets)
+    fusion: str | None = None
     device: str = "auto"
     dtype: str = "fp32"
-    flip: bool = True
-    soft_argmax: bool = True
+    #: None: the preset's own (propagation flips with the schema's partners, DIY-SC does not)
+    flip: bool | None = None
+    #: None: the preset's own (window soft-argmax for SD+DINO, hard argmax for content)
+    soft_argmax: bool | None = None
     review_threshold: float = 0.5
     cache_dir: str = ""
     cache_cap_gb: float = 20.0

@@ -64,7 +64,7 @@ def models_help(settings: ProjectSettings, exc: BaseException) -> str:
 
 def default_engine_factory(settings: ProjectSettings) -> Any:
     """Build the real engine (imports torch); called on the worker thread only."""
-    from annotator.jobs.propagate import build_engine
+    from annotator.jobs.engine_factory import build_engine
 
     return build_engine(settings)
 
