@@ -118,7 +118,11 @@ def synthetic_image(hw: tuple[int, int], seed: int) -> np.ndarray:
 
 
 def _cfg(name: str, given: FeatureConfig | None) -> FeatureConfig:
-    return given if given is not None else preset(name)
+    """``given``, else the preset as every engine gets it (annotator.jobs.engine_factory)."""
+    from annotator.domain.project import ProjectSettings
+    from annotator.jobs.engine_factory import resolve
+
+    return given if given is not None else resolve(ProjectSettings(preset=name))[0]
 
 
 def _tflops(x: float | None) -> float | None:
