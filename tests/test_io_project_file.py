@@ -3,9 +3,9 @@ import json
 import pytest
 
 from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Origin, Visibility
+from annotator.io.autosave import Autosaver
 from annotator.io.project_file import (
     FORMAT_VERSION,
-    Autosaver,
     ProjectFileError,
     backup_path,
     load_project,

@@ -36,12 +36,12 @@ from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
+from annotator.io.autosave import Autosaver
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
 from annotator.io.formats import ExportOptions, FormatError, export_project
 from annotator.io.images import list_images
 from annotator.io.project_file import (
     PROJECT_SUFFIX,
-    Autosaver,
     ProjectFileError,
     backup_path,
     load_project,

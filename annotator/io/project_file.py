@@ -29,6 +29,7 @@ from annotator.domain.annotation import (
 from annotator.domain.project import ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
 from annotator.io.images import list_images
+from annotator.io.journal import recover_document
 from annotator.io.jsonio import InputFormatError, check_coordinate, loads_strict
 
 log = logging.getLogger(__name__)
@@ -477,8 +478,6 @@ def _load_project_recovering(path: str | os.PathLike[str],
                              recover: bool) -> tuple[Project, int]:
     doc = read_project_document(path)
     if recover:
-        from annotator.io.autosave import recover_document
-
         recovered, count = recover_document(doc, path)
         if count:
             try:
@@ -522,12 +521,3 @@ def new_project(image_root: str | os.PathLike[str], schema: KeypointSchema) -> P
     root = Path(image_root).resolve()
     images = [ImageRecord(p) for p in list_images(root)]
     return Project(str(root), images, schema)
-
-
-def __getattr__(name: str) -> Any:
-    """``Autosaver`` lives in :mod:`annotator.io.autosave` (imported lazily: no cycle)."""
-    if name == "Autosaver":
-        from annotator.io.autosave import Autosaver
-
-        return Autosaver
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
