@@ -88,11 +88,12 @@ def load_input(path: Path, images: Path | None):
 
 
 def run(args: argparse.Namespace) -> int:
-
-    from annotator.features.models import ModelLoadError
     from annotator.io.coco import write_coco
+    from annotator.jobs.engine_factory import model_load_error
     from annotator.jobs.progress import Cancelled
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
+
+    ModelLoadError = model_load_error()
 
     if args.out.exists() and args.input.exists() and os.path.samefile(args.out, args.input):
         print(f"--out {args.out} is the input file: it would be overwritten (and any other "

@@ -31,6 +31,14 @@ class EngineSettingsError(ValueError):
     """Settings that describe no valid engine (an unknown field, fusion, device...)."""
 
 
+def model_load_error() -> type[Exception]:
+    """The exception class of weights that cannot be loaded (ModelLoadError, raised on the
+    engine's first use), for callers that stay out of annotator.features (the CLI)."""
+    from annotator.features.models import ModelLoadError
+
+    return ModelLoadError
+
+
 def preset_names() -> tuple[str, ...]:
     """The named presets (annotator.features.config.PRESETS)."""
     from annotator.features.config import PRESETS
