@@ -127,11 +127,14 @@ def test_bench_run_produces_table_and_json(tmp_path):
         for where in ("disk", "memory"):
             d = tr["fusions"][case][where]
             assert d["targets_measured"] == 3
-            # tiny maps: the two-point fit may clamp the steady state at 0 under jitter
-            assert d["seconds"] > 0 and d["seconds_per_target"] >= 0
-            assert d["one_off_seconds"] >= 0
+            # measured after the warm-up in one run: never 0, and no part exceeds the whole
+            assert d["seconds"] > 0 and d["seconds_per_target"] > 0
+            warmup = d["one_off_seconds"] - d.get("basis_fit_seconds", 0.0)  # copca-run's fit
+            w = d["warmup_targets"]
+            assert 0 < warmup < d["seconds"]
+            assert warmup + (3 - w) * d["seconds_per_target"] == pytest.approx(d["seconds"])
             assert d["projected_seconds"] == pytest.approx(
-                d["one_off_seconds"] + 1000 * d["seconds_per_target"])
+                d["one_off_seconds"] + (1000 - w) * d["seconds_per_target"])
     assert tr["fusions"]["concat"]["disk"]["prefetch"] == 8
     assert tr["fusions"]["concat-lockstep"]["disk"]["prefetch"] == 0
     assert tr["fusions"]["copca-run"]["memory"]["basis_fit_seconds"] > 0
@@ -183,7 +186,7 @@ def test_time_transfer_repeats_keep_the_best_steady_state():
 
     from annotator.bench.runner import _time_transfer
 
-    per_target = iter([0.03, 0.03, 0.01, 0.01])  # (1 target, n targets) per repetition
+    per_target = iter([0.03, 0.01])  # per repetition
 
     class Noisy:
         def iter_transfer(self, refs, targets, flip=None, prefetch=0):
@@ -200,6 +203,55 @@ def test_time_transfer_repeats_keep_the_best_steady_state():
     with pytest.raises(ValueError, match="repeats"):
         _time_transfer(Noisy, np.zeros((4, 4, 3), np.uint8), np.zeros((1, 2)),
                        [np.zeros((4, 4, 3), np.uint8)] * 3, 0, 1000, repeats=0)
+
+
+class _Instant:
+    """An engine whose results cost nothing: the timings come from the test's clock."""
+
+    def iter_transfer(self, refs, targets, flip=None, prefetch=0):  # noqa: ANN001, ANN201
+        yield from targets
+
+
+def _clock(*times: float):
+    ticks = iter(times)
+    return lambda: next(ticks)
+
+
+def test_steady_state_is_timed_after_the_warm_up_in_one_run():
+    """Start 0, first result at 0.5 s (reference preparation + one target), then one result
+    every 10 ms: the steady state is measured directly (10 ms), the warm-up is 0.5 s."""
+    from annotator.bench.runner import _time_transfer
+
+    times = (0.0, 0.5, *(0.5 + 0.01 * i for i in range(1, 20)))
+    r = _time_transfer(_Instant, np.zeros((4, 4, 3), np.uint8), np.zeros((1, 2)),
+                       [np.zeros((4, 4, 3), np.uint8)] * 20, 0, 1000, clock=_clock(*times))
+    assert r["warmup_targets"] == 1 and r["targets_measured"] == 20
+    assert r["seconds_per_target"] == pytest.approx(0.01)
+    assert r["one_off_seconds"] == pytest.approx(0.5)
+    assert r["seconds"] == pytest.approx(0.69)
+    assert r["projected_seconds"] == pytest.approx(0.5 + 999 * 0.01)
+
+
+def test_impossible_transfer_figures_are_refused():
+    """The issue's case (a steady state of 0 ms/target) and its relatives are never reported:
+    a repetition with such figures is dropped, and with none left the timing refuses."""
+    from annotator.bench.runner import ImpossibleFigure, _time_transfer, check_transfer_figures
+
+    img, pts = np.zeros((4, 4, 3), np.uint8), np.zeros((1, 2))
+    burst = (0.0, *([0.6] * 10))  # every result in one burst: nothing after the warm-up
+    with pytest.raises(ImpossibleFigure, match="steady state 0.000 ms/target is not > 0"):
+        _time_transfer(_Instant, img, pts, [img] * 10, 0, 1000, clock=_clock(*burst))
+    stalled = (0.0, 0.0, *(0.1 * i for i in range(1, 10)))  # a clock that did not move
+    with pytest.raises(ImpossibleFigure, match="warm-up 0.000 s is not > 0"):
+        _time_transfer(_Instant, img, pts, [img] * 10, 0, 1000, clock=_clock(*stalled))
+    sane = (0.0, 0.2, *(0.2 + 0.05 * i for i in range(1, 10)))
+    r = _time_transfer(_Instant, img, pts, [img] * 10, 0, 1000, repeats=2,
+                       clock=_clock(*burst, *sane))
+    assert r["seconds_per_target"] == pytest.approx(0.05)
+    assert r["seconds_per_target_all"] == [pytest.approx(0.05)] and len(r["refused"]) == 1
+    with pytest.raises(ImpossibleFigure, match="exceeds the whole run"):
+        check_transfer_figures(total=0.52, warmup=0.62, steady=0.001, timed=20)
+    check_transfer_figures(total=0.52, warmup=0.1, steady=0.02, timed=20)  # 0.1 + 0.4 <= 0.52
 
 
 def test_cli_registers_bench():
