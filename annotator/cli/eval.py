@@ -259,7 +259,6 @@ def run_geometry(args: argparse.Namespace) -> int:
     from annotator.cli.common import PRESET_NAMES
     from annotator.jobs.evaluate import EvalConfig, engine_predictor
     from annotator.jobs.geometry import SKIMAGE_PHOTOS, GeometryConfig, run_geometry_benchmark
-    from annotator.jobs.report import write_report
 
     backends = ["content"]
     if args.extractor == "sd-dino" or (args.sd_model and args.dino_model):
@@ -290,18 +289,26 @@ def run_geometry(args: argparse.Namespace) -> int:
     except (ImportError, OSError, ValueError, SystemExit) as exc:
         sys.stderr.write(f"annotator geometry: {exc}\n")
         return 2
-    progress = TqdmProgress("geometry")
+    return _run_and_report(
+        args.out, "geometry", lambda progress: run_geometry_benchmark(
+            predictors, gconfig, econfig, progress=progress, settings=settings),
+        "Geometry benchmark (known warps of scikit-image photographs)")
+
+
+def _run_and_report(out: Path, stem: str, run: Any, title: str) -> int:
+    """Run ``run(progress)`` (label -> result) under a progress bar, write the report named
+    ``stem`` in ``out`` and print the summary; 130 when cancelled with Ctrl-C."""
+    from annotator.jobs.report import write_report
+
+    progress = TqdmProgress(stem.replace("_", " "))
     try:
-        results = run_geometry_benchmark(predictors, gconfig, econfig, progress=progress,
-                                         settings=settings)
+        results = run(progress)
     except KeyboardInterrupt:
         sys.stderr.write("annotator geometry: cancelled\n")
         return 130
     finally:
         progress.close()
-    files = write_report(results, args.out, title="Geometry benchmark (known warps of "
-                                                  "scikit-image photographs)",
-                         references=(), stem="geometry")
+    files = write_report(results, out, title=title, references=(), stem=stem)
     _print_summary(results, files)
     return 0
 
@@ -314,7 +321,6 @@ def _run_small_objects(args: argparse.Namespace, backends: list[str]) -> int:
         SmallObjectsConfig,
         run_small_objects_benchmark,
     )
-    from annotator.jobs.report import write_report
 
     try:
         config = SmallObjectsConfig(images=tuple(args.images or SKIMAGE_PHOTOS),
@@ -324,21 +330,13 @@ def _run_small_objects(args: argparse.Namespace, backends: list[str]) -> int:
     except (ImportError, OSError, ValueError, SystemExit) as exc:
         sys.stderr.write(f"annotator geometry: {exc}\n")
         return 2
-    progress = TqdmProgress("small objects")
-    results = {}
-    try:
-        for name, engine in engines.items():
-            for mode, res in run_small_objects_benchmark(
+
+    def run(progress: TqdmProgress) -> dict[str, Any]:
+        return {f"{name}, {mode}": res for name, engine in engines.items()
+                for mode, res in run_small_objects_benchmark(
                     engine_predictor(engine), config, econfig, args.crop_margin,
-                    progress=progress, settings=_engine_settings(args, name)).items():
-                results[f"{name}, {mode}"] = res
-    except KeyboardInterrupt:
-        sys.stderr.write("annotator geometry: cancelled\n")
-        return 130
-    finally:
-        progress.close()
-    files = write_report(results, args.out, title="Geometry benchmark: small objects (photos "
-                         "pasted small into large canvases), whole-image vs crop transfer",
-                         references=(), stem="small_objects")
-    _print_summary(results, files)
-    return 0
+                    progress=progress, settings=_engine_settings(args, name)).items()}
+
+    return _run_and_report(args.out, "small_objects", run,
+                           "Geometry benchmark: small objects (photos pasted small into large "
+                           "canvases), whole-image vs crop transfer")
