@@ -202,7 +202,8 @@ def run_eval(args: argparse.Namespace) -> int:
             if args.crop != "none":
                 raise ValueError("--crop bbox is not supported with --ray yet; run it locally")
             progress.close()
-            result = _evaluate_on_ray(args, dataset, config)
+            result = _evaluate_on_ray(args, dataset, config,
+                                      {**settings, "ray": args.ray, "actors": args.actors})
         else:
             result = evaluate(dataset, predictor, config, progress=progress, settings=settings)
     except (DatasetFormatError, ValueError) as exc:
@@ -223,7 +224,8 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any) -> Any:
+def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any,
+                     settings: dict[str, Any]) -> Any:
     """``evaluate`` with the pairs scored on Ray actors; a pair that fails is left out of the
     scores and listed in the result's ``skipped`` (named on stderr like unreadable pairs)."""
     import time
@@ -249,9 +251,7 @@ def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any) -> Any
     outcomes.sort(key=lambda o: o.index)
     scores = [o.score for o in outcomes if o.error is None]
     failed = [f"{o.pair_id}: {o.error}" for o in outcomes if o.error is not None]
-    return summarize(dataset, scores, config, time.perf_counter() - start,
-                     {**_engine_settings(args, args.extractor), "ray": args.ray,
-                      "actors": args.actors}, failed)
+    return summarize(dataset, scores, config, time.perf_counter() - start, settings, failed)
 
 
 def run_geometry(args: argparse.Namespace) -> int:
