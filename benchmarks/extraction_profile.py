@@ -1,6 +1,6 @@
 """Where the paper extraction's time goes on this CPU, per op, and what the options give.
 
-Full-size SD 1.5 / DINOv2-base with random weights (``annotator.jobs.bench_models``, as in
+Full-size SD 1.5 / DINOv2-base with random weights (``annotator.bench.models``, as in
 ``annotator bench``). Measures, each once after a warm-up (short runs):
 
 1. a per-op profile (torch.profiler, self CPU time) of one 512 px SD tile (VAE encoder + UNet
@@ -73,7 +73,7 @@ def profile(fn: Any) -> dict[str, Any]:
 
 
 def flop_groups(fn: Any) -> dict[str, float]:
-    from annotator.jobs.bench_util import count_flops
+    from annotator.bench.util import count_flops
 
     with count_flops() as fc:
         fn()
@@ -94,11 +94,11 @@ def timed(fn: Any, reps: int = 1) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from annotator.bench.models import build_components
+    from annotator.bench.runner import synthetic_image
+    from annotator.bench.util import machine_info, matmul_peak
     from annotator.features.config import preset
     from annotator.features.sd_dino import SDDinoExtractor
-    from annotator.jobs.bench import synthetic_image
-    from annotator.jobs.bench_models import build_components
-    from annotator.jobs.bench_util import machine_info, matmul_peak
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

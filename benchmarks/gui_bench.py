@@ -1,6 +1,6 @@
 """GUI part of ``annotator bench`` (offscreen Qt, run in a child process by the CLI).
 
-Measures the real MainWindow, built by :func:`annotator.gui.bench_support.open_window` (isolated:
+Measures the real MainWindow, built by :func:`annotator.bench.gui_support.open_window` (isolated:
 no recent-files entry, no autosave, nothing of the user's QSettings touched):
 
 - ``open_seconds``: ``load_project`` of an N-image project file (one small JPEG hard-linked N
@@ -156,8 +156,8 @@ def measure_saving(win, project, path: Path, result: dict, beat) -> None:  # noq
     """Save stalls at ``len(project)`` predicted images: the window's real autosaver (edit
     journal + background saves) on ``path``. Ctrl+S, autosave after one edit, and a stream of
     edits (10 per second for 3 s, autosaving meanwhile); ``save_seconds`` is Ctrl+S to done."""
+    from annotator.bench.gui_support import run_for, run_until
     from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
-    from annotator.gui.bench_support import run_for, run_until
 
     k = len(project.schema)
     kps = tuple(Keypoint(10.0 + j, 20.0 + j, 2, Origin.PREDICTED, 0.5) for j in range(k))
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from annotator.gui.bench_support import (
+    from annotator.bench.gui_support import (
         StallMeter,
         content_engine_factory,
         open_window,

@@ -18,12 +18,12 @@ def main() -> dict[str, float]:
     import torch
     from transformers import Dinov2Config, Dinov2Model
 
+    from annotator.bench.runner import synthetic_image
+    from annotator.bench.util import count_flops
     from annotator.features.adapter import DiyAdapter
     from annotator.features.config import DIY
     from annotator.features.models import DinoComponents
     from annotator.features.sd_dino import SDDinoExtractor
-    from annotator.jobs.bench import synthetic_image
-    from annotator.jobs.bench_util import count_flops
 
     torch.manual_seed(0)
     raw = json.loads((Path(__file__).parent / "configs" / "dinov2.json").read_text())

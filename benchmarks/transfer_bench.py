@@ -3,7 +3,7 @@
 Reproduces the setup of ``annotator bench``'s transfer part (synthetic paper-shaped maps behind
 the targets' cache keys, a FeatureCache in a temporary folder, ``Engine.iter_transfer``) with
 more targets, and reports the one-off (reference read and preparation, first call) apart from the
-steady state per target (``annotator.jobs.bench._time_transfer``):
+steady state per target (``annotator.bench.runner._time_transfer``):
 
     python benchmarks/transfer_bench.py --targets 200
 """
@@ -17,10 +17,10 @@ import tempfile
 
 import numpy as np
 
+from annotator.bench.runner import _CachedOnly, _key_image, _time_transfer, synthetic_maps
 from annotator.engine import Engine
 from annotator.features.cache import FeatureCache
 from annotator.features.config import preset
-from annotator.jobs.bench import _CachedOnly, _key_image, _time_transfer, synthetic_maps
 
 
 def main() -> None:

@@ -25,13 +25,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_parts():
-    from annotator.jobs.bench_models import build_components, tiny_configs
+    from annotator.bench.models import build_components, tiny_configs
 
     return build_components(tiny_configs(), "cpu")
 
 
 def test_shipped_configs_are_full_size():
-    from annotator.jobs.bench_models import load_configs
+    from annotator.bench.models import load_configs
 
     cfg = load_configs()
     assert cfg["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
@@ -48,9 +48,9 @@ def test_shipped_configs_are_full_size():
 def test_baseline_gives_the_engine_features(tiny_parts, config):
     """Same weights, same image: the reference-style baseline (batch 1, full UNet, decoder,
     classic attention) and the optimised extractor give the same raw maps."""
+    from annotator.bench.baseline import BaselineExtractor
+    from annotator.bench.runner import synthetic_image
     from annotator.features.sd_dino import SDDinoExtractor
-    from annotator.jobs.bench import synthetic_image
-    from annotator.jobs.bench_baseline import BaselineExtractor
 
     sd, dino = tiny_parts
     img = synthetic_image((90, 130), 1)
@@ -67,8 +67,8 @@ def test_baseline_gives_the_engine_features(tiny_parts, config):
 
 
 def test_loop_match_agrees_with_vectorised_match():
+    from annotator.bench.baseline import loop_match
     from annotator.features.letterbox import Letterbox
-    from annotator.jobs.bench_baseline import loop_match
     from annotator.matching.transfer import MatchParams, query_cells, transfer
 
     g = torch.Generator().manual_seed(0)
@@ -83,8 +83,8 @@ def test_loop_match_agrees_with_vectorised_match():
 
 
 def test_bench_run_produces_table_and_json(tmp_path):
-    from annotator.jobs.bench import BenchOptions, format_table, run_bench, write_json
-    from annotator.jobs.bench_models import tiny_configs
+    from annotator.bench.models import tiny_configs
+    from annotator.bench.runner import BenchOptions, format_table, run_bench, write_json
 
     msgs: list[str] = []
     opts = BenchOptions(
@@ -127,11 +127,14 @@ def test_bench_run_produces_table_and_json(tmp_path):
         for where in ("disk", "memory"):
             d = tr["fusions"][case][where]
             assert d["targets_measured"] == 3
-            # tiny maps: the two-point fit may clamp the steady state at 0 under jitter
-            assert d["seconds"] > 0 and d["seconds_per_target"] >= 0
-            assert d["one_off_seconds"] >= 0
+            # measured after the warm-up in one run: never 0, and no part exceeds the whole
+            assert d["seconds"] > 0 and d["seconds_per_target"] > 0
+            warmup = d["one_off_seconds"] - d.get("basis_fit_seconds", 0.0)  # copca-run's fit
+            w = d["warmup_targets"]
+            assert 0 < warmup < d["seconds"]
+            assert warmup + (3 - w) * d["seconds_per_target"] == pytest.approx(d["seconds"])
             assert d["projected_seconds"] == pytest.approx(
-                d["one_off_seconds"] + 1000 * d["seconds_per_target"])
+                d["one_off_seconds"] + (1000 - w) * d["seconds_per_target"])
     assert tr["fusions"]["concat"]["disk"]["prefetch"] == 8
     assert tr["fusions"]["concat-lockstep"]["disk"]["prefetch"] == 0
     assert tr["fusions"]["copca-run"]["memory"]["basis_fit_seconds"] > 0
@@ -150,7 +153,7 @@ def test_transfer_projection_separates_the_one_off():
     projection about 0.3 + 1000 x 0.01 s, not 1000 x the mean over the measured targets."""
     import time
 
-    from annotator.jobs.bench import _time_transfer
+    from annotator.bench.runner import _time_transfer
 
     class Batched:
         def iter_transfer(self, refs, targets, flip=None, prefetch=0):
@@ -181,9 +184,9 @@ def test_time_transfer_repeats_keep_the_best_steady_state():
     (10 ms); the report keeps the fast one and lists both."""
     import time
 
-    from annotator.jobs.bench import _time_transfer
+    from annotator.bench.runner import _time_transfer
 
-    per_target = iter([0.03, 0.03, 0.01, 0.01])  # (1 target, n targets) per repetition
+    per_target = iter([0.03, 0.01])  # per repetition
 
     class Noisy:
         def iter_transfer(self, refs, targets, flip=None, prefetch=0):
@@ -202,6 +205,55 @@ def test_time_transfer_repeats_keep_the_best_steady_state():
                        [np.zeros((4, 4, 3), np.uint8)] * 3, 0, 1000, repeats=0)
 
 
+class _Instant:
+    """An engine whose results cost nothing: the timings come from the test's clock."""
+
+    def iter_transfer(self, refs, targets, flip=None, prefetch=0):  # noqa: ANN001, ANN201
+        yield from targets
+
+
+def _clock(*times: float):
+    ticks = iter(times)
+    return lambda: next(ticks)
+
+
+def test_steady_state_is_timed_after_the_warm_up_in_one_run():
+    """Start 0, first result at 0.5 s (reference preparation + one target), then one result
+    every 10 ms: the steady state is measured directly (10 ms), the warm-up is 0.5 s."""
+    from annotator.bench.runner import _time_transfer
+
+    times = (0.0, 0.5, *(0.5 + 0.01 * i for i in range(1, 20)))
+    r = _time_transfer(_Instant, np.zeros((4, 4, 3), np.uint8), np.zeros((1, 2)),
+                       [np.zeros((4, 4, 3), np.uint8)] * 20, 0, 1000, clock=_clock(*times))
+    assert r["warmup_targets"] == 1 and r["targets_measured"] == 20
+    assert r["seconds_per_target"] == pytest.approx(0.01)
+    assert r["one_off_seconds"] == pytest.approx(0.5)
+    assert r["seconds"] == pytest.approx(0.69)
+    assert r["projected_seconds"] == pytest.approx(0.5 + 999 * 0.01)
+
+
+def test_impossible_transfer_figures_are_refused():
+    """The issue's case (a steady state of 0 ms/target) and its relatives are never reported:
+    a repetition with such figures is dropped, and with none left the timing refuses."""
+    from annotator.bench.runner import ImpossibleFigure, _time_transfer, check_transfer_figures
+
+    img, pts = np.zeros((4, 4, 3), np.uint8), np.zeros((1, 2))
+    burst = (0.0, *([0.6] * 10))  # every result in one burst: nothing after the warm-up
+    with pytest.raises(ImpossibleFigure, match="steady state 0.000 ms/target is not > 0"):
+        _time_transfer(_Instant, img, pts, [img] * 10, 0, 1000, clock=_clock(*burst))
+    stalled = (0.0, 0.0, *(0.1 * i for i in range(1, 10)))  # a clock that did not move
+    with pytest.raises(ImpossibleFigure, match="warm-up 0.000 s is not > 0"):
+        _time_transfer(_Instant, img, pts, [img] * 10, 0, 1000, clock=_clock(*stalled))
+    sane = (0.0, 0.2, *(0.2 + 0.05 * i for i in range(1, 10)))
+    r = _time_transfer(_Instant, img, pts, [img] * 10, 0, 1000, repeats=2,
+                       clock=_clock(*burst, *sane))
+    assert r["seconds_per_target"] == pytest.approx(0.05)
+    assert r["seconds_per_target_all"] == [pytest.approx(0.05)] and len(r["refused"]) == 1
+    with pytest.raises(ImpossibleFigure, match="exceeds the whole run"):
+        check_transfer_figures(total=0.52, warmup=0.62, steady=0.001, timed=20)
+    check_transfer_figures(total=0.52, warmup=0.1, steady=0.02, timed=20)  # 0.1 + 0.4 <= 0.52
+
+
 def test_cli_registers_bench():
     from annotator.cli import bench as cli_bench
 
@@ -217,7 +269,7 @@ def test_count_flops_counts_cpu_attention():
     bench's counter adds it: QK^T and AV are 2 * N * M * d FLOPs each, per batch and head."""
     import torch.nn.functional as F
 
-    from annotator.jobs.bench_util import count_flops
+    from annotator.bench.util import count_flops
 
     q = torch.randn(2, 3, 50, 16)
     k = torch.randn(2, 3, 70, 16)
@@ -230,7 +282,7 @@ def test_count_flops_counts_cpu_attention():
 
 
 def test_peak_is_the_better_of_blas_and_the_convolution_kernel():
-    from annotator.jobs.bench_util import matmul_peak
+    from annotator.bench.util import matmul_peak
 
     p = matmul_peak("cpu", torch.float32, 64, seconds=0.2)
     assert p["matmul_flops_per_s"] > 0 and p["conv1x1_flops_per_s"] > 0

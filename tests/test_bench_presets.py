@@ -2,8 +2,8 @@
 BENCHMARKS.md): the diy preset's adapter runs in the engine timing, a DINOv2-only preset first
 in the list still gets the SD ablations and the transfer part, FLOPs are counted."""
 
-from annotator.jobs.bench import BenchOptions, format_table, run_bench
-from annotator.jobs.bench_models import tiny_configs
+from annotator.bench.models import tiny_configs
+from annotator.bench.runner import BenchOptions, format_table, run_bench
 from tests.test_bench import SMALL_MAPS
 from tests.tiny_models import TINY
 

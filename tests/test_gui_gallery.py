@@ -14,10 +14,8 @@ from annotator.domain import (
     ImageAnnotation,
     ImageRecord,
     ImageStatus,
-    Instance,
     Keypoint,
     KeypointSchema,
-    Origin,
     Project,
     Visibility,
 )
@@ -25,6 +23,7 @@ from annotator.gui.gallery import GalleryFilter, GalleryPanel, GallerySort
 from annotator.gui.progress import RateEstimator, format_duration
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.thumbnails import ThumbnailLoader
+from tests.builders import one_instance, predicted
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
     DEMO_IMAGES,
     ROOT,
@@ -48,10 +47,8 @@ def big_project(tmp_path, n: int) -> Project:  # noqa: ANN001
         os.link(src, folder / name)
         records.append(ImageRecord(name))
         if i % 3 == 0:
-            kp = Keypoint(5, 5, Visibility.VISIBLE, Origin.PREDICTED, (i * 7919 % 1000) / 1000)
-            annotations[name] = ImageAnnotation(
-                (Instance((kp, kp)),), ImageStatus.PREDICTED
-            )
+            kp = predicted(5, 5, (i * 7919 % 1000) / 1000)
+            annotations[name] = one_instance((kp, kp), ImageStatus.PREDICTED)
     return Project(str(folder), records, SCHEMA, annotations)
 
 
@@ -115,7 +112,7 @@ def test_schema_dialog_keeps_annotations_consistent(qtbot):  # noqa: ANN001
     schema = KeypointSchema("cat", ("left_eye", "right_eye", "nose"), flip_pairs=((0, 1),))
     kps = tuple(Keypoint(float(i), 0.0, Visibility.VISIBLE) for i in range(3))
     project = Project("/x", [ImageRecord("a.jpg")], schema,
-                      {"a.jpg": ImageAnnotation((Instance(kps),), ImageStatus.REFERENCE)})
+                      {"a.jpg": one_instance(kps, ImageStatus.REFERENCE)})
     dialog = SchemaDialog(schema)
     qtbot.addWidget(dialog)
     assert dialog.move_keypoint(2, -1)  # nose before right_eye
@@ -213,9 +210,9 @@ def test_live_refresh_moves_changed_images_where_a_full_sort_puts_them(
             what = rng.random()
             if what < 0.4:
                 conf = round(rng.random(), 3)
-                kp = Keypoint(5, 5, Visibility.VISIBLE, Origin.PREDICTED, conf)
-                project.set_annotation(path, ImageAnnotation((Instance((kp, kp)),),
-                                                             ImageStatus.PREDICTED), "pred")
+                kp = predicted(5, 5, conf)
+                project.set_annotation(path, one_instance((kp, kp), ImageStatus.PREDICTED),
+                                       "pred")
             elif what < 0.7:
                 project.set_status(path, ImageStatus.REVIEWED)
             else:

@@ -160,7 +160,8 @@ def test_results_of_an_old_root_are_dropped(qtbot, tmp_path):  # noqa: ANN001
 
 
 def test_bench_window_is_isolated_and_takes_an_engine(qtbot, tmp_path, monkeypatch):  # noqa: ANN001
-    from annotator.gui import bench_support, recent
+    from annotator.bench import gui_support as bench_support
+    from annotator.gui import recent
     from annotator.io.project_file import load_project
 
     settings_file = tmp_path / "settings.ini"

@@ -12,6 +12,7 @@ from annotator.cli import main
 from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Visibility
 from annotator.io.coco import ExportChoice, ExportScope, export_coco, import_coco, write_coco
 from annotator.io.project_file import new_project
+from tests.builders import blank_images
 from tests.test_instances_propagate import OBJ_POINTS, SIDE, _canvas, _object
 
 # every image, boxes to fill included (the default export keeps reviewed/reference images only)
@@ -19,8 +20,7 @@ ALL = ExportChoice(ExportScope.PREDICTIONS)
 
 
 def _project(tmp_path):
-    Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(tmp_path / "a.png")
-    Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(tmp_path / "b.png")
+    blank_images(tmp_path, {"a.png": (200, 100), "b.png": (200, 100)})
     p = new_project(tmp_path, KeypointSchema("cat", ("x", "y")))
     p.set_keypoint("a.png", 0, Keypoint(10, 20, Visibility.VISIBLE))
     p.set_keypoint("a.png", 1, Keypoint(30, 40, Visibility.VISIBLE))

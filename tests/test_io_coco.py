@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from annotator.domain import (
     ImageAnnotation,
-    ImageRecord,
     ImageStatus,
     Instance,
     Keypoint,
@@ -32,6 +30,7 @@ from annotator.io.coco import (
     write_coco_text,
 )
 from annotator.io.templates import load_template
+from tests.builders import blank_images, one_instance, predicted
 
 RNG = np.random.default_rng(0)
 ALL = ExportChoice(ExportScope.PREDICTIONS)
@@ -40,12 +39,9 @@ ALL = ExportChoice(ExportScope.PREDICTIONS)
 def random_project(tmp_path, schema: KeypointSchema, n_images: int = 4) -> Project:
     root = tmp_path / "imgs"
     root.mkdir(exist_ok=True)
-    images = []
-    for i in range(n_images):
-        name = f"dir/img{i}.png" if i % 2 else f"img{i}.png"
-        (root / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(np.zeros((60 + i, 80, 3), np.uint8)).save(root / name)
-        images.append(ImageRecord(name))  # size unknown: export reads it from the file
+    # sizes unknown to the project: the export reads them from the files
+    images = blank_images(root, {f"dir/img{i}.png" if i % 2 else f"img{i}.png": (80, 60 + i)
+                                 for i in range(n_images)})
     p = Project(str(root), images, schema)
     k = len(schema)
     for i, rec in enumerate(images[:-1]):  # last image stays unlabelled
@@ -274,17 +270,12 @@ def test_export_choices_leave_unreviewed_predictions_out_by_default(tmp_path):
     """Issue 9, defect 6: predictions nobody reviewed are not exported as visible labels."""
     schema = KeypointSchema("face", ("a", "b", "c"))
     root = tmp_path / "imgs"
-    root.mkdir()
     names = ("ref.png", "rev.png", "pred.png", "todo.png")
-    for name in names:
-        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / name)
-    p = Project(str(root), [ImageRecord(n) for n in names], schema)
+    p = Project(str(root), blank_images(root, dict.fromkeys(names, (50, 40))), schema)
     manual = Keypoint(10, 10, Visibility.VISIBLE)
-    p.set_annotation("ref.png", ImageAnnotation((Instance((manual,) * 3),),
-                                                ImageStatus.REFERENCE), "x")
-    p.set_annotation("rev.png", ImageAnnotation((Instance((manual,) * 3),),
-                                                ImageStatus.REVIEWED), "x")
-    hi = Keypoint(20, 20, Visibility.VISIBLE, Origin.PREDICTED, 0.9)
+    p.set_annotation("ref.png", one_instance((manual,) * 3, ImageStatus.REFERENCE), "x")
+    p.set_annotation("rev.png", one_instance((manual,) * 3, ImageStatus.REVIEWED), "x")
+    hi = predicted(20, 20, 0.9)
     lo = Keypoint(30, 30, Visibility.VISIBLE, Origin.PREDICTED, 0.1)
     p.set_annotation("pred.png", ImageAnnotation((Instance((hi, lo, hi)),),
                                                  ImageStatus.PREDICTED), "x")
@@ -328,14 +319,11 @@ def test_cli_export_states_its_choice(tmp_path, capsys):
 
     schema = KeypointSchema("face", ("a", "b"))
     root = tmp_path / "imgs"
-    root.mkdir()
-    for name in ("ref.png", "pred.png"):
-        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / name)
-    p = Project(str(root), [ImageRecord("ref.png"), ImageRecord("pred.png")], schema)
+    p = Project(str(root), blank_images(root, dict.fromkeys(("ref.png", "pred.png"), (50, 40))),
+                schema)
     p.set_keypoint("ref.png", 0, Keypoint(5, 5, Visibility.VISIBLE))
-    kp = Keypoint(9, 9, Visibility.VISIBLE, Origin.PREDICTED, 0.3)
-    p.set_annotation("pred.png", ImageAnnotation((Instance((kp, kp)),), ImageStatus.PREDICTED),
-                     "x")
+    kp = predicted(9, 9, 0.3)
+    p.set_annotation("pred.png", one_instance((kp, kp), ImageStatus.PREDICTED), "x")
     project_file = tmp_path / "p.kpproj.json"
     save_project(p, project_file)
     out = tmp_path / "out.json"

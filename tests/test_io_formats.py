@@ -30,6 +30,7 @@ from annotator.io.formats import (
     export_project,
     import_dataset,
 )
+from tests.builders import blank_images, one_instance, predicted
 
 V, O = Visibility.VISIBLE, Visibility.OCCLUDED  # noqa: E741
 MISSING = Keypoint()
@@ -61,10 +62,7 @@ def kp(spec):
 @pytest.fixture
 def project(tmp_path) -> Project:
     root = tmp_path / "imgs"
-    for name, (w, h) in SIZES.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root / name)
-    p = Project(str(root), [ImageRecord(n) for n in SIZES], SCHEMA)
+    p = Project(str(root), blank_images(root, SIZES, 90), SCHEMA)
     p.set_annotation("a.png", ImageAnnotation(
         tuple(Instance(tuple(kp(s) for s in kps), box) for kps, box in LABELS["a.png"]),
         ImageStatus.REVIEWED), "a")
@@ -72,9 +70,8 @@ def project(tmp_path) -> Project:
         tuple(Instance(tuple(kp(s) for s in kps), box) for kps, box in LABELS["sub/b.png"]),
         ImageStatus.REFERENCE), "b")
     # c.jpg: unreviewed predictions, one confident, one not
-    pred = Instance((Keypoint(20, 20, V, Origin.PREDICTED, 0.9),
-                     Keypoint(30, 30, V, Origin.PREDICTED, 0.2), MISSING, MISSING))
-    p.set_annotation("c.jpg", ImageAnnotation((pred,), ImageStatus.PREDICTED), "c")
+    pred = (predicted(20, 20, 0.9), predicted(30, 30, 0.2), MISSING, MISSING)
+    p.set_annotation("c.jpg", one_instance(pred, ImageStatus.PREDICTED), "c")
     # d.png: reviewed, nothing in it; e.png: never looked at
     p.set_annotation("d.png", ImageAnnotation((), ImageStatus.REVIEWED), "d")
     return p
@@ -276,11 +273,10 @@ def test_failed_folder_export_leaves_nothing_behind(project, tmp_path, fmt):
 
 def test_yolo_pose_clips_points_outside_the_image(tmp_path):
     root = tmp_path / "imgs"
-    root.mkdir()
-    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(root / "x.png")
-    p = Project(str(root), [ImageRecord("x.png")], KeypointSchema("o", ("p", "q")))
-    p.set_annotation("x.png", ImageAnnotation(
-        (Instance((Keypoint(25.0, 5.0, V), Keypoint(2.0, 3.0, V))),), ImageStatus.REVIEWED), "x")
+    p = Project(str(root), blank_images(root, {"x.png": (20, 10)}),
+                KeypointSchema("o", ("p", "q")))
+    p.set_annotation("x.png", one_instance((Keypoint(25.0, 5.0, V), Keypoint(2.0, 3.0, V)),
+                                           ImageStatus.REVIEWED), "x")
     report = export_project(p, "yolo-pose", tmp_path / "ds")
     assert any("1 keypoint(s) outside" in n for n in report.notes)
     values = [float(v) for v in (tmp_path / "ds/labels/train/x.txt").read_text().split()]

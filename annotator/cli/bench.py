@@ -84,13 +84,13 @@ def gui_runner(n_images: int):
 
 
 def _tiny() -> dict[str, Any]:
-    from annotator.jobs.bench_models import tiny_configs
+    from annotator.bench.models import tiny_configs
 
     return tiny_configs()
 
 
 def run(args: argparse.Namespace) -> int:
-    from annotator.jobs.bench import BenchOptions, format_table, run_bench, write_json
+    from annotator.bench.runner import BenchOptions, format_table, run_bench, write_json
 
     presets = {name.strip(): None for name in args.presets.split(",") if name.strip()}
     gui = None if args.no_gui else gui_runner(args.gui_images)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from typing import Any
 
@@ -42,11 +41,10 @@ def cluster_options(args: argparse.Namespace) -> Any:
 
 def engine_factory(args: argparse.Namespace, category: str = "") -> Any:
     """A picklable callable building, on each actor, the engine the flags describe (the same
-    call as the driver's ``engine_from_args(args, category)``)."""
-    from annotator.cli.common import engine_from_args
+    factory and settings as the driver's ``engine_from_args(args, category)``)."""
+    from annotator.cli.common import engine_builder
 
-    clean = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
-    return functools.partial(engine_from_args, clean, category)
+    return engine_builder(args, category)
 
 
 class Bar:

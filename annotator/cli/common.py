@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from annotator.domain.project import ProjectSettings
+from annotator.jobs.engine_factory import EXTRACTORS, preset_names
 
-EXTRACTORS = ("sd-dino", "content")
-PRESET_NAMES = ("paper", "fast", "geoaware", "diy")  # annotator.features.config.PRESETS
+PRESET_NAMES = preset_names()
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,67 +69,65 @@ def _positive_gb(text: str) -> float:
     return value
 
 
-def feature_config(args: argparse.Namespace) -> Any:
-    """The FeatureConfig chosen by ``--preset``, ``--feature-config`` and the flags."""
-    from annotator.features.config import FeatureConfig, preset
-
+def settings_from_args(args: argparse.Namespace) -> tuple[ProjectSettings, dict[str, Any]]:
+    """The engine flags as (ProjectSettings, FeatureConfig overrides from ``--feature-config``
+    and ``--flip-criterion``), for :mod:`annotator.jobs.engine_factory`. SystemExit names a
+    bad flag or file."""
     overrides: dict[str, Any] = {}
     if args.feature_config is not None:
         try:
             raw = json.loads(args.feature_config.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SystemExit(f"--feature-config {args.feature_config}: {exc}") from None
-        known = set(FeatureConfig.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise SystemExit(f"--feature-config {args.feature_config}: unknown fields {unknown}")
+        if not isinstance(raw, dict):
+            raise SystemExit(f"--feature-config {args.feature_config}: not a JSON object")
         overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    name = args.preset or overrides.pop("preset", None) or "paper"
-    if args.fusion:
-        overrides["fusion"] = args.fusion
-    if args.flip is not None:
-        overrides["flip"] = args.flip
     if getattr(args, "flip_criterion", None):
         overrides["flip_criterion"] = args.flip_criterion
-    if args.soft_argmax is False:
-        overrides["softargmax_window"] = 0
+    settings = ProjectSettings(
+        sd_model=args.sd_model or "", dino_model=args.dino_model or "",
+        preset=args.preset or overrides.pop("preset", None) or "paper",
+        fusion=args.fusion or None, device=args.device, dtype=args.dtype, flip=args.flip,
+        soft_argmax=args.soft_argmax, cache_dir=args.cache_dir or "",
+        cache_cap_gb=args.cache_cap_gb, sd_unet=getattr(args, "sd_unet", None) or "",
+        diy_checkpoint=getattr(args, "diy_checkpoint", None) or "")
+    return settings, overrides
+
+
+def feature_config(args: argparse.Namespace) -> Any:
+    """The FeatureConfig chosen by ``--preset``, ``--feature-config`` and the flags."""
+    from annotator.jobs.engine_factory import EngineSettingsError, resolve
+
+    settings, overrides = settings_from_args(args)
     try:
-        base = preset(name) if name in PRESET_NAMES else preset("paper", preset=name)
-        return base.replace(**overrides) if overrides else base
-    except (TypeError, ValueError) as exc:
+        return resolve(settings, extractor=args.extractor, config_overrides=overrides)[0]
+    except EngineSettingsError as exc:
         raise SystemExit(f"invalid feature configuration: {exc}") from None
+
+
+def engine_builder(args: argparse.Namespace, category: str = "") -> Callable[[], Any]:
+    """A picklable callable building the engine the flags describe: the engine factory with
+    the settings and options of the flags bound (what each Ray actor calls)."""
+    from annotator.jobs.engine_factory import build_engine
+
+    settings, overrides = settings_from_args(args)
+    return functools.partial(build_engine, settings, extractor=args.extractor,
+                             use_cache=not args.no_cache, batch_size=args.batch_size,
+                             config_overrides=overrides, category=category)
 
 
 def engine_from_args(args: argparse.Namespace, category: str = "") -> Any:
     """Build the engine the flags describe (models load lazily on first use); ``category``
     fills a "{category}" prompt."""
-    from annotator.engine import Engine
-    from annotator.features.cache import CacheFolderError, FeatureCache
+    from annotator.jobs.engine_factory import EngineSettingsError
 
+    build = engine_builder(args, category)
     try:
-        cache = None if args.no_cache else FeatureCache(
-            args.cache_dir, disk_bytes=int(args.cache_cap_gb * (1 << 30)))
-    except CacheFolderError as exc:
+        return build()
+    except EngineSettingsError as exc:
+        raise SystemExit(f"invalid feature configuration: {exc}") from None
+    except ValueError as exc:  # the cache folder (CacheFolderError)
         raise SystemExit(f"--cache-dir: {exc}") from None
-    config = feature_config(args)
-    if args.extractor == "content":
-        from annotator.features.content import ContentExtractor
-
-        if args.soft_argmax is None:  # tuned for SD+DINO similarities; content uses hard argmax
-            config = config.replace(softargmax_window=0)
-        return Engine(config=config, cache=cache, extractor=ContentExtractor())
-    return Engine.from_pretrained(
-        sd_model=args.sd_model,
-        dino_model=args.dino_model,
-        preset=config,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        feature_cache=cache,
-        sd_unet=getattr(args, "sd_unet", None),
-        adapter_checkpoint=getattr(args, "diy_checkpoint", None),
-        category=category,
-    )
 
 
 def tqdm_task_state(total: int, desc: str) -> tuple[Any, Any]:

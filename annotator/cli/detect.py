@@ -44,10 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from annotator.cli.common import tqdm_task_state
     from annotator.cli.propagate import load_input
-    from annotator.features.models import ModelLoadError
     from annotator.io.coco import ExportChoice, ExportScope, write_coco
     from annotator.jobs.detect import DetectRequest, apply_detections, build_detector, run_detection
+    from annotator.jobs.engine_factory import model_load_error
     from annotator.jobs.progress import Cancelled
+
+    ModelLoadError = model_load_error()
 
     project = load_input(args.input, args.images)
     overrides = {

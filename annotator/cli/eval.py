@@ -213,7 +213,8 @@ def run_eval(args: argparse.Namespace) -> int:
             if args.crop != "none":
                 raise ValueError("--crop bbox is not supported with --ray yet; run it locally")
             progress.close()
-            result = _evaluate_on_ray(args, dataset, config)
+            result = _evaluate_on_ray(args, dataset, config,
+                                      {**settings, "ray": args.ray, "actors": args.actors})
         else:
             result = evaluate(dataset, predictor, config, progress=progress, settings=settings)
     except (DatasetFormatError, ValueError) as exc:
@@ -234,7 +235,8 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any) -> Any:
+def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any,
+                     settings: dict[str, Any]) -> Any:
     """``evaluate`` with the pairs scored on Ray actors; a pair that fails is left out of the
     scores and listed in the result's ``skipped`` (named on stderr like unreadable pairs)."""
     import time
@@ -260,9 +262,7 @@ def _evaluate_on_ray(args: argparse.Namespace, dataset: Any, config: Any) -> Any
     outcomes.sort(key=lambda o: o.index)
     scores = [o.score for o in outcomes if o.error is None]
     failed = [f"{o.pair_id}: {o.error}" for o in outcomes if o.error is not None]
-    return summarize(dataset, scores, config, time.perf_counter() - start,
-                     {**_engine_settings(args, args.extractor), "ray": args.ray,
-                      "actors": args.actors}, failed)
+    return summarize(dataset, scores, config, time.perf_counter() - start, settings, failed)
 
 
 def run_geometry(args: argparse.Namespace) -> int:
@@ -270,7 +270,6 @@ def run_geometry(args: argparse.Namespace) -> int:
     from annotator.cli.common import PRESET_NAMES
     from annotator.jobs.evaluate import EvalConfig, engine_predictor
     from annotator.jobs.geometry import SKIMAGE_PHOTOS, GeometryConfig, run_geometry_benchmark
-    from annotator.jobs.report import write_report
 
     backends = ["content"]
     if args.extractor == "sd-dino" or (args.sd_model and args.dino_model):
@@ -301,18 +300,26 @@ def run_geometry(args: argparse.Namespace) -> int:
     except (ImportError, OSError, ValueError, SystemExit) as exc:
         sys.stderr.write(f"annotator geometry: {exc}\n")
         return 2
-    progress = TqdmProgress("geometry")
+    return _run_and_report(
+        args.out, "geometry", lambda progress: run_geometry_benchmark(
+            predictors, gconfig, econfig, progress=progress, settings=settings),
+        "Geometry benchmark (known warps of scikit-image photographs)")
+
+
+def _run_and_report(out: Path, stem: str, run: Any, title: str) -> int:
+    """Run ``run(progress)`` (label -> result) under a progress bar, write the report named
+    ``stem`` in ``out`` and print the summary; 130 when cancelled with Ctrl-C."""
+    from annotator.jobs.report import write_report
+
+    progress = TqdmProgress(stem.replace("_", " "))
     try:
-        results = run_geometry_benchmark(predictors, gconfig, econfig, progress=progress,
-                                         settings=settings)
+        results = run(progress)
     except KeyboardInterrupt:
         sys.stderr.write("annotator geometry: cancelled\n")
         return 130
     finally:
         progress.close()
-    files = write_report(results, args.out, title="Geometry benchmark (known warps of "
-                                                  "scikit-image photographs)",
-                         references=(), stem="geometry")
+    files = write_report(results, out, title=title, references=(), stem=stem)
     _print_summary(results, files)
     return 0
 
@@ -325,7 +332,6 @@ def _run_small_objects(args: argparse.Namespace, backends: list[str]) -> int:
         SmallObjectsConfig,
         run_small_objects_benchmark,
     )
-    from annotator.jobs.report import write_report
 
     try:
         config = SmallObjectsConfig(images=tuple(args.images or SKIMAGE_PHOTOS),
@@ -335,21 +341,13 @@ def _run_small_objects(args: argparse.Namespace, backends: list[str]) -> int:
     except (ImportError, OSError, ValueError, SystemExit) as exc:
         sys.stderr.write(f"annotator geometry: {exc}\n")
         return 2
-    progress = TqdmProgress("small objects")
-    results = {}
-    try:
-        for name, engine in engines.items():
-            for mode, res in run_small_objects_benchmark(
+
+    def run(progress: TqdmProgress) -> dict[str, Any]:
+        return {f"{name}, {mode}": res for name, engine in engines.items()
+                for mode, res in run_small_objects_benchmark(
                     engine_predictor(engine), config, econfig, args.crop_margin,
-                    progress=progress, settings=_engine_settings(args, name)).items():
-                results[f"{name}, {mode}"] = res
-    except KeyboardInterrupt:
-        sys.stderr.write("annotator geometry: cancelled\n")
-        return 130
-    finally:
-        progress.close()
-    files = write_report(results, args.out, title="Geometry benchmark: small objects (photos "
-                         "pasted small into large canvases), whole-image vs crop transfer",
-                         references=(), stem="small_objects")
-    _print_summary(results, files)
-    return 0
+                    progress=progress, settings=_engine_settings(args, name)).items()}
+
+    return _run_and_report(args.out, "small_objects", run,
+                           "Geometry benchmark: small objects (photos pasted small into large "
+                           "canvases), whole-image vs crop transfer")

@@ -57,7 +57,7 @@ def run_labelled(args: argparse.Namespace) -> int:
         render_table,
     )
     from annotator.jobs.progress import Cancelled
-    from annotator.jobs.propagate import build_engine
+    from annotator.jobs.engine_factory import EngineSettingsError, build_engine, model_load_error
 
     def fail(message: str, code: int = 2) -> int:
         sys.stderr.write(f"annotator eval labelled: {message}\n")
@@ -82,9 +82,9 @@ def run_labelled(args: argparse.Namespace) -> int:
     except (FormatError, ValueError, OSError) as exc:
         return fail(str(exc))
     try:
-        engine = build_engine(settings, None if not args.no_cache else None,
+        engine = build_engine(settings, use_cache=not args.no_cache,
                               category=project.schema.name)
-    except (ImportError, OSError, ValueError) as exc:
+    except (ImportError, OSError, EngineSettingsError, ValueError) as exc:
         return fail(f"cannot build the engine: {exc}", 3)
     bar, state = tqdm_task_state(0, "eval labelled")
     try:
@@ -93,10 +93,8 @@ def run_labelled(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except (KeyboardInterrupt, Cancelled):
         return fail("cancelled", 130)
-    except Exception as exc:  # model loading and the like: a message, not a traceback
-        from annotator.features.models import ModelLoadError
-
-        if isinstance(exc, ModelLoadError):
+    except Exception as exc:  # model loading: a message, not a traceback
+        if isinstance(exc, model_load_error()):
             return fail(str(exc), 3)
         raise
     finally:

@@ -49,8 +49,10 @@ def list_inputs(source: Path, image_root: Path | None, category: str | None
 
 
 def run(args: argparse.Namespace) -> int:
-    from annotator.features.models import ModelLoadError
     from annotator.jobs.batch import CACHED, FAILED, batches, extract_batch
+    from annotator.jobs.engine_factory import model_load_error
+
+    ModelLoadError = model_load_error()
 
     if args.no_cache:
         print("extract writes the feature cache: drop --no-cache", file=sys.stderr)

@@ -9,8 +9,14 @@ import sys
 from pathlib import Path
 
 from annotator.cli.cluster import add_ray_arguments
-from annotator.cli.common import add_engine_arguments, engine_from_args, tqdm_task_state
+from annotator.cli.common import (
+    add_engine_arguments,
+    engine_from_args,
+    settings_from_args,
+    tqdm_task_state,
+)
 from annotator.cli.export import add_include_arguments, choice_from_args
+from annotator.jobs.engine_factory import propagation_flip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,11 +90,12 @@ def load_input(path: Path, images: Path | None):
 
 
 def run(args: argparse.Namespace) -> int:
-
-    from annotator.features.models import ModelLoadError
     from annotator.io.coco import write_coco
+    from annotator.jobs.engine_factory import model_load_error
     from annotator.jobs.progress import Cancelled
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
+
+    ModelLoadError = model_load_error()
 
     if args.out.exists() and args.input.exists() and os.path.samefile(args.out, args.input):
         print(f"--out {args.out} is the input file: it would be overwritten (and any other "
@@ -106,11 +113,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     request = PropagateRequest.from_project(project)
-    # flip: --flip/--no-flip, else the follow-up presets' own rule (geoaware: adaptive pose
-    # alignment; diy: none), else the project's setting
-    use_flip = args.flip if args.flip is not None else (
-        engine.config.flip if args.preset in ("geoaware", "diy") else None)
-    if use_flip is not None:
+    # flip: --flip/--no-flip, else the --preset's own rule (annotator.jobs.engine_factory:
+    # geoaware flips, diy does not), else the project's setting
+    if args.flip is not None or args.preset:
+        use_flip = propagation_flip(settings_from_args(args)[0])
         flip = project.schema.flip_pairs if use_flip else ()
         request = dataclasses.replace(  # keeps the target boxes
             request, flip_pairs=tuple(flip),

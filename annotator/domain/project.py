@@ -64,13 +64,16 @@ class ProjectSettings:
     sd_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     dino_model: str = "facebook/dinov2-base"
     preset: str = "paper"
-    fusion: str = "copca"
+    #: None: the preset's own value (annotator.jobs.engine_factory resolves presets)
+    fusion: str | None = None
     device: str = "auto"
     dtype: str = "fp32"
-    flip: bool = True
-    #: window soft-argmax refinement; off by default: on real DINOv2 features it moves points
-    #: off exact matches (BENCHMARKS.md "Real images")
-    soft_argmax: bool = False
+    #: None: the preset's own (propagation flips with the schema's partners, DIY-SC does not)
+    flip: bool | None = None
+    #: None: the preset's own: hard argmax for paper and fast (on real DINOv2 features the
+    #: window soft-argmax moves points off exact matches: BENCHMARKS.md "Real images"), the
+    #: method's window for geoaware and diy; True: the preset's window
+    soft_argmax: bool | None = None
     review_threshold: float = 0.5
     cache_dir: str = ""
     cache_cap_gb: float = 20.0

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,9 +25,9 @@ from annotator.features.config import ModelSource
 from annotator.features.models import (
     DownloadProgress,
     ModelLoadError,
-    _looks_like_path,
-    _read_json,
+    _local_folder,
     _snapshot,
+    _transformers_model_type,
 )
 
 log = logging.getLogger(__name__)
@@ -181,26 +179,13 @@ def load_detector(model: str = DEFAULT_DETECTOR, device: str = "cpu", dtype: Any
     source = source or ModelSource.from_env()
     dtype = dtype or torch.float32
     name = model
-    if os.path.isdir(os.path.expanduser(name)):
-        folder = Path(os.path.expanduser(name))
-    elif _looks_like_path(name):
-        raise ModelLoadError(
-            f"detector folder '{name}' does not exist. Fix: set an existing folder or a hub id "
-            f"(default {DEFAULT_DETECTOR}) as the detector model setting.")
-    else:
-        folder = _snapshot(name, revision, source, DETECTOR_ALLOW_PATTERNS,
-                           "the detector model setting", "box detector", progress)
-    cfg = folder / "config.json"
-    model_type = _read_json(cfg).get("model_type") if cfg.is_file() else None
-    if model_type not in DETECTOR_TYPES:
-        raise ModelLoadError(
-            f"'{name}' ({folder}) is not an open-vocabulary detector folder: found "
-            f"{'model_type ' + repr(model_type) if cfg.is_file() else 'no config.json'}, "
-            f"expected {' or '.join(DETECTOR_TYPES)}. Fix: point the detector model setting at "
-            f"{DEFAULT_DETECTOR} or a folder saved from it.")
-    if not any(folder.glob("*.safetensors")):
-        raise ModelLoadError(f"'{name}' ({folder}) has no .safetensors weights (only safetensors "
-                             f"are loaded). Fix: download model.safetensors of the model.")
+    folder = _local_folder(name, "detector", f"(default {DEFAULT_DETECTOR}) as the detector "
+                           "model setting") or _snapshot(
+        name, revision, source, DETECTOR_ALLOW_PATTERNS, "the detector model setting",
+        "box detector", progress)
+    model_type = _transformers_model_type(
+        folder, name, tuple(DETECTOR_TYPES), "an open-vocabulary detector folder",
+        f"point the detector model setting at {DEFAULT_DETECTOR} or a folder saved from it.")
     if model_type == "owlv2":
         from transformers import Owlv2ForObjectDetection as cls
     else:

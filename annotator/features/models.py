@@ -136,6 +136,35 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _local_folder(name: str, label: str, fix: str) -> Path | None:
+    """The local folder ``name`` names, None for a hub id; a path that does not exist raises
+    ModelLoadError ("{label} folder '...' does not exist. Fix: set an existing folder or a hub
+    id {fix}.")."""
+    if os.path.isdir(os.path.expanduser(name)):
+        return Path(os.path.expanduser(name))
+    if _looks_like_path(name):
+        raise ModelLoadError(f"{label} folder '{name}' does not exist. Fix: set an existing "
+                             f"folder or a hub id {fix}.")
+    return None
+
+
+def _transformers_model_type(folder: Path, name: str, expected: tuple[str, ...], what: str,
+                             fix: str) -> str:
+    """The model_type of a transformers model folder that holds safetensors weights; raises
+    ModelLoadError naming what was found instead."""
+    cfg = folder / "config.json"
+    model_type = _read_json(cfg).get("model_type") if cfg.is_file() else None
+    if model_type not in expected:
+        found = ("a diffusers pipeline (model_index.json)" if (folder / "model_index.json").exists()
+                 else f"model_type {model_type!r}" if cfg.is_file() else "no config.json")
+        raise ModelLoadError(f"'{name}' ({folder}) is not {what}: found {found}, expected "
+                             f"{' or '.join(expected)}. Fix: {fix}")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(f"'{name}' ({folder}) has no .safetensors weights (only safetensors "
+                             f"are loaded). Fix: download model.safetensors of the model.")
+    return str(model_type)
+
+
 def _check_sd_folder(folder: Path, name: str) -> None:
     missing = [s for s in SD_SUBFOLDERS if not (folder / s).is_dir()]
     if missing:
@@ -198,15 +227,9 @@ def load_sd(source: ModelSource, device: str, dtype: Any,
 
     name = source.sd_model
     half = dtype in (torch.float16,)
-    if os.path.isdir(os.path.expanduser(name)):
-        folder = Path(os.path.expanduser(name))
-    elif _looks_like_path(name):
-        raise ModelLoadError(
-            f"SD model folder '{name}' does not exist. Fix: set an existing folder or a hub id "
-            f"(default stable-diffusion-v1-5/stable-diffusion-v1-5) in Settings or "
-            f"ANNOTATOR_SD_MODEL.")
-    else:
-        folder = None
+    folder = _local_folder(name, "SD model", "(default stable-diffusion-v1-5/"
+                           "stable-diffusion-v1-5) in Settings or ANNOTATOR_SD_MODEL")
+    if folder is None:
         if half:
             try:
                 folder = _snapshot(name, source.sd_revision, source, sd_allow_patterns(True),
@@ -298,27 +321,14 @@ def load_dino(source: ModelSource, device: str, dtype: Any,
     from transformers import Dinov2Model
 
     name = source.dino_model
-    if os.path.isdir(os.path.expanduser(name)):
-        folder = Path(os.path.expanduser(name))
-    elif _looks_like_path(name):
-        raise ModelLoadError(
-            f"DINOv2 model folder '{name}' does not exist. Fix: set an existing folder or a hub "
-            f"id (default facebook/dinov2-base) in Settings or ANNOTATOR_DINO_MODEL.")
-    else:
-        folder = _snapshot(name, source.dino_revision, source, DINO_ALLOW_PATTERNS,
-                           "ANNOTATOR_DINO_MODEL", "DINOv2", progress)
-    cfg = folder / "config.json"
-    model_type = _read_json(cfg).get("model_type") if cfg.is_file() else None
-    if model_type not in ("dinov2", "dinov2_with_registers"):
-        found = ("a diffusers pipeline (model_index.json)" if (folder / "model_index.json").exists()
-                 else f"model_type {model_type!r}" if cfg.is_file() else "no config.json")
-        raise ModelLoadError(
-            f"'{name}' ({folder}) is not a DINOv2 model folder: found {found}, expected a "
-            f"transformers config.json with model_type 'dinov2'. Fix: point the DINOv2 setting "
-            f"(or ANNOTATOR_DINO_MODEL) at facebook/dinov2-base or a folder saved from it.")
-    if not any(folder.glob("*.safetensors")):
-        raise ModelLoadError(f"'{name}' ({folder}) has no .safetensors weights (only safetensors "
-                             f"are loaded). Fix: download model.safetensors of the model.")
+    folder = _local_folder(name, "DINOv2 model", "(default facebook/dinov2-base) in Settings or "
+                           "ANNOTATOR_DINO_MODEL") or _snapshot(
+        name, source.dino_revision, source, DINO_ALLOW_PATTERNS, "ANNOTATOR_DINO_MODEL",
+        "DINOv2", progress)
+    model_type = _transformers_model_type(
+        folder, name, ("dinov2", "dinov2_with_registers"), "a DINOv2 model folder",
+        "point the DINOv2 setting (or ANNOTATOR_DINO_MODEL) at facebook/dinov2-base or a "
+        "folder saved from it.")
     if model_type == "dinov2_with_registers":
         from transformers import Dinov2WithRegistersModel as cls
     else:

@@ -87,7 +87,7 @@ class MainWindow(QMainWindow):
 
     ``isolated=True`` (benchmarks, scripted use) leaves the user's state alone: no recent-files
     list is read or written (QSettings) and no autosaver is created, whatever path a project
-    is shown with. See :mod:`annotator.gui.bench_support`.
+    is shown with. See :mod:`annotator.bench.gui_support`.
     """
 
     def __init__(

@@ -22,13 +22,8 @@ from PySide6.QtWidgets import (
 
 from annotator.domain import ProjectSettings
 from annotator.io.cache_folder import cache_folder_problem
+from annotator.jobs.engine_factory import fusion_names, preset_names, preset_values
 
-# Kept here rather than imported from annotator.features so the GUI never imports that package.
-PRESETS = ("paper", "fast", "geoaware", "diy")
-#: fusion and flip each preset uses (annotator.features.config); set when the preset changes
-PRESET_DEFAULTS = {"paper": ("copca", True), "fast": ("copca", True),
-                   "geoaware": ("concat", True), "diy": ("dino", False)}
-FUSIONS = ("copca", "concat", "dino", "sd")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -84,12 +79,13 @@ class SettingsDialog(QDialog):
         self.sd_model.edit.setToolTip("Hugging Face id or a local diffusers folder")
         self.dino_model = PathField(settings.dino_model, "DINOv2 folder")
         self.dino_model.edit.setToolTip("Hugging Face id or a local transformers folder")
-        self.preset = _combo(PRESETS, settings.preset)
+        self.preset = _combo(preset_names(), settings.preset)
         self.preset.setToolTip(
             "paper: A Tale of Two Features (SD 1.5 + DINOv2); fast: smaller and 4x cheaper; "
             "geoaware: GeoAware-SC zero-shot (FreeU, flip by mutual nearest neighbours); "
             "diy: DIY-SC adapter on DINOv2 only (about 11x cheaper than paper)")
-        self.fusion = _combo(FUSIONS, settings.fusion)
+        own = preset_values(settings.preset)  # what the settings left None mean
+        self.fusion = _combo(fusion_names(), settings.fusion or own.fusion)
         self.sd_unet = PathField(settings.sd_unet, "UNet weights (safetensors)",
                                  file_filter="safetensors (*.safetensors)")
         self.sd_unet.edit.setPlaceholderText("none; e.g. CompVis/cleandift/"
@@ -102,10 +98,12 @@ class SettingsDialog(QDialog):
         self.device = _combo(DEVICES, settings.device)
         self.dtype = _combo(DTYPES, settings.dtype)
         self.flip = QCheckBox("Flip-aware matching (uses left/right partners)")
-        self.flip.setChecked(settings.flip)
+        self.flip.setChecked(own.flip if settings.flip is None else settings.flip)
         self.preset.currentTextChanged.connect(self._preset_changed)
         self.soft_argmax = QCheckBox("Sub-cell refinement (window soft-argmax)")
-        self.soft_argmax.setChecked(settings.soft_argmax)
+        self.soft_argmax.setChecked(own.soft_argmax if settings.soft_argmax is None
+                                    else settings.soft_argmax)
+        self._shown = self._engine_choice()
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
@@ -165,11 +163,24 @@ class SettingsDialog(QDialog):
         form.addRow("Max boxes per image", self.detect_max)
 
     def _preset_changed(self, name: str) -> None:
-        """A preset brings its own fusion and flip default (still editable)."""
-        if name in PRESET_DEFAULTS:
-            fusion, flip = PRESET_DEFAULTS[name]
-            self.fusion.setCurrentText(fusion)
-            self.flip.setChecked(flip)
+        """A preset brings its own fusion and flip (still editable)."""
+        if name in preset_names():
+            own = preset_values(name)
+            self.fusion.setCurrentText(own.fusion)
+            self.flip.setChecked(own.flip)
+
+    def _engine_choice(self) -> tuple[str, str, bool, bool]:
+        return (self.preset.currentText(), self.fusion.currentText(), self.flip.isChecked(),
+                self.soft_argmax.isChecked())
+
+    def _kept(self, name: str) -> str | bool | None:
+        """Fusion, flip or soft-argmax: the project's own value (None: the preset's) while the
+        preset and this value are as the dialog first showed them, else what it shows."""
+        index = ("fusion", "flip", "soft_argmax").index(name) + 1
+        now = self._engine_choice()
+        if now[0] == self._shown[0] and now[index] == self._shown[index]:
+            return getattr(self._base, name)
+        return now[index]
 
     def accept(self) -> None:
         """Refuse a cache folder that holds other files (the cache would never use it)."""
@@ -192,11 +203,11 @@ class SettingsDialog(QDialog):
             sd_model=self.sd_model.text() or self._base.sd_model,
             dino_model=self.dino_model.text() or self._base.dino_model,
             preset=self.preset.currentText(),
-            fusion=self.fusion.currentText(),
+            fusion=self._kept("fusion"),
             device=self.device.currentText(),
             dtype=self.dtype.currentText(),
-            flip=self.flip.isChecked(),
-            soft_argmax=self.soft_argmax.isChecked(),
+            flip=self._kept("flip"),
+            soft_argmax=self._kept("soft_argmax"),
             review_threshold=float(self.threshold.value()),
             cache_dir=self.cache_dir.text(),
             cache_cap_gb=float(self.cache_cap.value()),

@@ -64,7 +64,7 @@ def models_help(settings: ProjectSettings, exc: BaseException) -> str:
 
 def default_engine_factory(settings: ProjectSettings) -> Any:
     """Build the real engine (imports torch); called on the worker thread only."""
-    from annotator.jobs.propagate import build_engine
+    from annotator.jobs.engine_factory import build_engine
 
     return build_engine(settings)
 
@@ -210,13 +210,7 @@ class EngineWorker(QObject):
         rid = order.request_id
         outcome = "failed"
         try:
-            from annotator.jobs.progress import Cancelled, TaskState
-
-            state = TaskState()
-            with self._lock:
-                self._states[rid] = state
-                if rid in self._cancelled:
-                    state.cancel()
+            state = self._start_task(rid)
             if state.is_cancelled():
                 outcome = "cancelled"
                 return
@@ -231,19 +225,8 @@ class EngineWorker(QObject):
             project = order.snapshot.to_project()
             targets = list(order.targets) if order.targets is not None else None
             request = job.PropagateRequest.from_project(project, targets=targets)
-            total = len(request.targets)
-            self.progress.emit(rid, 0, total, "")
-            done = 0
-            try:
-                for pred in job.run_propagation(request, engine, state):
-                    done += 1
-                    self.prediction.emit(rid, pred)
-                    self.progress.emit(rid, done, total, str(pred.path))
-                    if state.is_cancelled():
-                        break
-                outcome = "cancelled" if state.is_cancelled() else "done"
-            except Cancelled:
-                outcome = "cancelled"
+            outcome = self._stream(rid, job.run_propagation(request, engine, state),
+                                   len(request.targets), state)
         except Exception as exc:
             log.error("propagation %d failed:\n%s", rid, traceback.format_exc())
             if type(exc).__name__ == "ModelLoadError":
@@ -251,10 +234,7 @@ class EngineWorker(QObject):
             else:
                 self.failed.emit(rid, "error", f"{type(exc).__name__}: {exc}")
         finally:
-            with self._lock:
-                self._states.pop(rid, None)
-                self._cancelled.discard(rid)
-            self.finished.emit(rid, outcome)
+            self._end_task(rid, outcome)
             self._report_cache(order.snapshot.settings)
 
     @Slot(object)
@@ -265,15 +245,10 @@ class EngineWorker(QObject):
         outcome = "failed"
         try:
             from annotator.jobs import detect as job
-            from annotator.jobs.progress import Cancelled, TaskState
 
             request = order.request
             assert isinstance(request, job.DetectRequest)
-            state = TaskState()
-            with self._lock:
-                self._states[rid] = state
-                if rid in self._cancelled:
-                    state.cancel()
+            state = self._start_task(rid)
             if state.is_cancelled():
                 outcome = "cancelled"
                 return
@@ -291,25 +266,46 @@ class EngineWorker(QObject):
                     return
                 self._detector_key = key
                 self.model_state.emit("ready", str(self._detector.device))
-            total = len(request.targets)
-            self.progress.emit(rid, 0, total, "")
-            done = 0
-            try:
-                for res in job.run_detection(request, self._detector, state):
-                    done += 1
-                    self.prediction.emit(rid, res)
-                    self.progress.emit(rid, done, total, res.path)
-                outcome = "done"
-            except Cancelled:
-                outcome = "cancelled"
+            outcome = self._stream(rid, job.run_detection(request, self._detector, state),
+                                   len(request.targets), state)
         except Exception as exc:
             log.error("detection %d failed:\n%s", rid, traceback.format_exc())
             self.failed.emit(rid, "error", f"{type(exc).__name__}: {exc}")
         finally:
-            with self._lock:
-                self._states.pop(rid, None)
-                self._cancelled.discard(rid)
-            self.finished.emit(rid, outcome)
+            self._end_task(rid, outcome)
+
+    def _start_task(self, rid: int) -> Any:
+        """The TaskState of request ``rid``, registered for cancel (cancelled already when
+        the cancel came first)."""
+        from annotator.jobs.progress import TaskState
+
+        state = TaskState()
+        with self._lock:
+            self._states[rid] = state
+            if rid in self._cancelled:
+                state.cancel()
+        return state
+
+    def _stream(self, rid: int, results: Any, total: int, state: Any) -> str:
+        """Emit each result of a job as a ``prediction`` with its progress; the outcome."""
+        from annotator.jobs.progress import Cancelled
+
+        self.progress.emit(rid, 0, total, "")
+        try:
+            for done, res in enumerate(results, start=1):
+                self.prediction.emit(rid, res)
+                self.progress.emit(rid, done, total, str(res.path))
+                if state.is_cancelled():
+                    break
+        except Cancelled:
+            return "cancelled"
+        return "cancelled" if state.is_cancelled() else "done"
+
+    def _end_task(self, rid: int, outcome: str) -> None:
+        with self._lock:
+            self._states.pop(rid, None)
+            self._cancelled.discard(rid)
+        self.finished.emit(rid, outcome)
 
     @Slot(object)
     def compute_heatmap(self, order: HeatmapOrder) -> None:

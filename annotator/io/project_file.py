@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import tempfile
 import time
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -172,26 +173,25 @@ def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
     """Settings with every value type-checked; unknown keys (newer versions) are ignored."""
     if not isinstance(raw, dict):
         raise ProjectFileError(f"{source}: settings must be an object")
-    defaults = ProjectSettings()
+    hints = typing.get_type_hints(ProjectSettings)
     values = {}
     for f in dataclasses.fields(ProjectSettings):
         if f.name not in raw:
             continue
-        value, default = raw[f.name], getattr(defaults, f.name)
-        if value is None:  # allowed where the field is Optional
-            ok = "None" in str(f.type) or "Optional" in str(f.type)
-        elif default is None:  # an optional setting set: the dataclass checks it
-            ok = True
-        elif isinstance(default, bool):
+        value, kinds = raw[f.name], typing.get_args(hints[f.name]) or (hints[f.name],)
+        if value is None:
+            ok = type(None) in kinds  # "the preset's own value"
+        elif bool in kinds:
             ok = isinstance(value, bool)
-        elif isinstance(default, float):
+        elif float in kinds:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
         else:
-            ok = isinstance(value, type(default))
+            ok = isinstance(value, kinds) and not isinstance(value, bool)
         if not ok:
+            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
             raise ProjectFileError(
-                f"{source}: setting {f.name!r} is {value!r}, expected {type(default).__name__}"
+                f"{source}: setting {f.name!r} is {value!r}, expected {expected}"
             )
         values[f.name] = value
     return ProjectSettings(**values)

@@ -32,6 +32,7 @@ from annotator.domain.annotation import (
 from annotator.domain.project import Project, ProjectSettings
 from annotator.features.crop import CropRect, ImageCrop, keypoint_box
 from annotator.io.images import ImageLoadError, load_image, resolve_image_path
+from annotator.jobs.engine_factory import propagation_flip
 from annotator.jobs.progress import TaskState
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class PropagateRequest:
             found = tuple(i.bbox for i in project.annotation(path).instances if i.bbox)
             if found:
                 boxes.append((path, found))
-        flip = project.schema.flip_pairs if project.settings.flip else ()
+        flip = project.schema.flip_pairs if propagation_flip(project.settings) else ()
         return cls(
             project.image_root, tuple(refs), tuple(targets), tuple(flip), project.settings,
             request_id, tuple(boxes),
@@ -256,7 +257,7 @@ def run_propagation(
         shown = "; ".join(unreadable[:5]) + ("; ..." if len(unreadable) > 5 else "")
         raise ValueError(f"none of the reference images can be read ({shown})")
     boxes_of = dict(request.target_boxes)
-    flip = settings.flip and bool(request.flip_pairs)
+    flip = propagation_flip(settings) and bool(request.flip_pairs)
     whole = _Transfer(engine, whole_refs, request.flip_pairs, flip)
     cropped = _Transfer(engine, crop_refs, request.flip_pairs, flip)
     rules = _Rules(engine, settings, request, images, whole_refs, crop_refs)
@@ -462,29 +463,3 @@ def apply_predictions(
     if changes:
         project.set_annotations(changes, description, merge_key=merge_key, keep_redo=True)
     return list(changes)
-
-
-def build_engine(settings: ProjectSettings, feature_cache_dir: str | None = None,
-                 category: str = "") -> Engine:
-    """The SD + DINOv2 engine for ``settings`` with a disk feature cache (models load lazily
-    on first use); ``category`` (the schema's) fills a "{category}" prompt."""
-    from annotator.engine import Engine
-    from annotator.features.cache import FeatureCache
-
-    cache_dir = feature_cache_dir or settings.cache_dir or None
-    cache = FeatureCache(cache_dir, disk_bytes=int(settings.cache_cap_gb * (1 << 30)))
-    return Engine.from_pretrained(
-        sd_model=settings.sd_model,
-        dino_model=settings.dino_model,
-        preset=settings.preset,
-        device=settings.device,
-        dtype=settings.dtype,
-        feature_cache=cache,
-        fusion=settings.fusion,
-        flip=settings.flip,
-        sd_unet=settings.sd_unet or None,
-        adapter_checkpoint=settings.diy_checkpoint or None,
-        category=category,
-        **({} if settings.soft_argmax else {"softargmax_window": 0}),
-    )
-

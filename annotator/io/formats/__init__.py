@@ -8,7 +8,9 @@ only when a SLEAP file is read or written; the other formats are written by this
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 from annotator.domain.project import Project
 from annotator.io.formats._common import (
@@ -93,6 +95,17 @@ def detect_format(path: str | Path) -> str:
                           "Label Studio tasks")
     raise FormatError(f"{path}: unknown format (expected .kpproj, .kpproj.json, COCO .json, "
                       "Label Studio .json, .slp, a DLC .csv/config.yaml or a YOLO data.yaml)")
+
+
+#: format -> (module of this package, name) of its ``read_<name>`` and ``write_<name>``,
+#: imported on first use (sleap-io is optional)
+_MODULES = {"yolo-pose": ("yolo", "yolo_pose"), "dlc": ("dlc", "dlc"),
+            "sleap": ("sleap", "sleap"), "label-studio": ("label_studio", "label_studio")}
+
+
+def _handler(fmt: str, verb: str) -> Any:
+    module, name = _MODULES[fmt]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), f"{verb}_{name}")
 
 
 def import_dataset(
@@ -190,20 +203,6 @@ def export_project(
             choice = ExportChoice(ExportScope.CONFIDENT, options.min_confidence)
         doc = write_coco(project, out, choice)
         return ExportReport(out, len(doc["images"]), len(doc["annotations"]))
-    if fmt == "yolo-pose":
-        from annotator.io.formats.yolo import write_yolo_pose
-
-        return write_yolo_pose(project, out, options)
-    if fmt == "dlc":
-        from annotator.io.formats.dlc import write_dlc
-
-        return write_dlc(project, out, options)
-    if fmt == "sleap":
-        from annotator.io.formats.sleap import write_sleap
-
-        return write_sleap(project, out, options)
-    if fmt == "label-studio":
-        from annotator.io.formats.label_studio import write_label_studio
-
-        return write_label_studio(project, out, options)
+    if fmt in _MODULES:
+        return _handler(fmt, "write")(project, out, options)
     raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

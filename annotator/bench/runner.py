@@ -31,11 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from annotator.features.config import FeatureConfig, preset, resolve_device, resolve_dtype
-from annotator.features.extractor import FeatureMaps
-from annotator.features.letterbox import Letterbox
-from annotator.jobs.bench_baseline import BaselineExtractor, classic_attention, loop_match
-from annotator.jobs.bench_util import (
+from annotator.bench.baseline import BaselineExtractor, classic_attention, loop_match
+from annotator.bench.util import (
     MemoryPeak,
     compile_modules,
     count_flops,
@@ -43,6 +40,9 @@ from annotator.jobs.bench_util import (
     make_timer,
     matmul_peak,
 )
+from annotator.features.config import FeatureConfig, preset, resolve_device, resolve_dtype
+from annotator.features.extractor import FeatureMaps
+from annotator.features.letterbox import Letterbox
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class BenchOptions:
     map_channels: dict[str, int] | None = None  # synthetic cached maps (None: SD 1.5/DINOv2-B)
     ablations: bool = True
     precision_check: bool = True
-    compile: str = "off"  # engine: torch.compile mode (bench_util.COMPILE_MODES)
+    compile: str = "off"  # engine: torch.compile mode (annotator.bench.util.COMPILE_MODES)
     gui: Callable[[Progress], dict[str, Any]] | None = None
     command: str = ""
 
@@ -118,7 +118,11 @@ def synthetic_image(hw: tuple[int, int], seed: int) -> np.ndarray:
 
 
 def _cfg(name: str, given: FeatureConfig | None) -> FeatureConfig:
-    return given if given is not None else preset(name)
+    """``given``, else the preset as every engine gets it (annotator.jobs.engine_factory)."""
+    from annotator.domain.project import ProjectSettings
+    from annotator.jobs.engine_factory import resolve
+
+    return given if given is not None else resolve(ProjectSettings(preset=name))[0]
 
 
 def _tflops(x: float | None) -> float | None:
@@ -485,43 +489,76 @@ def _key_image(i: int) -> np.ndarray:
     return np.frombuffer(np.int64(i).tobytes() * 6, np.uint8).reshape(4, 4, 3).copy()
 
 
+class ImpossibleFigure(ValueError):
+    """A timing that cannot be true (zero or negative, or a part larger than the whole): the
+    benchmark reports no figure rather than this one."""
+
+
+def check_transfer_figures(total: float, warmup: float, steady: float, timed: int) -> None:
+    """Refuse figures that a run cannot have produced: a steady state or a warm-up that is
+    zero or negative, or parts (warm-up + ``timed`` steady targets) that add up to more than
+    the whole run. Raises :class:`ImpossibleFigure` naming the figures."""
+    problems = []
+    if not steady > 0:
+        problems.append(f"steady state {steady * 1e3:.3f} ms/target is not > 0")
+    if not warmup > 0:
+        problems.append(f"warm-up {warmup:.3f} s is not > 0")
+    if warmup + steady * timed > total * (1 + 1e-9) + 1e-12:
+        problems.append(f"warm-up {warmup:.3f} s + {timed} x {steady * 1e3:.3f} ms exceeds the "
+                        f"whole run ({total:.3f} s)")
+    if problems:
+        raise ImpossibleFigure("; ".join(problems))
+
+
 def _time_transfer(make_engine: Callable[[], Any], ref_img: np.ndarray, pts: np.ndarray,
                    targets: list[np.ndarray], prefetch: int, projected: int,
-                   repeats: int = 1) -> dict[str, Any]:
-    """Time ``iter_transfer`` over ``targets`` apart from its one-off costs (reference read and
-    preparation, first-call warm-up): a run over the first target alone gives one-off + one
-    target, the run over all ``targets`` adds the steady state of the others (a two-point fit:
-    exact for batched and prefetched runs too, whose first result already carries a batch of
-    targets). Projection = one-off + steady x ``projected``. Each run uses a fresh engine.
-    With ``repeats`` > 1 the pair of runs is repeated and the repetition with the smallest
-    steady state is reported (all of them are listed): on a shared VM single runs of the same
-    work vary by +-30 %."""
-    def run(ts: list[np.ndarray]) -> tuple[float, float]:
-        eng = make_engine()
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in eng.iter_transfer([(ref_img, pts, None)], iter(ts), flip=False,
-                                   prefetch=prefetch):
-            pass
-        return time.perf_counter() - t0, time.process_time() - c0
-
+                   repeats: int = 1, clock: Callable[[], float] = time.perf_counter
+                   ) -> dict[str, Any]:
+    """Time ``iter_transfer`` over ``targets`` in one run, the steady state measured directly:
+    the arrival time of every result is recorded; the warm-up is the run up to the ``w``-th
+    result (reference read and preparation, first-call costs, and the first batch of a
+    prefetched run, which matches up to ``prefetch`` targets together: ``w = max(1,
+    min(prefetch, n - 2))``); the steady state is the time from there to the last result
+    divided by the targets after the warm-up. One-off = the warm-up (its ``w`` targets
+    included); projection = one-off + steady x the other ``projected - w``. Each run uses a
+    fresh engine. With ``repeats`` > 1 the run is repeated and the repetition with the
+    smallest steady state is reported (all are listed). A repetition whose figures cannot be
+    true is dropped (:func:`check_transfer_figures`); when every one is,
+    :class:`ImpossibleFigure` is raised."""
     n = len(targets)
     if n < 2:
         raise ValueError("the transfer timing needs at least 2 targets")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    runs = []
+    w = max(1, min(prefetch, n - 2))
+    runs, refused = [], []
     for _ in range(repeats):
-        one, one_cpu = run(targets[:1])
-        total, cpu = run(targets)
-        steady = max(0.0, total - one) / (n - 1)
-        runs.append((steady, one, one_cpu, total, cpu))
-    steady, one, one_cpu, total, cpu = min(runs)
-    one_off = max(0.0, one - steady)
-    return {"targets_measured": n, "seconds": total, "first_target_run_seconds": one,
+        eng = make_engine()
+        t0 = clock()
+        arrivals = []
+        for _ in eng.iter_transfer([(ref_img, pts, None)], iter(targets), flip=False,
+                                   prefetch=prefetch):
+            arrivals.append((clock(), time.process_time()))
+        if len(arrivals) != n:
+            raise ValueError(f"iter_transfer gave {len(arrivals)} results for {n} targets")
+        (tw, cw), (tn, cn) = arrivals[w - 1], arrivals[-1]
+        steady, one_off = (tn - tw) / (n - w), tw - t0
+        try:
+            check_transfer_figures(tn - t0, one_off, steady, n - w)
+        except ImpossibleFigure as exc:
+            refused.append(str(exc))
+            continue
+        runs.append((steady, one_off, tn - t0, (cn - cw) / (n - w)))
+    if not runs:
+        raise ImpossibleFigure(f"no repetition gave a possible figure: {' | '.join(refused)}")
+    steady, one_off, total, cpu = min(runs)
+    return {"targets_measured": n, "seconds": total, "warmup_targets": w,
             "one_off_seconds": one_off, "seconds_per_target": steady,
-            "cpu_seconds_per_target": max(0.0, cpu - one_cpu) / (n - 1),
-            "projected_seconds": one_off + steady * projected, "prefetch": prefetch,
-            "repeats": repeats, "seconds_per_target_all": [r[0] for r in runs]}
+            "cpu_seconds_per_target": cpu,
+            "projected_seconds": one_off + steady * max(0, projected - w),
+            "prefetch": prefetch,
+            "repeats": repeats, "seconds_per_target_all": [r[0] for r in runs],
+            "refused": refused}
 
 
 def _bench_transfer(cfg: FeatureConfig, opts: BenchOptions, progress: Progress
@@ -618,8 +655,14 @@ def _bench_transfer(cfg: FeatureConfig, opts: BenchOptions, progress: Progress
                     def make(fcfg: FeatureConfig = fcfg, cache: FeatureCache = cache) -> Any:
                         return Engine(config=fcfg, cache=cache,
                                       extractor=_CachedOnly(fcfg))  # type: ignore[arg-type]
-                r = _time_transfer(make, ref_img, pts, targets, prefetch, opts.targets,
-                                   opts.transfer_repeats if name != "copca" else 1)
+                try:
+                    r = _time_transfer(make, ref_img, pts, targets, prefetch, opts.targets,
+                                       opts.transfer_repeats if name != "copca" else 1)
+                except ImpossibleFigure as exc:  # reported as refused, not as a number
+                    res[where] = {"targets_measured": n, "prefetch": prefetch,
+                                  "refused": [str(exc)]}
+                    progress(f"  transfer {name} from {where}: no figure ({exc})")
+                    continue
                 if fit_s:
                     r["basis_fit_seconds"] = fit_s
                     r["one_off_seconds"] += fit_s
@@ -654,7 +697,7 @@ def _bench_transfer(cfg: FeatureConfig, opts: BenchOptions, progress: Progress
 # ---- driver --------------------------------------------------------------------------------
 def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run everything ``options`` asks for; returns the JSON-ready result."""
-    from annotator.jobs.bench_models import build_components
+    from annotator.bench.models import build_components
 
     say = progress or (lambda msg: log.info("%s", msg))
     opts = options.resolved()
@@ -804,6 +847,10 @@ def format_table(res: dict[str, Any]) -> str:
                      f"{'one-off s':>10}{'measured':>9}   projection")
         for fusion_name, res_f in tr.get("fusions", {}).items():
             for where, d in res_f.items():
+                if "seconds_per_target" not in d:
+                    lines.append(f"  {fusion_name:<16}{where:<8}{'no figure':>17}   "
+                                 f"({'; '.join(d.get('refused', []))})")
+                    continue
                 lines.append(
                     f"  {fusion_name:<16}{where:<8}{d['seconds_per_target'] * 1000:>17.1f}"
                     f"{d.get('cpu_seconds_per_target', float('nan')) * 1000:>8.1f}"

@@ -51,11 +51,9 @@ def content_engine_factory(settings: ProjectSettings | None = None) -> Any:
 
     Called on the worker thread (it imports the engine stack, not torch's models).
     """
-    from annotator.engine import Engine
-    from annotator.features.config import preset
-    from annotator.features.content import ContentExtractor
+    from annotator.jobs.engine_factory import build_engine
 
-    return Engine(config=preset("fast", softargmax_window=0), extractor=ContentExtractor())
+    return build_engine(ProjectSettings(preset="fast"), extractor="content", use_cache=False)
 
 
 class StallMeter:

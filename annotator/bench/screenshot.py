@@ -1,4 +1,4 @@
-"""Take the README screenshot: ``python -m annotator.gui.screenshot docs/screenshot.png``.
+"""Take the README screenshot: ``python -m annotator.bench.screenshot docs/screenshot.png``.
 
 Opens a copy of the demo project, propagates on the worker thread and grabs the main window
 (works offscreen: QT_QPA_PLATFORM=offscreen, or under Xvfb). Without model weights (the default
@@ -15,12 +15,11 @@ from typing import Any
 from annotator.domain import ProjectSettings
 
 
-def content_engine(settings: ProjectSettings) -> Any:
-    """Weight-free engine for demos and tests (runs on the worker thread)."""
-    from annotator.engine import Engine
-    from annotator.features.content import ContentExtractor
+def _content_engine(settings: ProjectSettings) -> Any:
+    """The weight-free content descriptor engine for the project's settings (worker thread)."""
+    from annotator.jobs.engine_factory import build_engine
 
-    return Engine(extractor=ContentExtractor())
+    return build_engine(settings, extractor="content", use_cache=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from annotator.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication([])
-    window = MainWindow(engine_factory=None if args.real else content_engine)
+    window = MainWindow(engine_factory=None if args.real else _content_engine)
     w, h = (int(v) for v in args.size.split("x"))
     window.resize(w, h)
     window.show()
