@@ -50,6 +50,7 @@ def settings_from_args(settings: Any, args: argparse.Namespace) -> Any:
 def run_labelled(args: argparse.Namespace) -> int:
     from annotator.cli.common import tqdm_task_state
     from annotator.io.formats import FormatError, import_dataset
+    from annotator.jobs.engine_factory import EngineSettingsError, build_engine, model_load_error
     from annotator.jobs.eval_labelled import (
         LabelledEvalConfig,
         evaluate_labelled,
@@ -57,7 +58,6 @@ def run_labelled(args: argparse.Namespace) -> int:
         render_table,
     )
     from annotator.jobs.progress import Cancelled
-    from annotator.jobs.engine_factory import EngineSettingsError, build_engine, model_load_error
 
     def fail(message: str, code: int = 2) -> int:
         sys.stderr.write(f"annotator eval labelled: {message}\n")
