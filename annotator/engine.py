@@ -282,7 +282,8 @@ class Engine:
                  flip_pairs: Iterable[tuple[int, int]] = (), ref_valid: np.ndarray | None = None,
                  flip: bool | None = None) -> TransferResult:
         """Move ref_points (K, 2) (original ref pixels) to the target; flip-aware when
-        ``flip_pairs`` names left/right partners and ``flip`` (default: config.flip) is on."""
+        ``flip`` (default: config.flip or any flip_pairs given). Propagation never flips
+        without left/right partners (annotator.jobs.propagate)."""
         return self.transfer_many([(ref_image, ref_points, ref_valid)], [target_image],
                                   flip_pairs, flip)[0]
 
@@ -315,9 +316,7 @@ class Engine:
         if not references:
             raise ValueError("at least one reference is needed")
         pairs = list(flip_pairs)
-        # no left/right partners, no flip: with the identity permutation the mirrored reference
-        # can only mirror lateral points (measured on real faces: BENCHMARKS.md, Real images)
-        use_flip = bool(pairs) and (self.config.flip if flip is None else flip)
+        use_flip = self.config.flip or bool(pairs) if flip is None else flip
         refs = []
         for image, points, valid in references:
             pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)

@@ -284,10 +284,9 @@ def run_propagation(
                 state.check()
                 rect = CropRect.around(box, w, h, settings.crop_margin)
                 crop = ImageCrop.of(image, rect)
-                pred = _inside(_instance(rules.crop(crop) or cropped(crop), rect, rbox), rect)
-                if not boxes:  # a found box: frame the object as the reference crops are
-                    pred = rules.reframe(image, pred, settings.crop_margin) or pred
-                preds.append(pred)
+                result = (rules.crop(crop) if boxes else rules.found_crop(crop)) \
+                    or cropped(crop)
+                preds.append(_inside(_instance(result, rect, rbox), rect))
         else:  # whole-image transfer; each box keeps what falls in its crop
             result = rules.whole(image) or whole(image)
             preds = [_inside(_instance(result, None, box),
@@ -327,21 +326,38 @@ class _Rules:
     def crop(self, crop: ImageCrop) -> TransferResult | None:
         return self._transfer("crop", self.crop_refs, crop)
 
-    def reframe(self, image: np.ndarray, pred: InstancePrediction, margin: float
-                ) -> InstancePrediction | None:
-        """A second pass on the crop the reference instances would get around ``pred``'s
-        points (their box + margin, at least a tenth of the image side): a found box is
-        centred on the object's features, not framed like the references' keypoint boxes.
-        None when fewer than two points were found."""
-        ok = pred.found & np.isfinite(pred.points).all(axis=1)
-        if ok.sum() < 2 or self.settings.combine != "prototype":
-            return None
-        h, w = image.shape[:2]
-        box = keypoint_box(pred.points[ok])
-        rect = CropRect.around(box, w, h, margin, min_side=max(16, round(0.1 * max(w, h))))
-        crop = ImageCrop.of(image, rect)
-        result = self.crop(crop)
-        return None if result is None else _inside(_instance(result, rect, pred.box), rect)
+    def found_crop(self, crop: ImageCrop) -> TransferResult | None:
+        """Transfer to the crop of a found box, from reference crops framed the same way: the
+        box found in each reference image around its instance (the references' own keypoint
+        boxes frame the object differently from a box found by features)."""
+        if "found" not in self._protos and self.settings.combine == "prototype":
+            self._found_refs = self._framed_refs()
+        return self._transfer("found", getattr(self, "_found_refs", []), crop)
+
+    def _framed_refs(self) -> list:
+        margin = self.settings.crop_margin
+        refs = []
+        for spec in self.request.references:
+            image = self.images.get(spec.path)
+            if image is None:
+                continue
+            h, w = image.shape[:2]
+            pts = np.asarray(spec.points, float).reshape(-1, 2)
+            valid = np.asarray(spec.valid, bool)
+            best, inside = None, 0
+            for box in self.find_boxes(image):
+                rect = CropRect.around(box, w, h, margin)
+                n = int((rect.contains(pts) & valid).sum())
+                if n > inside:
+                    best, inside = rect, n
+            if best is None or inside < valid.sum():  # the box misses a labelled point
+                crop = reference_crop(image, spec, margin)
+                if crop is not None:
+                    refs.append(crop)
+                continue
+            refs.append((ImageCrop.of(image, best), best.to_crop(pts),
+                         valid & best.contains(pts)))
+        return refs
 
     def find_boxes(self, image: np.ndarray) -> list[Box]:
         from annotator import references as rules

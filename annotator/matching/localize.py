@@ -95,14 +95,15 @@ class FoundBox:
 
 
 def find_objects(score: np.ndarray, content: np.ndarray, cell: float, max_objects: int = 1,
-                 min_relative_strength: float = 0.25, relative_threshold: float = 0.5
-                 ) -> list[FoundBox]:
+                 min_relative_strength: float = 0.25, relative_threshold: float = 0.5,
+                 join: int = 1) -> list[FoundBox]:
     """Regions of ``score`` (G, G) above ``relative_threshold`` of the best content cell's
     score (and above zero) on ``content`` (G, G) cells, strongest first: at most
     ``max_objects``, each at least ``min_relative_strength`` of the strongest. A region's box
     spans its cells (cell edges). Empty when no cell scores above zero. (A fixed threshold at
     zero lets a background that is a little closer to the object than to the references'
-    background join the object's region.)"""
+    background join the object's region.) Cells at most ``join`` cells apart belong to one
+    region."""
     score = np.asarray(score, np.float64)
     g = score.shape[0]
     if score.shape != (g, g) or np.asarray(content).shape != (g, g):
@@ -116,7 +117,13 @@ def find_objects(score: np.ndarray, content: np.ndarray, cell: float, max_object
     if top <= 0:
         return []
     pos = (score > relative_threshold * top) & content
-    n, labels = cv2.connectedComponents(pos.astype(np.uint8), connectivity=8)
+    # parts of one object that score differently (a lit body, a dark tail) are joined when
+    # at most ``join`` cells apart; the region keeps only its own cells
+    joined = pos.astype(np.uint8)
+    if join > 0:
+        joined = cv2.dilate(joined, np.ones((2 * join + 1, 2 * join + 1), np.uint8))
+    n, labels = cv2.connectedComponents(joined, connectivity=8)
+    labels = np.where(pos, labels, 0)
     strengths = np.bincount(labels.reshape(-1), weights=np.where(pos, score, 0).reshape(-1),
                             minlength=n)
     strengths[0] = 0.0
