@@ -39,7 +39,8 @@ ImageLike = np.ndarray | ImageCrop
 @dataclass(frozen=True)
 class PrototypeParams:
     """``prior_weight`` scales the spatial prior's log-density against cosine similarity
-    (0: off); ``prior_min_std`` is added to the references' spread (box-normalised units)."""
+    (0: off; see :func:`choose_prior_weight`); ``prior_min_std`` is added to the references'
+    spread (box-normalised units)."""
 
     prior_weight: float = 0.05
     prior_min_std: float = 0.1
@@ -81,30 +82,90 @@ def _content_rect(maps: FeatureMaps) -> tuple[float, float, float, float]:
     return (lb.offset_x - 0.5, lb.offset_y - 0.5, float(lb.content_w), float(lb.content_h))
 
 
-def build_prototypes(engine: Engine,
-                     references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]]
-                     ) -> Prototypes:
-    """Prototypes of R references (image or crop, points (K, 2) in its pixels, valid (K,))."""
+@dataclass(frozen=True)
+class _Sample:
+    """One reference as the prototype rule sees it."""
+
+    maps: FeatureMaps
+    desc: torch.Tensor
+    sample: torch.Tensor  # (K, C)
+    valid: np.ndarray  # (K,)
+    position: np.ndarray  # (K, 2) box-normalised
+    points: np.ndarray  # (K, 2) its pixels
+
+
+def _samples(engine: Engine, references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]]
+             ) -> list[_Sample]:
     from annotator.matching import prototype as proto
 
     if not references:
         raise ValueError("at least one reference is needed")
-    samples, valids, positions = [], [], []
+    out = []
     for image, points, valid in references:
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         ok = np.asarray(valid, bool).reshape(len(pts)) & np.isfinite(pts).all(axis=1)
         safe = np.where(np.isfinite(pts), pts, 0.0)
         maps = engine.features(image)
         desc = shared_descriptor(engine, maps)
-        samples.append(proto.sample_descriptors(desc, maps.letterbox.to_canvas(safe),
-                                                maps.cell_size))
-        valids.append(ok)
+        sample = proto.sample_descriptors(desc, maps.letterbox.to_canvas(safe), maps.cell_size)
         w, h = _size(image)
-        positions.append((safe + 0.5) / (w, h))
-    ks = {len(s) for s in samples}
+        out.append(_Sample(maps, desc, sample, ok, (safe + 0.5) / (w, h), safe))
+    ks = {len(s.sample) for s in out}
     if len(ks) != 1:
         raise ValueError(f"references have different keypoint counts {sorted(ks)}")
-    return proto.build_prototypes(samples, valids, positions)
+    return out
+
+
+def _prototypes(samples: Sequence[_Sample]) -> Prototypes:
+    from annotator.matching import prototype as proto
+
+    return proto.build_prototypes([s.sample for s in samples], [s.valid for s in samples],
+                                  [s.position for s in samples])
+
+
+def build_prototypes(engine: Engine,
+                     references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]]
+                     ) -> Prototypes:
+    """Prototypes of R references (image or crop, points (K, 2) in its pixels, valid (K,))."""
+    return _prototypes(_samples(engine, references))
+
+
+#: spatial prior weights tried by :func:`choose_prior_weight`
+PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
+
+
+def choose_prior_weight(engine: Engine,
+                        references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]],
+                        candidates: Sequence[float] = PRIOR_WEIGHTS, min_std: float = 0.1
+                        ) -> float:
+    """The spatial prior weight that predicts the references themselves best, leaving each
+    out in turn (prototypes and prior from the others; hits within 0.05, 0.1 and 0.2 of its
+    keypoint box, then the smaller weight). Where objects keep their place and pose in their boxes
+    (a fixed camera and task) the prior helps a lot; where they turn freely it misleads.
+    With one reference there is nothing to leave out: 0 (no prior)."""
+    from annotator.matching import prototype as proto
+
+    samples = _samples(engine, references)
+    if len(samples) < 2:
+        return 0.0
+    hits = np.zeros(len(candidates))
+    for i, s in enumerate(samples):
+        others = [o for j, o in enumerate(samples) if j != i]
+        protos = _prototypes(others)
+        box = s.points[s.valid]
+        if len(box) == 0:
+            continue
+        side = max(float(np.ptp(box[:, 0])), float(np.ptp(box[:, 1])), 1.0)
+        prior = proto.prior_log_density(protos, _content_rect(s.maps), s.maps.grid,
+                                        s.maps.cell_size, min_std)
+        for c, weight in enumerate(candidates):
+            m = proto.match_prototypes(protos, s.desc, s.maps.cell_size,
+                                       _content_mask(s.maps), prior, weight)
+            pred = s.maps.letterbox.from_canvas(m.canvas)
+            ok = s.valid & m.found
+            err = np.hypot(*(pred[ok] - s.points[ok]).T)
+            hits[c] += sum(float(np.sum(err <= a * side)) for a in (0.05, 0.1, 0.2))
+    return float(candidates[int(np.argmax(hits))])
 
 
 def prototype_transfer(engine: Engine, protos: Prototypes, target: ImageLike,

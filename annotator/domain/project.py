@@ -95,8 +95,9 @@ class ProjectSettings:
     #: several references: "prototype" (per keypoint the mean of the references' descriptors,
     #: one match) or "best" (each reference matched, the most confident wins)
     combine: str = "prototype"
-    #: weight of the box-normalised spatial prior of the prototype rule (0 = off)
-    prior_weight: float = 0.05
+    #: weight of the box-normalised spatial prior of the prototype rule (0 = off); None:
+    #: chosen per run by leaving each reference out (annotator.references)
+    prior_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.boxes not in ("auto", "none"):
@@ -104,8 +105,8 @@ class ProjectSettings:
         if self.combine not in ("prototype", "best"):
             raise ValueError(f"combine must be 'prototype' or 'best', got {self.combine!r}")
         w = self.prior_weight
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-            raise ValueError(f"prior_weight must be a finite number >= 0, got {w!r}")
+        if w is not None and not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ValueError(f"prior_weight must be None or a finite number >= 0, got {w!r}")
         if self.crop not in ("bbox", "none"):
             raise ValueError(f"crop must be 'bbox' or 'none', got {self.crop!r}")
         if not 0.0 <= self.crop_margin <= 2.0:

@@ -315,10 +315,16 @@ class _Rules:
         from annotator import references as rules
 
         if kind not in self._protos:
-            self._protos[kind] = rules.build_prototypes(self.engine, refs)
-        params = rules.PrototypeParams(self.settings.prior_weight,
-                                       review_threshold=self.settings.review_threshold)
-        return rules.prototype_transfer(self.engine, self._protos[kind], target, params)
+            weight = self.settings.prior_weight
+            if weight is None:
+                weight = rules.choose_prior_weight(self.engine, refs)
+                log.info("%s prototypes: spatial prior weight %g (leave-one-out over %d "
+                         "references)", kind, weight, len(refs))
+            params = rules.PrototypeParams(weight,
+                                           review_threshold=self.settings.review_threshold)
+            self._protos[kind] = (rules.build_prototypes(self.engine, refs), params)
+        protos, params = self._protos[kind]
+        return rules.prototype_transfer(self.engine, protos, target, params)
 
     def whole(self, image: np.ndarray) -> TransferResult | None:
         return self._transfer("whole", self.whole_refs, image)
