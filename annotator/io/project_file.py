@@ -649,24 +649,26 @@ class OpenedProject:
     recovered: int = 0
 
 
-def open_project_file(path: str | os.PathLike[str]) -> OpenedProject:
+def open_project_file(path: str | os.PathLike[str],
+                      progress: Progress | None = None) -> OpenedProject:
     """Open a project for editing: a store as it is; a JSON project (previous versions) is
     migrated to a store beside it (``x.kpproj.json`` -> ``x.kpproj``; the JSON file stays as
     it is, as a backup). When the store is there already from an earlier migration and not
-    older than the JSON file, it is opened instead. Raises :class:`ProjectFileError`."""
+    older than the JSON file, it is opened instead. Raises :class:`ProjectFileError`.
+    ``progress``: see :func:`load_project`."""
     path = Path(path)
     if is_store(path) or not path.exists():
-        return OpenedProject(load_project(path), path)
+        return OpenedProject(load_project(path, progress=progress), path)
     target = store_path_for(path)
     n = 1
     while target.exists():
         if is_store(target) and target.stat().st_mtime >= path.stat().st_mtime:
             log.info("%s was migrated to %s before; opening that", path, target)
-            return OpenedProject(load_project(target), target, path)
+            return OpenedProject(load_project(target, progress=progress), target, path)
         n += 1
         target = store_path_for(path).with_name(
             store_path_for(path).name.removesuffix(PROJECT_SUFFIX) + f" ({n}){PROJECT_SUFFIX}")
-    project, recovered = load_project_recovering(path)
+    project, recovered = load_project_recovering(path, progress=progress)
     try:
         save_project(project, target)
     except OSError as exc:
