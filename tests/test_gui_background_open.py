@@ -61,6 +61,11 @@ def test_a_big_store_opens_in_the_background_with_progress(qtbot, tmp_path):
     assert not window.open_bar.isVisible()
     assert window.stack.currentWidget() is window.editor
     assert project_to_dict(window.project) == project_to_dict(load_project(path))
+    # the review counts came from the pool thread and agree with a recount
+    counted = window.review_counts()
+    assert counted[1] == 3000 and counted[2] > 0
+    window._counts_stale = True
+    assert window.review_counts() == counted
     # edits are saved as usual
     first = window.project.images[0].path
     window.project.move_keypoint(first, 0, 3.0, 4.0)

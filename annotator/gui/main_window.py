@@ -76,6 +76,30 @@ class _ExportAsDone(QObject):
     done = Signal(str, object, str)  # path, report (None on failure), error
 
 
+def review_category(ann: ImageAnnotation, threshold: float) -> int:
+    """1: reviewed or reference; 2: predicted below the review threshold; else 0."""
+    from annotator.domain import ImageStatus
+
+    if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+        return 1
+    if ann.status == ImageStatus.PREDICTED:
+        conf = ann.worst_confidence()
+        if conf is None or conf < threshold:
+            return 2
+    return 0
+
+
+def review_categories(project: Project) -> dict[str, int]:
+    """Path -> review category (:func:`review_category`) of every image that has one."""
+    threshold = project.settings.review_threshold
+    out = {}
+    for path, ann in project.annotations().items():
+        cat = review_category(ann, threshold)
+        if cat:
+            out[path] = cat
+    return out
+
+
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
@@ -131,6 +155,7 @@ class MainWindow(QMainWindow):
         self.opener.progress.connect(self._on_open_progress)
         self.opener.finished.connect(self._on_open_finished)
         self._open_next: str | None = None
+        self._preset_counts: dict[str, int] | None = None
         #: stores with at least this many images open on a pool thread
         self.background_open_images = BACKGROUND_OPEN_IMAGES
         self._export_as_thread: threading.Thread | None = None
@@ -362,6 +387,9 @@ class MainWindow(QMainWindow):
         self._detach_project()
         self.project, self.project_path = project, path
         self._counts_stale = True
+        counts, self._preset_counts = self._preset_counts, None
+        if project is not None and counts is not None:
+            self.set_review_counts(counts)
         if project is not None:
             self.loader.set_root(project.image_root)
             self._unsubscribe = project.subscribe(self._on_project_changed)
@@ -485,7 +513,7 @@ class MainWindow(QMainWindow):
             return None
         if self._opens_in_background(path):
             self.set_project(None, None)
-            self.opener.start(path)
+            self.opener.start(path, review_categories)
             self.open_bar.setValue(0)
             self.open_bar.show()
             self.open_cancel.show()
@@ -541,10 +569,14 @@ class MainWindow(QMainWindow):
         if opened.migrated_from is not None:
             note = (f"Opened {opened.path.name}, the new project file made from "
                     f"{opened.migrated_from.name} (kept unchanged as a backup)")
-        self._show_opened(opened.project, str(opened.path), note)
+        self._show_opened(opened.project, str(opened.path), note, self.opener.counts)
 
-    def _show_opened(self, project: Project, path: str, note: str) -> Project:
-        """Show a project just read, with one status message saying what happened."""
+    def _show_opened(self, project: Project, path: str, note: str,
+                     counts: dict[str, int] | None = None) -> Project:
+        """Show a project just read, with one status message saying what happened
+        (``counts``: its review categories, when counted already)."""
+        if counts is not None:
+            self._preset_counts = counts
         if not os.path.isdir(project.image_root):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
@@ -1042,17 +1074,8 @@ class MainWindow(QMainWindow):
             self.counts_timer.start()
 
     def _category(self, ann: ImageAnnotation) -> int:
-        """1: reviewed or reference; 2: predicted below the review threshold; else 0."""
-        from annotator.domain import ImageStatus
-
         assert self.project is not None
-        if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
-            return 1
-        if ann.status == ImageStatus.PREDICTED:
-            conf = ann.worst_confidence()
-            if conf is None or conf < self.project.settings.review_threshold:
-                return 2
-        return 0
+        return review_category(ann, self.project.settings.review_threshold)
 
     def _count_changed(self, paths: frozenset[str]) -> None:
         """Keep the review counts current in O(changed images); a whole-project change
@@ -1076,16 +1099,17 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return (0, 0, 0)
         if self._counts_stale:
-            self._counts = {}
-            for path, ann in self.project.annotations().items():
-                cat = self._category(ann)
-                if cat:
-                    self._counts[path] = cat
-            values = list(self._counts.values())
-            self._counted = (values.count(1), values.count(2))
-            self._counts_stale = False
+            self.set_review_counts(review_categories(self.project))
         done, need = self._counted
         return done, len(self.project), need
+
+    def set_review_counts(self, counts: dict[str, int]) -> None:
+        """Review categories of every image (:func:`review_categories`), counted elsewhere
+        (a background open counts them on its pool thread)."""
+        self._counts = counts
+        values = list(counts.values())
+        self._counted = (values.count(1), values.count(2))
+        self._counts_stale = False
 
     def _update_counts(self) -> None:
         if self.project is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
@@ -28,9 +30,11 @@ class _Emitter(QObject):
 
 
 class _OpenTask(QRunnable):
-    def __init__(self, emitter: _Emitter, path: str, cancel: threading.Event) -> None:
+    def __init__(self, emitter: _Emitter, path: str, cancel: threading.Event,
+                 prepare: Callable[[Any], Any] | None) -> None:
         super().__init__()
         self._emitter, self._path, self._cancel = emitter, path, cancel
+        self._prepare = prepare
         self._last = -1
 
     def _progress(self, fraction: float) -> None:
@@ -56,7 +60,14 @@ class _OpenTask(QRunnable):
             log.error("opening %s failed", self._path, exc_info=True)
             self._emitter.done.emit(None, f"{type(exc).__name__}: {exc}", self._path)
         else:
-            self._emitter.done.emit(opened, "", self._path)
+            counts = None
+            if self._prepare is not None:
+                try:
+                    counts = self._prepare(opened.project)
+                except Exception:  # noqa: BLE001 (the GUI thread counts again)
+                    log.warning("counting %s in the background failed", self._path,
+                                exc_info=True)
+            self._emitter.done.emit((opened, counts), "", self._path)
 
 
 class ProjectOpener(QObject):
@@ -76,19 +87,23 @@ class ProjectOpener(QObject):
         self._emitter.done.connect(self._on_done)
         self._cancel: threading.Event | None = None
         self.path: str | None = None
+        self.counts: Any = None
         register_pool_user(self)
 
     @property
     def busy(self) -> bool:
         return self.path is not None
 
-    def start(self, path: str) -> bool:
-        """Open ``path`` in the background; False while another open is running."""
+    def start(self, path: str, prepare: Callable[[Any], Any] | None = None) -> bool:
+        """Open ``path`` in the background; False while another open is running.
+        ``prepare(project)`` runs on the pool thread too, after loading (what the window
+        would otherwise compute over every image on its own thread); its result is
+        :attr:`counts` while ``finished`` is emitted."""
         if self.busy:
             return False
         self.path = path
         self._cancel = threading.Event()
-        self._pool.start(_OpenTask(self._emitter, path, self._cancel))
+        self._pool.start(_OpenTask(self._emitter, path, self._cancel, prepare))
         return True
 
     def cancel(self) -> None:
@@ -100,10 +115,14 @@ class ProjectOpener(QObject):
         if path == self.path and not (self._cancel and self._cancel.is_set()):
             self.progress.emit(path, permille)
 
-    def _on_done(self, opened: object, error: str, path: str) -> None:
+    def _on_done(self, result: object, error: str, path: str) -> None:
         cancelled = self._cancel is not None and self._cancel.is_set()
         self.path, self._cancel = None, None
-        self.finished.emit(None if cancelled else opened, error, path)
+        opened, self.counts = result if isinstance(result, tuple) else (None, None)
+        try:
+            self.finished.emit(None if cancelled else opened, error, path)
+        finally:
+            self.counts = None
 
     def wait(self, timeout_ms: int = 120_000) -> bool:
         """Wait for a running open (closing the window); returns whether it ended."""

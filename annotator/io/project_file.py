@@ -547,15 +547,17 @@ def load_project_recovering(path: str | os.PathLike[str], recover: bool = True,
     neither."""
     was = gc.isenabled()
     gc.disable()
+    big = False
     try:
         project, count = _load_project_recovering(path, recover, progress)
         for ann in project.annotations().values():
             ann.worst_confidence()  # cached per annotation: the first worst-first sort is fast
+        big = len(project.images) >= _COLLECT_AFTER_IMAGES
     finally:
         if was:
+            if big:
+                gc.freeze()  # before enabling: no collection may walk them first
             gc.enable()
-    if was and len(project.images) >= _COLLECT_AFTER_IMAGES:
-        gc.freeze()
     if progress is not None:
         progress(1.0)
     return project, count
