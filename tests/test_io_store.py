@@ -109,8 +109,8 @@ def test_settings_and_image_records_are_stored_generically(tmp_path):
         == {"width": 640, "height": 480}
     # a newer version's fields (an optional image field, a new setting) need no schema
     # change and are ignored by this version
-    con.execute("""UPDATE images SET data = '{"width": 640, "height": 480, "video": "v.mp4",
-                "frame": 3}' WHERE path = 'ref.png'""")
+    con.execute("""UPDATE images SET data = '{"width": 640, "height": 480, "exposure_ms": 8,
+                "lens": "wide"}' WHERE path = 'ref.png'""")
     con.execute("INSERT INTO settings VALUES ('matching_mode', '\"mutual\"')")
     con.commit()
     con.close()
@@ -145,3 +145,55 @@ def test_cli_reads_a_store(tmp_path):
     out = tmp_path / "out.json"
     assert main(["export", str(path), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["categories"][0]["keypoints"] == list(SCHEMA.keypoints)
+
+
+def test_damaged_keypoints_in_a_store_are_refused_by_name(tmp_path):
+    """The fast keypoint decoder checks what the per-keypoint one checks: a NaN, a string, a
+    confidence outside [0, 1], a bool visibility or an unknown origin in a store's row is a
+    ProjectFileError naming the image, never a silently loaded value."""
+    import pytest
+
+    from annotator.io.project_file import ProjectFileError
+
+    path = tmp_path / "p.kpproj"
+    save_project(rich_project(tmp_path), path)
+    good = load_project(path)
+    for bad, what in [("[NaN, 1, 2, \"manual\"]", "x"),
+                      ("[\"a\", 1, 2, \"manual\"]", "not a number"),
+                      ("[1, 2, 2, \"predicted\", 1.5]", "confidence"),
+                      ("[1, 2, true, \"manual\"]", "visibility"),
+                      ("[1, 2, 2, \"guessed\"]", "guessed"), ("[1, 2, 2]", "keypoint must be"),
+                      ("[1e300, 2, 2, \"manual\"]", "x")]:
+        con = sqlite3.connect(path)
+        row = con.execute("SELECT keypoints FROM instances WHERE path = 'ref.png'").fetchone()[0]
+        kps = json.loads(row)
+        con.execute("UPDATE instances SET keypoints = ? WHERE path = 'ref.png' AND idx = 0",
+                    ("[" + bad + "," + ",".join(json.dumps(k) for k in kps[1:]) + "]",))
+        con.commit()
+        con.close()
+        with pytest.raises(ProjectFileError, match="ref.png") as err:
+            load_project(path)
+        assert what in str(err.value)
+        save_project(good, path)
+    assert project_to_dict(load_project(path)) == project_to_dict(good)
+
+
+def test_load_reports_progress_and_can_be_cancelled(tmp_path):
+    import pytest
+
+    from annotator.io.project_file import LoadCancelled
+
+    path = tmp_path / "p.kpproj"
+    project = rich_project(tmp_path)
+    save_project(project, path)
+    seen: list[float] = []
+    got = load_project(path, progress=seen.append)
+    assert project_to_dict(got) == project_to_dict(project)
+    assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0 and len(seen) >= 3
+
+    def stop(fraction: float) -> None:
+        if fraction > 0.3:
+            raise LoadCancelled
+
+    with pytest.raises(LoadCancelled):
+        load_project(path, progress=stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, FormatImporter
 from annotator.gui.progress import RateEstimator
+from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
 from annotator.gui.recent import add_recent_project
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
@@ -46,6 +48,7 @@ from annotator.io.images import list_images
 from annotator.io.project_file import (
     JSON_SUFFIX,
     PROJECT_SUFFIX,
+    OpenedProject,
     ProjectFileError,
     backup_path,
     is_json_path,
@@ -56,7 +59,7 @@ from annotator.io.project_file import (
     save_project,
     store_path_for,
 )
-from annotator.io.store import StoreError, remove_sidecars
+from annotator.io.store import ProjectStore, StoreError, is_store, remove_sidecars
 from annotator.io.templates import load_template
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,30 @@ class _ExportAsDone(QObject):
     """Carries an Export as outcome from its thread to the GUI thread (queued)."""
 
     done = Signal(str, object, str)  # path, report (None on failure), error
+
+
+def review_category(ann: ImageAnnotation, threshold: float) -> int:
+    """1: reviewed or reference; 2: predicted below the review threshold; else 0."""
+    from annotator.domain import ImageStatus
+
+    if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+        return 1
+    if ann.status == ImageStatus.PREDICTED:
+        conf = ann.worst_confidence()
+        if conf is None or conf < threshold:
+            return 2
+    return 0
+
+
+def review_categories(project: Project) -> dict[str, int]:
+    """Path -> review category (:func:`review_category`) of every image that has one."""
+    threshold = project.settings.review_threshold
+    out = {}
+    for path, ann in project.annotations().items():
+        cat = review_category(ann, threshold)
+        if cat:
+            out[path] = cat
+    return out
 
 
 def human_bytes(n: int) -> str:
@@ -124,6 +151,13 @@ class MainWindow(QMainWindow):
         self.loader = ThumbnailLoader(parent=self)
         self.exporter = CocoExporter(self)
         self.importer = FormatImporter(self)
+        self.opener = ProjectOpener(self)
+        self.opener.progress.connect(self._on_open_progress)
+        self.opener.finished.connect(self._on_open_finished)
+        self._open_next: str | None = None
+        self._preset_counts: dict[str, int] | None = None
+        #: stores with at least this many images open on a pool thread
+        self.background_open_images = BACKGROUND_OPEN_IMAGES
         self._export_as_thread: threading.Thread | None = None
         self._export_as_done = _ExportAsDone(self)
         self._export_as_done.done.connect(self._on_export_as_finished)
@@ -186,6 +220,15 @@ class MainWindow(QMainWindow):
         self.export_bar.setFormat("export %p%")
         bar.addPermanentWidget(self.export_bar)
         self.export_bar.hide()
+        self.open_bar = QProgressBar()
+        self.open_bar.setMaximumWidth(160)
+        self.open_bar.setRange(0, 1000)
+        self.open_bar.setFormat("opening %p%")
+        self.open_cancel = QPushButton("Cancel opening")
+        self.open_cancel.clicked.connect(self.cancel_open)
+        for w in (self.open_bar, self.open_cancel):
+            bar.addPermanentWidget(w)
+            w.hide()
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             bar.addPermanentWidget(w)
             w.hide()
@@ -339,9 +382,14 @@ class MainWindow(QMainWindow):
     # -------------------------------------------------------------- projects
     def set_project(self, project: Project | None, path: str | None) -> None:
         """Show ``project`` (saved at ``path``); None returns to the welcome page."""
+        if project is not None and self.opener.busy:
+            self.cancel_open()  # another project was shown meanwhile: it stays
         self._detach_project()
         self.project, self.project_path = project, path
         self._counts_stale = True
+        counts, self._preset_counts = self._preset_counts, None
+        if project is not None and counts is not None:
+            self.set_review_counts(counts)
         if project is not None:
             self.loader.set_root(project.image_root)
             self._unsubscribe = project.subscribe(self._on_project_changed)
@@ -435,10 +483,42 @@ class MainWindow(QMainWindow):
         if path:
             self.new_project(root, dialog.schema, path)
 
+    def _opens_in_background(self, path: str) -> bool:
+        """A store big enough to be read on a pool thread (a JSON project migrates on the
+        GUI thread, as before)."""
+        if not is_store(path):
+            return False
+        try:
+            store = ProjectStore(path, readonly=True)
+        except StoreError:
+            return False  # the synchronous open reports it (and offers the backup)
+        try:
+            return store.image_count() >= self.background_open_images
+        except sqlite3.Error:
+            return False
+        finally:
+            store.close()
+
     def open_project(self, path: str) -> Project | None:
+        """Open the project at ``path``. A big store is read on a pool thread: the window
+        stays responsive with a progress bar and a Cancel button, and the project shows when
+        it is loaded (``opener.finished``); None is returned then."""
         if self.project is not None and self._is_open(path):
             return self.project  # already open: the file on disk may be older than the edits
+        if self.opener.busy:
+            self.opener.cancel()  # the latest request wins
+            self._open_next = path
+            return None
         if not self._saved_or_confirmed():
+            return None
+        if self._opens_in_background(path):
+            self.set_project(None, None)
+            self.opener.start(path, review_categories)
+            self.open_bar.setValue(0)
+            self.open_bar.show()
+            self.open_cancel.show()
+            self.statusBar().showMessage(f"Opening {os.path.basename(path)}...")
+            self._update_actions()
             return None
         note = ""
         try:
@@ -454,6 +534,49 @@ class MainWindow(QMainWindow):
             if restored is None:
                 return None
             project, note = restored
+        return self._show_opened(project, path, note)
+
+    def _on_open_progress(self, path: str, permille: int) -> None:
+        self.open_bar.setValue(permille)
+
+    def cancel_open(self) -> None:
+        """Stop a background open (the welcome page stays)."""
+        self._open_next = None
+        self.opener.cancel()
+
+    def _on_open_finished(self, opened: OpenedProject | None, error: str, path: str) -> None:
+        self.open_bar.hide()
+        self.open_cancel.hide()
+        self.statusBar().clearMessage()
+        nxt, self._open_next = self._open_next, None
+        if nxt is not None:  # another project was asked for meanwhile
+            self.open_project(nxt)
+            return
+        if self._shut_down:
+            return
+        if opened is None:
+            if error:
+                restored = self._restore_from_backup(path, ProjectFileError(error))
+                if restored is not None:
+                    self._show_opened(restored[0], path, restored[1])
+            else:
+                self.statusBar().showMessage(f"Opening {os.path.basename(path)} cancelled",
+                                             8000)
+            self._update_actions()
+            return
+        self._recovered = opened.recovered
+        note = ""
+        if opened.migrated_from is not None:
+            note = (f"Opened {opened.path.name}, the new project file made from "
+                    f"{opened.migrated_from.name} (kept unchanged as a backup)")
+        self._show_opened(opened.project, str(opened.path), note, self.opener.counts)
+
+    def _show_opened(self, project: Project, path: str, note: str,
+                     counts: dict[str, int] | None = None) -> Project:
+        """Show a project just read, with one status message saying what happened
+        (``counts``: its review categories, when counted already)."""
+        if counts is not None:
+            self._preset_counts = counts
         if not os.path.isdir(project.image_root):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
@@ -951,17 +1074,8 @@ class MainWindow(QMainWindow):
             self.counts_timer.start()
 
     def _category(self, ann: ImageAnnotation) -> int:
-        """1: reviewed or reference; 2: predicted below the review threshold; else 0."""
-        from annotator.domain import ImageStatus
-
         assert self.project is not None
-        if ann.status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
-            return 1
-        if ann.status == ImageStatus.PREDICTED:
-            conf = ann.worst_confidence()
-            if conf is None or conf < self.project.settings.review_threshold:
-                return 2
-        return 0
+        return review_category(ann, self.project.settings.review_threshold)
 
     def _count_changed(self, paths: frozenset[str]) -> None:
         """Keep the review counts current in O(changed images); a whole-project change
@@ -985,16 +1099,17 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return (0, 0, 0)
         if self._counts_stale:
-            self._counts = {}
-            for path, ann in self.project.annotations().items():
-                cat = self._category(ann)
-                if cat:
-                    self._counts[path] = cat
-            values = list(self._counts.values())
-            self._counted = (values.count(1), values.count(2))
-            self._counts_stale = False
+            self.set_review_counts(review_categories(self.project))
         done, need = self._counted
         return done, len(self.project), need
+
+    def set_review_counts(self, counts: dict[str, int]) -> None:
+        """Review categories of every image (:func:`review_categories`), counted elsewhere
+        (a background open counts them on its pool thread)."""
+        self._counts = counts
+        values = list(counts.values())
+        self._counted = (values.count(1), values.count(2))
+        self._counts_stale = False
 
     def _update_counts(self) -> None:
         if self.project is None:
@@ -1202,6 +1317,8 @@ class MainWindow(QMainWindow):
         self.controller.shutdown()
         self.exporter.wait()  # an export being written finishes (it is atomic either way)
         self.importer.wait()
+        self.opener.cancel()
+        self.opener.wait()
         if self._export_as_thread is not None:
             self._export_as_thread.join()
         self.loader.stop()

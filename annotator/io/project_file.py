@@ -16,7 +16,7 @@ import stat
 import tempfile
 import time
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,12 @@ from annotator.domain.annotation import (
 from annotator.domain.project import ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
 from annotator.io.images import list_images
-from annotator.io.jsonio import InputFormatError, check_coordinate, loads_strict
+from annotator.io.jsonio import (
+    MAX_COORDINATE,
+    InputFormatError,
+    check_coordinate,
+    loads_strict,
+)
 from annotator.io.store import (  # noqa: F401 (backup_path: part of this module's API)
     ProjectStore,
     StoreError,
@@ -134,14 +139,57 @@ def _decode_keypoint(raw: Any, where: str) -> Keypoint:
     y = check_coordinate(y, f"{where}: y", ProjectFileError)
     if isinstance(v, bool) or not isinstance(v, int) or v not in (0, 1, 2):
         raise ProjectFileError(f"{where}: visibility {v!r} is not 0, 1 or 2")
-    if not isinstance(origin, str):
-        raise ProjectFileError(f"{where}: origin {origin!r} is not a string")
+    if not isinstance(origin, str) or origin not in _ORIGINS:
+        raise ProjectFileError(f"{where}: origin {origin!r} is not one of "
+                               f"{', '.join(_ORIGINS)}")
     if conf is not None:
         conf = check_coordinate(conf, f"{where}: confidence", ProjectFileError, 0.0, 1.0)
     # dictionary lookups: Enum() calls dominated loading 10^5 keypoints
-    return Keypoint(x, y, _VISIBILITY[v], _ORIGINS.get(origin) or Origin(origin), conf)
+    return Keypoint(x, y, _VISIBILITY[v], _ORIGINS[origin], conf)
 
 
+def _decode_keypoints(raw: Any, where: str) -> tuple[Keypoint, ...]:
+    """An instance's keypoints, checked as :func:`_decode_keypoint` checks them, in one tight
+    loop (loading 5 million keypoints spent most of its time in per-field calls); any
+    problem is reported by :func:`_decode_keypoint`, which names it."""
+    out = []
+    append, new, vis, origins, num = out.append, object.__new__, _VISIBILITY, _ORIGINS, _NUMBER
+    lo, hi = -MAX_COORDINATE, MAX_COORDINATE
+    try:
+        for k in raw:
+            if type(k) is not list:
+                break
+            n = len(k)
+            if n == 5:
+                x, y, v, o, c = k
+                if type(c) not in num or not 0.0 <= c <= 1.0:
+                    break
+                c = float(c)
+            elif n == 4:
+                x, y, v, o = k
+                c = None
+            else:
+                break
+            if (type(x) not in num or type(y) not in num or type(v) is not int
+                    or not (lo <= x <= hi and lo <= y <= hi)):
+                break
+            kp = new(Keypoint)
+            # the fields Keypoint.__init__ would set, values checked above (no NaN passes
+            # the range test)
+            kp.__dict__.update(x=float(x), y=float(y), v=vis[v], origin=origins[o],
+                               confidence=c)
+            append(kp)
+        else:
+            return tuple(out)
+    except (KeyError, TypeError, ValueError):
+        pass
+    _kind(raw, list, f"{where}: keypoints")
+    for k in raw:  # raises naming the problem
+        _decode_keypoint(k, where)
+    raise ProjectFileError(f"{where}: invalid keypoints")  # pragma: no cover (defensive)
+
+
+_NUMBER = frozenset((int, float))
 _VISIBILITY = {int(v): v for v in Visibility}
 _IMAGE_FIELDS = tuple(f.name for f in dataclasses.fields(ImageRecord))
 _ORIGINS = {o.value: o for o in Origin}
@@ -197,8 +245,10 @@ def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
     return ProjectSettings(**values)
 
 
-def project_from_dict(doc: Any, source: str = "<document>") -> Project:
-    """Build a :class:`Project` from a decoded document; raises :class:`ProjectFileError`."""
+def project_from_dict(doc: Any, source: str = "<document>",
+                      progress: Progress | None = None) -> Project:
+    """Build a :class:`Project` from a decoded document; raises :class:`ProjectFileError`.
+    ``progress``: see :func:`load_project`."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise ProjectFileError(f"{source}: not a keypoint-annotator project file")
     version = doc.get("version")
@@ -228,14 +278,17 @@ def project_from_dict(doc: Any, source: str = "<document>") -> Project:
             # unknown keys (written by a newer version) are ignored
             images.append(ImageRecord(**{k: i[k] for k in _IMAGE_FIELDS if k in i}))
         annotations = {}
-        for path, a in _kind(doc.get("annotations", {}), dict, "annotations").items():
+        raw_annotations = _kind(doc.get("annotations", {}), dict, "annotations")
+        total = max(1, len(raw_annotations))
+        for done, (path, a) in enumerate(raw_annotations.items()):
+            if progress is not None and not done % 2000:
+                progress(done / total)
             a = _kind(a, dict, f"annotation of {path!r}")
             instances = []
             for n, inst in enumerate(_kind(a["instances"], list, f"annotation of {path!r}")):
                 where = f"annotation of {path!r}, instance {n}"
                 inst = _kind(inst, dict, where)
-                kps = tuple(_decode_keypoint(k, where)
-                            for k in _kind(inst["keypoints"], list, f"{where}: keypoints"))
+                kps = _decode_keypoints(inst["keypoints"], where)
                 bbox = None
                 if inst.get("bbox"):
                     raw_box = _kind(inst["bbox"], list, f"{where}: bbox")
@@ -458,53 +511,73 @@ def save_json_copy(project: Project | ProjectSnapshot, path: str | os.PathLike[s
     atomic_write_text(path, document_text(project, root))
 
 
-def load_project(path: str | os.PathLike[str], recover: bool = True) -> Project:
+Progress = Callable[[float], None]
+"""Called with the fraction done (0..1) while a project loads; it may raise
+:class:`LoadCancelled` (or any exception) to stop the load."""
+
+
+class LoadCancelled(Exception):  # noqa: N818 (not an error: the caller asked for it)
+    """Raised by a :data:`Progress` callback to stop a load."""
+
+
+def load_project(path: str | os.PathLike[str], recover: bool = True,
+                 progress: Progress | None = None) -> Project:
     """Load a project file (store or JSON); raises :class:`ProjectFileError` and never
     modifies the file. With ``recover``, the edit journal of a JSON project (written by
-    previous versions) is applied."""
-    return load_project_recovering(path, recover)[0]
+    previous versions) is applied. ``progress`` (for loads off the GUI thread) is called
+    every few thousand rows."""
+    return load_project_recovering(path, recover, progress)[0]
 
 
-# a project at least this big gets one full collection right after loading (see below)
+# a project at least this big has its objects frozen after loading (see below)
 _COLLECT_AFTER_IMAGES = 2000
 
 
-def load_project_recovering(path: str | os.PathLike[str],
-                            recover: bool = True) -> tuple[Project, int]:
+def load_project_recovering(path: str | os.PathLike[str], recover: bool = True,
+                            progress: Progress | None = None) -> tuple[Project, int]:
     """(project, number of legacy journal records recovered) for :func:`load_project`.
 
     No cyclic garbage collection while loading: building 10^5 small immutable objects would
     otherwise trigger dozens of collections (half the load time of a 10,000-image project
-    with 3 instances per image). A big project then gets one collection, so the survivors
-    move to the oldest generation now rather than in a 0.3 s stall while the user sorts or
-    scrolls; a small one skips it (a full collection costs what the whole heap costs)."""
+    with 3 instances per image). The objects made meanwhile all sit in the youngest
+    generation, so the next automatic collection would walk every one of them (0.9 s at
+    10,000 x 3, seconds at 100,000, holding the GIL against the GUI thread). A big project's
+    objects are therefore frozen (``gc.freeze``: moved out of the collector's sight, O(1));
+    they are still freed by reference counting once unreferenced. A small one needs
+    neither."""
     was = gc.isenabled()
     gc.disable()
+    big = False
     try:
-        project, count = _load_project_recovering(path, recover)
+        project, count = _load_project_recovering(path, recover, progress)
         for ann in project.annotations().values():
             ann.worst_confidence()  # cached per annotation: the first worst-first sort is fast
+        big = len(project.images) >= _COLLECT_AFTER_IMAGES
     finally:
         if was:
+            if big:
+                gc.freeze()  # before enabling: no collection may walk them first
             gc.enable()
-    if was and len(project.images) >= _COLLECT_AFTER_IMAGES:
-        gc.collect()
+    if progress is not None:
+        progress(1.0)
     return project, count
 
 
-def _load_project_recovering(path: str | os.PathLike[str],
-                             recover: bool) -> tuple[Project, int]:
-    doc = read_project_document(path)
+def _load_project_recovering(path: str | os.PathLike[str], recover: bool,
+                             progress: Progress | None = None) -> tuple[Project, int]:
+    read = None if progress is None else (lambda f: progress(0.4 * f))
+    build = None if progress is None else (lambda f: progress(0.4 + 0.6 * f))
+    doc = read_project_document(path, read)
     if recover and not is_store(path):
         from annotator.io.legacy_journal import recover_document
 
         recovered, count = recover_document(doc, path)
         if count:
             try:
-                return project_from_dict(recovered, str(path)), count
+                return project_from_dict(recovered, str(path), build), count
             except ProjectFileError as exc:
                 log.warning("the edit journal of %s was not applied: %s", path, exc)
-    return project_from_dict(doc, str(path)), 0
+    return project_from_dict(doc, str(path), build), 0
 
 
 def _backup_hint(path: Path) -> str:
@@ -512,7 +585,8 @@ def _backup_hint(path: Path) -> str:
         else ""
 
 
-def read_project_document(path: str | os.PathLike[str]) -> Any:
+def read_project_document(path: str | os.PathLike[str],
+                          progress: Progress | None = None) -> Any:
     """The project as a decoded JSON-project document (image root made absolute), not yet
     validated: read from the store, or parsed from a JSON project file."""
     path = Path(path)
@@ -525,7 +599,7 @@ def read_project_document(path: str | os.PathLike[str]) -> Any:
                     raise
                 store = ProjectStore(path, readonly=True)  # a read-only folder or file
             try:
-                doc = store.document()
+                doc = store.document(progress)
             finally:
                 store.close()
         except (StoreError, sqlite3.Error) as exc:
@@ -577,24 +651,26 @@ class OpenedProject:
     recovered: int = 0
 
 
-def open_project_file(path: str | os.PathLike[str]) -> OpenedProject:
+def open_project_file(path: str | os.PathLike[str],
+                      progress: Progress | None = None) -> OpenedProject:
     """Open a project for editing: a store as it is; a JSON project (previous versions) is
     migrated to a store beside it (``x.kpproj.json`` -> ``x.kpproj``; the JSON file stays as
     it is, as a backup). When the store is there already from an earlier migration and not
-    older than the JSON file, it is opened instead. Raises :class:`ProjectFileError`."""
+    older than the JSON file, it is opened instead. Raises :class:`ProjectFileError`.
+    ``progress``: see :func:`load_project`."""
     path = Path(path)
     if is_store(path) or not path.exists():
-        return OpenedProject(load_project(path), path)
+        return OpenedProject(load_project(path, progress=progress), path)
     target = store_path_for(path)
     n = 1
     while target.exists():
         if is_store(target) and target.stat().st_mtime >= path.stat().st_mtime:
             log.info("%s was migrated to %s before; opening that", path, target)
-            return OpenedProject(load_project(target), target, path)
+            return OpenedProject(load_project(target, progress=progress), target, path)
         n += 1
         target = store_path_for(path).with_name(
             store_path_for(path).name.removesuffix(PROJECT_SUFFIX) + f" ({n}){PROJECT_SUFFIX}")
-    project, recovered = load_project_recovering(path)
+    project, recovered = load_project_recovering(path, progress=progress)
     try:
         save_project(project, target)
     except OSError as exc:

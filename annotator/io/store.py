@@ -29,7 +29,7 @@ import logging
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,9 +281,10 @@ class ProjectStore:
             "ON a.path = i.path ORDER BY i.pos").fetchall()
         return [(_from_sql_str(p), s, w) for p, s, w in rows]
 
-    def document(self) -> dict[str, Any]:
+    def document(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
         """The project as a JSON-project document without its format header (image root
-        as stored), not validated."""
+        as stored), not validated. ``progress`` is called with the fraction of instance rows
+        read, every few thousand rows (it may raise to stop)."""
         settings = {}
         for key, value in self.conn.execute("SELECT key, value FROM settings"):
             try:
@@ -303,9 +304,12 @@ class ProjectStore:
         annotations: dict[str, Any] = {}
         for path, status in self.conn.execute("SELECT path, status FROM annotations"):
             annotations[_from_sql_str(path)] = {"status": status, "instances": []}
-        for path, _idx, kps, bbox, score, ann_id in self.conn.execute(
+        total = max(1, int(self.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]))
+        for done, (path, _idx, kps, bbox, score, ann_id) in enumerate(self.conn.execute(
                 "SELECT path, idx, keypoints, bbox, box_score, ann_id FROM instances "
-                "ORDER BY path, idx"):
+                "ORDER BY path, idx")):
+            if progress is not None and not done % 5000:
+                progress(done / total)
             ann = annotations.get(_from_sql_str(path))
             if ann is None:
                 raise StoreError(f"{self.path}: an instance of {path!r}, which has no "

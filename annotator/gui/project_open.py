@@ -1,0 +1,137 @@
+"""Opening a big project off the GUI thread: the store is read on a pool thread with
+progress and cancel, and the window stays responsive meanwhile.
+
+A thin adapter over :func:`annotator.io.project_file.open_project_file`: the same checks and
+errors as a synchronous open. The loader thread holds the GIL only between bytecodes, so the
+GUI thread gets it back every switch interval (5 ms) and keeps painting and answering input.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import shiboken6
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+from annotator.gui.thumbnails import register_pool_user
+
+log = logging.getLogger(__name__)
+
+#: a store with at least this many images is opened in the background
+BACKGROUND_OPEN_IMAGES = 5000
+
+
+class _Emitter(QObject):
+    progress = Signal(str, int)  # path, per mille
+    done = Signal(object, str, str)  # OpenedProject (None on error or cancel), error, path
+
+
+class _OpenTask(QRunnable):
+    def __init__(self, emitter: _Emitter, path: str, cancel: threading.Event,
+                 prepare: Callable[[Any], Any] | None) -> None:
+        super().__init__()
+        self._emitter, self._path, self._cancel = emitter, path, cancel
+        self._prepare = prepare
+        self._last = -1
+
+    def _progress(self, fraction: float) -> None:
+        from annotator.io.project_file import LoadCancelled
+
+        if self._cancel.is_set():
+            raise LoadCancelled
+        permille = int(fraction * 1000)
+        if permille != self._last:
+            self._last = permille
+            self._emitter.progress.emit(self._path, permille)
+
+    def run(self) -> None:
+        from annotator.io.project_file import LoadCancelled, ProjectFileError, open_project_file
+
+        try:
+            opened = open_project_file(self._path, progress=self._progress)
+        except LoadCancelled:
+            self._emitter.done.emit(None, "", self._path)
+        except (ProjectFileError, OSError) as exc:
+            self._emitter.done.emit(None, str(exc), self._path)
+        except Exception as exc:  # noqa: BLE001 (reported on the GUI thread, never lost)
+            log.error("opening %s failed", self._path, exc_info=True)
+            self._emitter.done.emit(None, f"{type(exc).__name__}: {exc}", self._path)
+        else:
+            counts = None
+            if self._prepare is not None:
+                try:
+                    counts = self._prepare(opened.project)
+                except Exception:  # noqa: BLE001 (the GUI thread counts again)
+                    log.warning("counting %s in the background failed", self._path,
+                                exc_info=True)
+            self._emitter.done.emit((opened, counts), "", self._path)
+
+
+class ProjectOpener(QObject):
+    """Opens one project at a time on a pool thread. :attr:`progress` carries the fraction
+    read (per mille); :attr:`finished` the :class:`OpenedProject`, or None with the error
+    ("" when cancelled)."""
+
+    progress = Signal(str, int)
+    finished = Signal(object, str, str)  # OpenedProject or None, error, path
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)
+        self._emitter = _Emitter(self)
+        self._emitter.progress.connect(self._on_progress)
+        self._emitter.done.connect(self._on_done)
+        self._cancel: threading.Event | None = None
+        self.path: str | None = None
+        self.counts: Any = None
+        register_pool_user(self)
+
+    @property
+    def busy(self) -> bool:
+        return self.path is not None
+
+    def start(self, path: str, prepare: Callable[[Any], Any] | None = None) -> bool:
+        """Open ``path`` in the background; False while another open is running.
+        ``prepare(project)`` runs on the pool thread too, after loading (what the window
+        would otherwise compute over every image on its own thread); its result is
+        :attr:`counts` while ``finished`` is emitted."""
+        if self.busy:
+            return False
+        self.path = path
+        self._cancel = threading.Event()
+        self._pool.start(_OpenTask(self._emitter, path, self._cancel, prepare))
+        return True
+
+    def cancel(self) -> None:
+        """Stop the running open (it ends with ``finished(None, "", path)``)."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def _on_progress(self, path: str, permille: int) -> None:
+        if path == self.path and not (self._cancel and self._cancel.is_set()):
+            self.progress.emit(path, permille)
+
+    def _on_done(self, result: object, error: str, path: str) -> None:
+        cancelled = self._cancel is not None and self._cancel.is_set()
+        self.path, self._cancel = None, None
+        opened, self.counts = result if isinstance(result, tuple) else (None, None)
+        try:
+            self.finished.emit(None if cancelled else opened, error, path)
+        finally:
+            self.counts = None
+
+    def wait(self, timeout_ms: int = 120_000) -> bool:
+        """Wait for a running open (closing the window); returns whether it ended."""
+        if not shiboken6.isValid(self._pool):
+            return True
+        return bool(self._pool.waitForDone(timeout_ms))
+
+    @property
+    def active_threads(self) -> int:
+        if not shiboken6.isValid(self._pool):
+            return 0
+        return self._pool.activeThreadCount()
