@@ -79,7 +79,7 @@ def test_scrubbing_the_openfield_timeline_never_stalls_the_gui(qtbot):
 def test_window_video_project_timeline_and_missing_video(qtbot, tmp_path):
     clip = write_video(tmp_path / "clip.mp4", n=40)
     window = make_window(qtbot)
-    path = str(tmp_path / "clip.kpproj.json")
+    path = str(tmp_path / "clip.kpproj")
     assert window.video.create_project([str(clip)], SCHEMA, path, n=4, method="uniform")
     project = window.project
     assert [r.frame for r in project.images] == [0, 13, 26, 39]
@@ -95,6 +95,11 @@ def test_window_video_project_timeline_and_missing_video(qtbot, tmp_path):
     timeline.slider.setValue(30)
     added = window.video.add_frame(str(clip), 30)
     assert added == "clip/img30.png" and project.image(added).frame == 30
+    # a frame added after the project was shown decodes through the project's records
+    show_image(window, added)
+    assert window.editor.canvas.image_size == (64, 48)
+    _wait(lambda: window.loader.pixmap(added) is not None)
+    assert window.loader.error(added) is None
     window.save()
     window.close_project()
     clip.rename(tmp_path / "moved.mp4")

@@ -11,8 +11,8 @@ import yaml
 from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
 from annotator.domain.schema import KeypointSchema
 from annotator.io.formats import ExportOptions, export_project, import_dataset
-from annotator.io.images import ImageLoadError, load_image, load_listed
-from annotator.io.video import VideoReader, close_thread_readers, new_video_project
+from annotator.io.images import ImageLoadError, load_image
+from annotator.io.video import ImageSource, VideoReader, new_video_project
 from annotator.jobs.frame_pick import pick_frames
 from tests.video_util import OPENFIELD_VIDEO, write_video
 
@@ -83,14 +83,13 @@ def test_video_backed_slp_round_trip_keeps_frame_indices(tmp_path):
     assert pred_back.status == ImageStatus.PREDICTED
     assert pred_back.instances[0].keypoints[0].confidence == pytest.approx(0.25)
     with VideoReader(clip) as reader:  # frames decode from the video again
-        assert np.array_equal(load_listed(back.image_root, back.images[0].path), reader.read(17))
+        assert np.array_equal(ImageSource.of(back).load(back.images[0].path), reader.read(17))
     # the video gone: the labels still import, the frames read as unreadable with its name
     clip.rename(tmp_path / "elsewhere.mp4")
-    close_thread_readers()
     gone = import_dataset(out)
     assert [r.frame for r in gone.images] == [17, 33, 59]
     with pytest.raises(ImageLoadError, match=r"clip\.mp4: file not found"):
-        load_listed(gone.image_root, gone.images[0].path)
+        ImageSource.of(gone).load(gone.images[0].path)
 
 
 def test_coco_export_writes_the_frames_beside_the_file(tmp_path):

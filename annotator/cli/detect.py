@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from annotator.cli.propagate import load_input
     from annotator.features.models import ModelLoadError
     from annotator.io.coco import ExportChoice, ExportScope, write_coco
+    from annotator.io.video import ImageSource
     from annotator.jobs.detect import DetectRequest, apply_detections, build_detector, run_detection
     from annotator.jobs.progress import Cancelled
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     bar, state = tqdm_task_state(len(request.targets), "detect")
     results = []
     try:
-        for res in run_detection(request, detector, state):
+        for res in run_detection(request, detector, state, ImageSource.of(project)):
             results.append(res)
     except (Cancelled, KeyboardInterrupt):
         bar.close()

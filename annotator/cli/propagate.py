@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     from annotator.features.models import ModelLoadError
     from annotator.io.coco import write_coco
+    from annotator.io.video import ImageSource
     from annotator.jobs.progress import Cancelled
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
             stream = cluster_ray_predictions(args, request, bar, project.schema.name)
         else:
-            stream = run_propagation(request, engine, state)
+            stream = run_propagation(request, engine, state, ImageSource.of(project))
         for pred in stream:
             (failed if pred.error else predictions).append(pred)
     except ModelLoadError as exc:

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("videos", nargs="+", type=Path, help="video file(s)")
     f.add_argument("--pick", choices=("kmeans", "uniform"), default="kmeans")
     f.add_argument("--n", type=int, default=50, help="frames per video (default 50)")
-    f.add_argument("--out", type=Path, required=True, help="project file (.kpproj.json)")
+    f.add_argument("--out", type=Path, required=True, help="project file (.kpproj or .kpproj.json)")
     f.add_argument("--add", action="store_true",
                    help="add the frames to the existing project --out")
     f.add_argument("--schema", default="quadruped",
@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predicts the unlabelled ones in time order from the labelled frames, saving the "
         "project after each chunk: an interrupted run continues where it stopped when run "
         "again. --nearest K uses, for each frame, only the K references nearest in time.")
-    pr.add_argument("project", type=Path, help="project file (.kpproj.json), updated in place")
+    pr.add_argument("project", type=Path, help="project file (.kpproj or .kpproj.json), "
+                    "updated in place")
     pr.add_argument("--video", type=Path, action="append", default=None,
                     help="video to predict (repeatable; default: every video of the project)")
     pr.add_argument("--nearest", type=int, default=None,
@@ -83,6 +84,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_frames(args: argparse.Namespace) -> int:
     from annotator.domain.schema import SchemaError
     from annotator.io.project_file import (
+        JSON_SUFFIX,
         PROJECT_SUFFIX,
         ProjectFileError,
         load_project,
@@ -91,9 +93,9 @@ def run_frames(args: argparse.Namespace) -> int:
     from annotator.io.video import VideoError, add_video_frames, new_video_project
     from annotator.jobs.frame_pick import pick_frames
 
-    if not args.out.name.endswith(PROJECT_SUFFIX):
-        print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX}",
-              file=sys.stderr)
+    if not args.out.name.endswith((PROJECT_SUFFIX, JSON_SUFFIX)):
+        print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX} (or "
+              f"{JSON_SUFFIX} for a JSON document)", file=sys.stderr)
         return 2
     if args.add != args.out.exists():
         print(f"error: {args.out} " + ("does not exist (leave out --add to create it)"

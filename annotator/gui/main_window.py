@@ -58,6 +58,7 @@ from annotator.io.project_file import (
 )
 from annotator.io.store import StoreError, remove_sidecars
 from annotator.io.templates import load_template
+from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ class MainWindow(QMainWindow):
         self.project, self.project_path = project, path
         self._counts_stale = True
         if project is not None:
-            self.loader.set_root(project.image_root)
+            self.loader.set_root(project.image_root, ImageSource.live(project))
             self._unsubscribe = project.subscribe(self._on_project_changed)
             if path and not self.isolated:
                 self.attach_autosaver(path, dirty=self._recovered > 0)

@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from annotator.domain import Project, ProjectSettings
 from annotator.gui.requests import DetectOrder, HeatmapOrder, ProjectSnapshot, PropagateOrder
+from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,8 @@ class EngineWorker(QObject):
             self.progress.emit(rid, 0, total, "")
             done = 0
             try:
-                for pred in job.run_propagation(request, engine, state):
+                for pred in job.run_propagation(request, engine, state,
+                                                ImageSource.of(project)):
                     done += 1
                     self.prediction.emit(rid, pred)
                     self.progress.emit(rid, done, total, str(pred.path))
@@ -295,7 +297,8 @@ class EngineWorker(QObject):
             self.progress.emit(rid, 0, total, "")
             done = 0
             try:
-                for res in job.run_detection(request, self._detector, state):
+                for res in job.run_detection(request, self._detector, state,
+                                             order.source or ImageSource(request.image_root)):
                     done += 1
                     self.prediction.emit(rid, res)
                     self.progress.emit(rid, done, total, res.path)
@@ -446,7 +449,9 @@ class WorkerController(QObject):
             self.cancel()
         rid = self._new_id()
         self._run_id = rid
-        self._send_detect.emit(DetectOrder(rid, DetectRequest.from_project(project, targets)))
+        request = DetectRequest.from_project(project, targets)
+        self._send_detect.emit(DetectOrder(rid, request, ImageSource.of(project,
+                                                                        request.targets)))
         self.run_started.emit(rid)
         return rid
 
@@ -460,7 +465,7 @@ class WorkerController(QObject):
         self._heatmap_id = rid
         self._send_heatmap.emit(
             HeatmapOrder(rid, project.image_root, project.settings, reference, point, target,
-                         project.schema.name)
+                         project.schema.name, ImageSource.of(project, (reference, target)))
         )
         return rid
 

@@ -47,7 +47,6 @@ from annotator.io.video import (
     extract_frames,
     frame_name,
     probe,
-    register_project,
     video_path,
 )
 
@@ -310,7 +309,6 @@ def read_sleap_video(path: str | Path) -> Project:
         anns[name] = ImageAnnotation(insts, imported_status(insts))
     order = sorted(range(len(records)), key=lambda i: (records[i].video, records[i].frame))
     project = Project(str(root), [records[i] for i in order], schema, anns)
-    register_project(project)
     return project
 
 

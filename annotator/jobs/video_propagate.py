@@ -95,12 +95,14 @@ def propagate_frames(project: Project, engine: Engine, task: TaskState,
     interrupted run loses at most one chunk and a rerun over :func:`pending_frames`
     continues. ``nearest``: each frame uses only its ``nearest`` references in time
     (None: every reference). Yields every prediction (errors included)."""
+    from annotator.io.video import ImageSource
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
     if chunk < 1:
         raise ValueError(f"chunk size {chunk} must be >= 1")
     done = 0
     total = len(targets)
+    source = ImageSource.of(project)  # the frames' videos, from the project's records
     for start in range(0, total, chunk):
         task.check()
         part = list(targets[start:start + chunk])
@@ -113,7 +115,7 @@ def propagate_frames(project: Project, engine: Engine, task: TaskState,
         made: list[Prediction] = []
         try:
             for request in requests:
-                for pred in run_propagation(request, engine, TaskState()):
+                for pred in run_propagation(request, engine, TaskState(), source):
                     made.append(pred)
                     yield pred
                     task.check()
