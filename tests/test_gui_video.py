@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,40 @@ def test_window_video_project_timeline_and_missing_video(qtbot, tmp_path):
                                                                 0), ERROR_ROLE)
     assert "clip.mp4: file not found" in window.video.timeline.preview.text()
     assert window.video.timeline.label.text() == "video unreadable"
+
+
+def test_export_coco_of_a_video_project_writes_the_frames_beside_the_file(qtbot, tmp_path):
+    import json
+
+    from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint
+    from annotator.io.images import load_image
+
+    clip = write_video(tmp_path / "clip.mp4", n=30)
+    window = make_window(qtbot)
+    path = str(tmp_path / "clip.kpproj")
+    assert window.video.create_project([str(clip)], SCHEMA, path, n=3, method="uniform")
+    project = window.project
+    labelled = project.images[1]  # frame 14
+    kps = (Keypoint(3.0, 4.0, 2), Keypoint(5.0, 6.0, 2))
+    project.set_annotation(labelled.path, ImageAnnotation((Instance(kps),),
+                                                          ImageStatus.REFERENCE), "label")
+    out = tmp_path / "export" / "k.json"
+    out.parent.mkdir()
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as finished:
+        assert window.export_coco(str(out))
+    assert finished.args[1] == "" and finished.args[2] == 1
+    doc = json.loads(out.read_text())
+    assert [im["file_name"] for im in doc["images"]] == [labelled.path]
+    written = out.parent / labelled.path  # the frame, decoded losslessly, beside the file
+    with VideoReader(clip) as reader:
+        assert np.array_equal(load_image(written), reader.read(labelled.frame))
+    assert sorted(p.name for p in (out.parent / "clip").iterdir()) == [Path(written).name]
+    # a missing video is named, not a traceback, and no COCO file is left half-made
+    clip.rename(tmp_path / "gone.mp4")
+    other = tmp_path / "export2" / "k.json"
+    other.parent.mkdir()
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as failed:
+        assert window.export_coco(str(other))
+    assert "clip.mp4: file not found" in failed.args[1]
+    assert not other.exists()
+    window.close()

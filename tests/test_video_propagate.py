@@ -147,7 +147,7 @@ def test_temporal_median_smoothing_is_off_by_default_and_chunk_independent(monke
     raw, raw_preds, _ = _smoothed_run(monkeypatch, 64, 0)
     assert {p.path: p.points[0, 1] for p in raw_preds if not p.error}["a/img05.png"] == 100.0
     results = [_smoothed_run(monkeypatch, chunk, 5) for chunk in (3, 64)]
-    for project, preds, saves in results:
+    for _project, preds, saves in results:
         assert len(preds) == 15 and saves[-1] == 15  # every frame once, the error included
         assert sorted(p.path for p in preds) == sorted(p.path for p in raw_preds)
         assert [p.path for p in preds if p.error] == ["a/img09.png"]

@@ -312,6 +312,36 @@ def read_sleap_video(path: str | Path) -> Project:
     return project
 
 
+# ------------------------------------------------------------------- COCO
+def write_coco_with_frames(source: Any, path: str | os.PathLike[str], choice: Any = None,
+                           progress: Any = None) -> tuple[int, int]:
+    """:func:`annotator.io.coco.write_coco_text` of a snapshot (``CocoSource``) or project
+    whose video frames the file lists are first decoded to PNG files beside it at their
+    listed paths, as Export as writes COCO (``file_name`` relative to the file's folder);
+    the GUI's Export COCO runs it on a pool thread. Returns (images, annotations)."""
+    import json
+
+    from annotator.io.coco import render_coco
+    from annotator.io.project_file import atomic_write_text
+
+    text, n_images, n_annotations = render_coco(source, choice, progress)
+    if any(r.video is not None for r in source.images):
+        names = {im["file_name"] for im in json.loads(text)["images"]}
+        records = [r for r in source.images if r.path in names]
+        base = Path(path).parent
+        for r in records:
+            if r.video is None and not (base / r.path).exists():
+                raise FormatError(f"image {r.path!r} is not under {base}; export the video "
+                                  "frames and the images separately")
+        try:
+            extract_frames(source.image_root, [r for r in records if r.video is not None],
+                           base)
+        except VideoError as exc:
+            raise FormatError(f"cannot export video frames: {exc}") from None
+    atomic_write_text(path, text, backup=False)
+    return n_images, n_annotations
+
+
 # ---------------------------------------------------------------- dispatch
 def export_video_project(project: Project, fmt: str, out: str | Path,
                          options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
