@@ -102,3 +102,24 @@ def test_coco_export_writes_the_frames_beside_the_file(tmp_path):
     assert [r.path for r in back.images] == ["clip/img09.png"]
     with VideoReader(clip) as reader:
         assert np.array_equal(load_image(out.parent / "clip" / "img09.png"), reader.read(9))
+
+
+def test_dlc_export_of_a_video_project_imports_back_as_video_frames(tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", n=30)
+    project = new_video_project([(clip, [3, 14, 27])], SCHEMA)
+    _label(project, [14, 27])
+    out = tmp_path / "dlc"
+    export_project(project, "dlc", out)
+    back = import_dataset(out / "config.yaml")
+    assert [(r.path, r.video, r.frame) for r in back.images] == [
+        ("clip/img14.png", str(clip.resolve()), 14), ("clip/img27.png", str(clip.resolve()), 27)]
+    assert back.annotation("clip/img27.png").instances[0].keypoints[0].y == pytest.approx(2.7)
+    assert back.images[0].time_s == pytest.approx(14 / 25)
+    with VideoReader(clip) as reader:  # decoded from the video, not the exported PNG
+        assert np.array_equal(ImageSource.of(back).load("clip/img14.png"), reader.read(14))
+    # the video gone: the exported PNGs are the images
+    clip.rename(tmp_path / "elsewhere.mp4")
+    plain = import_dataset(out / "config.yaml")
+    assert [(r.path, r.video) for r in plain.images] == [
+        ("labeled-data/clip/img14.png", None), ("labeled-data/clip/img27.png", None)]
+    assert ImageSource.of(plain).load(plain.images[0].path).shape == (48, 64, 3)

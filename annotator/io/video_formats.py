@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -310,6 +311,57 @@ def read_sleap_video(path: str | Path) -> Project:
     order = sorted(range(len(records)), key=lambda i: (records[i].video, records[i].frame))
     project = Project(str(root), [records[i] for i in order], schema, anns)
     return project
+
+
+# -------------------------------------------------------------- DLC import
+_DLC_FRAME = re.compile(r"labeled-data/(?P<stem>[^/]+)/img(?P<frame>\d+)\.png")
+
+
+def dlc_video_frames(project: Project) -> Project:
+    """An imported DeepLabCut project whose ``labeled-data/<video stem>/imgNNNN.png``
+    frames come from a video named in its ``config.yaml`` ``video_sets`` that exists:
+    those frames become video frames again (decoded on demand, as a video project lists
+    them); any other image stays a plain image, and without such a video the project is
+    returned as read."""
+    from annotator.io.formats.dlc import _read_config
+    from annotator.io.video import frame_records
+
+    root = Path(project.image_root)
+    cfg = root / "config.yaml"
+    if not any(_DLC_FRAME.fullmatch(r.path) for r in project.images) or not cfg.is_file():
+        return project
+    try:
+        video_sets = _read_config(cfg, root).get("video_sets") or {}
+    except FormatError:
+        return project
+    videos: dict[str, tuple[str, VideoInfo]] = {}
+    for name in video_sets if isinstance(video_sets, dict) else ():
+        full = Path(str(name)) if Path(str(name)).is_absolute() else root / str(name)
+        try:
+            videos.setdefault(full.stem, (str(full), probe(full)))
+        except VideoError as exc:
+            log.info("DLC import: %s; its frames stay images", exc)
+    if not videos:
+        return project
+    listed = {r.path for r in project.images}
+    records, renamed = [], {}
+    for r in project.images:
+        m = _DLC_FRAME.fullmatch(r.path)
+        video = videos.get(m["stem"]) if m else None
+        if m is None or video is None or not int(m["frame"]) < video[1].n_frames:
+            records.append(r)
+            continue
+        rec = frame_records(root, video[0], [int(m["frame"])], video[1])[0]
+        if rec.path in listed or rec.path in renamed.values():
+            records.append(r)
+            continue
+        renamed[r.path] = rec.path
+        records.append(rec)
+    if not renamed:
+        return project
+    anns = {renamed.get(p, p): a for p, a in project.annotations().items()}
+    log.info("DLC import: %d frame(s) read from their videos", len(renamed))
+    return Project(project.image_root, records, project.schema, anns, project.settings)
 
 
 # ------------------------------------------------------------------- COCO
