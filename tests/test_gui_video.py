@@ -149,3 +149,24 @@ def test_export_coco_of_a_video_project_writes_the_frames_beside_the_file(qtbot,
     assert "clip.mp4: file not found" in failed.args[1]
     assert not other.exists()
     window.close()
+
+
+def test_propagation_in_the_window_decodes_video_frames(qtbot, tmp_path):
+    from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint
+
+    clip = write_video(tmp_path / "clip.mp4", n=30, w=128, h=96)
+    window = make_window(qtbot)
+    assert window.video.create_project([str(clip)], SCHEMA, str(tmp_path / "c.kpproj"), n=3,
+                                       method="uniform")
+    project = window.project
+    ref = project.images[0].path
+    kps = (Keypoint(30.0, 40.0, 2), Keypoint(64.0, 48.0, 2))
+    project.set_annotation(ref, ImageAnnotation((Instance(kps),), ImageStatus.REFERENCE),
+                           "label")
+    with qtbot.waitSignal(window.controller.run_finished, timeout=30_000) as finished:
+        assert window.propagate()
+    assert finished.args == ["done"]
+    window.flush_predictions()
+    assert sorted(project.paths_with_status(ImageStatus.PREDICTED)) == [
+        r.path for r in project.images[1:]]
+    window.close()
