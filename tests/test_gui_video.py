@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_scrubbing_the_openfield_timeline_never_stalls_the_gui(qtbot):
 def test_window_video_project_timeline_and_missing_video(qtbot, tmp_path):
     clip = write_video(tmp_path / "clip.mp4", n=40)
     window = make_window(qtbot)
-    path = str(tmp_path / "clip.kpproj.json")
+    path = str(tmp_path / "clip.kpproj")
     assert window.video.create_project([str(clip)], SCHEMA, path, n=4, method="uniform")
     project = window.project
     assert [r.frame for r in project.images] == [0, 13, 26, 39]
@@ -95,6 +96,11 @@ def test_window_video_project_timeline_and_missing_video(qtbot, tmp_path):
     timeline.slider.setValue(30)
     added = window.video.add_frame(str(clip), 30)
     assert added == "clip/img30.png" and project.image(added).frame == 30
+    # a frame added after the project was shown decodes through the project's records
+    show_image(window, added)
+    assert window.editor.canvas.image_size == (64, 48)
+    _wait(lambda: window.loader.pixmap(added) is not None)
+    assert window.loader.error(added) is None
     window.save()
     window.close_project()
     clip.rename(tmp_path / "moved.mp4")
@@ -106,3 +112,61 @@ def test_window_video_project_timeline_and_missing_video(qtbot, tmp_path):
                                                                 0), ERROR_ROLE)
     assert "clip.mp4: file not found" in window.video.timeline.preview.text()
     assert window.video.timeline.label.text() == "video unreadable"
+
+
+def test_export_coco_of_a_video_project_writes_the_frames_beside_the_file(qtbot, tmp_path):
+    import json
+
+    from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint
+    from annotator.io.images import load_image
+
+    clip = write_video(tmp_path / "clip.mp4", n=30)
+    window = make_window(qtbot)
+    path = str(tmp_path / "clip.kpproj")
+    assert window.video.create_project([str(clip)], SCHEMA, path, n=3, method="uniform")
+    project = window.project
+    labelled = project.images[1]  # frame 14
+    kps = (Keypoint(3.0, 4.0, 2), Keypoint(5.0, 6.0, 2))
+    project.set_annotation(labelled.path, ImageAnnotation((Instance(kps),),
+                                                          ImageStatus.REFERENCE), "label")
+    out = tmp_path / "export" / "k.json"
+    out.parent.mkdir()
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as finished:
+        assert window.export_coco(str(out))
+    assert finished.args[1] == "" and finished.args[2] == 1
+    doc = json.loads(out.read_text())
+    assert [im["file_name"] for im in doc["images"]] == [labelled.path]
+    written = out.parent / labelled.path  # the frame, decoded losslessly, beside the file
+    with VideoReader(clip) as reader:
+        assert np.array_equal(load_image(written), reader.read(labelled.frame))
+    assert sorted(p.name for p in (out.parent / "clip").iterdir()) == [Path(written).name]
+    # a missing video is named, not a traceback, and no COCO file is left half-made
+    clip.rename(tmp_path / "gone.mp4")
+    other = tmp_path / "export2" / "k.json"
+    other.parent.mkdir()
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as failed:
+        assert window.export_coco(str(other))
+    assert "clip.mp4: file not found" in failed.args[1]
+    assert not other.exists()
+    window.close()
+
+
+def test_propagation_in_the_window_decodes_video_frames(qtbot, tmp_path):
+    from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint
+
+    clip = write_video(tmp_path / "clip.mp4", n=30, w=128, h=96)
+    window = make_window(qtbot)
+    assert window.video.create_project([str(clip)], SCHEMA, str(tmp_path / "c.kpproj"), n=3,
+                                       method="uniform")
+    project = window.project
+    ref = project.images[0].path
+    kps = (Keypoint(30.0, 40.0, 2), Keypoint(64.0, 48.0, 2))
+    project.set_annotation(ref, ImageAnnotation((Instance(kps),), ImageStatus.REFERENCE),
+                           "label")
+    with qtbot.waitSignal(window.controller.run_finished, timeout=30_000) as finished:
+        assert window.propagate()
+    assert finished.args == ["done"]
+    window.flush_predictions()
+    assert sorted(project.paths_with_status(ImageStatus.PREDICTED)) == [
+        r.path for r in project.images[1:]]
+    window.close()

@@ -78,10 +78,19 @@ def test_frames_load_through_the_listed_path(clip):
     assert (rec.width, rec.height) == (64, 48)
     assert not (resolve_image_path(project.image_root, rec.path)).exists()  # not extracted
     seq = _sequential(clip)
-    assert np.array_equal(load_listed(project.image_root, rec.path), seq[10])
-    thumb = load_listed(project.image_root, rec.path, max_side=32)
+    source = vid.ImageSource.of(project)  # the frame's video found through its record
+    assert np.array_equal(source.load(rec.path), seq[10])
+    thumb = source.load(rec.path, max_side=32)
     assert thumb.shape == (24, 32, 3)
-    assert read_size(resolve_image_path(project.image_root, rec.path)) == (64, 48)
+    listed = resolve_image_path(project.image_root, rec.path)
+    assert source.size(listed) == (64, 48)
+    assert np.array_equal(source(listed), seq[10])  # an ImageLoader of the jobs
+    assert np.array_equal(source.thumbnail(listed, 32), thumb)
+    # no process-wide registry: the path alone (without the project) is no image
+    with pytest.raises(ImageLoadError, match="file not found"):
+        load_listed(project.image_root, rec.path)
+    with pytest.raises(ImageLoadError, match="file not found"):
+        read_size(listed)
 
 
 def test_frame_names_follow_deeplabcut_digits(tmp_path):
@@ -97,13 +106,13 @@ def test_project_file_keeps_video_fields_and_reopens_without_the_video(clip, tmp
     again = load_project(out)
     assert again.images == project.images
     seq = _sequential(clip)
-    assert np.array_equal(load_listed(again.image_root, again.images[1].path), seq[50])
+    assert np.array_equal(vid.ImageSource.of(again).load(again.images[1].path), seq[50])
     clip.rename(tmp_path / "moved.mp4")
-    vid.close_thread_readers()
     reopened = load_project(out)  # the project still opens
     assert [r.frame for r in reopened.images] == [3, 50]
-    with pytest.raises(ImageLoadError, match=r"clip\.mp4: file not found"):
-        load_listed(reopened.image_root, reopened.images[0].path)
+    with pytest.raises(ImageLoadError, match=r"^clip/img03\.png \(frame 3\): .*clip\.mp4: "
+                       "file not found"):
+        vid.ImageSource.of(reopened).load(reopened.images[0].path)
 
 
 def test_image_record_checks_video_fields():
@@ -128,18 +137,19 @@ def test_same_stem_from_another_folder_is_refused(tmp_path):
 def test_readers_on_several_threads_give_the_right_frames(clip):
     project = vid.new_video_project([(clip, None)], SCHEMA)
     seq = _sequential(clip)
+    source = vid.ImageSource.of(project)  # one source, a reader per thread
     errors = []
 
     def work(offset: int) -> None:
         try:
             for i in range(offset, 90, 7):
                 rec = project.images[i]
-                if not np.array_equal(load_listed(project.image_root, rec.path), seq[i]):
+                if not np.array_equal(source.load(rec.path), seq[i]):
                     errors.append(i)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
-            vid.close_thread_readers()
+            source.readers.close()
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
     for t in threads:
@@ -154,6 +164,21 @@ def test_plain_images_next_to_video_frames_still_load(tmp_path, clip):
 
     Image.new("RGB", (5, 4), (1, 2, 3)).save(tmp_path / "still.png")
     project = Project(str(tmp_path), [ImageRecord("still.png")], SCHEMA)
+    live = vid.ImageSource.live(project)  # as the GUI's loaders hold it
     vid.add_video_frames(project, clip, [1])
-    assert load_listed(project.image_root, "still.png").shape == (4, 5, 3)
-    assert load_listed(project.image_root, "clip/img01.png").shape == (48, 64, 3)
+    assert live.load("still.png").shape == (4, 5, 3)
+    assert live.load("clip/img01.png").shape == (48, 64, 3)  # added after the source
+    assert vid.ImageSource.of(project).load("clip/img01.png").shape == (48, 64, 3)
+    snapshot = vid.ImageSource.of(project, ["still.png"])
+    with pytest.raises(ImageLoadError, match="file not found"):  # not in the snapshot
+        snapshot.load("clip/img01.png")
+
+
+def test_image_source_pickles_without_its_open_readers(clip):
+    import pickle
+
+    project = vid.new_video_project([(clip, [5])], SCHEMA)
+    source = vid.ImageSource.of(project)
+    first = source.load(project.images[0].path)
+    again = pickle.loads(pickle.dumps(source))  # a Ray actor's copy
+    assert np.array_equal(again.load(project.images[0].path), first)

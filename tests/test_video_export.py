@@ -11,8 +11,8 @@ import yaml
 from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
 from annotator.domain.schema import KeypointSchema
 from annotator.io.formats import ExportOptions, export_project, import_dataset
-from annotator.io.images import ImageLoadError, load_image, load_listed
-from annotator.io.video import VideoReader, close_thread_readers, new_video_project
+from annotator.io.images import ImageLoadError, load_image
+from annotator.io.video import ImageSource, VideoReader, new_video_project
 from annotator.jobs.frame_pick import pick_frames
 from tests.video_util import OPENFIELD_VIDEO, write_video
 
@@ -83,14 +83,13 @@ def test_video_backed_slp_round_trip_keeps_frame_indices(tmp_path):
     assert pred_back.status == ImageStatus.PREDICTED
     assert pred_back.instances[0].keypoints[0].confidence == pytest.approx(0.25)
     with VideoReader(clip) as reader:  # frames decode from the video again
-        assert np.array_equal(load_listed(back.image_root, back.images[0].path), reader.read(17))
+        assert np.array_equal(ImageSource.of(back).load(back.images[0].path), reader.read(17))
     # the video gone: the labels still import, the frames read as unreadable with its name
     clip.rename(tmp_path / "elsewhere.mp4")
-    close_thread_readers()
     gone = import_dataset(out)
     assert [r.frame for r in gone.images] == [17, 33, 59]
     with pytest.raises(ImageLoadError, match=r"clip\.mp4: file not found"):
-        load_listed(gone.image_root, gone.images[0].path)
+        ImageSource.of(gone).load(gone.images[0].path)
 
 
 def test_coco_export_writes_the_frames_beside_the_file(tmp_path):
@@ -103,3 +102,24 @@ def test_coco_export_writes_the_frames_beside_the_file(tmp_path):
     assert [r.path for r in back.images] == ["clip/img09.png"]
     with VideoReader(clip) as reader:
         assert np.array_equal(load_image(out.parent / "clip" / "img09.png"), reader.read(9))
+
+
+def test_dlc_export_of_a_video_project_imports_back_as_video_frames(tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", n=30)
+    project = new_video_project([(clip, [3, 14, 27])], SCHEMA)
+    _label(project, [14, 27])
+    out = tmp_path / "dlc"
+    export_project(project, "dlc", out)
+    back = import_dataset(out / "config.yaml")
+    assert [(r.path, r.video, r.frame) for r in back.images] == [
+        ("clip/img14.png", str(clip.resolve()), 14), ("clip/img27.png", str(clip.resolve()), 27)]
+    assert back.annotation("clip/img27.png").instances[0].keypoints[0].y == pytest.approx(2.7)
+    assert back.images[0].time_s == pytest.approx(14 / 25)
+    with VideoReader(clip) as reader:  # decoded from the video, not the exported PNG
+        assert np.array_equal(ImageSource.of(back).load("clip/img14.png"), reader.read(14))
+    # the video gone: the exported PNGs are the images
+    clip.rename(tmp_path / "elsewhere.mp4")
+    plain = import_dataset(out / "config.yaml")
+    assert [(r.path, r.video) for r in plain.images] == [
+        ("labeled-data/clip/img14.png", None), ("labeled-data/clip/img27.png", None)]
+    assert ImageSource.of(plain).load(plain.images[0].path).shape == (48, 64, 3)

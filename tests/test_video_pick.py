@@ -11,9 +11,8 @@ from annotator.cli import main
 from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema
-from annotator.io.images import load_listed
 from annotator.io.project_file import load_project
-from annotator.io.video import new_video_project
+from annotator.io.video import ImageSource, new_video_project
 from annotator.jobs.frame_pick import (
     kmeans_pick,
     least_confident,
@@ -62,7 +61,7 @@ def test_least_confident_orders_predicted_frames_by_worst_confidence():
 
 
 def test_cli_picks_50_kmeans_frames_of_the_openfield_video_in_under_a_minute(tmp_path):
-    out = tmp_path / "open.kpproj.json"
+    out = tmp_path / "open.kpproj"
     t0 = time.perf_counter()
     rc = main(["video", "frames", str(OPENFIELD_VIDEO), "--pick", "kmeans", "--n", "50",
                "--out", str(out)])
@@ -76,7 +75,7 @@ def test_cli_picks_50_kmeans_frames_of_the_openfield_video_in_under_a_minute(tmp
     assert max(frames) - min(frames) > 1000  # spread over the recording, not one stretch
     rec = project.images[0]
     assert rec.path == f"m3v1mp4/img{rec.frame:04d}.png"
-    assert load_listed(project.image_root, rec.path).shape == (480, 640, 3)
+    assert ImageSource.of(project).load(rec.path).shape == (480, 640, 3)
 
 
 def test_cli_adds_uniform_frames_and_refuses_bad_input(tmp_path, capsys):

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from annotator.cli.common import tqdm_task_state
     from annotator.cli.propagate import load_input
     from annotator.io.coco import ExportChoice, ExportScope, write_coco
+    from annotator.io.video import ImageSource
     from annotator.jobs.detect import DetectRequest, apply_detections, build_detector, run_detection
     from annotator.jobs.engine_factory import model_load_error
     from annotator.jobs.progress import Cancelled
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     bar, state = tqdm_task_state(len(request.targets), "detect")
     results = []
     try:
-        for res in run_detection(request, detector, state):
+        for res in run_detection(request, detector, state, ImageSource.of(project)):
             results.append(res)
     except (Cancelled, KeyboardInterrupt):
         bar.close()

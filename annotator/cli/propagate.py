@@ -16,6 +16,7 @@ from annotator.cli.common import (
     tqdm_task_state,
 )
 from annotator.cli.export import add_include_arguments, choice_from_args
+from annotator.cli.video import add_video_propagate_arguments
 from annotator.jobs.engine_factory import propagation_flip
 
 
@@ -36,7 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image folder (COCO input: default the COCO file's folder; project input: "
                         "the project's image root). Images in it that the COCO file does not "
                         "list are added as targets.")
-    p.add_argument("--out", type=Path, required=True, help="COCO file to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="COCO file to write (required, except with --video)")
+    p.add_argument("--video", type=Path, nargs="?", action="append", default=None,
+                   const=None, metavar="VIDEO",
+                   help="predict every frame of the project's videos (VIDEO: only this one; "
+                        "repeatable) in time order, saving the project file after each --chunk "
+                        "of frames: an interrupted run continues when run again; --out then "
+                        "also writes a COCO file at the end")
+    add_video_propagate_arguments(p)
     p.add_argument("--category", default=None, help="COCO category to use when several exist")
     p.add_argument("--crop", choices=("bbox", "none"), default=None,
                    help="bbox (default): transfer between crops around the boxes; none: whole "
@@ -91,12 +100,25 @@ def load_input(path: Path, images: Path | None):
 
 def run(args: argparse.Namespace) -> int:
     from annotator.io.coco import write_coco
+    from annotator.io.video import ImageSource
     from annotator.jobs.engine_factory import model_load_error
     from annotator.jobs.progress import Cancelled
     from annotator.jobs.propagate import PropagateRequest, apply_predictions, run_propagation
 
     ModelLoadError = model_load_error()
 
+    if args.video is not None:  # the project itself is updated, chunk by chunk
+        from annotator.cli.video import run_propagate
+
+        if args.ray or args.images is not None:
+            print("error: --video runs locally on the project's own videos (no --ray, "
+                  "--images)", file=sys.stderr)
+            return 2
+        return run_propagate(args)
+    if args.out is None:
+        print("error: --out is required (the COCO file to write), except with --video",
+              file=sys.stderr)
+        return 2
     if args.out.exists() and args.input.exists() and os.path.samefile(args.out, args.input):
         print(f"--out {args.out} is the input file: it would be overwritten (and any other "
               "categories in it dropped); choose another output file", file=sys.stderr)
@@ -134,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
             stream = cluster_ray_predictions(args, request, bar, project.schema.name)
         else:
-            stream = run_propagation(request, engine, state)
+            stream = run_propagation(request, engine, state, ImageSource.of(project))
         for pred in stream:
             (failed if pred.error else predictions).append(pred)
     except ModelLoadError as exc:

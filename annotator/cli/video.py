@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("videos", nargs="+", type=Path, help="video file(s)")
     f.add_argument("--pick", choices=("kmeans", "uniform"), default="kmeans")
     f.add_argument("--n", type=int, default=50, help="frames per video (default 50)")
-    f.add_argument("--out", type=Path, required=True, help="project file (.kpproj.json)")
+    f.add_argument("--out", type=Path, required=True, help="project file (.kpproj or .kpproj.json)")
     f.add_argument("--add", action="store_true",
                    help="add the frames to the existing project --out")
     f.add_argument("--schema", default="quadruped",
@@ -40,12 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predicts the unlabelled ones in time order from the labelled frames, saving the "
         "project after each chunk: an interrupted run continues where it stopped when run "
         "again. --nearest K uses, for each frame, only the K references nearest in time.")
-    pr.add_argument("project", type=Path, help="project file (.kpproj.json), updated in place")
+    pr.add_argument("input", type=Path, help="project file (.kpproj or .kpproj.json), "
+                    "updated in place")
     pr.add_argument("--video", type=Path, action="append", default=None,
                     help="video to predict (repeatable; default: every video of the project)")
-    pr.add_argument("--nearest", type=int, default=None,
-                    help="references per frame: the K nearest in time (default: all)")
-    pr.add_argument("--chunk", type=int, default=64, help="frames per saved chunk (64)")
+    add_video_propagate_arguments(pr)
     from annotator.cli.common import add_engine_arguments
 
     add_engine_arguments(pr)
@@ -54,6 +53,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("videos", nargs="+", type=Path)
     i.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+
+def add_video_propagate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of propagation along a video (``annotator video propagate`` and
+    ``annotator propagate --video``)."""
+    p.add_argument("--nearest", type=int, default=None,
+                   help="video: references per frame, the K nearest in time (default: all)")
+    p.add_argument("--chunk", type=int, default=64,
+                   help="video: frames predicted between two saves of the project (64)")
+    p.add_argument("--smooth", type=int, default=0, metavar="FRAMES",
+                   help="video: median filter of predicted tracks over this many frames "
+                        "(odd, >= 3; default 0: off)")
 
 
 def _schema(text: str):  # noqa: ANN202
@@ -83,6 +94,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_frames(args: argparse.Namespace) -> int:
     from annotator.domain.schema import SchemaError
     from annotator.io.project_file import (
+        JSON_SUFFIX,
         PROJECT_SUFFIX,
         ProjectFileError,
         load_project,
@@ -91,9 +103,9 @@ def run_frames(args: argparse.Namespace) -> int:
     from annotator.io.video import VideoError, add_video_frames, new_video_project
     from annotator.jobs.frame_pick import pick_frames
 
-    if not args.out.name.endswith(PROJECT_SUFFIX):
-        print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX}",
-              file=sys.stderr)
+    if not args.out.name.endswith((PROJECT_SUFFIX, JSON_SUFFIX)):
+        print(f"error: {args.out}: a project file name ends in {PROJECT_SUFFIX} (or "
+              f"{JSON_SUFFIX} for a JSON document)", file=sys.stderr)
         return 2
     if args.add != args.out.exists():
         print(f"error: {args.out} " + ("does not exist (leave out --add to create it)"
@@ -128,6 +140,9 @@ def run_frames(args: argparse.Namespace) -> int:
 
 
 def run_propagate(args: argparse.Namespace) -> int:
+    """Predict every frame of the project's videos (or ``args.video``), chunk by chunk,
+    saving ``args.input`` after each; ``args.out`` (when set) gets a COCO file at the end.
+    Shared by ``annotator video propagate`` and ``annotator propagate --video``."""
     from annotator.cli.common import engine_from_args, tqdm_task_state
     from annotator.features.models import ModelLoadError
     from annotator.io.project_file import ProjectFileError, load_project, save_project
@@ -135,19 +150,26 @@ def run_propagate(args: argparse.Namespace) -> int:
     from annotator.jobs.progress import Cancelled
     from annotator.jobs.video_propagate import pending_frames, propagate_frames
 
+    path = args.input
+    if args.smooth and (args.smooth < 3 or args.smooth % 2 == 0):
+        print(f"error: --smooth {args.smooth}: an odd number of frames >= 3 (0: off)",
+              file=sys.stderr)
+        return 2
     try:
-        project = load_project(args.project)
+        project = load_project(path)
         known = {str(video_path(project.image_root, r.video)): r.video
                  for r in project.images if r.video is not None}
-        videos = [str(v.resolve()) for v in args.video] if args.video else list(known)
+        chosen = [v for v in args.video or [] if v is not None]  # None: a bare --video
+        videos = [str(v.resolve()) for v in chosen] if chosen else list(known)
         if not videos:
-            print(f"error: {args.project} has no video frames; pass --video", file=sys.stderr)
+            print(f"error: {path} has no video frames; name a video with --video VIDEO",
+                  file=sys.stderr)
             return 2
         before = len(project)
         for v in videos:
             add_video_frames(project, v)
         if len(project) != before:
-            save_project(project, args.project)
+            save_project(project, path)
     except (ProjectFileError, VideoError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -160,11 +182,11 @@ def run_propagate(args: argparse.Namespace) -> int:
     failed = 0
 
     def save(done: int) -> None:
-        save_project(project, args.project)
+        save_project(project, path)
 
     try:
         for pred in propagate_frames(project, engine, state, targets, args.nearest,
-                                     args.chunk, save):
+                                     args.chunk, save, smooth=args.smooth):
             failed += bool(pred.error)
     except ModelLoadError as exc:
         bar.close()
@@ -172,7 +194,7 @@ def run_propagate(args: argparse.Namespace) -> int:
         return 2
     except (Cancelled, KeyboardInterrupt):
         bar.close()
-        print(f"interrupted; predictions so far saved in {args.project}; run again to "
+        print(f"interrupted; predictions so far saved in {path}; run again to "
               "continue", file=sys.stderr)
         return 130
     except ValueError as exc:
@@ -180,6 +202,17 @@ def run_propagate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bar.close()
-    print(f"saved {args.project}: {len(targets) - failed} frame(s) predicted, "
+    print(f"saved {path}: {len(targets) - failed} frame(s) predicted, "
           f"{failed} unreadable")
+    if getattr(args, "out", None) is not None:
+        from annotator.cli.export import choice_from_args
+        from annotator.io.coco import write_coco
+
+        choice = choice_from_args(args, project.settings.review_threshold)
+        try:
+            write_coco(project, args.out, choice)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out}: contains {choice.describe()}")
     return 0

@@ -25,7 +25,8 @@ from PySide6.QtWidgets import (
 
 from annotator.domain import ImageStatus, Project
 from annotator.gui.thumbnails import register_pool_user
-from annotator.io.coco import CocoSource, ExportChoice, ExportScope, write_coco_text
+from annotator.io.coco import CocoSource, ExportChoice, ExportScope
+from annotator.io.video_formats import write_coco_with_frames
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ class _ExportTask(QRunnable):
 
     def run(self) -> None:
         try:
-            images, annotations = write_coco_text(self._source, self._path, self._choice,
-                                                  progress=self._emitter.progress.emit)
+            images, annotations = write_coco_with_frames(
+                self._source, self._path, self._choice, progress=self._emitter.progress.emit)
             self._emitter.done.emit(self._path, "", images, annotations)
         except Exception as exc:  # noqa: BLE001 (reported on the GUI thread, never lost)
             log.error("export to %s failed", self._path, exc_info=True)

@@ -29,6 +29,7 @@ from annotator.gui.keypoint_list import KeypointList
 from annotator.gui.qimage import heatmap_to_qimage
 from annotator.gui.reference_pane import ReferencePane
 from annotator.gui.thumbnails import ThumbnailLoader
+from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ class EditorPage(QWidget):
         self.current_keypoint = 0
         self.current_instance = 0
         self.shown_path = None
-        self.images.set_root(project.image_root if project is not None else "")
+        self.images.set_root(project.image_root if project is not None else "",
+                             ImageSource.for_project(project))
         self.gallery.model.set_project(project)
         self.reference_pane.set_project(project)
         if project is not None:

@@ -29,8 +29,9 @@ def crop_to_image(heat: np.ndarray, letterbox: Any) -> np.ndarray:
 def similarity_map(engine: Any, order: HeatmapOrder) -> np.ndarray:
     """Heatmap of ``order.point`` on ``order.reference`` over ``order.target`` (image area)."""
     root = Path(order.image_root)
-    ref = load_image(resolve_image_path(root, order.reference))
-    tgt = load_image(resolve_image_path(root, order.target))
+    load = order.source or load_image
+    ref = load(resolve_image_path(root, order.reference))
+    tgt = load(resolve_image_path(root, order.target))
     heat = engine.similarity_heatmap(ref, np.asarray(order.point, np.float64), tgt)
     letterbox = engine.features(tgt).letterbox
     return crop_to_image(np.asarray(heat), letterbox)

@@ -19,7 +19,7 @@ from PySide6.QtGui import QImage
 
 from annotator.gui.qimage import decode_and_emit
 from annotator.gui.thumbnails import register_pool_user
-from annotator.io.images import load_listed
+from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class ImageLoader(QObject):
         self._cache_size = cache_size
         self._cache: OrderedDict[str, QImage] = OrderedDict()
         self._root = ""
+        self._source = ImageSource("")
         self._generation = 0
         self._wanted: str | None = None  # the path last requested
         self._next: str | None = None  # wanted, waiting for the running decode
@@ -51,10 +52,12 @@ class ImageLoader(QObject):
         self._in_flight: str | None = None
         register_pool_user(self)
 
-    def set_root(self, root: str) -> None:
-        """Forget everything and serve images under ``root``."""
+    def set_root(self, root: str, source: ImageSource | None = None) -> None:
+        """Forget everything and serve images under ``root``, through ``source`` (the
+        project's :meth:`ImageSource.live`, so its video frames decode; default: files)."""
         self._generation += 1
         self._root = root
+        self._source = source if source is not None else ImageSource(root)
         self._cache.clear()
         self._wanted = self._next = self._prefetch = self._in_flight = None
 
@@ -102,7 +105,7 @@ class ImageLoader(QObject):
                 break
         self._in_flight = path
         self._pool.start(partial(decode_and_emit, self._emitter.done.emit, self._generation, path,
-                                 partial(load_listed, self._root, path)))
+                                 partial(self._source.load, path)))
 
     def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:
         if generation != self._generation:

@@ -61,6 +61,7 @@ from annotator.io.project_file import (
 )
 from annotator.io.store import ProjectStore, StoreError, is_store, remove_sidecars
 from annotator.io.templates import load_template
+from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +392,7 @@ class MainWindow(QMainWindow):
         if project is not None and counts is not None:
             self.set_review_counts(counts)
         if project is not None:
-            self.loader.set_root(project.image_root)
+            self.loader.set_root(project.image_root, ImageSource.live(project))
             self._unsubscribe = project.subscribe(self._on_project_changed)
             if path and not self.isolated:
                 self.attach_autosaver(path, dirty=self._recovered > 0)

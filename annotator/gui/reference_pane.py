@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
 from annotator.domain import Keypoint, Project
 from annotator.gui.canvas import ImageCanvas, PointStyle
 from annotator.gui.image_loader import ImageLoader
+from annotator.io.video import ImageSource
 
 
 class ReferencePane(QWidget):
@@ -48,7 +49,8 @@ class ReferencePane(QWidget):
         self._refs_key: tuple[int, int] | None = None
         self._refs: list[str] = []
         self.reference = self._chosen = None
-        self.images.set_root(project.image_root if project is not None else "")
+        self.images.set_root(project.image_root if project is not None else "",
+                             ImageSource.for_project(project))
         self.update_view()
 
     def set_keypoint(self, index: int) -> None:

@@ -11,6 +11,7 @@ from annotator.domain import (
     Project,
     ProjectSettings,
 )
+from annotator.io.video import ImageSource
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class HeatmapOrder:
     point: tuple[float, float]
     target: str
     category: str = ""  # the schema's name, for a "{category}" prompt
+    source: ImageSource | None = None  # loads the two images (video frames decode)
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,4 @@ class DetectOrder:
 
     request_id: int
     request: object
+    source: ImageSource | None = None  # loads the targets (video frames decode)

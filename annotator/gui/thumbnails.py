@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage, QPixmap
 
 from annotator.gui.qimage import decode_and_emit
-from annotator.io.images import load_listed
+from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,17 @@ class ThumbnailLoader(QObject):
         self._queued: set[str] = set()
         self._in_flight: set[str] = set()
         self._root = ""
+        self._source = ImageSource("")
         self._generation = 0
         self._max_stack = 512
         register_pool_user(self)
 
-    def set_root(self, root: str) -> None:
-        """Forget everything and serve images under ``root``."""
+    def set_root(self, root: str, source: ImageSource | None = None) -> None:
+        """Forget everything and serve images under ``root``, through ``source`` (the
+        project's :meth:`ImageSource.live`, so its video frames decode; default: files)."""
         self._generation += 1
         self._root = root
+        self._source = source if source is not None else ImageSource(root)
         self._cache.clear()
         self._errors.clear()
         self._stack.clear()
@@ -109,7 +112,7 @@ class ThumbnailLoader(QObject):
             self._queued.discard(path)
             self._in_flight.add(path)
             task = partial(decode_and_emit, self._emitter.done.emit, self._generation, path,
-                           partial(load_listed, self._root, path, self.size))
+                           partial(self._source.load, path, self.size))
             self._pool.start(task)
 
     def _on_done(self, generation: int, path: str, image: QImage | None, error: str) -> None:

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLa
 
 from annotator.gui.qimage import rgb_to_qimage
 from annotator.io.images import ImageLoadError
-from annotator.io.video import VideoError, VideoInfo, close_thread_readers, probe, read_frame
+from annotator.io.video import FrameReaders, VideoError, VideoInfo, probe
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class FrameDecoder(QObject):
     def _run(self) -> None:
         import cv2
 
+        readers = FrameReaders()
         try:
             while True:
                 with self._cond:
@@ -62,7 +63,7 @@ class FrameDecoder(QObject):
                     video, index = self._pending  # type: ignore[misc]
                     self._pending = None
                 try:
-                    rgb = read_frame(video, index)
+                    rgb = readers.read(video, index)
                     h, w = rgb.shape[:2]
                     scale = self.max_side / max(h, w)
                     if scale < 1:
@@ -79,7 +80,7 @@ class FrameDecoder(QObject):
                 self.decoded += 1
                 self.frame_ready.emit(video, index, image)
         finally:
-            close_thread_readers()
+            readers.close()
 
     def shutdown(self, timeout_s: float = 2.0) -> None:
         with self._cond:

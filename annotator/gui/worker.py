@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from annotator.domain import Project, ProjectSettings
 from annotator.gui.requests import DetectOrder, HeatmapOrder, ProjectSnapshot, PropagateOrder
+from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,8 @@ class EngineWorker(QObject):
             project = order.snapshot.to_project()
             targets = list(order.targets) if order.targets is not None else None
             request = job.PropagateRequest.from_project(project, targets=targets)
-            outcome = self._stream(rid, job.run_propagation(request, engine, state),
+            outcome = self._stream(rid, job.run_propagation(request, engine, state,
+                                                        ImageSource.of(project)),
                                    len(request.targets), state)
         except Exception as exc:
             log.error("propagation %d failed:\n%s", rid, traceback.format_exc())
@@ -266,7 +268,9 @@ class EngineWorker(QObject):
                     return
                 self._detector_key = key
                 self.model_state.emit("ready", str(self._detector.device))
-            outcome = self._stream(rid, job.run_detection(request, self._detector, state),
+            outcome = self._stream(rid, job.run_detection(
+                request, self._detector, state,
+                order.source or ImageSource(request.image_root)),
                                    len(request.targets), state)
         except Exception as exc:
             log.error("detection %d failed:\n%s", rid, traceback.format_exc())
@@ -442,7 +446,9 @@ class WorkerController(QObject):
             self.cancel()
         rid = self._new_id()
         self._run_id = rid
-        self._send_detect.emit(DetectOrder(rid, DetectRequest.from_project(project, targets)))
+        request = DetectRequest.from_project(project, targets)
+        self._send_detect.emit(DetectOrder(rid, request, ImageSource.of(project,
+                                                                        request.targets)))
         self.run_started.emit(rid)
         return rid
 
@@ -456,7 +462,7 @@ class WorkerController(QObject):
         self._heatmap_id = rid
         self._send_heatmap.emit(
             HeatmapOrder(rid, project.image_root, project.settings, reference, point, target,
-                         project.schema.name)
+                         project.schema.name, ImageSource.of(project, (reference, target)))
         )
         return rid
 

@@ -6,7 +6,6 @@ import errno
 import logging
 import os
 import stat
-import sys
 import warnings
 from pathlib import Path
 
@@ -30,14 +29,6 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3,
 
 class ImageLoadError(ValueError):
     """An image file cannot be read; the message names the file and the reason."""
-
-
-def _video_frame(path: Path) -> tuple[str, int] | None:
-    """(video, frame) when ``path`` is a registered video frame (:mod:`annotator.io.video`:
-    decoded on demand, never a file on disk), else None."""
-    if "annotator.io.video" not in sys.modules:  # no video was ever registered
-        return None
-    return sys.modules["annotator.io.video"].frame_source(path)
 
 
 def _check_regular(path: Path) -> None:
@@ -151,11 +142,6 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     (alpha composited on white). Raises :class:`ImageLoadError` naming the file otherwise.
     """
     path = Path(path)
-    source = _video_frame(path)
-    if source is not None:
-        from annotator.io.video import load_registered
-
-        return load_registered(path, source)
     img = _open(path, max_pixels)
     try:
         with img:
@@ -173,11 +159,6 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
 def read_size(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(width, height) in display orientation, read from the header only."""
     path = Path(path)
-    source = _video_frame(path)
-    if source is not None:
-        from annotator.io.video import registered_size
-
-        return registered_size(source)
     img = _open(path, max_pixels)
     with img:
         w, h = img.size
@@ -193,11 +174,6 @@ def load_thumbnail(path: str | os.PathLike[str], max_side: int = 160) -> np.ndar
     if max_side < 1:
         raise ValueError("thumbnail size must be positive")
     path = Path(path)
-    source = _video_frame(path)
-    if source is not None:
-        from annotator.io.video import load_registered
-
-        return load_registered(path, source, max_side)
     img = _open(path, MAX_PIXELS)
     try:
         with img:

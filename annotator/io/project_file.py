@@ -309,10 +309,6 @@ def project_from_dict(doc: Any, source: str = "<document>",
             annotations[path] = ImageAnnotation(tuple(instances), ImageStatus(status))
         root = _kind(doc["image_root"], str, "image_root")
         project = Project(root, images, schema, annotations, settings)
-        if any(r.video is not None for r in images):  # frames decoded from their videos
-            from annotator.io.video import register_project
-
-            register_project(project)
         return project
     except ProjectFileError as exc:
         msg = str(exc)

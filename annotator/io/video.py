@@ -1,12 +1,13 @@
 """Videos as an image source: probing, accurate frame decoding by index (OpenCV), the
-synthetic frame names of video-backed image records, and the registry that lets every
-path-keyed loader (:mod:`annotator.io.images`) decode a listed frame on demand.
+synthetic frame names of video-backed image records, and :class:`ImageSource`, the loader
+built from a project that decodes a listed frame on demand.
 
 A frame of a video is an :class:`~annotator.domain.project.ImageRecord` whose ``path`` is
 ``<video stem>/img<frame>.png`` (the name a DeepLabCut export gives it) and whose ``video`` /
-``frame`` / ``time_s`` say where it comes from. Nothing is extracted to disk: loading the
-listed path decodes the frame (see :func:`register_frames`). Readers are kept per thread
-(OpenCV captures are not thread-safe); sequential and short forward reads avoid seeking.
+``frame`` / ``time_s`` say where it comes from. Nothing is extracted to disk: an
+:class:`ImageSource` of the project decodes the frame when its listed path is loaded.
+Readers are kept per thread (OpenCV captures are not thread-safe); sequential and short
+forward reads avoid seeking.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from annotator.domain.project import ImageRecord, Project
-from annotator.io.images import ImageLoadError
+from annotator.io.images import (
+    ImageLoadError,
+    load_image,
+    load_listed,
+    load_thumbnail,
+    read_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,107 +163,204 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 
 
 # ------------------------------------------------------------- per-thread readers
-_local = threading.local()
-_READERS_PER_THREAD = 4
+class FrameReaders:
+    """Open videos kept per thread (OpenCV captures are not thread-safe), the few most
+    recently used ones; owned by whoever decodes (an :class:`ImageSource`, the timeline's
+    decoding thread). Pickling drops the open readers."""
+
+    PER_THREAD = 4
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._local = threading.local()
+
+    def _readers(self) -> OrderedDict[str, VideoReader]:
+        readers: OrderedDict[str, VideoReader] | None = getattr(self._local, "readers", None)
+        if readers is None:
+            readers = self._local.readers = OrderedDict()
+        return readers
+
+    def reader(self, video: str | os.PathLike[str]) -> VideoReader:
+        """This thread's open reader of ``video``."""
+        path = os.path.realpath(video)
+        readers = self._readers()
+        reader = readers.get(path)
+        if reader is None:
+            reader = VideoReader(path)
+            readers[path] = reader
+            while len(readers) > self.PER_THREAD:
+                readers.popitem(last=False)[1].close()
+        readers.move_to_end(path)
+        return reader
+
+    def read(self, video: str | os.PathLike[str], index: int) -> np.ndarray:
+        """Frame ``index`` of ``video`` (RGB uint8), through this thread's open reader."""
+        try:
+            return self.reader(video).read(index)
+        except VideoError:
+            readers = self._readers()  # a changed file is reopened next time
+            reader = readers.pop(os.path.realpath(video), None)
+            if reader is not None:
+                reader.close()
+            raise
+
+    def close(self) -> None:
+        """Close this thread's open videos."""
+        readers = getattr(self._local, "readers", None)
+        while readers:
+            readers.popitem()[1].close()
 
 
-def _thread_reader(path: str) -> VideoReader:
-    readers: OrderedDict[str, VideoReader] | None = getattr(_local, "readers", None)
-    if readers is None:
-        readers = _local.readers = OrderedDict()
-    reader = readers.get(path)
-    if reader is None:
-        reader = VideoReader(path)
-        readers[path] = reader
-        while len(readers) > _READERS_PER_THREAD:
-            readers.popitem(last=False)[1].close()
-    readers.move_to_end(path)
-    return reader
-
-
-def read_frame(video: str | os.PathLike[str], index: int) -> np.ndarray:
-    """Frame ``index`` of ``video`` (RGB uint8), through this thread's open reader."""
-    path = os.path.realpath(video)
-    try:
-        return _thread_reader(path).read(index)
-    except VideoError:
-        readers = getattr(_local, "readers", None)
-        if readers is not None and path in readers:  # a changed file is reopened next time
-            readers.pop(path).close()
-        raise
-
-
-def close_thread_readers() -> None:
-    """Close this thread's open videos."""
-    readers = getattr(_local, "readers", None)
-    while readers:
-        readers.popitem()[1].close()
-
-
-# ----------------------------------------------------------------- the registry
-_lock = threading.Lock()
-_frames: dict[str, tuple[str, int]] = {}  # listed absolute path -> (video, frame)
-_by_root: dict[str, set[str]] = {}
-
-
+# ------------------------------------------------------------- image sources
 def video_path(image_root: str | os.PathLike[str], video: str) -> Path:
     """The video file of a record: ``video`` relative to the image root, or absolute."""
     p = Path(video)
     return p if p.is_absolute() else Path(os.path.realpath(image_root)) / p
 
 
-def _listed(image_root: str | os.PathLike[str], relpath: str) -> str:
-    return str(Path(os.path.realpath(image_root)) / relpath)
+def _downscaled(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    if max_side is None:
+        return image
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    cv2 = _cv2()
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def register_frames(image_root: str | os.PathLike[str], records: Iterable[ImageRecord],
-                    replace: bool = False) -> int:
-    """Make the video frames among ``records`` loadable by their listed path under
-    ``image_root``; ``replace`` first forgets the root's earlier frames (a project
-    reopened). Returns how many frames were registered."""
-    root = os.path.realpath(image_root)
-    entries = {
-        _listed(root, r.path): (str(video_path(root, r.video)), int(r.frame))
-        for r in records if r.video is not None and r.frame is not None
-    }
-    with _lock:
-        if replace:
-            for key in _by_root.pop(root, set()):
-                _frames.pop(key, None)
-        _frames.update(entries)
-        _by_root.setdefault(root, set()).update(entries)
-    return len(entries)
+class _ProjectFrames(Mapping[str, tuple[str, int]]):
+    """(video file, frame) of a project's listed video frames, read from its image records
+    at each look-up (frames added later are found; the records are never changed in
+    place, so pool threads may read them)."""
+
+    def __init__(self, project: Project) -> None:
+        self._project = project
+        self._root = os.path.realpath(project.image_root)
+
+    def __getitem__(self, relpath: str) -> tuple[str, int]:
+        rec = self._project.image(relpath)  # KeyError when not listed
+        if rec.video is None or rec.frame is None:
+            raise KeyError(relpath)
+        return str(video_path(self._root, rec.video)), int(rec.frame)
+
+    def __iter__(self) -> Iterator[str]:
+        return (r.path for r in self._project.images if r.video is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for r in self._project.images if r.video is not None)
 
 
-def register_project(project: Project) -> int:
-    """:func:`register_frames` for every video frame of ``project`` (replacing the root's)."""
-    return register_frames(project.image_root, project.images, replace=True)
+class ImageSource:
+    """Loads the listed images of one project: a file under the image root, or a video
+    frame decoded on demand, found through the project's :class:`ImageRecord` (its
+    ``video`` and ``frame``). Built from the project and passed where images are loaded
+    (``loader`` of the jobs, the GUI's image and thumbnail loaders); calling it with an
+    absolute listed path (as :func:`~annotator.io.images.resolve_image_path` gives) is an
+    ``ImageLoader``. ``frames`` maps a listed relative path to (video file, frame index)."""
 
+    def __init__(self, image_root: str | os.PathLike[str],
+                 frames: Mapping[str, tuple[str, int]] | None = None) -> None:
+        self.image_root = str(image_root)
+        self._real_root = Path(os.path.realpath(image_root))
+        self.frames: Mapping[str, tuple[str, int]] = frames if frames is not None else {}
+        self.readers = FrameReaders()
 
-def frame_source(path: str | os.PathLike[str]) -> tuple[str, int] | None:
-    """(video file, frame index) when ``path`` is a registered video frame, else None."""
-    if not _frames:
-        return None
-    return _frames.get(str(path))
+    @classmethod
+    def of(cls, project: Project, paths: Iterable[str] | None = None) -> ImageSource:
+        """A snapshot of ``project``'s video frames (only those among ``paths`` when given):
+        frozen data a job on another thread or process may hold (picklable)."""
+        root = os.path.realpath(project.image_root)
+        records: Iterable[ImageRecord] = project.images
+        if paths is not None:
+            records = []
+            for p in dict.fromkeys(paths):
+                try:
+                    records.append(project.image(p))
+                except KeyError:
+                    continue
+        frames = {r.path: (str(video_path(root, r.video)), int(r.frame))
+                  for r in records if r.video is not None and r.frame is not None}
+        return cls(project.image_root, frames)
 
+    @classmethod
+    def live(cls, project: Project) -> ImageSource:
+        """Reads ``project``'s records at each load, so frames added later load too (the
+        GUI's loaders, which outlive an Add video)."""
+        return cls(project.image_root, _ProjectFrames(project))
 
-def load_registered(path: str | os.PathLike[str], source: tuple[str, int],
-                    max_side: int | None = None) -> np.ndarray:
-    """Decode the registered frame ``source`` of ``path`` (RGB uint8), downscaled so its
-    longer side is at most ``max_side`` when given. Errors name the video and the frame."""
-    video, index = source
-    try:
-        image = read_frame(video, index)
-    except VideoError as exc:
-        raise VideoError(f"{Path(path).name} (frame {index}): {exc}") from None
-    if max_side is not None:
-        h, w = image.shape[:2]
-        scale = max_side / max(h, w)
-        if scale < 1:
-            cv2 = _cv2()
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return image
+    @classmethod
+    def for_project(cls, project: Project | None) -> ImageSource:
+        """:meth:`live` of ``project``; files under no root when None."""
+        return cls("") if project is None else cls.live(project)
+
+    def frame_of(self, path: str | os.PathLike[str]) -> tuple[str, int] | None:
+        """(video file, frame) when ``path`` (relative listed path, or absolute under the
+        image root) is a video frame, else None."""
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                rel = p.relative_to(self._real_root).as_posix()
+            except ValueError:
+                return None
+        else:
+            rel = p.as_posix()
+        try:
+            return self.frames.get(rel)
+        except KeyError:
+            return None
+
+    def _decode(self, path: str | os.PathLike[str], source: tuple[str, int],
+                max_side: int | None) -> np.ndarray:
+        video, index = source
+        try:
+            image = self.readers.read(video, index)
+        except VideoError as exc:
+            raise VideoError(f"{path} (frame {index}): {exc}") from None
+        return _downscaled(image, max_side)
+
+    def __call__(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The image at the absolute listed ``path`` (RGB uint8), a frame decoded."""
+        source = self.frame_of(path)
+        if source is not None:
+            return self._decode(path, source, None)
+        return load_image(path)
+
+    def thumbnail(self, path: str | os.PathLike[str], max_side: int = 160) -> np.ndarray:
+        """:func:`~annotator.io.images.load_thumbnail` of an absolute listed path."""
+        source = self.frame_of(path)
+        if source is not None:
+            return self._decode(path, source, max_side)
+        return load_thumbnail(path, max_side)
+
+    def size(self, path: str | os.PathLike[str]) -> tuple[int, int]:
+        """(width, height) of an absolute listed path (a frame's from its video header)."""
+        source = self.frame_of(path)
+        if source is None:
+            return read_size(path)
+        video, index = source
+        info = self.readers.reader(video).info
+        if not 0 <= index < info.n_frames:
+            raise VideoError(f"video {video}: frame {index} outside 0..{info.n_frames - 1}")
+        return info.width, info.height
+
+    def load(self, relpath: str, max_side: int | None = None) -> np.ndarray:
+        """The listed image ``relpath`` (a thumbnail with ``max_side``); every failure is an
+        :class:`ImageLoadError` that names it (as :func:`~annotator.io.images.load_listed`)."""
+        source = self.frames.get(relpath) if relpath in self.frames else None
+        if source is None:
+            return load_listed(self.image_root, relpath, max_side)
+        try:
+            return self._decode(relpath, source, max_side)
+        except ImageLoadError as exc:
+            msg = str(exc)
+            raise VideoError(msg if relpath in msg else f"{relpath}: {msg}") from None
 
 
 # ------------------------------------------------------------------- records
@@ -302,15 +406,6 @@ def extract_frames(image_root: str | os.PathLike[str], records: Iterable[ImageRe
                     raise VideoError(f"cannot write frame {r.frame} of {video} to {target}")
                 written.append(target)
     return written
-
-
-def registered_size(source: tuple[str, int]) -> tuple[int, int]:
-    """(width, height) of a registered frame, from the video's header."""
-    video, index = source
-    info = _thread_reader(os.path.realpath(video)).info
-    if not 0 <= index < info.n_frames:
-        raise VideoError(f"video {video}: frame {index} outside 0..{info.n_frames - 1}")
-    return info.width, info.height
 
 
 def sample_thumbnails(video: str | os.PathLike[str], max_samples: int = 1000,
@@ -360,9 +455,9 @@ def sample_thumbnails(video: str | os.PathLike[str], max_samples: int = 1000,
 def add_video_frames(project: Project, video: str | os.PathLike[str],
                      frames: Sequence[int] | None = None) -> list[str]:
     """Add ``frames`` (default: all) of ``video`` to ``project`` as decoded-on-demand images
-    and register them; returns the paths added (frames already listed are skipped). Two
-    different videos with the same file stem cannot share a project (their frame names
-    would collide): that is a :class:`VideoError`."""
+    (load them through :class:`ImageSource`); returns the paths added (frames already
+    listed are skipped). Two different videos with the same file stem cannot share a
+    project (their frame names would collide): that is a :class:`VideoError`."""
     full = os.path.realpath(video)
     records = frame_records(project.image_root, full, frames)
     stem = Path(full).stem
@@ -371,7 +466,6 @@ def add_video_frames(project: Project, video: str | os.PathLike[str],
                 and str(video_path(project.image_root, r.video)) != full:
             raise VideoError(f"video {full}: the project already has frames of another video "
                              f"named {stem!r} ({r.video}); rename one of them")
-    register_frames(project.image_root, records)
     return project.add_images(records)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -47,7 +48,6 @@ from annotator.io.video import (
     extract_frames,
     frame_name,
     probe,
-    register_project,
     video_path,
 )
 
@@ -310,8 +310,88 @@ def read_sleap_video(path: str | Path) -> Project:
         anns[name] = ImageAnnotation(insts, imported_status(insts))
     order = sorted(range(len(records)), key=lambda i: (records[i].video, records[i].frame))
     project = Project(str(root), [records[i] for i in order], schema, anns)
-    register_project(project)
     return project
+
+
+# -------------------------------------------------------------- DLC import
+_DLC_FRAME = re.compile(r"labeled-data/(?P<stem>[^/]+)/img(?P<frame>\d+)\.png")
+
+
+def dlc_video_frames(project: Project) -> Project:
+    """An imported DeepLabCut project whose ``labeled-data/<video stem>/imgNNNN.png``
+    frames come from a video named in its ``config.yaml`` ``video_sets`` that exists:
+    those frames become video frames again (decoded on demand, as a video project lists
+    them); any other image stays a plain image, and without such a video the project is
+    returned as read."""
+    from annotator.io.formats.dlc import _read_config
+    from annotator.io.video import frame_records
+
+    root = Path(project.image_root)
+    cfg = root / "config.yaml"
+    if not any(_DLC_FRAME.fullmatch(r.path) for r in project.images) or not cfg.is_file():
+        return project
+    try:
+        video_sets = _read_config(cfg, root).get("video_sets") or {}
+    except FormatError:
+        return project
+    videos: dict[str, tuple[str, VideoInfo]] = {}
+    for name in video_sets if isinstance(video_sets, dict) else ():
+        full = Path(str(name)) if Path(str(name)).is_absolute() else root / str(name)
+        try:
+            videos.setdefault(full.stem, (str(full), probe(full)))
+        except VideoError as exc:
+            log.info("DLC import: %s; its frames stay images", exc)
+    if not videos:
+        return project
+    listed = {r.path for r in project.images}
+    records, renamed = [], {}
+    for r in project.images:
+        m = _DLC_FRAME.fullmatch(r.path)
+        video = videos.get(m["stem"]) if m else None
+        if m is None or video is None or not int(m["frame"]) < video[1].n_frames:
+            records.append(r)
+            continue
+        rec = frame_records(root, video[0], [int(m["frame"])], video[1])[0]
+        if rec.path in listed or rec.path in renamed.values():
+            records.append(r)
+            continue
+        renamed[r.path] = rec.path
+        records.append(rec)
+    if not renamed:
+        return project
+    anns = {renamed.get(p, p): a for p, a in project.annotations().items()}
+    log.info("DLC import: %d frame(s) read from their videos", len(renamed))
+    return Project(project.image_root, records, project.schema, anns, project.settings)
+
+
+# ------------------------------------------------------------------- COCO
+def write_coco_with_frames(source: Any, path: str | os.PathLike[str], choice: Any = None,
+                           progress: Any = None) -> tuple[int, int]:
+    """:func:`annotator.io.coco.write_coco_text` of a snapshot (``CocoSource``) or project
+    whose video frames the file lists are first decoded to PNG files beside it at their
+    listed paths, as Export as writes COCO (``file_name`` relative to the file's folder);
+    the GUI's Export COCO runs it on a pool thread. Returns (images, annotations)."""
+    import json
+
+    from annotator.io.coco import render_coco
+    from annotator.io.project_file import atomic_write_text
+
+    text, n_images, n_annotations = render_coco(source, choice, progress)
+    if any(r.video is not None for r in source.images):
+        names = {im["file_name"] for im in json.loads(text)["images"]}
+        records = [r for r in source.images if r.path in names]
+        base = Path(path).parent
+        for r in records:
+            if r.video is None and not (base / r.path).exists():
+                raise FormatError(f"image {r.path!r} is not under {base}; export the video "
+                                  "frames and the images separately")
+        try:
+            extract_frames(source.image_root, [r for r in records if r.video is not None],
+                           base)
+        except VideoError as exc:
+            raise FormatError(f"cannot export video frames: {exc}") from None
+    atomic_write_text(path, text, backup=False)
+    return n_images, n_annotations
 
 
 # ---------------------------------------------------------------- dispatch

@@ -24,6 +24,7 @@ import numpy as np
 from annotator.domain.annotation import Instance
 from annotator.domain.project import Project, ProjectSettings
 from annotator.features.crop import Box, keypoint_box
+from annotator.io.video import ImageSource
 from annotator.jobs.progress import TaskState
 from annotator.jobs.propagate import PropagateRequest, ReferenceSpec, run_propagation
 
@@ -224,7 +225,7 @@ def evaluate_labelled(project: Project, engine: Engine, config: LabelledEvalConf
     scores = {m: KeypointScores() for m in METHODS}
     failed = []
     start = time.perf_counter()
-    for pred in run_propagation(request, engine, state):
+    for pred in run_propagation(request, engine, state, ImageSource.of(project)):
         if pred.error is not None:
             failed.append(f"{pred.path}: {pred.error}")
             continue

@@ -166,8 +166,9 @@ def _import(path: Path, fmt: str, image_root: str | Path | None, image_prefix: s
         return read_yolo_pose(path, image_root)
     if fmt == "dlc":
         from annotator.io.formats.dlc import read_dlc
+        from annotator.io.video_formats import dlc_video_frames
 
-        return read_dlc(path)
+        return dlc_video_frames(read_dlc(path))
     if fmt == "sleap":
         from annotator.io.formats.sleap import read_sleap
         from annotator.io.video_formats import is_video_slp, read_sleap_video
