@@ -1,7 +1,7 @@
 """Keypoint prototypes from several references, with a box-normalised spatial prior.
 
 Zero-shot transfer from several labelled instances: each keypoint's query is the mean of the
-references' descriptors at that keypoint (a *prototype*, sampled bilinearly at the exact point,
+references' descriptors at that keypoint (a *prototype*: the cells under the points, averaged,
 L2-normalised), matched to every target cell in one product. An optional spatial prior adds a
 Gaussian log-density of where the keypoint sits in the references' crops (box-normalised
 coordinates, mean and spread over the references) to the similarity, so that among similar
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from annotator.matching.transfer import cell_centres
+from annotator.matching.transfer import cell_centres, query_cells
 
 
 def _unit(d: torch.Tensor, name: str) -> torch.Tensor:
@@ -32,28 +32,17 @@ def _unit(d: torch.Tensor, name: str) -> torch.Tensor:
 
 def sample_descriptors(desc: torch.Tensor, points_canvas: np.ndarray, cell: float
                        ) -> torch.Tensor:
-    """(K, C) descriptors of ``desc`` (C, G, G) at canvas points (K, 2), bilinear between cell
-    centres (clamped to the grid), each L2-normalised. (0, C) for no points."""
+    """(K, C) unit descriptors of ``desc`` (C, G, G) at the cells under canvas points (K, 2)
+    (``query_cells``: the cell that holds the point, as the paper's query). (0, C) for no
+    points. A bilinear blend of the four nearest cells was tried and dropped: on a byte copy
+    of the reference it can prefer the neighbour cell, a whole cell away."""
     d = _unit(desc, "desc")
     c, g = d.shape[0], d.shape[1]
     pts = np.asarray(points_canvas, dtype=np.float64).reshape(-1, 2)
     if len(pts) == 0:
         return torch.zeros((0, c))
-    # fractional cell coordinates of the point (cell centres at integer positions)
-    f = np.clip((pts + 0.5) / cell - 0.5, 0.0, g - 1.0)
-    x0 = np.floor(f[:, 0]).astype(np.int64)
-    y0 = np.floor(f[:, 1]).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, g - 1), np.minimum(y0 + 1, g - 1)
-    wx = torch.from_numpy(f[:, 0] - x0).float()[:, None]
-    wy = torch.from_numpy(f[:, 1] - y0).float()[:, None]
-    flat = d.flatten(1).T  # (G*G, C)
-
-    def at(yy: np.ndarray, xx: np.ndarray) -> torch.Tensor:
-        return flat[torch.from_numpy(yy * g + xx)]
-
-    out = ((1 - wx) * (1 - wy) * at(y0, x0) + wx * (1 - wy) * at(y0, x1)
-           + (1 - wx) * wy * at(y1, x0) + wx * wy * at(y1, x1))
-    return out / out.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    cells = query_cells(pts, cell, g)
+    return d[:, torch.from_numpy(cells[:, 1]), torch.from_numpy(cells[:, 0])].T.contiguous()
 
 
 @dataclass(frozen=True)
