@@ -21,3 +21,23 @@ def test_presets_and_weight_fields(qapp):
     assert s.sd_unet == "CompVis/cleandift/cleandift_sd15_unet.safetensors"
     assert s.diy_checkpoint == "/w/diy.pth"
     dlg.close()
+
+
+def test_reference_rules_round_trip_through_the_dialog(qapp):
+    from annotator.gui.settings_dialog import SettingsDialog
+
+    dlg = SettingsDialog(ProjectSettings())
+    s = dlg.settings()  # the defaults come back unchanged, the prior weight automatic
+    assert (s.boxes, s.combine, s.prior_weight, s.soft_argmax) == ("auto", "prototype", None,
+                                                                   None)
+    assert dlg.prior_weight.text().startswith("auto")
+    dlg.boxes.setCurrentIndex(dlg.boxes.findData("none"))
+    dlg.combine.setCurrentIndex(dlg.combine.findData("best"))
+    dlg.prior_weight.setValue(0.05)
+    s = dlg.settings()
+    assert (s.boxes, s.combine, s.prior_weight) == ("none", "best", 0.05)
+    dlg.close()
+    again = SettingsDialog(s).settings()  # what was set shows again as set
+    assert (again.boxes, again.combine, again.prior_weight) == ("none", "best", 0.05)
+    dlg.prior_weight.setValue(0.0)  # 0 is "off", not "auto"
+    assert dlg.settings().prior_weight == 0.0

@@ -155,6 +155,28 @@ class SettingsDialog(QDialog):
         self.detect_max = QSpinBox()
         self.detect_max.setRange(1, 1000)
         self.detect_max.setValue(settings.detect_max_boxes)
+        self.boxes = QComboBox()
+        self.boxes.addItem("Find the object from the references", "auto")
+        self.boxes.addItem("Match the whole image", "none")
+        self.boxes.setCurrentIndex(max(0, self.boxes.findData(settings.boxes)))
+        self.boxes.setToolTip("Targets without boxes: find the labelled kind of object by "
+                              "feature similarity (no detector) and transfer between crops")
+        self.combine = QComboBox()
+        self.combine.addItem("Prototypes (mean descriptor per keypoint)", "prototype")
+        self.combine.addItem("Most confident reference", "best")
+        self.combine.setCurrentIndex(max(0, self.combine.findData(settings.combine)))
+        self.prior_weight = QDoubleSpinBox()
+        self.prior_weight.setRange(-0.01, 1.0)
+        self.prior_weight.setSingleStep(0.01)
+        self.prior_weight.setDecimals(2)
+        self.prior_weight.setSpecialValueText("auto (leave one reference out)")
+        self.prior_weight.setValue(-0.01 if settings.prior_weight is None
+                                   else settings.prior_weight)
+        self.prior_weight.setToolTip("Weight of where the keypoint sits in the references' "
+                                     "boxes against feature similarity (0: off)")
+        form.addRow("Targets without boxes", self.boxes)
+        form.addRow("Several references", self.combine)
+        form.addRow("Position prior weight", self.prior_weight)
         form.addRow("", self.crop)
         form.addRow("Crop margin (per side)", self.crop_margin)
         form.addRow("Box detector model", self.detector_model)
@@ -195,6 +217,10 @@ class SettingsDialog(QDialog):
         return replace(
             self._base,
             crop="bbox" if self.crop.isChecked() else "none",
+            boxes=self.boxes.currentData(),
+            combine=self.combine.currentData(),
+            prior_weight=(None if self.prior_weight.value() < 0
+                          else float(self.prior_weight.value())),
             crop_margin=float(self.crop_margin.value()),
             detector_model=self.detector_model.text() or self._base.detector_model,
             detect_prompt=self.detect_prompt.text().strip(),
