@@ -58,6 +58,9 @@ class HeadParams:
     hidden: int = 128  # mlp only
     temperature: float = 0.02  # prototype only
     window: int = 5  # soft-argmax window (cells, odd; 1 = argmax only)
+    #: train in the top ``dim`` principal directions of the training cells (0: all C); the
+    #: saved weights are mapped back to C channels. Speed: the steps are memory-bound.
+    dim: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +70,8 @@ class HeadParams:
             raise ValueError("steps must be >= 0, lr > 0 and weight_decay >= 0")
         if self.sigma <= 0 or self.temperature <= 0 or self.hidden < 1:
             raise ValueError("sigma, temperature and hidden must be > 0")
+        if self.dim < 0:
+            raise ValueError(f"dim must be >= 0, got {self.dim}")
         if self.window < 1 or self.window % 2 == 0:
             raise ValueError(f"window must be odd and >= 1, got {self.window}")
 
@@ -188,7 +193,13 @@ def train_head(descriptors: torch.Tensor, targets: torch.Tensor, valid: torch.Te
     if params.kind == "prototype":
         tensors = _prototypes(flat, t, v, g, params.temperature)
     else:
+        basis = _basis(flat, params.dim, params.seed)
+        if basis is not None:
+            flat = flat @ basis
         tensors = _fit(flat, _gaussians(t, g, params.sigma), v, k, params)
+        if basis is not None:  # back to C channels: x @ basis @ w.T = x @ (w @ basis.T).T
+            first = "hidden_weight" if params.kind == "mlp" else "weight"
+            tensors[first] = tensors[first].detach() @ basis.T
     meta = {"train_seconds": time.perf_counter() - start, "grid": g,
             "train_instances": n, "labelled_points": int(v[:n].sum())}
     return KeypointHead(params, {name: w.detach().to("cpu", torch.float32).contiguous()
@@ -203,6 +214,21 @@ def _prototypes(flat: torch.Tensor, t: torch.Tensor, v: torch.Tensor, g: int,
     w = (picked * v[..., None]).sum(0) / v.sum(0).clamp_min(1)[:, None]
     w = torch.nn.functional.normalize(w, dim=-1) / temperature
     return {"weight": w, "bias": torch.zeros(w.shape[0], device=w.device)}
+
+
+def _basis(flat: torch.Tensor, dim: int, seed: int, sample: int = 16384
+           ) -> torch.Tensor | None:
+    """(C, dim) orthonormal top principal directions (uncentred) of up to ``sample`` random
+    cells of ``flat`` (N, P, C); None when ``dim`` is 0 or not below C."""
+    c = flat.shape[-1]
+    if dim <= 0 or dim >= c:
+        return None
+    cells = flat.reshape(-1, c)
+    if len(cells) > sample:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        cells = cells[torch.randperm(len(cells), generator=gen)[:sample].to(cells.device)]
+    _, vecs = torch.linalg.eigh(cells.T @ cells)  # ascending eigenvalues
+    return vecs[:, -dim:].flip(-1).contiguous()
 
 
 def _fit(flat: torch.Tensor, heat: torch.Tensor, v: torch.Tensor, k: int, params: HeadParams
