@@ -110,8 +110,9 @@ def combine_head_and_transfer(
     hp = np.asarray(head_points, float).reshape(-1, 2)
     if len(hp) != k:
         raise ValueError(f"head has {len(hp)} keypoints, transfer {k}")
-    hf = np.all(np.isfinite(hp), axis=1)
-    hc = np.where(hf, head_calibration(np.asarray(head_confidence, float).reshape(k)), -1.0)
+    hraw = np.asarray(head_confidence, float).reshape(k)
+    hf = np.all(np.isfinite(hp), axis=1) & np.isfinite(hraw)
+    hc = np.where(hf, head_calibration(hraw), -1.0)
     use_head = hf & (hc >= tc)
     found = hf | tf
     src = np.where(use_head, SOURCE_HEAD, np.where(tf, SOURCE_TRANSFER, SOURCE_NONE))
