@@ -7,8 +7,9 @@ Each labelled instance is cropped as a propagation reference is (``jobs.propagat
 reference_crop``: its box, else its labelled keypoints' box, enlarged by the crop margin),
 featurized through the engine (and its feature cache, so retraining on a grown set only
 extracts the new images) and described per image (pair-independent fusions only: dino, concat,
-sd). With the schema's flip pairs, each crop is also featurized mirrored (partners swapped) as
-a second training sample. Labelled crop pixels map to descriptor cells through the maps'
+sd). With ``HeadParams.flip`` and the schema's flip pairs, each crop is also featurized mirrored
+(partners swapped) as a second training sample (off by default: it cost accuracy on the
+fixtures). Labelled crop pixels map to descriptor cells through the maps'
 letterbox (``head.pixels_to_cells``).
 
 The head is used only once it was trained on at least :data:`MIN_TRAINING_IMAGES` images
@@ -23,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,11 +105,22 @@ class TrainResult:
     skipped: tuple[str, ...] = ()
 
 
+def _default_params() -> HeadParams:
+    from annotator.matching.head import HeadParams
+
+    return HeadParams()
+
+
 def check_engine(engine: Engine) -> None:
-    """Refuse pair-dependent fusions (copca): a head needs one descriptor per image."""
+    """Refuse pair-dependent fusions (copca): a head needs one descriptor per image. Decided
+    from the configuration before the models load."""
     from annotator.features.extractor import pair_dependent
 
-    if pair_dependent(engine.extractor):
+    if engine.loaded:
+        per_pair = pair_dependent(engine.extractor)
+    else:
+        per_pair = getattr(engine.config, "fusion", "") == "copca"
+    if per_pair:
         fusion = getattr(engine.config, "fusion", "?")
         raise TrainingError(f"the {fusion!r} fusion describes images per pair, so a keypoint "
                             "head cannot be trained on it; choose the dino or concat fusion")
@@ -135,7 +147,8 @@ def training_set(request: TrainRequest, engine: Engine, state: TaskState,
     perm = np.arange(k)
     for a, b in request.flip_pairs:
         perm[a], perm[b] = b, a
-    flip = bool(request.flip_pairs) and request.settings.flip
+    params = request.params or _default_params()
+    flip = params.flip and bool(request.flip_pairs) and request.settings.flip
     describe = engine.extractor.describe
     descs, cells, valids, used, skipped = [], [], [], [], []
     by_path: dict[str, list[ReferenceSpec]] = {}
@@ -195,7 +208,7 @@ def run_training(request: TrainRequest, engine: Engine, state: TaskState,
     state.check()
     state.set_progress(0, 1, f"training on {len(data.images)} image(s)")
     # mirrored views are real features of mirrored crops: no grid mirroring in train_head
-    params = request.params or HeadParams()
+    params = replace(request.params or HeadParams(), flip=False)
     k = len(request.keypoints)
     head = train_head(data.descriptors, data.cells, data.valid, np.arange(k), params)
     t2 = time.perf_counter()
@@ -270,3 +283,32 @@ def head_usable(head: KeypointHead | None, min_images: int = MIN_TRAINING_IMAGES
 def trained_on(head: KeypointHead) -> dict[str, Any]:
     """Facts for a status line: images, count, seconds, saved time (when loaded)."""
     return {k: head.meta.get(k) for k in ("num_images", "images", "train_seconds", "saved")}
+
+
+def reviewed_image_count(project: Project) -> int:
+    """Images the head may learn from: reviewed or reference images with labels."""
+    return len(project.reference_paths())
+
+
+def project_head(project: Project, engine: Engine,
+                 min_images: int = MIN_TRAINING_IMAGES) -> KeypointHead | None:
+    """The head predictions may use now, or None: none saved for these features and schema,
+    trained on fewer than ``min_images`` images, or the project has fewer than ``min_images``
+    reviewed images today (reviews were undone)."""
+    if reviewed_image_count(project) < min_images:
+        return None
+    head = load_project_head(project, engine)
+    return head if head_usable(head, min_images) else None
+
+
+def predict_with_head(head: KeypointHead, engine: Engine, image: Any
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(points (K, 2) in the pixels of ``image`` (an array or an ImageCrop), confidence (K,))
+    through the engine's (cached) features."""
+    from annotator.matching.head import cells_to_pixels, predict
+
+    check_engine(engine)
+    maps = engine.features(image)
+    desc = engine.extractor.describe(maps)
+    cells, conf = predict(head, desc)
+    return cells_to_pixels(cells.numpy(), maps.letterbox, int(desc.shape[-1])), conf.numpy()

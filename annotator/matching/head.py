@@ -9,8 +9,9 @@ keypoint's left/right partner (itself when unpaired).
 
 Kinds (``HeadParams.kind``):
 - ``linear``: per keypoint a 1 x 1 convolution (C -> K logits), softmax over all G * G cells,
-  cross-entropy against a Gaussian (``sigma`` cells) at the label; Adam. The measured best.
-- ``mlp``: 1 x 1 convolutions C -> ``hidden`` -> ReLU -> K, trained the same way.
+  cross-entropy against a Gaussian (``sigma`` cells) at the label; Adam (DESIGN.md section 12).
+- ``mlp``: 1 x 1 convolutions C -> ``hidden`` -> ReLU -> K, trained the same way; the measured
+  best (the default).
 - ``prototype``: no training; the mean labelled descriptor per keypoint, logits = cosine /
   ``temperature``.
 
@@ -47,20 +48,22 @@ class HeadFileError(ValueError):
 
 @dataclass(frozen=True)
 class HeadParams:
-    """Training settings (the measured defaults of DESIGN.md section 12)."""
+    """Training settings. Defaults: the best measured on the DLC fixtures (BENCHMARKS.md
+    "Learning from corrections"): the 2-layer head on 64 principal directions."""
 
-    kind: str = "linear"
+    kind: str = "mlp"
     steps: int = 300
     lr: float = 1e-2
     weight_decay: float = 1e-4
     sigma: float = 1.0  # Gaussian target width, cells
-    flip: bool = True  # horizontal-flip augmentation (partners swapped)
-    hidden: int = 128  # mlp only
+    #: mirror the training grids, partners swapped (measured: no gain, twice the time)
+    flip: bool = False
+    hidden: int = 32  # mlp only
     temperature: float = 0.02  # prototype only
     window: int = 5  # soft-argmax window (cells, odd; 1 = argmax only)
     #: train in the top ``dim`` principal directions of the training cells (0: all C); the
     #: saved weights are mapped back to C channels. Speed: the steps are memory-bound.
-    dim: int = 128
+    dim: int = 64
     #: also feed each cell the mean of its ``context`` x ``context`` neighbourhood (0: off);
     #: the head then sees 2C channels per cell
     context: int = 0
