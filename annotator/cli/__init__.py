@@ -14,7 +14,7 @@ from annotator import __version__
 # broken optional part (say, the model stack) never breaks the others
 SUBCOMMANDS = ("annotator.cli.gui", "annotator.cli.propagate", "annotator.cli.eval",
                "annotator.cli.bench", "annotator.cli.export", "annotator.cli.convert",
-               "annotator.cli.extract", "annotator.cli.detect")
+               "annotator.cli.extract", "annotator.cli.detect", "annotator.cli.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
