@@ -225,16 +225,24 @@ def combination(results: dict) -> dict:
             tok += list(te[ok] <= thr)
         return out, (np.array(hc), np.array(hok)), (np.array(tc), np.array(tok))
 
-    table = {}
+    table: dict = {}
     names = list(results)
+    # one calibration per source from every dataset and k >= 3 (what the application ships)
+    pooled = [records(n, k)[1:] for n in names for k in KS if k >= 3]
+    pooled_cal = tuple(fit_calibration(np.concatenate([p[j][0] for p in pooled]),
+                                       np.concatenate([p[j][1] for p in pooled]), 10)
+                       for j in (0, 1))
+    table["calibrations"] = {"head": [pooled_cal[0].xs, pooled_cal[0].ys],
+                             "transfer": [pooled_cal[1].xs, pooled_cal[1].ys]}
     for name in names:
         other = [n for n in names if n != name]
         for k in KS:
             recs, _, _ = records(name, k)
-            cals = {"raw": (Calibration(), Calibration())}
+            cals = {"raw": (Calibration(), Calibration()), "pooled": pooled_cal}
             if other:
                 _, (hc, hok), (tc, tok) = records(other[0], k)
-                cals["calibrated"] = (fit_calibration(hc, hok, 6), fit_calibration(tc, tok, 6))
+                cals["other-dataset"] = (fit_calibration(hc, hok, 6),
+                                         fit_calibration(tc, tok, 6))
             for label, (hcal, tcal) in cals.items():
                 hits = total = from_head = 0
                 for hp, hconf, tp, tconf, gt, thr, ok in recs:
@@ -280,6 +288,11 @@ def main() -> None:
                      f"(cpu {r['train_cpu_s']:.2f} s)" if "train_s" in r else "")
             print(f"{name:10s} {key:20s} PCK@0.1 {r['pck']:5.1f} %{extra}")
     for key, r in combined.items():
+        if key == "calibrations":
+            for src, (xs, ys) in r.items():
+                print(f"calibration {src}: xs {np.round(xs, 3).tolist()} ys "
+                      f"{np.round(ys, 3).tolist()}")
+            continue
         print(f"combined {key:30s} PCK@0.1 {r['pck']:5.1f} %  from head {r['head_share']:.0f} %")
 
 

@@ -35,14 +35,14 @@ ENGINE = ["--extractor", "content", "--preset", "fast", "--fusion", "dino"]
 
 
 def test_train_saves_a_head_the_project_then_finds(tmp_path, capsys):
-    path = make_project(tmp_path, 3)
+    path = make_project(tmp_path, 2)
     cache = tmp_path / "cache"
     args = ["train", str(path), *ENGINE, "--cache-dir", str(cache), "--steps", "20"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "3 image(s), 3 labelled instance(s)" in out
+    assert "2 image(s), 2 labelled instance(s)" in out
     assert "training" in out and "saved" in out
-    assert "predictions use the head from 5 reviewed images on (3 now)" in out
+    assert "predictions use the head from 3 reviewed images on (2 now)" in out
     saved = list((tmp_path / "cache-heads").glob("*.safetensors"))
     assert len(saved) == 1
     project = load_project(path)
@@ -51,9 +51,9 @@ def test_train_saves_a_head_the_project_then_finds(tmp_path, capsys):
     project.set_settings(dataclasses.replace(project.settings, cache_dir=str(cache)))
     engine = Engine(config=preset("fast", fusion="dino"), extractor=ContentExtractor())
     head = tj.load_project_head(project, engine)
-    assert head is not None and head.meta["num_images"] == 3
-    assert tj.project_head(project, engine, min_images=3) is not None
-    assert tj.project_head(project, engine) is None  # 3 < the default minimum
+    assert head is not None and head.meta["num_images"] == 2
+    assert tj.project_head(project, engine, min_images=2) is not None
+    assert tj.project_head(project, engine) is None  # 2 < the default minimum
 
 
 def test_train_refuses_copca_and_an_unlabelled_project(tmp_path, capsys):

@@ -122,14 +122,27 @@ def test_too_few_reviewed_images_never_use_the_head(small_project, tmp_path):
     result = tj.run_training(request, engine, TaskState())
     tj.save_project_head(small_project, engine, result)
     assert tj.load_project_head(small_project, engine) is not None  # saved and found
-    assert tj.project_head(small_project, engine, min_images=3) is not None
-    # the default minimum (5) is not met by 3 reviewed images
-    assert tj.reviewed_image_count(small_project) == 3
-    assert tj.project_head(small_project, engine) is None
-    # a head trained on enough images is still not used once reviews are undone
-    assert tj.project_head(small_project, engine, min_images=3) is not None
+    assert tj.reviewed_image_count(small_project) == 3 == tj.MIN_TRAINING_IMAGES
+    assert tj.project_head(small_project, engine) is not None
+    # a higher minimum is not met by 3 reviewed images
+    assert tj.project_head(small_project, engine, min_images=4) is None
+    # a head trained on enough images is still not used once a review is undone
     small_project.set_status("img2.png", ImageStatus.PREDICTED)
-    assert tj.project_head(small_project, engine, min_images=3) is None
+    assert tj.reviewed_image_count(small_project) == 2
+    assert tj.project_head(small_project, engine) is None
+
+
+def test_a_head_trained_on_too_few_images_is_never_used(small_project, tmp_path):
+    engine = content_engine(tmp_path)
+    small_project.set_status("img2.png", ImageStatus.PREDICTED)
+    result = tj.run_training(tj.TrainRequest.from_project(small_project, HeadParams(steps=5)),
+                             engine, TaskState())
+    assert result.images == ("img0.png", "img1.png")
+    tj.save_project_head(small_project, engine, result)
+    small_project.set_status("img2.png", ImageStatus.REVIEWED)  # 3 reviewed now, head has 2
+    assert tj.load_project_head(small_project, engine) is not None
+    assert not tj.head_usable(tj.load_project_head(small_project, engine))
+    assert tj.project_head(small_project, engine) is None
 
 
 def test_head_of_other_features_or_schema_is_not_used(small_project, tmp_path):

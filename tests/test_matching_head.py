@@ -136,8 +136,9 @@ def test_save_load_round_trip_and_refusals(tmp_path):
 def test_combination_takes_the_more_confident_source_per_keypoint():
     tp = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
     hp = tp + 100
+    identity = {"head_calibration": Calibration(), "transfer_calibration": Calibration()}
     out = combine_head_and_transfer(tp, [0.9, 0.2, 0.5, 0.3], [True, True, False, False],
-                                    hp, [0.4, 0.6, 0.1, np.nan])
+                                    hp, [0.4, 0.6, 0.1, np.nan], **identity)
     assert out.source.tolist() == [SOURCE_TRANSFER, SOURCE_HEAD, SOURCE_HEAD, SOURCE_NONE]
     np.testing.assert_array_equal(out.points[:3], [tp[0], hp[1], hp[2]])
     assert np.isnan(out.points[3]).all() and out.found.tolist() == [True, True, True, False]
@@ -147,7 +148,8 @@ def test_combination_takes_the_more_confident_source_per_keypoint():
 
 def test_calibration_decides_between_sources():
     tp, hp = np.zeros((1, 2)), np.ones((1, 2))
-    raw = combine_head_and_transfer(tp, [0.6], [True], hp, [0.3])
+    identity = {"head_calibration": Calibration(), "transfer_calibration": Calibration()}
+    raw = combine_head_and_transfer(tp, [0.6], [True], hp, [0.3], **identity)
     assert raw.source[0] == SOURCE_TRANSFER
     # the head's 0.3 is right 90 % of the time, the transfer's 0.6 only 40 %
     out = combine_head_and_transfer(tp, [0.6], [True], hp, [0.3],
@@ -156,9 +158,17 @@ def test_calibration_decides_between_sources():
     assert out.source[0] == SOURCE_HEAD and out.confidence[0] == pytest.approx(0.9)
 
 
+def test_measured_calibrations_prefer_a_confident_head_over_a_confident_transfer():
+    # raw 0.6 (head) vs 0.95 (transfer): the fixtures say the head is right more often
+    out = combine_head_and_transfer(np.zeros((2, 2)), [0.95, 0.95], [True, True],
+                                    np.ones((2, 2)), [0.6, 0.1])
+    assert out.source.tolist() == [SOURCE_HEAD, SOURCE_TRANSFER]
+
+
 def test_without_a_head_every_point_is_the_transfers():
     tp = np.array([[1.0, 1.0], [np.nan, np.nan]])
-    out = combine_head_and_transfer(tp, [0.1, 0.9], [True, False])
+    out = combine_head_and_transfer(tp, [0.1, 0.9], [True, False],
+                                    transfer_calibration=Calibration())
     assert out.source.tolist() == [SOURCE_TRANSFER, SOURCE_NONE]
     assert out.found.tolist() == [True, False]
 

@@ -73,6 +73,18 @@ def fit_calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 8) 
     return Calibration(tuple(kx), tuple(ky))
 
 
+#: fitted by ``benchmarks/head_bench.py`` on the DLC fixtures (openfield and Reaching, k = 3, 5,
+#: 10, 20 training images, DINOv2-S fast preset, dino fusion, label-box crops): the share of
+#: points within PCK@0.1 of the keypoint box per raw-confidence decile (BENCHMARKS.md "Learning
+#: from corrections"). The transfer's raw confidence is over-confident against the head's.
+HEAD_CALIBRATION = Calibration(
+    (0.0, 0.168, 0.279, 0.356, 0.419, 0.481, 0.537, 0.596, 0.669, 0.746, 0.878, 1.0),
+    (0.286, 0.286, 0.378, 0.459, 0.643, 0.786, 0.786, 0.786, 0.878, 0.878, 0.878, 0.878))
+TRANSFER_CALIBRATION = Calibration(
+    (0.0, 0.204, 0.383, 0.55, 0.63, 0.942, 0.96, 0.969, 0.975, 0.982, 0.988, 1.0),
+    (0.245, 0.245, 0.378, 0.378, 0.51, 0.51, 0.51, 0.51, 0.51, 0.602, 0.673, 0.673))
+
+
 @dataclass(frozen=True)
 class Combined:
     """Per keypoint (K): ``points`` (K, 2) (NaN when neither source found it), calibrated
@@ -90,8 +102,8 @@ class Combined:
 def combine_head_and_transfer(
     transfer_points: np.ndarray, transfer_confidence: np.ndarray, transfer_found: np.ndarray,
     head_points: np.ndarray | None = None, head_confidence: np.ndarray | None = None, *,
-    head_calibration: Calibration = Calibration(),
-    transfer_calibration: Calibration = Calibration(),
+    head_calibration: Calibration = HEAD_CALIBRATION,
+    transfer_calibration: Calibration = TRANSFER_CALIBRATION,
 ) -> Combined:
     """Per keypoint the source with the higher calibrated confidence (ties: the head); without
     a head (None: too few reviewed images) every point comes from the transfer. Points are in
