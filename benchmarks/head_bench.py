@@ -28,9 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
-DATASETS = {
-    "openfield": ("openfield-Pranav-2018-10-30", "m4s1", "CollectedData_Pranav.csv"),
-    "reaching": ("Reaching-Mackenzie-2018-08-30", "reachingvideo1", "CollectedData_Mackenzie.csv"),
+DATASETS = {  # DLC project folder, labelled-frames folder
+    "openfield": ("openfield-Pranav-2018-10-30", "m4s1"),
+    "reaching": ("Reaching-Mackenzie-2018-08-30", "reachingvideo1"),
 }
 KS = (1, 3, 5, 10, 20)
 
@@ -42,19 +42,16 @@ class Frame:
 
 
 def load_dlc(name: str, fixtures: Path = FIXTURES) -> tuple[tuple[str, ...], list[Frame]]:
-    """(keypoint names, labelled frames) of a DeepLabCut example project's CSV."""
-    import pandas as pd
+    """(keypoint names, labelled frames) of a DeepLabCut example project (``io.formats.dlc``)."""
+    from annotator.io.formats.dlc import read_dlc
 
-    project, video, csv = DATASETS[name]
-    base = fixtures / "dlc-examples" / project
-    df = pd.read_csv(base / "labeled-data" / video / csv, header=[0, 1, 2], index_col=0)
-    names = tuple(dict.fromkeys(df.columns.get_level_values(1)))
+    project = read_dlc(fixtures / "dlc-examples" / DATASETS[name][0] / "config.yaml")
     frames = []
-    for rel, row in df.iterrows():
-        pts = np.array([[row.xs(bp, level=1).xs(c, level=1).iloc[0] for c in ("x", "y")]
-                        for bp in names], dtype=np.float64)
-        frames.append(Frame(base / str(rel), pts))
-    return names, frames
+    for rec in project.images:
+        kps = project.annotation(rec.path).instances[0].keypoints
+        pts = np.array([[kp.x, kp.y] if kp.labelled else [np.nan, np.nan] for kp in kps])
+        frames.append(Frame(Path(project.image_root) / rec.path, pts))
+    return tuple(project.schema.keypoints), frames
 
 
 def spread(n: int, k: int) -> list[int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Visibility
@@ -17,6 +16,7 @@ from annotator.engine import Engine
 from annotator.features.cache import FeatureCache
 from annotator.features.config import preset
 from annotator.features.content import ContentExtractor
+from annotator.io.formats.dlc import read_dlc
 from annotator.io.images import load_image
 from annotator.io.project_file import new_project
 from annotator.jobs import train as tj
@@ -25,18 +25,19 @@ from annotator.jobs.propagate import ReferenceSpec, reference_crop
 from annotator.matching.head import HeadParams
 from tests.shared_fixtures import shared_fixture
 
-OPENFIELD = shared_fixture("dlc-examples", "openfield-Pranav-2018-10-30", "labeled-data", "m4s1",
-                           "CollectedData_Pranav.csv")
+OPENFIELD = shared_fixture("dlc-examples", "openfield-Pranav-2018-10-30", "config.yaml")
 DINO = shared_fixture("dinov2-small", "model.safetensors").parent
 
 
 def openfield_labels() -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
-    df = pd.read_csv(OPENFIELD, header=[0, 1, 2], index_col=0)
-    names = tuple(dict.fromkeys(df.columns.get_level_values(1)))
+    """Keypoint names and labels (K, 2) by image name, through the DLC reader."""
+    dlc = read_dlc(OPENFIELD)
     labels = {}
-    for rel, row in df.iterrows():
-        labels[str(rel).split("/")[-1]] = row.to_numpy(float).reshape(len(names), 2)
-    return names, labels
+    for rec in dlc.images:
+        kps = dlc.annotation(rec.path).instances[0].keypoints
+        labels[rec.path.split("/")[-1]] = np.array(
+            [[kp.x, kp.y] if kp.labelled else [np.nan, np.nan] for kp in kps])
+    return tuple(dlc.schema.keypoints), labels
 
 
 def reviewed(points: np.ndarray) -> ImageAnnotation:
@@ -57,7 +58,8 @@ def test_head_learns_openfield_from_six_reviewed_frames(tmp_path):
     train = [frames[i] for i in (3, 22, 41, 60, 79, 98)]
     test = [frames[i] for i in (12, 50, 88, 110)]
     schema = KeypointSchema("mouse", names)
-    project = Project(str(OPENFIELD.parent), [], schema,
+    frames_dir = OPENFIELD.parent / "labeled-data" / "m4s1"
+    project = Project(str(frames_dir), [], schema,
                       settings=ProjectSettings(cache_dir=str(tmp_path / "features")))
     from annotator.domain.project import ImageRecord
 
@@ -78,7 +80,7 @@ def test_head_learns_openfield_from_six_reviewed_frames(tmp_path):
 
     hits = total = 0
     for name in test:  # crops around the labelled keypoints (+15 %), as a reviewed box would
-        image = load_image(OPENFIELD.parent / name)
+        image = load_image(frames_dir / name)
         gt = labels[name]
         spec = ReferenceSpec(name, tuple(map(tuple, gt)), (True,) * len(names))
         crop, _, _ = reference_crop(image, spec, 0.15)
