@@ -52,10 +52,10 @@ def real_engine(cache_dir) -> Engine:
                                   feature_cache=FeatureCache(cache_dir))
 
 
-def test_head_learns_openfield_from_six_reviewed_frames(tmp_path):
+def test_head_learns_openfield_from_four_reviewed_frames(tmp_path):
     names, labels = openfield_labels()
     frames = sorted(labels)
-    train = [frames[i] for i in (3, 22, 41, 60, 79, 98)]
+    train = [frames[i] for i in (5, 35, 65, 95)]
     test = [frames[i] for i in (12, 50, 88, 110)]
     schema = KeypointSchema("mouse", names)
     frames_dir = OPENFIELD.parent / "labeled-data" / "m4s1"
@@ -70,15 +70,15 @@ def test_head_learns_openfield_from_six_reviewed_frames(tmp_path):
     assert request.images == tuple(train)
     t0 = time.perf_counter()
     result = tj.run_training(request, engine, TaskState())
-    assert result.instances == 6 and result.images == tuple(train)
+    assert result.instances == 4 and result.images == tuple(train)
     assert result.train_seconds < 20  # ~1 s alone on 2 cores; generous for a busy machine
     assert time.perf_counter() - t0 < 120
     path = tj.save_project_head(project, engine, result)
     assert path.parent == tmp_path / "features-heads"
     head = tj.project_head(project, engine)
-    assert head is not None and head.meta["num_images"] == 6
+    assert head is not None and head.meta["num_images"] == 4
 
-    hits = total = 0
+    hits = near = total = 0
     for name in test:  # crops around the labelled keypoints (+15 %), as a reviewed box would
         image = load_image(frames_dir / name)
         gt = labels[name]
@@ -88,12 +88,13 @@ def test_head_learns_openfield_from_six_reviewed_frames(tmp_path):
         pred = crop.rect.to_image(pts)
         scale = np.max(gt.max(0) - gt.min(0))
         err = np.linalg.norm(pred - gt, axis=1)
-        hits += int((err <= 0.2 * scale).sum())
+        hits += int((err <= 0.1 * scale).sum())
+        near += int((err <= 0.2 * scale).sum())
         total += len(gt)
         assert ((conf >= 0) & (conf <= 1)).all()
-    # chance (a point anywhere in the ~80 px crop) is ~5 %; the bench measures ~50 % at
-    # PCK@0.1 with 5 frames, ~80 % at 0.2
-    assert hits / total >= 0.5
+    # chance (a point anywhere in the ~80 px crop) is a few %; measured here 13/16 within 0.1
+    # of the box and 16/16 within 0.2 (the bench: ~50 % at PCK@0.1 with 5 frames over 30)
+    assert hits / total >= 0.5 and near / total >= 0.75
 
 
 @pytest.fixture
