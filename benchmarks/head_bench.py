@@ -201,6 +201,8 @@ def combination(results: dict) -> dict:
     """Head + zero-shot per keypoint by confidence: raw confidences, and calibrations fitted on
     the *other* dataset (per k). PCK@0.1 per dataset and k."""
     from annotator.matching.combine import (
+        HEAD_CALIBRATION,
+        TRANSFER_CALIBRATION,
         Calibration,
         combine_head_and_transfer,
         fit_calibration,
@@ -235,7 +237,8 @@ def combination(results: dict) -> dict:
         other = [n for n in names if n != name]
         for k in KS:
             recs, _, _ = records(name, k)
-            cals = {"raw": (Calibration(), Calibration()), "pooled": pooled_cal}
+            cals = {"raw": (Calibration(), Calibration()), "pooled": pooled_cal,
+                    "shipped": (HEAD_CALIBRATION, TRANSFER_CALIBRATION)}
             if other:
                 _, (hc, hok), (tc, tok) = records(other[0], k)
                 cals["other-dataset"] = (fit_calibration(hc, hok, 6),
@@ -243,9 +246,10 @@ def combination(results: dict) -> dict:
             for label, (hcal, tcal) in cals.items():
                 hits = total = from_head = 0
                 for hp, hconf, tp, tconf, gt, thr, ok in recs:
-                    comb = combine_head_and_transfer(tp, np.nan_to_num(tconf), np.isfinite(tconf),
-                                                     hp, hconf, head_calibration=hcal,
-                                                     transfer_calibration=tcal)
+                    comb = combine_head_and_transfer(
+                        tp, np.nan_to_num(tconf), np.isfinite(tconf), hp, hconf,
+                        head_calibration=hcal, transfer_calibration=tcal,
+                        num_images=k if label == "shipped" else None)
                     _, err = _score(comb.points, gt)
                     hits += int((err[ok] <= thr).sum())
                     total += int(ok.sum())

@@ -7,6 +7,7 @@ import torch
 from annotator.features.letterbox import Letterbox
 from annotator.matching import head as hm
 from annotator.matching.combine import (
+    HEAD_ONLY_FROM,
     SOURCE_HEAD,
     SOURCE_NONE,
     SOURCE_TRANSFER,
@@ -163,6 +164,17 @@ def test_measured_calibrations_prefer_a_confident_head_over_a_confident_transfer
     out = combine_head_and_transfer(np.zeros((2, 2)), [0.95, 0.95], [True, True],
                                     np.ones((2, 2)), [0.6, 0.1])
     assert out.source.tolist() == [SOURCE_HEAD, SOURCE_TRANSFER]
+
+
+def test_a_head_trained_on_enough_images_wins_wherever_it_has_a_point():
+    tp, hp = np.zeros((2, 2)), np.ones((2, 2))
+    hp[1] = np.nan
+    few = combine_head_and_transfer(tp, [0.99, 0.99], [True, True], hp, [0.05, 0.9],
+                                    num_images=HEAD_ONLY_FROM - 1)
+    many = combine_head_and_transfer(tp, [0.99, 0.99], [True, True], hp, [0.05, 0.9],
+                                     num_images=HEAD_ONLY_FROM)
+    assert few.source.tolist() == [SOURCE_TRANSFER, SOURCE_TRANSFER]
+    assert many.source.tolist() == [SOURCE_HEAD, SOURCE_TRANSFER]  # no head point: transfer
 
 
 def test_without_a_head_every_point_is_the_transfers():

@@ -5,7 +5,8 @@ Each source's raw confidence (the head's readout-window softmax mass, the transf
 similarity x cycle score) is mapped through its own :class:`Calibration` (a monotone
 piecewise-linear map to "probability that the point is right", fitted on labelled data with
 :func:`fit_calibration`); per keypoint the source with the higher calibrated confidence wins,
-and the result records which one (``source``) with the calibrated confidence.
+and the result records which one (``source``) with the calibrated confidence. Once the head
+learned from :data:`HEAD_ONLY_FROM` images it wins wherever it has a point (measured).
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ TRANSFER_CALIBRATION = Calibration(
     (0.0, 0.204, 0.383, 0.55, 0.63, 0.942, 0.96, 0.969, 0.975, 0.982, 0.988, 1.0),
     (0.245, 0.245, 0.378, 0.378, 0.51, 0.51, 0.51, 0.51, 0.51, 0.602, 0.673, 0.673))
 
+#: from this many training images on, the head's point wins wherever it has one: measured on the
+#: fixtures, every calibrated combination then lost to the head alone (Reaching k = 10: 65.6-72.0
+#: against 76.8 % box PCK@0.1)
+HEAD_ONLY_FROM = 10
+
 
 @dataclass(frozen=True)
 class Combined:
@@ -104,10 +110,12 @@ def combine_head_and_transfer(
     head_points: np.ndarray | None = None, head_confidence: np.ndarray | None = None, *,
     head_calibration: Calibration = HEAD_CALIBRATION,
     transfer_calibration: Calibration = TRANSFER_CALIBRATION,
+    num_images: int | None = None, head_only_from: int = HEAD_ONLY_FROM,
 ) -> Combined:
     """Per keypoint the source with the higher calibrated confidence (ties: the head); without
-    a head (None: too few reviewed images) every point comes from the transfer. Points are in
-    any one pixel frame shared by both sources (K, 2)."""
+    a head (None: too few reviewed images) every point comes from the transfer. With
+    ``num_images`` (what the head was trained on) >= ``head_only_from``, the head's point wins
+    wherever it has one. Points are in any one pixel frame shared by both sources (K, 2)."""
     tp = np.asarray(transfer_points, float).reshape(-1, 2)
     k = len(tp)
     tf = np.asarray(transfer_found, bool).reshape(k) & np.all(np.isfinite(tp), axis=1)
@@ -125,7 +133,8 @@ def combine_head_and_transfer(
     hraw = np.asarray(head_confidence, float).reshape(k)
     hf = np.all(np.isfinite(hp), axis=1) & np.isfinite(hraw)
     hc = np.where(hf, head_calibration(hraw), -1.0)
-    use_head = hf & (hc >= tc)
+    head_only = num_images is not None and num_images >= head_only_from
+    use_head = hf & ((hc >= tc) | head_only)
     found = hf | tf
     src = np.where(use_head, SOURCE_HEAD, np.where(tf, SOURCE_TRANSFER, SOURCE_NONE))
     pts = np.where(use_head[:, None], hp, np.where(tf[:, None], tp, np.nan))
