@@ -170,6 +170,30 @@ def test_mirrored_views_with_flip_pairs(small_project, tmp_path):
     assert len(plain.descriptors) == 3
 
 
+def test_whole_images_without_crops_and_box_predictions(small_project, tmp_path):
+    import dataclasses
+
+    engine = content_engine(tmp_path)
+    small_project.set_settings(dataclasses.replace(small_project.settings, crop="none"))
+    request = tj.TrainRequest.from_project(small_project, HeadParams(steps=30))
+    data = tj.training_set(request, engine, TaskState())
+    maps = engine.features(load_image(tmp_path / "img0.png"))  # the whole image, cached
+    g = data.descriptors.shape[-1]
+    from annotator.matching.head import pixels_to_cells
+
+    want = pixels_to_cells(np.array([[140.0, 110.0]]), maps.letterbox, g)[0]
+    np.testing.assert_allclose(data.cells[0, 0].numpy(), want, atol=1e-5)
+    assert engine.cache_stats().hits >= 1
+    result = tj.run_training(request, engine, TaskState())
+    image = load_image(tmp_path / "img3.png")
+    pts, conf, found = tj.predict_in_box(result.head, engine, image, (150, 90, 60, 60), 0.0)
+    assert pts.shape == (3, 2) and conf.shape == (3,) and found.dtype == bool
+    inside = (pts[found] >= [150 - 0.5, 90 - 0.5]) & (pts[found] < [210, 150])
+    assert inside.all() and np.isnan(pts[~found]).all()
+    whole, _, whole_found = tj.predict_in_box(result.head, engine, image, None, 0.0)
+    assert whole_found.all() and (whole >= -0.5).all()
+
+
 def test_cancel_and_refusals(small_project, tmp_path):
     engine = content_engine(tmp_path)
     state = TaskState()

@@ -127,10 +127,15 @@ def check_engine(engine: Engine) -> None:
                             "head cannot be trained on it; choose the dino or concat fusion")
 
 
-def _mirrored(crop: ImageCrop, points: np.ndarray) -> tuple[ImageCrop, np.ndarray]:
+def _mirrored(view: ImageCrop | np.ndarray, points: np.ndarray
+              ) -> tuple[ImageCrop | np.ndarray, np.ndarray]:
+    """The view mirrored left-right and its points (x -> width - 1 - x)."""
     pts = points.copy()
-    pts[:, 0] = crop.rect.width - 1 - pts[:, 0]
-    return crop.flipped(), pts
+    if isinstance(view, ImageCrop):
+        pts[:, 0] = view.rect.width - 1 - pts[:, 0]
+        return view.flipped(), pts
+    pts[:, 0] = view.shape[1] - 1 - pts[:, 0]
+    return np.ascontiguousarray(view[:, ::-1]), pts
 
 
 def training_set(request: TrainRequest, engine: Engine, state: TaskState,
@@ -170,10 +175,8 @@ def training_set(request: TrainRequest, engine: Engine, state: TaskState,
                 raise TrainingError(f"{path}: {len(spec.points)} keypoints, schema has {k}")
             if request.settings.crop == "bbox":
                 crop = reference_crop(image, spec, request.settings.crop_margin)
-            else:
-                rect = CropRect.whole(image.shape[1], image.shape[0])
-                crop = (ImageCrop.of(image, rect), np.asarray(spec.points, float),
-                        np.asarray(spec.valid, bool))
+            else:  # the whole image (its features are shared with whole-image propagation)
+                crop = (image, np.asarray(spec.points, float), np.asarray(spec.valid, bool))
             if crop is None:
                 continue
             views = [(crop[0], crop[1], crop[2])]
@@ -300,6 +303,24 @@ def project_head(project: Project, engine: Engine,
         return None
     head = load_project_head(project, engine)
     return head if head_usable(head, min_images) else None
+
+
+def predict_in_box(head: KeypointHead, engine: Engine, image: np.ndarray,
+                   box: tuple[float, float, float, float] | None, margin: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The head's prediction for one instance of ``image``: inside ``box`` (x, y, w, h)
+    enlarged by ``margin`` (the crop rule of propagation and training), or the whole image
+    (None). Returns points (K, 2) in image pixels (NaN where not found), confidence (K,) and
+    found (K,): a point outside the crop is not found."""
+    if box is None:
+        points, conf = predict_with_head(head, engine, image)
+        return points, conf, np.all(np.isfinite(points), axis=1)
+    rect = CropRect.around(box, image.shape[1], image.shape[0], margin)
+    points, conf = predict_with_head(head, engine, ImageCrop.of(image, rect))
+    points = rect.to_image(points)
+    found = rect.contains(points)
+    points[~found] = np.nan
+    return points, conf, found
 
 
 def predict_with_head(head: KeypointHead, engine: Engine, image: Any
