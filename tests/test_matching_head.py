@@ -77,6 +77,19 @@ def test_flip_augmentation_mirrors_grids_and_swaps_partners():
     assert av[1].tolist() == [False, True, True]
 
 
+@pytest.mark.parametrize("kind", ["mlp", "prototype"])
+def test_a_keypoint_never_labelled_is_not_predicted(kind, tmp_path):
+    desc, targets = training()
+    valid = torch.ones(4, 3, dtype=torch.bool)
+    valid[:, 1] = False
+    head = hm.train_head(desc, targets, valid, [0, 1, 2], hm.HeadParams(kind=kind, steps=20))
+    cells, conf = (t.numpy() for t in hm.predict(head, desc[0]))
+    assert np.isnan(cells[1]).all() and conf[1] == 0
+    assert np.isfinite(cells[[0, 2]]).all()
+    path = hm.save_head(head, tmp_path / "h.safetensors", fingerprint="f", keypoints="abc")
+    assert np.isnan(hm.predict(hm.load_head(path), desc[0])[0].numpy()[1]).all()
+
+
 def test_invalid_points_and_bad_shapes_are_refused():
     desc, targets = training(2)
     valid = torch.ones(2, 3, dtype=torch.bool)

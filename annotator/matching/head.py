@@ -89,7 +89,8 @@ class HeadParams:
 class KeypointHead:
     """A trained head: ``tensors`` float32 on the CPU ("weight" (K, C) and "bias" (K,) for
     linear and prototype; plus "hidden_weight" (H, C) and "hidden_bias" (H,) for mlp, where
-    "weight" is (K, H)); ``meta`` free JSON-able facts (what it was trained on)."""
+    "weight" is (K, H); "labelled" (K,) training samples per keypoint); ``meta`` free JSON-able
+    facts (what it was trained on)."""
 
     params: HeadParams
     tensors: dict[str, torch.Tensor]
@@ -237,6 +238,7 @@ def _train(descriptors: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
             tensors[first] = tensors[first].detach() @ basis.T
     meta = {"train_seconds": time.perf_counter() - start, "grid": g,
             "train_instances": n, "labelled_points": int(v[:n].sum())}
+    tensors["labelled"] = v.sum(0).float()  # (K,) samples per keypoint (0: never learned)
     return KeypointHead(params, {name: w.detach().to("cpu", torch.float32).contiguous()
                                  for name, w in tensors.items()}, meta)
 
@@ -311,7 +313,8 @@ def heatmap(head: KeypointHead, descriptor: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predict(head: KeypointHead, descriptor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, G, G) -> (cells (K, 2) float64 cell coordinates (x, y), confidence (K,) float64 in
-    [0, 1]: the softmax mass of the readout window), on the CPU."""
+    [0, 1]: the softmax mass of the readout window), on the CPU. A keypoint the head never saw
+    labelled gets NaN cells and confidence 0."""
     logits = heatmap(head, descriptor)
     k, g, _ = logits.shape
     prob = torch.softmax(logits.reshape(k, -1), dim=1).reshape(k, g, g).double().cpu()
@@ -329,7 +332,13 @@ def predict(head: KeypointHead, descriptor: torch.Tensor) -> tuple[torch.Tensor,
     w = win / mass.clamp_min(1e-12)[:, None, None]
     cx = (w * xs[:, None, :].double()).sum((1, 2))
     cy = (w * ys[:, :, None].double()).sum((1, 2))
-    return torch.stack([cx, cy], 1), mass.clamp(0, 1)
+    cells, conf = torch.stack([cx, cy], 1), mass.clamp(0, 1)
+    seen = head.tensors.get("labelled")
+    if seen is not None:
+        unseen = seen.cpu() <= 0
+        cells[unseen] = float("nan")
+        conf[unseen] = 0.0
+    return cells, conf
 
 
 # ---- files -----------------------------------------------------------------------------------
