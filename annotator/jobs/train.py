@@ -210,13 +210,14 @@ def run_training(request: TrainRequest, engine: Engine, state: TaskState,
     data = training_set(request, engine, state, loader)
     t1 = time.perf_counter()
     state.check()
-    state.set_progress(0, 1, f"training on {len(data.images)} image(s)")
+    n = len(data.images)
+    state.set_progress(n, n, f"training on {n} image(s)")
     # mirrored views are real features of mirrored crops: no grid mirroring in train_head
     params = replace(request.params or HeadParams(), flip=False)
     k = len(request.keypoints)
     head = train_head(data.descriptors, data.cells, data.valid, np.arange(k), params)
     t2 = time.perf_counter()
-    state.set_progress(1, 1, "trained")
+    state.set_progress(n, n, "trained")
     head = head.with_meta(images=list(data.images), num_images=len(data.images))
     return TrainResult(head, data.images, len(data.descriptors), t1 - t0, t2 - t1, data.skipped)
 
