@@ -194,6 +194,20 @@ def test_whole_images_without_crops_and_box_predictions(small_project, tmp_path)
     assert whole_found.all() and (whole >= -0.5).all()
 
 
+def test_cancel_between_images(small_project, tmp_path):
+    engine = content_engine(tmp_path)
+    loaded = []
+
+    def loader(path):
+        loaded.append(path.name)
+        return load_image(path)
+
+    state = TaskState(on_progress=lambda p: state.cancel() if p.done >= 1 else None)
+    with pytest.raises(Cancelled):
+        tj.run_training(tj.TrainRequest.from_project(small_project), engine, state, loader)
+    assert loaded == ["img0.png", "img1.png"]  # cancelled before the third image
+
+
 def test_cancel_and_refusals(small_project, tmp_path):
     engine = content_engine(tmp_path)
     state = TaskState()
