@@ -15,7 +15,7 @@ from annotator import __version__
 SUBCOMMANDS = ("annotator.cli.gui", "annotator.cli.propagate", "annotator.cli.eval",
                "annotator.cli.bench", "annotator.cli.export", "annotator.cli.convert",
                "annotator.cli.extract", "annotator.cli.detect",
-               "annotator.cli.video")
+               "annotator.cli.video", "annotator.cli.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
