@@ -156,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
 
             stream = cluster_ray_predictions(args, request, bar, project.schema.name)
         else:
-            stream = run_propagation(request, engine, state, ImageSource.of(project))
+            from annotator.jobs.train import head_for_propagation
+
+            head = head_for_propagation(project, engine)
+            if head is not None:
+                print(f"learned head: trained on {head.meta.get('num_images')} reviewed images")
+            stream = run_propagation(request, engine, state, ImageSource.of(project), head)
         for pred in stream:
             (failed if pred.error else predictions).append(pred)
     except ModelLoadError as exc:

@@ -95,6 +95,9 @@ class ProjectSettings:
     #: several references: "prototype" (per keypoint the mean of the references' descriptors,
     #: one match) or "best" (each reference matched, the most confident wins)
     combine: str = "prototype"
+    #: learn from reviewed images: a per-project keypoint head, used by propagation once it
+    #: was trained on enough reviewed images (annotator.jobs.train)
+    use_head: bool = True
     #: weight of the box-normalised spatial prior of the prototype rule (0 = off); None:
     #: chosen per run by leaving each reference out (annotator.references)
     prior_weight: float | None = None

@@ -226,8 +226,11 @@ class EngineWorker(QObject):
             project = order.snapshot.to_project()
             targets = list(order.targets) if order.targets is not None else None
             request = job.PropagateRequest.from_project(project, targets=targets)
+            from annotator.jobs.train import head_for_propagation
+
+            head = head_for_propagation(project, engine)
             outcome = self._stream(rid, job.run_propagation(request, engine, state,
-                                                        ImageSource.of(project)),
+                                                        ImageSource.of(project), head),
                                    len(request.targets), state)
         except Exception as exc:
             log.error("propagation %d failed:\n%s", rid, traceback.format_exc())

@@ -37,6 +37,7 @@ from annotator.jobs.progress import TaskState
 
 if TYPE_CHECKING:
     from annotator.engine import Engine
+    from annotator.matching.head import KeypointHead
     from annotator.matching.transfer import TransferResult
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ class InstancePrediction:
     found: np.ndarray
     needs_review: np.ndarray
     box: Box | None = None
+    #: (K,) which produced each point (annotator.matching.combine.SOURCE_NAMES codes: 0 none,
+    #: 1 zero-shot transfer, 2 the project's learned head); None: transfer only
+    source: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -131,13 +135,14 @@ class Prediction:
     error: str | None = None
     box: Box | None = None
     others: tuple[InstancePrediction, ...] = ()
+    source: np.ndarray | None = None
 
     def instances(self) -> list[InstancePrediction]:
         """Every predicted instance, the first one included (empty for a failed image)."""
         if self.error is not None:
             return []
         first = InstancePrediction(self.points, self.confidence, self.found,
-                                   self.needs_review, self.box)
+                                   self.needs_review, self.box, self.source)
         return [first, *self.others]
 
     @classmethod
@@ -145,7 +150,7 @@ class Prediction:
                      size: tuple[int, int] | None) -> Prediction:
         first, *rest = instances
         return cls(path, first.points, first.confidence, first.found, first.needs_review,
-                   size, None, first.box, tuple(rest))
+                   size, None, first.box, tuple(rest), first.source)
 
 
 class _Feed:
@@ -219,10 +224,13 @@ def run_propagation(
     engine: Engine,
     state: TaskState,
     loader: ImageLoader = load_image,
+    head: KeypointHead | None = None,
 ) -> Iterator[Prediction]:
     """Yield one :class:`Prediction` per target, in order; raises ``Cancelled`` on cancel
     (between images and between the boxes of one image) and ``ValueError`` when no reference
-    is usable.
+    is usable. With the project's learned ``head`` (annotator.jobs.train.project_head), each
+    instance's points combine head and transfer per keypoint (annotator.matching.combine);
+    the prediction's ``source`` says which produced each point.
 
     Per-instance rule (DESIGN.md section 10): a target with boxes gets one instance per box;
     with ``settings.crop == "bbox"`` each box, enlarged by ``settings.crop_margin`` and
@@ -275,12 +283,15 @@ def run_propagation(
         found_boxes: list[Box] = []
         if not boxes and settings.boxes == "auto" and settings.crop == "bbox":
             found_boxes = rules.find_boxes(image)
+        crop_boxes: list[Box | None]  # the box whose crop each instance was matched in
         if not boxes and not found_boxes:
             preds = [_instance(rules.whole(image) or whole(image), None, None)]
+            crop_boxes = [None]
         elif settings.crop == "bbox":
             preds = []
             recorded = boxes or (found_boxes if len(found_boxes) > 1 else [None])
-            for box, rbox in zip(boxes or found_boxes, recorded):
+            crop_boxes = list(boxes or found_boxes)
+            for box, rbox in zip(crop_boxes, recorded):
                 state.check()
                 rect = CropRect.around(box, w, h, settings.crop_margin)
                 crop = ImageCrop.of(image, rect)
@@ -291,6 +302,10 @@ def run_propagation(
             result = rules.whole(image) or whole(image)
             preds = [_inside(_instance(result, None, box),
                              CropRect.around(box, w, h, settings.crop_margin)) for box in boxes]
+            crop_boxes = [None] * len(preds)
+        if head is not None:
+            preds = [_with_head(pred, head, engine, image, box, settings)
+                     for pred, box in zip(preds, crop_boxes)]
         state.set_progress(done, total, path)
         yield Prediction.of_instances(path, preds, (w, h))
 
@@ -386,6 +401,22 @@ class _Rules:
         if self._search is False:
             return []
         return rules.find_boxes(self.engine, self._search, image)
+
+
+def _with_head(pred: InstancePrediction, head: KeypointHead, engine: Engine, image: np.ndarray,
+               box: Box | None, settings: ProjectSettings) -> InstancePrediction:
+    """``pred`` combined with the head's prediction in the same crop (or whole image)."""
+    from annotator.jobs.train import predict_in_box
+    from annotator.matching.combine import combine_head_and_transfer
+
+    points, confidence, found = predict_in_box(head, engine, image, box, settings.crop_margin)
+    points = np.where(found[:, None], points, np.nan)
+    both = combine_head_and_transfer(pred.points, pred.confidence, pred.found, points,
+                                     np.where(found, confidence, np.nan),
+                                     num_images=head.meta.get("num_images"))
+    return replace(pred, points=both.points, confidence=both.confidence, found=both.found,
+                   needs_review=both.confidence < settings.review_threshold,
+                   source=both.source)
 
 
 def _inside(pred: InstancePrediction, rect: CropRect) -> InstancePrediction:

@@ -335,3 +335,16 @@ def predict_with_head(head: KeypointHead, engine: Engine, image: Any
     desc = engine.extractor.describe(maps)
     cells, conf = predict(head, desc)
     return cells_to_pixels(cells.numpy(), maps.letterbox, int(desc.shape[-1])), conf.numpy()
+
+
+def head_for_propagation(project: Project, engine: Engine) -> KeypointHead | None:
+    """The head propagation uses for ``project``: None when the settings turn learning off,
+    too few images are reviewed, none was trained for these features, or it cannot be read
+    (logged; propagation then uses zero-shot transfer alone)."""
+    if not project.settings.use_head:
+        return None
+    try:
+        return project_head(project, engine)
+    except (TrainingError, ValueError, OSError) as exc:
+        log.warning("the project's learned head is not used: %s", exc)
+        return None
