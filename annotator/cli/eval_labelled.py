@@ -26,8 +26,22 @@ def add_labelled_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prior-weight", type=float, default=None,
                    help="weight of the box-normalised spatial prior (0 = off; default: the "
                         "project's)")
-    g.add_argument("--category", default=None,
-                   help="keypoint category to evaluate when the file has several")
+    g.add_argument("--learn", action="store_true",
+                   help="train the learned keypoint head on the references and use it, as "
+                        "propagation does once images are reviewed")
+    g.add_argument("--simulate-review", action="store_true",
+                   help="simulate a person finishing the set: worst image first, correct "
+                        "every point beyond --tolerance, accept, propagate/retrain every "
+                        "--every images; reports corrections against labelling by hand, with "
+                        "and without the learned head")
+    g.add_argument("--tolerance", type=float, default=0.1,
+                   help="simulate-review: a point farther than this x its keypoint box's "
+                        "longest side is corrected (default 0.1)")
+    g.add_argument("--every", type=int, default=10,
+                   help="simulate-review: propagate and retrain after this many accepted "
+                        "images (default 10)")
+    g.add_argument("--max-images", type=int, default=None,
+                   help="simulate-review: stop after this many images")
 
 
 def settings_from_args(settings: Any, args: argparse.Namespace) -> Any:
@@ -77,7 +91,7 @@ def run_labelled(args: argparse.Namespace) -> int:
         project = import_dataset(args.source)
         config = LabelledEvalConfig(references, args.boxes or "auto",
                                     tuple(args.alphas) if args.alphas else (0.05, 0.1, 0.2),
-                                    args.max_targets)
+                                    args.max_targets, args.learn)
         settings = settings_from_args(project.settings, args)
     except (FormatError, ValueError, OSError) as exc:
         return fail(str(exc))
@@ -86,6 +100,8 @@ def run_labelled(args: argparse.Namespace) -> int:
                               category=project.schema.name)
     except (ImportError, OSError, EngineSettingsError, ValueError) as exc:
         return fail(f"cannot build the engine: {exc}", 3)
+    if args.simulate_review:
+        return _simulate(args, project, engine, settings, fail)
     bar, state = tqdm_task_state(0, "eval labelled")
     try:
         result = evaluate_labelled(project, engine, config, state, settings)
@@ -112,4 +128,50 @@ def run_labelled(args: argparse.Namespace) -> int:
     plot_pck(result, out / "report_pck.png")
     sys.stdout.write(f"report: {out / 'report.md'}, {out / 'report.json'}, "
                      f"{out / 'report_pck.png'}\n")
+    return 0
+
+
+def _simulate(args: argparse.Namespace, project: Any, engine: Any, settings: Any,
+              fail: Any) -> int:
+    from annotator.cli.common import tqdm_task_state
+    from annotator.jobs.progress import Cancelled
+    from annotator.jobs.simulate_review import (
+        SimulationConfig,
+        plot_simulation,
+        render_simulation,
+        simulate_review,
+    )
+
+    boxes = args.boxes or "labels"
+    try:
+        runs = {"learned head + transfer": SimulationConfig(args.tolerance, args.every, True,
+                                                            boxes, None, args.max_images),
+                "zero-shot transfer only": SimulationConfig(args.tolerance, args.every,
+                                                            False, boxes, None,
+                                                            args.max_images)}
+    except ValueError as exc:
+        return fail(str(exc))
+    results = {}
+    try:
+        for name, config in runs.items():
+            bar, state = tqdm_task_state(0, name)
+            try:
+                results[name] = simulate_review(project, engine, config, state, settings)
+            finally:
+                bar.close()
+    except ValueError as exc:
+        return fail(str(exc))
+    except (KeyboardInterrupt, Cancelled):
+        return fail("cancelled", 130)
+    table = render_simulation(results, args.tolerance)
+    sys.stdout.write(f"boxes: {boxes}\n{table}\n")
+    out = args.out or Path("eval-labelled")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "simulate_review.md").write_text(f"boxes: {boxes}\n\n{table}\n")
+    (out / "simulate_review.json").write_text(json.dumps(
+        {"source": str(args.source), "boxes": boxes, "tolerance": args.tolerance,
+         "every": args.every, **{n: r.to_json() for n, r in results.items()}}, indent=1))
+    plot_simulation(results, out / "simulate_review.png")
+    sys.stdout.write(f"report: {out / 'simulate_review.md'}, {out / 'simulate_review.json'}, "
+                     f"{out / 'simulate_review.png'}\n")
     return 0

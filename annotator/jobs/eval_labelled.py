@@ -47,6 +47,8 @@ class LabelledEvalConfig:
     boxes: str = "auto"
     alphas: tuple[float, ...] = (0.05, 0.1, 0.2)
     max_targets: int | None = None
+    #: train the learned head on the references and let propagation use it (issue 20)
+    learn: bool = False
 
     def __post_init__(self) -> None:
         if self.boxes not in BOX_MODES:
@@ -225,7 +227,14 @@ def evaluate_labelled(project: Project, engine: Engine, config: LabelledEvalConf
     scores = {m: KeypointScores() for m in METHODS}
     failed = []
     start = time.perf_counter()
-    for pred in run_propagation(request, engine, state, ImageSource.of(project)):
+    head = None
+    if config.learn:
+        from annotator.jobs.train import TrainRequest, run_training
+
+        train = TrainRequest(project.image_root, tuple(specs), tuple(project.schema.keypoints),
+                             tuple(project.schema.flip_pairs), settings)
+        head = run_training(train, engine, state, ImageSource.of(project)).head
+    for pred in run_propagation(request, engine, state, ImageSource.of(project), head):
         if pred.error is not None:
             failed.append(f"{pred.path}: {pred.error}")
             continue
