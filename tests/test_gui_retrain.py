@@ -218,11 +218,16 @@ def test_learning_off_means_no_retrain(qtbot, tmp_path):  # noqa: ANN001
 
 def test_failures_become_messages(qtbot, tmp_path):  # noqa: ANN001
     from annotator.engine import Engine
-    from annotator.features.config import preset
-    from annotator.features.content import ContentExtractor
+    from tests.shared_fixtures import shared_fixture
+
+    dino = shared_fixture("dinov2-small", "model.safetensors").parent
+    built = []
 
     def copca(settings):  # noqa: ANN001, ANN202
-        return Engine(config=preset("fast", fusion="copca"), extractor=ContentExtractor())
+        engine = Engine.from_pretrained(dino_model=str(dino), preset="fast", fusion="copca",
+                                        device="cpu", local_files_only=True)
+        built.append(engine)
+        return engine
 
     window = make_window(qtbot, copca)
     project = open_demo_project(window, tmp_path)
@@ -235,6 +240,7 @@ def test_failures_become_messages(qtbot, tmp_path):  # noqa: ANN001
     level, title, text = window.messages[-1]
     assert (level, title) == ("info", "Retrain") and "copca" in text
     assert heads(tmp_path) == []
+    assert built and not any(e.loaded for e in built)  # refused before any model loaded
     assert window.head_label.text() == "model: not trained yet"
     window.close()
 
