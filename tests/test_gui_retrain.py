@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from PySide6.QtCore import QThread, Qt
+from PySide6.QtCore import Qt, QThread
 
 from annotator.bench.gui_support import StallMeter
 from annotator.domain import ImageStatus, Keypoint, Visibility
