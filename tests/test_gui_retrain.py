@@ -211,8 +211,15 @@ def test_learning_off_means_no_retrain(qtbot, tmp_path):  # noqa: ANN001
     review(project, ["chelsea_mirror.jpg", "chelsea_crop.jpg", "chelsea_small.jpg"])
     qtbot.wait(400)
     assert window.retrainer.started == 0 and not window.controller.training
+    assert not window.retrain_model()  # Retrain says how to turn it on
+    assert window.messages[-1][1] == "Retrain" and "Settings" in window.messages[-1][2]
     assert engine.calls == 0 and heads(tmp_path) == []
     assert window.head_label.text() == "model: off"
+    # turned on again: the reviewed images are learnt from, without asking
+    project.set_settings(dataclasses.replace(project.settings, use_head=True))
+    with qtbot.waitSignal(window.controller.trained, timeout=30_000) as trained:
+        pass
+    assert trained.args[0]["num_images"] == 4 and len(heads(tmp_path)) == 1
     window.close()
 
 

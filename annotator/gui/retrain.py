@@ -191,6 +191,11 @@ class RetrainScheduler(QObject):
         p = self._project
         if p is None:
             return False
+        if not p.settings.use_head:
+            self.message.emit("Learning from reviewed images is off: turn it on in Edit > "
+                              "Settings (\"Learn from reviewed images\") to train a model.",
+                              True)
+            return False
         if self.reviewed < MIN_TRAINING_IMAGES:
             self.message.emit(too_few_message(self.reviewed), True)
             return False
