@@ -140,6 +140,7 @@ class EngineWorker(QObject):
         self._stopping = threading.Event()  # the window is closing: abandon downloads
         self._detector: Any = None
         self._detector_key: object = None
+        self._head_info_wanted: HeadInfoOrder | None = None  # answered when an engine exists
 
     # ------------------------------------------------ called from the GUI thread
     def request_cancel(self, request_id: int) -> None:
@@ -210,6 +211,10 @@ class EngineWorker(QObject):
             )
             self._engine, self._engine_key = engine, key
             self.model_state.emit("ready", str(device))
+            wanted = self._head_info_wanted
+            if wanted is not None and dataclasses.replace(
+                    wanted.settings, review_threshold=0.0) == key:
+                self.read_head_info(wanted)
         return self._engine
 
     def _load_engine(self, request_id: int, settings: ProjectSettings) -> Any | None:
@@ -364,7 +369,18 @@ class EngineWorker(QObject):
     @Slot(object)
     def read_head_info(self, order: HeadInfoOrder) -> None:
         """What the project's saved head for the current feature settings was trained on
-        ({"num_images", "saved"}), or None: nothing saved, or it cannot be read (logged)."""
+        ({"num_images", "saved"}), or None: nothing saved, or it cannot be read (logged).
+
+        Reading it imports torch, so it waits for the model stack: with the real engine
+        the preload (GIL-friendly) runs first; with an injected factory and no engine built
+        yet, it is answered once the first engine is built (a propagation or a retrain)."""
+        key = dataclasses.replace(order.settings, review_threshold=0.0)
+        if self._engine is None or self._engine_key != key:
+            if self._factory is not default_engine_factory:
+                self._head_info_wanted = order
+                return
+            self.preload()
+        self._head_info_wanted = None
         info = None
         try:
             from annotator.jobs import train as job
