@@ -35,6 +35,7 @@ from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, Format
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
 from annotator.gui.recent import add_recent_project
+from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.thumbnails import ThumbnailLoader
@@ -212,6 +213,9 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("device: -")
         self.model_label = QLabel("models: not loaded")
         self.cache_label = QLabel("cache: -")
+        self.head_label = QLabel()  # "model: trained on N images, M s ago" (gui.retrain)
+        self.head_label.setToolTip("The keypoint model learnt from your reviewed images "
+                                   "(Run > Retrain; Edit > Settings turns it off)")
         self.review_label = QLabel()
         self.zoom_label = QLabel()
         bar.addPermanentWidget(self.review_label)
@@ -233,8 +237,10 @@ class MainWindow(QMainWindow):
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             bar.addPermanentWidget(w)
             w.hide()
-        for w in (self.device_label, self.model_label, self.cache_label):
+        for w in (self.head_label, self.device_label, self.model_label, self.cache_label):
             bar.addPermanentWidget(w)
+        self.head_label.hide()
+        self.retrainer = RetrainScheduler(self.controller, self.head_label, self)
         self.cancel_button.clicked.connect(self.cancel_propagation)
 
     def _action(
@@ -318,6 +324,8 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&Run")
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
         self.act_detect = self._action(m, "&Detect boxes", self.detect_boxes, ("Ctrl+D",))
+        self.act_retrain = self._action(m, "Re&train model", self.retrain_model,
+                                        ("Ctrl+Shift+R",))
         self.act_cancel = self._action(m, "&Cancel", self.cancel_propagation, ("Esc",))
 
         m = self.menuBar().addMenu("&Help")
@@ -332,7 +340,7 @@ class MainWindow(QMainWindow):
             self.act_next_kp, self.act_prev_kp, self.act_v0, self.act_v1, self.act_v2,
             self.act_fit, self.act_heatmap, self.act_propagate, self.act_reference,
             self.act_rescan,
-            self.act_replace,
+            self.act_replace, self.act_retrain,
         ]
         self.project_actions.append(self.act_export_as)
         self.project_actions.append(self.act_add_video)
@@ -361,6 +369,7 @@ class MainWindow(QMainWindow):
         c.heatmap_ready.connect(self.editor.set_heatmap)
         c.model_state.connect(self._on_model_state)
         c.cache_usage.connect(self._on_cache_usage)
+        self.retrainer.message.connect(self._on_retrain_message)
 
     # -------------------------------------------------------------- messages
     def show_message(self, level: str, title: str, text: str) -> None:
@@ -411,6 +420,7 @@ class MainWindow(QMainWindow):
             self._reference_dock_decided = False
             self.welcome.refresh()
             self.stack.setCurrentWidget(self.welcome)
+        self.retrainer.attach(project)
         self._update_title()
         self._update_actions()
         self._update_counts()
@@ -1068,6 +1078,7 @@ class MainWindow(QMainWindow):
 
     def _on_project_changed(self, paths: frozenset[str]) -> None:
         self._count_changed(paths)
+        self.retrainer.project_changed(paths)
         self.editor.project_changed(paths)
         self._update_actions()
         self._update_title()
@@ -1202,6 +1213,17 @@ class MainWindow(QMainWindow):
         self._update_actions()
         return True
 
+    def retrain_model(self) -> bool:
+        """Run > Retrain: train the keypoint head on the reviewed images now (on the worker;
+        behind a propagation in progress). Returns whether a retrain was sent."""
+        return self.retrainer.retrain()
+
+    def _on_retrain_message(self, text: str, manual: bool) -> None:
+        if manual:
+            self.show_message("info", "Retrain", text)
+        else:
+            self.statusBar().showMessage(text, 8000)
+
     def cancel_propagation(self) -> None:
         if self.controller.busy:
             self.controller.cancel()
@@ -1313,6 +1335,7 @@ class MainWindow(QMainWindow):
         self.autosave_timer.stop()
         self.flush_timer.stop()
         self.preload_timer.stop()
+        self.retrainer.stop()
         self.hide()  # the user sees the close at once; a model load may hold the join
         self._detach_project()  # cancel the run, apply what arrived, save: before any wait
         self.controller.shutdown()

@@ -72,3 +72,23 @@ class DetectOrder:
     request_id: int
     request: object
     source: ImageSource | None = None  # loads the targets (video frames decode)
+
+
+@dataclass(frozen=True)
+class TrainOrder:
+    """Train the project's keypoint head on the reviewed images of ``snapshot`` and save it
+    (``params``: an annotator.matching.head.HeadParams, None for its defaults)."""
+
+    request_id: int
+    snapshot: ProjectSnapshot
+    params: object | None = None
+
+
+@dataclass(frozen=True)
+class HeadInfoOrder:
+    """Read what the project's saved head was trained on (no training, no model load)."""
+
+    request_id: int
+    image_root: str
+    schema: KeypointSchema
+    settings: ProjectSettings

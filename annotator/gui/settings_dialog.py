@@ -104,6 +104,11 @@ class SettingsDialog(QDialog):
         self.soft_argmax.setChecked(own.soft_argmax if settings.soft_argmax is None
                                     else settings.soft_argmax)
         self._shown = self._engine_choice()
+        self.use_head = QCheckBox("Learn from reviewed images")
+        self.use_head.setChecked(settings.use_head)
+        self.use_head.setToolTip("Train a keypoint model on the reviewed images (a few seconds, "
+                                 "in the background; Run > Retrain) and let propagation use it "
+                                 "where it is more confident than transfer")
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
@@ -125,6 +130,7 @@ class SettingsDialog(QDialog):
         form.addRow("Precision", self.dtype)
         form.addRow("", self.flip)
         form.addRow("", self.soft_argmax)
+        form.addRow("", self.use_head)
         form.addRow("Review below confidence", self.threshold)
         form.addRow("Cache folder", self.cache_dir)
         form.addRow("Cache size cap", self.cache_cap)
@@ -234,6 +240,7 @@ class SettingsDialog(QDialog):
             dtype=self.dtype.currentText(),
             flip=self._kept("flip"),
             soft_argmax=self._kept("soft_argmax"),
+            use_head=self.use_head.isChecked(),
             review_threshold=float(self.threshold.value()),
             cache_dir=self.cache_dir.text(),
             cache_cap_gb=float(self.cache_cap.value()),

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable
@@ -20,7 +21,14 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from annotator.domain import Project, ProjectSettings
-from annotator.gui.requests import DetectOrder, HeatmapOrder, ProjectSnapshot, PropagateOrder
+from annotator.gui.requests import (
+    DetectOrder,
+    HeadInfoOrder,
+    HeatmapOrder,
+    ProjectSnapshot,
+    PropagateOrder,
+    TrainOrder,
+)
 from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
@@ -61,6 +69,14 @@ def models_help(settings: ProjectSettings, exc: BaseException) -> str:
                 "or put back the hub ids to download them.\n\n"
                 "Manual annotation, review and export keep working.")
     return f"{exc}\n\n{MODELS_HELP}"
+
+
+def too_few_message(count: int) -> str:
+    """Why a retrain was refused: fewer reviewed images than the head needs."""
+    from annotator.jobs.train import MIN_TRAINING_IMAGES
+
+    return (f"Retrain needs at least {MIN_TRAINING_IMAGES} reviewed images with keypoints "
+            f"({count} so far): accept (A) or mark as reference (M) more images.")
 
 
 def default_engine_factory(settings: ProjectSettings) -> Any:
@@ -106,6 +122,8 @@ class EngineWorker(QObject):
     heatmap_ready = Signal(int, object)  # request id, (H, W) float array over the target
     cache_usage = Signal(object)  # bytes used by the feature cache
     preloaded = Signal()  # the model stack is imported (or the preload gave up)
+    trained = Signal(int, object)  # request id, facts of the saved head (see run_training)
+    head_info = Signal(int, object)  # request id, facts of the saved head or None
 
     def __init__(
         self, engine_factory: EngineFactory | None = None, preloader: Preloader | None = None
@@ -122,6 +140,7 @@ class EngineWorker(QObject):
         self._stopping = threading.Event()  # the window is closing: abandon downloads
         self._detector: Any = None
         self._detector_key: object = None
+        self._head_info_wanted: HeadInfoOrder | None = None  # answered when an engine exists
 
     # ------------------------------------------------ called from the GUI thread
     def request_cancel(self, request_id: int) -> None:
@@ -192,6 +211,10 @@ class EngineWorker(QObject):
             )
             self._engine, self._engine_key = engine, key
             self.model_state.emit("ready", str(device))
+            wanted = self._head_info_wanted
+            if wanted is not None and dataclasses.replace(
+                    wanted.settings, review_threshold=0.0) == key:
+                self.read_head_info(wanted)
         return self._engine
 
     def _load_engine(self, request_id: int, settings: ProjectSettings) -> Any | None:
@@ -281,6 +304,97 @@ class EngineWorker(QObject):
         finally:
             self._end_task(rid, outcome)
 
+    def _lazy_engine(self, settings: ProjectSettings) -> Any:
+        """The current engine when it is for ``settings``, else a new one from the factory
+        whose models are not loaded (nothing reads its extractor)."""
+        key = dataclasses.replace(settings, review_threshold=0.0)
+        if self._engine is not None and self._engine_key == key:
+            return self._engine
+        return self._factory(settings)
+
+    @Slot(object)
+    def run_training(self, order: TrainOrder) -> None:
+        """Train the project's head (annotator.jobs.train) on a snapshot and save it; emits
+        ``trained`` with {"num_images", "saved", "seconds", "path"}. Too few reviewed images,
+        a per-pair fusion or a bad training set fail with kind "training"."""
+        rid = order.request_id
+        outcome = "failed"
+        settings = order.snapshot.settings
+        try:
+            from annotator.jobs import train as job
+            from annotator.jobs.progress import Cancelled
+
+            state = self._start_task(rid)
+            if state.is_cancelled():
+                outcome = "cancelled"
+                return
+            project = order.snapshot.to_project()
+            count = job.reviewed_image_count(project)
+            if count < job.MIN_TRAINING_IMAGES:
+                self.failed.emit(rid, "training", too_few_message(count))
+                return
+            job.check_engine(self._lazy_engine(settings))  # before any model loads
+            engine = self._load_engine(rid, settings)
+            if engine is None:
+                outcome = "cancelled" if self._abandoned(rid) else "failed"
+                return
+            if hasattr(engine, "for_category"):  # the features propagation uses
+                engine = engine.for_category(project.schema.name)
+            t0 = time.perf_counter()
+            try:
+                result = job.run_training(job.TrainRequest.from_project(project, order.params),
+                                          engine, state)
+                state.check()
+            except Cancelled:
+                outcome = "cancelled"
+                return
+            path = job.save_project_head(project, engine, result)
+            self.trained.emit(rid, {"num_images": len(result.images), "saved": time.time(),
+                                    "seconds": time.perf_counter() - t0, "path": str(path),
+                                    "skipped": list(result.skipped)})
+            outcome = "done"
+        except Exception as exc:
+            if type(exc).__name__ == "TrainingError":
+                self.failed.emit(rid, "training", str(exc))
+            elif type(exc).__name__ == "ModelLoadError":
+                log.error("training %d failed:\n%s", rid, traceback.format_exc())
+                self.failed.emit(rid, "models", models_help(settings, exc))
+            else:
+                log.error("training %d failed:\n%s", rid, traceback.format_exc())
+                self.failed.emit(rid, "error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._end_task(rid, outcome)
+            self._report_cache(settings)
+
+    @Slot(object)
+    def read_head_info(self, order: HeadInfoOrder) -> None:
+        """What the project's saved head for the current feature settings was trained on
+        ({"num_images", "saved"}), or None: nothing saved, or it cannot be read (logged).
+
+        Reading it imports torch, so it waits for the model stack: with the real engine
+        the preload (GIL-friendly) runs first; with an injected factory and no engine built
+        yet, it is answered once the first engine is built (a propagation or a retrain)."""
+        key = dataclasses.replace(order.settings, review_threshold=0.0)
+        if self._engine is None or self._engine_key != key:
+            if self._factory is not default_engine_factory:
+                self._head_info_wanted = order
+                return
+            self.preload()
+        self._head_info_wanted = None
+        info = None
+        try:
+            from annotator.jobs import train as job
+
+            project = Project(order.image_root, (), order.schema, {}, order.settings)
+            head = job.load_project_head(project, self._lazy_engine(order.settings))
+            if head is not None:
+                facts = job.trained_on(head)
+                info = {"num_images": int(facts.get("num_images") or 0),
+                        "saved": float(facts.get("saved") or 0.0)}
+        except Exception:  # a status line: never worth a message box
+            log.warning("the saved head could not be read", exc_info=True)
+        self.head_info.emit(order.request_id, info)
+
     def _start_task(self, rid: int) -> Any:
         """The TaskState of request ``rid``, registered for cancel (cancelled already when
         the cancel came first)."""
@@ -360,8 +474,15 @@ class WorkerController(QObject):
     heatmap_ready = Signal(object)
     cache_usage = Signal(object)
     preloaded = Signal()
+    training_started = Signal()
+    trained = Signal(object)  # facts of the head just saved (EngineWorker.run_training)
+    training_finished = Signal(str)  # outcome: "done", "cancelled", "failed"
+    training_error = Signal(str, str)  # kind ("training", "models", "error"), message
+    head_info = Signal(object)  # facts of the saved head, or None
 
     _send_propagate = Signal(object)
+    _send_train = Signal(object)
+    _send_head_info = Signal(object)
     _send_detect = Signal(object)
     _send_heatmap = Signal(object)
     _send_factory = Signal(object)
@@ -380,6 +501,8 @@ class WorkerController(QObject):
         self._next_id = 0
         self._run_id: int | None = None
         self._heatmap_id: int | None = None
+        self._train_id: int | None = None
+        self._head_info_id: int | None = None
         self._thread = QThread()
         self._thread.setObjectName("annotator-engine-worker")
         _LIVE_THREADS.add(self._thread)
@@ -389,6 +512,10 @@ class WorkerController(QObject):
         self._send_preloader.connect(self._worker.set_preloader)
         self._send_propagate.connect(self._worker.run_propagation)
         self._send_detect.connect(self._worker.run_detection)
+        self._send_train.connect(self._worker.run_training)
+        self._send_head_info.connect(self._worker.read_head_info)
+        self._worker.trained.connect(self._on_trained)
+        self._worker.head_info.connect(self._on_head_info)
         self._send_heatmap.connect(self._worker.compute_heatmap)
         self._send_factory.connect(self._worker.set_factory)
         self._worker.model_state.connect(self.model_state)
@@ -406,6 +533,11 @@ class WorkerController(QObject):
     def busy(self) -> bool:
         """True while a propagation is queued or running."""
         return self._run_id is not None
+
+    @property
+    def training(self) -> bool:
+        """True while a retrain is queued or running."""
+        return self._train_id is not None
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -455,6 +587,33 @@ class WorkerController(QObject):
         self.run_started.emit(rid)
         return rid
 
+    def retrain(self, project: Project, params: object | None = None) -> int:
+        """Train the project's head from a snapshot of ``project`` on the worker, queued
+        behind any run already sent; supersedes (cancels) a retrain still pending.
+        ``params``: an annotator.matching.head.HeadParams (None: its defaults)."""
+        self.cancel_training()
+        rid = self._new_id()
+        self._train_id = rid
+        self._send_train.emit(TrainOrder(rid, ProjectSnapshot.of(project), params))
+        self.training_started.emit()
+        return rid
+
+    def cancel_training(self) -> None:
+        """Cancel the pending or running retrain; its result is dropped."""
+        rid, self._train_id = self._train_id, None
+        if rid is not None:
+            self._worker.request_cancel(rid)
+            self.training_finished.emit("cancelled")
+
+    def request_head_info(self, project: Project) -> int:
+        """Ask the worker what the project's saved head was trained on (``head_info``);
+        only the newest request's answer is delivered."""
+        rid = self._new_id()
+        self._head_info_id = rid
+        self._send_head_info.emit(HeadInfoOrder(rid, project.image_root, project.schema,
+                                                project.settings))
+        return rid
+
     def request_heatmap(
         self, project: Project, reference: str, point: tuple[float, float], target: str
     ) -> int:
@@ -486,6 +645,8 @@ class WorkerController(QObject):
         self._worker.request_stop()
         self.cancel()
         self.cancel_heatmap()
+        self.cancel_training()
+        self._head_info_id = None
         if not self._thread.isRunning():
             return True
         self._thread.quit()
@@ -504,11 +665,16 @@ class WorkerController(QObject):
             self.prediction_ready.emit(pred)
 
     def _on_finished(self, rid: int, outcome: str) -> None:
+        if rid == self._train_id:
+            self._train_id = None
+            self.training_finished.emit(outcome)
         if rid == self._run_id:
             self._run_id = None
             self.run_finished.emit(outcome)
 
     def _on_failed(self, rid: int, kind: str, message: str) -> None:
+        if rid == self._train_id:
+            self.training_error.emit(kind, message)
         if rid in (self._run_id, self._heatmap_id):
             if rid == self._heatmap_id:
                 self._heatmap_id = None
@@ -518,3 +684,12 @@ class WorkerController(QObject):
         if rid == self._heatmap_id:
             self._heatmap_id = None
             self.heatmap_ready.emit(heat)
+
+    def _on_trained(self, rid: int, info: object) -> None:
+        if rid == self._train_id:
+            self.trained.emit(info)
+
+    def _on_head_info(self, rid: int, info: object) -> None:
+        if rid == self._head_info_id:
+            self._head_info_id = None
+            self.head_info.emit(info)
