@@ -282,8 +282,8 @@ def summarise(results: dict[str, Any]) -> dict[str, dict[str, dict[str, list[flo
     for name, entry in results.items():
         for variant in VARIANTS:
             pooled: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in METHODS}
-            complete = bool(entry["pairs"]) and all(variant in p for p in
-                                                    entry["pairs"].values())
+            complete = len(entry["pairs"]) == entry["images"] and all(
+                variant in p for p in entry["pairs"].values())
             if not complete:
                 continue
             for pair in entry["pairs"].values():
@@ -336,18 +336,23 @@ def main() -> int:
                     help="git directory of an mmpose clone or mirror")
     ap.add_argument("--work", default="/work/heldout",
                     help="where the images, projects and results go (outside the repository)")
-    ap.add_argument("--dino-model", required=True, help="DINOv2 weights (folder or hub id)")
+    ap.add_argument("--dino-model", default="", help="DINOv2 weights (folder or hub id)")
     ap.add_argument("--cache-dir", default=None, help="feature cache folder")
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sets", default="", help="comma-separated set names (default: all)")
     ap.add_argument("--variants", default="", help=f"comma-separated of {list(VARIANTS)}")
     ap.add_argument("--markdown", default=None, help="also write the tables here")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only print the tables of the sets already complete in the results")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("annotator", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    results = run(args)
+    if args.report_only:
+        results = json.loads((Path(args.work) / f"results-{args.preset}.json").read_text())
+    else:
+        results = run(args)
     text = render(results, summarise(results), args.preset)
     sys.stdout.write(text + "\n")
     if args.markdown:
