@@ -52,11 +52,14 @@ def slow_factory(delay: float):  # noqa: ANN201
 
 
 class BrokenEngine:
-    """An engine whose transfer raises."""
+    """An engine whose transfer (and feature extraction: found boxes, prototypes) raises."""
 
     def iter_transfer(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         raise RuntimeError("boom: the engine failed")
         yield  # pragma: no cover
+
+    def features(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        raise RuntimeError("boom: the engine failed")
 
 
 def missing_weights_factory(settings):  # noqa: ANN001, ANN201

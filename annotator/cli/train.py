@@ -44,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from annotator.cli.propagate import load_input
-    from annotator.features.models import ModelLoadError
+    from annotator.jobs.engine_factory import model_load_error
+
+    ModelLoadError = model_load_error()
     from annotator.jobs import train as tj
     from annotator.jobs.progress import Cancelled
     from annotator.matching.head import HeadParams

@@ -144,7 +144,9 @@ def run_propagate(args: argparse.Namespace) -> int:
     saving ``args.input`` after each; ``args.out`` (when set) gets a COCO file at the end.
     Shared by ``annotator video propagate`` and ``annotator propagate --video``."""
     from annotator.cli.common import engine_from_args, tqdm_task_state
-    from annotator.features.models import ModelLoadError
+    from annotator.jobs.engine_factory import model_load_error
+
+    ModelLoadError = model_load_error()
     from annotator.io.project_file import ProjectFileError, load_project, save_project
     from annotator.io.video import VideoError, add_video_frames, video_path
     from annotator.jobs.progress import Cancelled

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QAction, QGuiApplication
@@ -17,8 +17,8 @@ from annotator.gui.video_panel import VideoTimeline
 from annotator.io.project_file import PROJECT_SUFFIX, save_project
 from annotator.io.video import VideoError, add_video_frames, new_video_project, video_path
 
-if TYPE_CHECKING:
-    from annotator.gui.main_window import MainWindow
+# the main window (annotator.gui.main_window imports this module: not imported back here)
+MainWindow = Any
 
 log = logging.getLogger(__name__)
 

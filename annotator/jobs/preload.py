@@ -63,7 +63,8 @@ NATIVE_LIBS: tuple[NativeLib, ...] = (
 # name attributes of lazily importing packages (transformers, diffusers) to resolve.
 MODULE_STEPS: tuple[str, ...] = (
     "numpy", "PIL.Image", "torch", "torch.nn.functional", "cv2", "annotator.engine",
-    "annotator.features.sd_dino", "annotator.jobs.propagate", "safetensors.torch",
+    "annotator.features.sd_dino", "annotator.jobs.propagate", "torch.optim",
+    "annotator.matching.head", "annotator.jobs.train", "safetensors.torch",
     "transformers", "transformers:CLIPTokenizer", "transformers:CLIPTextModel",
     "transformers:Dinov2Model", "diffusers", "diffusers:AutoencoderKL",
     "diffusers:DDPMScheduler", "diffusers:UNet2DConditionModel",

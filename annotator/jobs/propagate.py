@@ -406,7 +406,7 @@ class _Rules:
 def _with_head(pred: InstancePrediction, head: KeypointHead, engine: Engine, image: np.ndarray,
                box: Box | None, settings: ProjectSettings) -> InstancePrediction:
     """``pred`` combined with the head's prediction in the same crop (or whole image)."""
-    from annotator.jobs.train import predict_in_box
+    from annotator.jobs.head_predict import predict_in_box
     from annotator.matching.combine import combine_head_and_transfer
 
     points, confidence, found = predict_in_box(head, engine, image, box, settings.crop_margin)

@@ -31,8 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from annotator.domain.project import Project, ProjectSettings
-from annotator.features.crop import CropRect, ImageCrop
+from annotator.features.crop import ImageCrop
 from annotator.io.images import ImageLoadError, load_image, resolve_image_path
+from annotator.jobs.head_predict import (  # noqa: F401  (public here too)
+    TrainingError,
+    check_engine,
+    predict_in_box,
+    predict_with_head,
+)
 from annotator.jobs.progress import TaskState
 from annotator.jobs.propagate import ReferenceSpec, reference_crop
 
@@ -50,10 +56,6 @@ ImageLoader = Callable[[Path], np.ndarray]
 #: BENCHMARKS.md "Learning from corrections": from 3 images the head beats zero-shot transfer
 #: from the same images on both sets, by 11-26 points; with 1 it is within a few points)
 MIN_TRAINING_IMAGES = 3
-
-
-class TrainingError(ValueError):
-    """The project cannot train a head (no labelled instance, a pair-dependent fusion, ...)."""
 
 
 @dataclass(frozen=True)
@@ -110,21 +112,6 @@ def _default_params() -> HeadParams:
     from annotator.matching.head import HeadParams
 
     return HeadParams()
-
-
-def check_engine(engine: Engine) -> None:
-    """Refuse pair-dependent fusions (copca): a head needs one descriptor per image. Decided
-    from the configuration before the models load."""
-    from annotator.features.extractor import pair_dependent
-
-    if engine.loaded:
-        per_pair = pair_dependent(engine.extractor)
-    else:
-        per_pair = getattr(engine.config, "fusion", "") == "copca"
-    if per_pair:
-        fusion = getattr(engine.config, "fusion", "?")
-        raise TrainingError(f"the {fusion!r} fusion describes images per pair, so a keypoint "
-                            "head cannot be trained on it; choose the dino or concat fusion")
 
 
 def _mirrored(view: ImageCrop | np.ndarray, points: np.ndarray
@@ -306,37 +293,6 @@ def project_head(project: Project, engine: Engine,
     return head if head_usable(head, min_images) else None
 
 
-def predict_in_box(head: KeypointHead, engine: Engine, image: np.ndarray,
-                   box: tuple[float, float, float, float] | None, margin: float
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The head's prediction for one instance of ``image``: inside ``box`` (x, y, w, h)
-    enlarged by ``margin`` (the crop rule of propagation and training), or the whole image
-    (None). Returns points (K, 2) in image pixels (NaN where not found), confidence (K,) and
-    found (K,): a point outside the crop is not found."""
-    if box is None:
-        points, conf = predict_with_head(head, engine, image)
-        return points, conf, np.all(np.isfinite(points), axis=1)
-    rect = CropRect.around(box, image.shape[1], image.shape[0], margin)
-    points, conf = predict_with_head(head, engine, ImageCrop.of(image, rect))
-    points = rect.to_image(points)
-    found = rect.contains(points)
-    points[~found] = np.nan
-    return points, conf, found
-
-
-def predict_with_head(head: KeypointHead, engine: Engine, image: Any
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(points (K, 2) in the pixels of ``image`` (an array or an ImageCrop), confidence (K,))
-    through the engine's (cached) features."""
-    from annotator.matching.head import cells_to_pixels, predict
-
-    check_engine(engine)
-    maps = engine.features(image)
-    desc = engine.extractor.describe(maps)
-    cells, conf = predict(head, desc)
-    return cells_to_pixels(cells.numpy(), maps.letterbox, int(desc.shape[-1])), conf.numpy()
-
-
 def head_for_propagation(project: Project, engine: Engine) -> KeypointHead | None:
     """The head propagation uses for ``project``: None when the settings turn learning off,
     too few images are reviewed, none was trained for these features, or it cannot be read
@@ -345,6 +301,6 @@ def head_for_propagation(project: Project, engine: Engine) -> KeypointHead | Non
         return None
     try:
         return project_head(project, engine)
-    except (TrainingError, ValueError, OSError) as exc:
+    except Exception as exc:  # the head is an extra: transfer alone goes on
         log.warning("the project's learned head is not used: %s", exc)
         return None
