@@ -16,6 +16,7 @@ one space).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from annotator.matching.transfer import TransferResult
 
 ImageLike = np.ndarray | ImageCrop
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,14 +167,17 @@ def choose_prior_weight(engine: Engine,
             ok = s.valid & m.found
             err = np.hypot(*(pred[ok] - s.points[ok]).T)
             hits[c] += sum(float(np.sum(err <= a * side)) for a in (0.05, 0.1, 0.2))
+    log.info("prior weight by leave-one-out: hits %s for weights %s", hits.tolist(),
+             list(candidates))
     return float(candidates[int(np.argmax(hits))])
 
 
 def prototype_transfer(engine: Engine, protos: Prototypes, target: ImageLike,
                        params: PrototypeParams | None = None) -> TransferResult:
-    """Move every prototype to its best cell of ``target`` (whole image or crop). Confidence =
-    clip(cosine similarity, 0, 1); ``cycle_error`` is 0 (no single reference to return to);
-    a keypoint no reference labelled is not found."""
+    """Move every prototype to its best cell of ``target`` (whole image or crop), refined by
+    the engine's window soft-argmax when it has one. Confidence = clip(cosine similarity, 0,
+    1); ``cycle_error`` is 0 (no single reference to return to); a keypoint no reference
+    labelled is not found."""
     from annotator.matching import prototype as proto
     from annotator.matching.transfer import TransferResult
 
@@ -183,8 +188,9 @@ def prototype_transfer(engine: Engine, protos: Prototypes, target: ImageLike,
     if params.prior_weight > 0:
         prior = proto.prior_log_density(protos, _content_rect(maps), maps.grid, maps.cell_size,
                                         params.prior_min_std)
+    match = engine.match_params
     m = proto.match_prototypes(protos, desc, maps.cell_size, _content_mask(maps), prior,
-                               params.prior_weight)
+                               params.prior_weight, match.soft_window, match.temperature)
     lb = maps.letterbox
     found = m.found & lb.contains(m.canvas)
     pts = lb.from_canvas(m.canvas)

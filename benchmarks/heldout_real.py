@@ -71,6 +71,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "prior 0.02": {"prior_weight": 0.02},
     "prior 0.05": {"prior_weight": 0.05},
     "prior 0.1": {"prior_weight": 0.1},
+    "prior 0.2": {"prior_weight": 0.2},
+    "prior 0.3": {"prior_weight": 0.3},
+    "prior 0.5": {"prior_weight": 0.5},
     "combine best": {"combine": "best"},
 }
 

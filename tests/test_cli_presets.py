@@ -85,10 +85,11 @@ def test_every_preset_runs_through_propagate(scene, tiny_model_dirs, tmp_path, c
                                  str(cfg), *sd_args, *common], capsys)
         assert rc == 0, err
         _check_predictions(out)
-        # flip-aware by default in these presets: reference, its mirror and two targets, all
-        # new for each preset (their cache keys differ)
-        assert _computed(printed) == 4, printed
-        seen += 4
+        # the reference and two targets, and the crops around the boxes found in each (the
+        # default rules: found boxes, prototypes), all new for each preset (their cache keys
+        # differ)
+        assert _computed(printed) == 6, printed
+        seen += 6
 
     # geoaware with a CleanDIFT-style UNet state dict (here the tiny UNet's own weights, a
     # full safetensors state dict): clean latents at t = 261, new cache keys
@@ -99,7 +100,7 @@ def test_every_preset_runs_through_propagate(scene, tiny_model_dirs, tmp_path, c
                             capsys)
     assert rc == 0, err
     _check_predictions(out)
-    assert _computed(printed) == 4
+    assert _computed(printed) == 6
 
     # diy: DINOv2 only (no SD model needed), the real adapter checkpoint, no flip by default
     dino768 = build_tiny_dino768(tmp_path)
@@ -111,7 +112,7 @@ def test_every_preset_runs_through_propagate(scene, tiny_model_dirs, tmp_path, c
     rc, printed, err = _run([*diy_args, "--diy-checkpoint", str(FIXTURE)], capsys)
     assert rc == 0, err
     _check_predictions(out)
-    assert _computed(printed) == 3  # no flip: reference and two targets
+    assert _computed(printed) == 6  # as above: no mirrored reference with prototypes
     # offline, without a local checkpoint and none downloaded before: a clear error
     rc, printed, err = _run(diy_args, capsys)
     assert rc == 2 and "DIY-SC" in err and "offline" in err

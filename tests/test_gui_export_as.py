@@ -48,6 +48,7 @@ def test_export_as_writes_the_chosen_format_and_labels(qtbot, tmp_path, monkeypa
 
     monkeypatch.setattr(ExportDialog, "exec", choose("yolo-pose", tmp_path / "ds"))
     window.act_export_as.trigger()
+    window.wait_export_as(30)  # written on a background thread from a snapshot
     labels = sorted(p.name for p in (tmp_path / "ds/labels/train").rglob("*.txt"))
     assert labels == sorted(Path(p).with_suffix(".txt").name for p in reviewed)
     assert yaml.safe_load((tmp_path / "ds/data.yaml").read_text())["kpt_shape"] == [
@@ -56,6 +57,7 @@ def test_export_as_writes_the_chosen_format_and_labels(qtbot, tmp_path, monkeypa
 
     monkeypatch.setattr(ExportDialog, "exec", choose("yolo-pose", tmp_path / "ds2", True))
     window.act_export_as.trigger()
+    window.wait_export_as(30)
     names = {p.name for p in (tmp_path / "ds2/labels/train").rglob("*.txt")}
     assert Path(predicted).with_suffix(".txt").name in names
     window.close()
@@ -70,6 +72,7 @@ def test_export_as_shows_errors(qtbot, tmp_path, monkeypatch):
     (tmp_path / "full/mine.txt").write_text("x")
     monkeypatch.setattr(ExportDialog, "exec", choose("dlc", tmp_path / "full"))
     window.act_export_as.trigger()
+    window.wait_export_as(30)
     level, title, text = window.messages[-1]
     assert (level, title) == ("error", "Export as") and "must be new or empty" in text
     assert (tmp_path / "full/mine.txt").read_text() == "x"

@@ -148,7 +148,7 @@ def test_boxes_propagate_edit_undo_export_reimport(qtbot, tmp_path, project_file
     assert exported.args[1] == ""  # no error
     back = import_coco(out, project.image_root)
     again = back.annotation("two.png").instances
-    assert [i.bbox for i in again] == [tuple(round(v, 2) for v in b) for b in boxes]
+    assert [i.bbox for i in again] == [tuple(round(v, 3) for v in b) for b in boxes]
     assert [i.ann_id for i in again] == [i.ann_id for i in project.annotation("two.png")
                                          .instances]
     assert again[1].keypoints[k].origin == Origin.REVIEWED

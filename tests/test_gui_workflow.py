@@ -239,15 +239,15 @@ def test_manual_annotation_autosaves(qtbot, tmp_path):  # noqa: ANN001
 def test_editor_decodes_off_thread_drops_stale(qtbot, tmp_path, monkeypatch):  # noqa: ANN001
     import time
 
-    from annotator.gui import image_loader
+    from annotator.io.video import ImageSource
 
-    real = image_loader.load_listed
+    real = ImageSource.load
 
-    def slow(root, path, *args):  # noqa: ANN001, ANN002, ANN202
+    def slow(self, path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         time.sleep(0.3)
-        return real(root, path, *args)
+        return real(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(image_loader, "load_listed", slow)
+    monkeypatch.setattr(ImageSource, "load", slow)  # what the canvas loader decodes through
     window = make_window(qtbot)
     assert window.open_demo(str(tmp_path / "demo")) is not None  # chelsea.jpg starts decoding
     editor = window.editor

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from annotator.matching.transfer import cell_centres, query_cells
+from annotator.matching.transfer import _soft_argmax, cell_centres, query_cells
 
 
 def _unit(d: torch.Tensor, name: str) -> torch.Tensor:
@@ -115,11 +115,12 @@ def prior_log_density(protos: Prototypes, content: tuple[float, float, float, fl
 
 def match_prototypes(protos: Prototypes, target: torch.Tensor, cell: float,
                      content_mask: np.ndarray | None = None,
-                     prior: torch.Tensor | None = None, prior_weight: float = 0.0
-                     ) -> PrototypeMatch:
+                     prior: torch.Tensor | None = None, prior_weight: float = 0.0,
+                     soft_window: int = 0, temperature: float = 0.02) -> PrototypeMatch:
     """Each prototype's best target cell (hard argmax of similarity + prior_weight * prior);
     ``content_mask`` (G, G) bool restricts the choice to cells on image content; ``prior``
-    (K, G*G) from :func:`prior_log_density`."""
+    (K, G*G) from :func:`prior_log_density`. ``soft_window`` > 1 refines the argmax by the
+    window soft-argmax of the similarity (``annotator.matching.transfer``'s, off by default)."""
     t = _unit(target, "target")
     g = t.shape[1]
     k = len(protos)
@@ -141,6 +142,9 @@ def match_prototypes(protos: Prototypes, target: torch.Tensor, cell: float,
         score = score.masked_fill(~mask[None, :], float("-inf"))
     best = score.argmax(dim=1)
     best_sim = sim.gather(1, best[:, None])[:, 0]
-    cells = torch.stack([best % g, best // g], dim=1).double().numpy()
+    if soft_window > 1:
+        cells = _soft_argmax(sim, best, g, soft_window, temperature).double().numpy()
+    else:
+        cells = torch.stack([best % g, best // g], dim=1).double().numpy()
     found = (protos.count > 0) & torch.isfinite(score.max(dim=1).values).numpy()
     return PrototypeMatch(cell_centres(cells, cell), best_sim.double().numpy(), found)
