@@ -99,7 +99,7 @@ class ProjectSettings:
     #: was trained on enough reviewed images (annotator.jobs.train)
     use_head: bool = True
     #: weight of the box-normalised spatial prior of the prototype rule (0 = off); None:
-    #: chosen per run by leaving each reference out (annotator.references; 0.1 with one)
+    #: chosen per run by leaving each reference out (annotator.references; none with one)
     prior_weight: float | None = None
 
     def __post_init__(self) -> None:
