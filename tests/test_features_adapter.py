@@ -141,3 +141,15 @@ def test_download_on_first_use_is_verified_and_cached(ckpt, tmp_path):
         ad.load_diy_adapter(None, cache_dir=tmp_path / "empty", offline=True)
     # a local path setting needs no download
     assert isinstance(ad.load_diy_adapter(str(ckpt), download=wrong_download), ad.DiyAdapter)
+
+
+def test_download_is_capped_so_a_wrong_url_cannot_fill_the_disk(tmp_path):
+    import io
+
+    from annotator.features.adapter import copy_capped
+
+    out = io.BytesIO()
+    assert copy_capped(io.BytesIO(b"x" * 3000), out, 4096, "u") == 3000
+    assert out.getvalue() == b"x" * 3000
+    with pytest.raises(OSError, match="more than"):
+        copy_capped(io.BytesIO(b"x" * (3 << 20)), io.BytesIO(), 2 << 20, "http://example/x")

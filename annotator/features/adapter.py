@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,12 +150,28 @@ def default_checkpoint_dir() -> Path:
 Downloader = Callable[[str, Path], None]
 
 
-def _download(url: str, dest: Path) -> None:
+#: the checkpoint is 2.5 MB; a download that grows past this is not it (a wrong URL, a
+#: hostile server) and is stopped before it fills the disk
+MAX_DOWNLOAD_BYTES = 16 << 20
+
+
+def _download(url: str, dest: Path, limit: int = MAX_DOWNLOAD_BYTES) -> None:
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:  # noqa: S310
-        while chunk := resp.read(1 << 20):
-            out.write(chunk)
+        copy_capped(resp, out, limit, url)
+
+
+def copy_capped(src: Any, out: Any, limit: int, what: str) -> int:
+    """Copy ``src`` (a file-like ``read``) to ``out`` in 1 MiB chunks; OSError once more than
+    ``limit`` bytes arrived. Returns the bytes copied."""
+    total = 0
+    while chunk := src.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise OSError(f"{what}: more than {limit >> 20} MiB; not the DIY-SC checkpoint")
+        out.write(chunk)
+    return total
 
 
 def load_diy_adapter(checkpoint: str | None = None, *, cache_dir: str | Path | None = None,
