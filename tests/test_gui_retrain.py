@@ -36,7 +36,7 @@ FAST = HeadParams(steps=20)
 
 class TrainingEngine:
     """The content engine; ``features`` sleeps ``delay`` s and records the thread it ran on;
-    a propagation sleeps ``transfer_delay`` s per target."""
+    a propagation sleeps ``transfer_delay`` s per target; both wait for ``gate``."""
 
     def __init__(self, delay: float = 0.0, transfer_delay: float = 0.0) -> None:
         self._engine = content_engine()
@@ -48,6 +48,7 @@ class TrainingEngine:
         self.calls = 0
 
     def features(self, image):  # noqa: ANN001, ANN201
+        self.gate.wait(30)  # propagation's found boxes and prototypes read features too
         self.threads.append(QThread.currentThread())
         self.calls += 1
         time.sleep(self.delay)

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QLabel
 
 from annotator.domain import ImageStatus, Project
 from annotator.gui.worker import WorkerController, too_few_message
-from annotator.jobs.train import MIN_TRAINING_IMAGES
+from annotator.jobs.head_predict import MIN_TRAINING_IMAGES
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from annotator.domain.project import Project, ProjectSettings
 from annotator.features.crop import ImageCrop
 from annotator.io.images import ImageLoadError, load_image, resolve_image_path
 from annotator.jobs.head_predict import (  # noqa: F401  (public here too)
+    MIN_TRAINING_IMAGES,
     TrainingError,
     check_engine,
     predict_in_box,
@@ -52,10 +53,6 @@ log = logging.getLogger(__name__)
 
 ImageLoader = Callable[[Path], np.ndarray]
 
-#: below this many trained-on images the head is never used (measured on the DLC fixtures,
-#: BENCHMARKS.md "Learning from corrections": from 3 images the head beats zero-shot transfer
-#: from the same images on both sets, by 11-26 points; with 1 it is within a few points)
-MIN_TRAINING_IMAGES = 3
 
 
 @dataclass(frozen=True)
