@@ -214,8 +214,7 @@ def evaluate_labelled(project: Project, engine: Engine, config: LabelledEvalConf
             ref_pts.append(p)
             if box is not None and box[2] > 0 and box[3] > 0:
                 ref_norm.append((p - box[:2]) / np.array(box[2:]))
-    copy_pts = np.nanmean(np.stack(ref_pts), axis=0) if ref_pts else np.full((k, 2), np.nan)
-    norm_pts = np.nanmean(np.stack(ref_norm), axis=0) if ref_norm else np.full((k, 2), np.nan)
+    copy_pts, norm_pts = _mean_points(ref_pts, k), _mean_points(ref_norm, k)
     target_boxes = []
     if config.boxes == "labels":
         for path in targets:
@@ -266,6 +265,18 @@ def evaluate_labelled(project: Project, engine: Engine, config: LabelledEvalConf
     seconds = time.perf_counter() - start
     return LabelledEvalResult(tuple(project.schema.keypoints), tuple(refs), tuple(targets),
                               config, scores, seconds, tuple(failed))
+
+
+def _mean_points(points: list[np.ndarray], k: int) -> np.ndarray:
+    """(K, 2) per-keypoint mean over (K, 2) arrays with NaN where unlabelled (NaN where no
+    array has the keypoint)."""
+    if not points:
+        return np.full((k, 2), np.nan)
+    stack = np.stack(points)
+    seen = np.isfinite(stack).all(axis=2)  # (R, K)
+    total = np.where(seen[:, :, None], stack, 0.0).sum(axis=0)
+    count = seen.sum(axis=0)[:, None]
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _closest(predicted: Sequence[Any], gt: np.ndarray, valid: np.ndarray) -> Any | None:

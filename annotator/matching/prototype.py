@@ -77,11 +77,11 @@ def build_prototypes(samples: Sequence[torch.Tensor], valid: Sequence[np.ndarray
     mean = (s * w).sum(0)
     vectors = mean / mean.norm(dim=1, keepdim=True).clamp_min(1e-8)
     count = v.sum(0)
-    with np.errstate(invalid="ignore"):
-        nm = np.where(v[:, :, None], n, np.nan)
-        prior_mean = np.nan_to_num(np.nanmean(nm, axis=0) if v.any() else nm[0], nan=0.5)
-        spread = np.sqrt(np.nanmean((nm - prior_mean) ** 2, axis=0)) if v.any() else nm[0]
-    prior_std = np.nan_to_num(spread, nan=0.0)
+    seen = v.sum(0)[:, None]  # (K, 1) references that have each keypoint
+    wv = v[:, :, None]
+    prior_mean = np.where(seen > 0, np.where(wv, n, 0.0).sum(0) / np.maximum(seen, 1), 0.5)
+    var = np.where(wv, (n - prior_mean) ** 2, 0.0).sum(0) / np.maximum(seen, 1)
+    prior_std = np.where(seen > 0, np.sqrt(var), 0.0)
     return Prototypes(vectors, count, prior_mean, prior_std)
 
 
