@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -61,8 +62,11 @@ class StoreError(ValueError):
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an SQLite file (by its header, whatever its name)."""
+    """Whether ``path`` is an SQLite file (by its header, whatever its name). Only a regular
+    file is opened: a FIFO would block the open, a device never end."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as f:
             return f.read(16) == SQLITE_MAGIC
     except OSError:
