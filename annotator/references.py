@@ -293,11 +293,15 @@ def find_boxes(engine: Engine, search: ObjectSearch, image: np.ndarray) -> list[
     lb = maps.letterbox
     centres = cell_centres(np.arange(maps.grid, dtype=np.float64), maps.cell_size)
     out: list[Box] = []
+    content = _content_mask(maps)
+    top = float(score[content].max()) if content.any() else 0.0
     for f in found:
-        region = (localize.cells_in_boxes([f.box], maps.grid, maps.cell_size)
-                  & (score > 0.5 * score.max()))
+        region = (localize.cells_in_boxes([f.box], maps.grid, maps.cell_size) & content
+                  & (score > 0.5 * top))
         weights = np.where(region, score, 0.0)
         total = weights.sum()
+        if not total > 0:
+            continue
         cx = float(weights.sum(0) @ centres / total)
         cy = float(weights.sum(1) @ centres / total)
         (px, py), = lb.from_canvas(np.array([[cx, cy]]))

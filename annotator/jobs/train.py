@@ -33,6 +33,7 @@ import numpy as np
 from annotator.domain.project import Project, ProjectSettings
 from annotator.features.crop import ImageCrop
 from annotator.io.images import ImageLoadError, load_image, resolve_image_path
+from annotator.jobs.engine_factory import propagation_flip
 from annotator.jobs.head_predict import (  # noqa: F401  (public here too)
     MIN_TRAINING_IMAGES,
     TrainingError,
@@ -138,7 +139,7 @@ def training_set(request: TrainRequest, engine: Engine, state: TaskState,
     for a, b in request.flip_pairs:
         perm[a], perm[b] = b, a
     params = request.params or _default_params()
-    flip = params.flip and bool(request.flip_pairs) and request.settings.flip
+    flip = params.flip and bool(request.flip_pairs) and propagation_flip(request.settings)
     describe = engine.extractor.describe
     descs, cells, valids, used, skipped = [], [], [], [], []
     by_path: dict[str, list[ReferenceSpec]] = {}
