@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -24,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.domain import ImageStatus, Project
+from annotator.gui.pool_owner import PoolOwner
 from annotator.gui.thumbnails import register_pool_user
 from annotator.io.coco import CocoSource, ExportChoice, ExportScope
 from annotator.io.video_formats import write_coco_with_frames
@@ -124,7 +124,7 @@ class _ExportTask(QRunnable):
             self._emitter.done.emit(self._path, error, 0, 0)
 
 
-class CocoExporter(QObject):
+class CocoExporter(QObject, PoolOwner):
     """Runs one export at a time on a pool thread; :attr:`finished` reports the outcome."""
 
     progress = Signal(int, int)  # done, total
@@ -158,14 +158,3 @@ class CocoExporter(QObject):
         self._running = None
         self.finished.emit(path, error, images, annotations)
 
-    def wait(self, timeout_ms: int = 120_000) -> bool:
-        """Wait for a running export (closing the window); returns whether it ended."""
-        if not shiboken6.isValid(self._pool):
-            return True
-        return bool(self._pool.waitForDone(timeout_ms))
-
-    @property
-    def active_threads(self) -> int:
-        if not shiboken6.isValid(self._pool):
-            return 0
-        return self._pool.activeThreadCount()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from annotator.gui.pool_owner import PoolOwner
 from annotator.gui.thumbnails import register_pool_user
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class _ImportTask(QRunnable):
             self._emitter.done.emit(project, "", self._out)
 
 
-class FormatImporter(QObject):
+class FormatImporter(QObject, PoolOwner):
     """Runs one import at a time on a pool thread; :attr:`finished` carries the new project
     (saved at the path given) or the error."""
 
@@ -81,14 +81,3 @@ class FormatImporter(QObject):
         self._running = False
         self.finished.emit(project, error, path)
 
-    def wait(self, timeout_ms: int = 120_000) -> bool:
-        """Wait for a running import (closing the window); returns whether it ended."""
-        if not shiboken6.isValid(self._pool):
-            return True
-        return bool(self._pool.waitForDone(timeout_ms))
-
-    @property
-    def active_threads(self) -> int:
-        if not shiboken6.isValid(self._pool):
-            return 0
-        return self._pool.activeThreadCount()

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from annotator.gui.pool_owner import PoolOwner
 from annotator.gui.thumbnails import register_pool_user
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class _OpenTask(QRunnable):
             self._emitter.done.emit((opened, counts), "", self._path)
 
 
-class ProjectOpener(QObject):
+class ProjectOpener(QObject, PoolOwner):
     """Opens one project at a time on a pool thread. :attr:`progress` carries the fraction
     read (per mille); :attr:`finished` the :class:`OpenedProject`, or None with the error
     ("" when cancelled)."""
@@ -124,14 +124,3 @@ class ProjectOpener(QObject):
         finally:
             self.counts = None
 
-    def wait(self, timeout_ms: int = 120_000) -> bool:
-        """Wait for a running open (closing the window); returns whether it ended."""
-        if not shiboken6.isValid(self._pool):
-            return True
-        return bool(self._pool.waitForDone(timeout_ms))
-
-    @property
-    def active_threads(self) -> int:
-        if not shiboken6.isValid(self._pool):
-            return 0
-        return self._pool.activeThreadCount()
