@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -313,9 +313,3 @@ def find_boxes(engine: Engine, search: ObjectSearch, image: np.ndarray) -> list[
         if x1 > x0 and y1 > y0:
             out.append((float(x0), float(y0), float(x1 - x0), float(y1 - y0)))
     return out
-
-
-def describe_any(engine: Engine, image: ImageLike) -> Any:
-    """Features and the shared descriptor of one image or crop (for callers that need both)."""
-    maps = engine.features(image)
-    return maps, shared_descriptor(engine, maps)

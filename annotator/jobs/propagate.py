@@ -323,6 +323,7 @@ class _Rules:
         self.whole_refs, self.crop_refs = whole_refs, crop_refs
         self._protos: dict[str, object] = {}
         self._search: object | None = None
+        self._found_refs: list | None = None  # reference crops framed by the found boxes
 
     def _transfer(self, kind: str, refs: list, target: object) -> TransferResult | None:
         if self.settings.combine != "prototype" or not refs:
@@ -351,9 +352,9 @@ class _Rules:
         """Transfer to the crop of a found box, from reference crops framed the same way: the
         box found in each reference image around its instance (the references' own keypoint
         boxes frame the object differently from a box found by features)."""
-        if "found" not in self._protos and self.settings.combine == "prototype":
+        if self._found_refs is None and self.settings.combine == "prototype":
             self._found_refs = self._framed_refs()
-        return self._transfer("found", getattr(self, "_found_refs", []), crop)
+        return self._transfer("found", self._found_refs or [], crop)
 
     def _framed_refs(self) -> list:
         margin = self.settings.crop_margin
