@@ -31,13 +31,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 from xml.etree import ElementTree
 
-from annotator.domain.annotation import (
-    ImageAnnotation,
-    Instance,
-    Keypoint,
-    Origin,
-    Visibility,
-)
+from annotator.domain.annotation import ImageAnnotation, Instance, Keypoint, Origin, Visibility
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.formats._common import (

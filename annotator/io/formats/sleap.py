@@ -18,13 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from annotator.domain.annotation import (
-    ImageAnnotation,
-    Instance,
-    Keypoint,
-    Origin,
-    Visibility,
-)
+from annotator.domain.annotation import ImageAnnotation, Instance, Keypoint, Origin, Visibility
 from annotator.domain.paths import _DRIVE
 from annotator.domain.project import Project
 from annotator.domain.schema import KeypointSchema, SchemaError
