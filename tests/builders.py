@@ -3,7 +3,7 @@ one-instance annotations, so that each test states only what is particular to it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,16 @@ def predicted(x: float, y: float, confidence: float) -> Keypoint:
     return Keypoint(x, y, Visibility.VISIBLE, Origin.PREDICTED, confidence)
 
 
+def annotation(instances: Iterable[Sequence[Keypoint]], status: ImageStatus,
+               boxes: Sequence[Box | None] = ()) -> ImageAnnotation:
+    """An annotation of one instance per keypoint sequence; ``boxes``: their user boxes."""
+    kps = [tuple(k) for k in instances]
+    boxes = tuple(boxes) or (None,) * len(kps)
+    return ImageAnnotation(tuple(Instance(k, b) for k, b in zip(kps, boxes, strict=True)),
+                           status)
+
+
 def one_instance(keypoints: Sequence[Keypoint], status: ImageStatus,
                  box: Box | None = None) -> ImageAnnotation:
     """An annotation of one instance."""
-    return ImageAnnotation((Instance(tuple(keypoints), box),), status)
+    return annotation([keypoints], status, [box])

@@ -12,17 +12,9 @@ import yaml
 from PIL import Image
 
 from annotator.cli import main as cli_main
-from annotator.domain import (
-    ImageAnnotation,
-    ImageRecord,
-    ImageStatus,
-    Instance,
-    Keypoint,
-    KeypointSchema,
-    Origin,
-    Project,
-    Visibility,
-)
+from annotator.domain.annotation import ImageAnnotation, ImageStatus, Keypoint, Origin, Visibility
+from annotator.domain.project import ImageRecord, Project
+from annotator.domain.schema import KeypointSchema
 from annotator.io.formats import (
     ExportOptions,
     FormatError,
@@ -30,7 +22,7 @@ from annotator.io.formats import (
     export_project,
     import_dataset,
 )
-from tests.builders import blank_images, one_instance, predicted
+from tests.builders import annotation, blank_images, one_instance, predicted
 
 V, O = Visibility.VISIBLE, Visibility.OCCLUDED  # noqa: E741
 MISSING = Keypoint()
@@ -63,12 +55,11 @@ def kp(spec):
 def project(tmp_path) -> Project:
     root = tmp_path / "imgs"
     p = Project(str(root), blank_images(root, SIZES, 90), SCHEMA)
-    p.set_annotation("a.png", ImageAnnotation(
-        tuple(Instance(tuple(kp(s) for s in kps), box) for kps, box in LABELS["a.png"]),
-        ImageStatus.REVIEWED), "a")
-    p.set_annotation("sub/b.png", ImageAnnotation(
-        tuple(Instance(tuple(kp(s) for s in kps), box) for kps, box in LABELS["sub/b.png"]),
-        ImageStatus.REFERENCE), "b")
+    for name, status, what in (("a.png", ImageStatus.REVIEWED, "a"),
+                               ("sub/b.png", ImageStatus.REFERENCE, "b")):
+        labels = LABELS[name]
+        p.set_annotation(name, annotation([[kp(s) for s in kps] for kps, _ in labels], status,
+                                          [box for _, box in labels]), what)
     # c.jpg: unreviewed predictions, one confident, one not
     pred = (predicted(20, 20, 0.9), predicted(30, 30, 0.2), MISSING, MISSING)
     p.set_annotation("c.jpg", one_instance(pred, ImageStatus.PREDICTED), "c")
@@ -82,11 +73,11 @@ def by_name(project: Project) -> dict[str, ImageAnnotation]:
     return {Path(r.path).name: project.annotation(r.path) for r in project.images}
 
 
-def triples(inst: Instance):
+def triples(inst):
     return [None if not k.labelled else (k.x, k.y, k.v) for k in inst.keypoints]
 
 
-def assert_same_points(got: Instance, spec, tol: float, occluded_as=O):
+def assert_same_points(got, spec, tol: float, occluded_as=O):
     want = [None if s is None else (s[0], s[1], occluded_as if s[2] == O else s[2])
             for s in spec]
     have = triples(got)
@@ -581,7 +572,7 @@ def _random_project(root: Path, data) -> tuple[Project, dict]:
     want = {}
     for n, (w, h) in enumerate(sizes):
         Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / f"i{n}.png")
-        insts = []
+        insts = []  # keypoints per instance
         for _ in range(data.draw(st.integers(0, 3), label="instances")):
             kps = []
             for _ in range(k):
@@ -591,9 +582,10 @@ def _random_project(root: Path, data) -> tuple[Project, dict]:
                 kps.append(Keypoint(round(x, 3), round(y, 3), Visibility(v)))
             if not any(kp.labelled for kp in kps):
                 kps[0] = Keypoint(1.0, 1.0, V)
-            insts.append(Instance(tuple(kps)))
-        want[f"i{n}.png"] = insts
-        p.set_annotation(f"i{n}.png", ImageAnnotation(tuple(insts), ImageStatus.REVIEWED), "x")
+            insts.append(kps)
+        ann = annotation(insts, ImageStatus.REVIEWED)
+        want[f"i{n}.png"] = list(ann.instances)
+        p.set_annotation(f"i{n}.png", ann, "x")
     return p, want
 
 
@@ -649,11 +641,10 @@ def test_convert_category_picks_one_of_several(tmp_path, capsys):
 
 def test_coco_export_keeps_three_decimals(tmp_path):
     root = tmp_path / "imgs"
-    root.mkdir()
-    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(root / "a.png")
-    p = Project(str(root), [ImageRecord("a.png")], KeypointSchema("cat", ("nose",)))
-    p.set_annotation("a.png", ImageAnnotation((Instance((Keypoint(10.12345, 3.0006, V),)),),
-                                              ImageStatus.REVIEWED), "x")
+    p = Project(str(root), blank_images(root, {"a.png": (40, 30)}),
+                KeypointSchema("cat", ("nose",)))
+    p.set_annotation("a.png", one_instance((Keypoint(10.12345, 3.0006, V),), ImageStatus.REVIEWED),
+                     "x")
     export_project(p, "coco", tmp_path / "c.json")
     ann = json.loads((tmp_path / "c.json").read_text())["annotations"][0]
     assert ann["keypoints"][:2] == [10.123, 3.001]

@@ -18,17 +18,9 @@ import yaml
 from PIL import Image
 
 from annotator.cli import main as cli_main
-from annotator.domain import (
-    ImageAnnotation,
-    ImageRecord,
-    ImageStatus,
-    Instance,
-    Keypoint,
-    KeypointSchema,
-    Project,
-    Visibility,
-)
+from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Project, Visibility
 from annotator.io.formats import FormatError, export_project, import_dataset
+from tests.builders import blank_images, one_instance
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not to be copied"
 V = Visibility.VISIBLE
@@ -362,11 +354,10 @@ def test_huge_image_names_refused(tmp_path):
 
 # ------------------------------------------------------------------- exports
 def _small_project(root: Path) -> Project:
-    png(root / "a.png")
     schema = KeypointSchema("cat", ("nose", "tail"))
-    p = Project(str(root), [ImageRecord("a.png")], schema)
-    p.set_annotation("a.png", ImageAnnotation(
-        (Instance((Keypoint(3, 4, V), Keypoint(10, 12, V))),), ImageStatus.REVIEWED), "x")
+    p = Project(str(root), blank_images(root, {"a.png": (40, 30)}, 120), schema)
+    p.set_annotation("a.png", one_instance((Keypoint(3, 4, V), Keypoint(10, 12, V)),
+                                           ImageStatus.REVIEWED), "x")
     return p
 
 

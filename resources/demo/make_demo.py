@@ -16,16 +16,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from annotator.domain import (
-    ImageAnnotation,
-    ImageRecord,
-    ImageStatus,
-    Instance,
-    Keypoint,
-    Origin,
-    Project,
-    Visibility,
-)
+from annotator.domain import ImageRecord, Keypoint, Project, Visibility
 from annotator.io.project_file import save_project
 from annotator.io.templates import load_template
 
@@ -110,13 +101,9 @@ def main() -> None:
         if steps.count(mirror) % 2:
             perm = schema.flip_permutation()
             truth[name] = [truth[name][perm[i]] for i in range(len(schema))]
-    reference = Instance(tuple(
-        Keypoint(float(x), float(y), Visibility.VISIBLE, Origin.MANUAL) for x, y in ref_pts
-    ))
-    project = Project(
-        "images", records, schema,
-        {REFERENCE: ImageAnnotation((reference,), ImageStatus.REFERENCE)},
-    )
+    project = Project("images", records, schema)
+    for k, (x, y) in enumerate(ref_pts):  # labelling an image makes it a reference
+        project.set_keypoint(REFERENCE, k, Keypoint(float(x), float(y), Visibility.VISIBLE))
     save_project(project, HERE / "demo.kpproj.json")
     (HERE / "demo.kpproj.json").chmod(0o644)
     (HERE / "ground_truth.json").write_text(json.dumps(
