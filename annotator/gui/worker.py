@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, SignalInstance, Slot
 
 from annotator.domain import Project, ProjectSettings
 from annotator.gui.requests import (
@@ -656,13 +656,21 @@ class WorkerController(QObject):
         return bool(ok)
 
     # --------------------------------------------------------------- results
+    def _deliver(self, rid: int, request: str, signal: SignalInstance, *args: object,
+                 last: bool = False) -> None:
+        """Re-emit a worker result on ``signal`` when ``rid`` is the request whose id is held in
+        attribute ``request``; ``last``: the result ends that request."""
+        if rid != getattr(self, request):
+            return
+        if last:
+            setattr(self, request, None)
+        signal.emit(*args)
+
     def _on_progress(self, rid: int, done: int, total: int, message: str) -> None:
-        if rid == self._run_id:
-            self.run_progress.emit(done, total, message)
+        self._deliver(rid, "_run_id", self.run_progress, done, total, message)
 
     def _on_prediction(self, rid: int, pred: object) -> None:
-        if rid == self._run_id:
-            self.prediction_ready.emit(pred)
+        self._deliver(rid, "_run_id", self.prediction_ready, pred)
 
     def _on_finished(self, rid: int, outcome: str) -> None:
         if rid == self._train_id:
@@ -681,15 +689,10 @@ class WorkerController(QObject):
             self.error.emit(kind, message)
 
     def _on_heatmap(self, rid: int, heat: object) -> None:
-        if rid == self._heatmap_id:
-            self._heatmap_id = None
-            self.heatmap_ready.emit(heat)
+        self._deliver(rid, "_heatmap_id", self.heatmap_ready, heat, last=True)
 
     def _on_trained(self, rid: int, info: object) -> None:
-        if rid == self._train_id:
-            self.trained.emit(info)
+        self._deliver(rid, "_train_id", self.trained, info)
 
     def _on_head_info(self, rid: int, info: object) -> None:
-        if rid == self._head_info_id:
-            self._head_info_id = None
-            self.head_info.emit(info)
+        self._deliver(rid, "_head_info_id", self.head_info, info, last=True)
