@@ -16,7 +16,6 @@ The format writers copy image files; a video frame has none until it is exported
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
@@ -27,9 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from annotator.domain.annotation import ImageAnnotation, Instance, Keypoint, Origin, Visibility
+from annotator.domain.annotation import ImageAnnotation, Keypoint, Origin
 from annotator.domain.project import ImageRecord, Project
-from annotator.domain.schema import KeypointSchema, SchemaError
 from annotator.io.formats._common import (
     DEFAULT_EXPORT,
     ExportOptions,
@@ -41,6 +39,7 @@ from annotator.io.formats._common import (
     require_yaml,
     staged_file,
 )
+from annotator.io.formats.sleap import from_sleap, load_labels, skeleton, to_sleap
 from annotator.io.images import resolve_image_path
 from annotator.io.video import (
     VideoError,
@@ -160,22 +159,6 @@ def write_dlc_h5(out: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------- SLEAP
-def _sleap_instance(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
-    labelled = [kp for kp in inst.keypoints if kp.labelled]
-    pts = np.full((len(inst.keypoints), 2), np.nan)
-    for j, kp in enumerate(inst.keypoints):
-        if kp.labelled:
-            pts[j] = (kp.x, kp.y)
-    if labelled and all(kp.origin == Origin.PREDICTED and kp.v == Visibility.VISIBLE
-                        for kp in labelled):
-        scores = np.array([kp.confidence or 0.0 for kp in inst.keypoints], dtype=float)
-        return sio.PredictedInstance.from_numpy(
-            pts, point_scores=scores,
-            score=float(np.mean([kp.confidence or 0.0 for kp in labelled])), skeleton=skeleton)
-    visible = np.array([kp.v == Visibility.VISIBLE for kp in inst.keypoints])
-    return sio.Instance.from_numpy(np.column_stack([pts, visible]), skeleton=skeleton)
-
-
 def write_sleap_video(project: Project, out: str | Path,
                       options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
     """A SLEAP labels file whose labelled frames refer to the videos by frame index (other
@@ -186,11 +169,7 @@ def write_sleap_video(project: Project, out: str | Path,
     out = Path(out)
     if out.suffix != ".slp":
         raise FormatError(f"{out}: a SLEAP labels file must end in .slp")
-    schema = project.schema
-    names = list(schema.keypoints)
-    skeleton = sio.Skeleton(nodes=names, edges=[(names[a], names[b]) for a, b in schema.skeleton],
-                            symmetries=[(names[a], names[b]) for a, b in schema.flip_pairs],
-                            name=schema.name)
+    sk = skeleton(sio, project.schema)
     videos: dict[str, Any] = {}
     frames, n_inst = [], 0
     for r in _exported_records(project, options):
@@ -220,34 +199,16 @@ def write_sleap_video(project: Project, out: str | Path,
                     and (kp.confidence is None or kp.confidence < min_conf) else kp
                     for kp in inst.keypoints))
             if inst.num_labelled:
-                insts.append(_sleap_instance(sio, np, inst, skeleton))
+                insts.append(to_sleap(sio, np, inst, sk))
         n_inst += len(insts)
         frames.append(sio.LabeledFrame(video=video, frame_idx=idx, instances=insts))
-    labels = sio.Labels(labeled_frames=frames, videos=list(videos.values()), skeletons=[skeleton])
+    labels = sio.Labels(labeled_frames=frames, videos=list(videos.values()), skeletons=[sk])
     try:
         with staged_file(out) as stage:
             sio.save_slp(labels, str(stage), embed=False, verbose=False)
     except (OSError, ValueError) as exc:
         raise FormatError(f"{out}: cannot be written ({exc})") from None
     return ExportReport(out, len(frames), n_inst)
-
-
-def _from_sleap_instance(inst: Any, k: int) -> Instance:
-    predicted = type(inst).__name__ == "PredictedInstance"
-    pts = inst.points
-    kps = []
-    for j in range(k):
-        x, y = (float(v) for v in pts["xy"][j])
-        if math.isnan(x) or math.isnan(y):
-            kps.append(Keypoint())
-        elif predicted:
-            score = float(pts["score"][j])
-            kps.append(Keypoint(x, y, Visibility.VISIBLE, Origin.PREDICTED,
-                                min(max(score, 0.0), 1.0) if math.isfinite(score) else None))
-        else:
-            v = Visibility.VISIBLE if bool(pts["visible"][j]) else Visibility.OCCLUDED
-            kps.append(Keypoint(x, y, v))
-    return Instance(tuple(kps))
 
 
 def read_sleap_video(path: str | Path) -> Project:
@@ -258,22 +219,7 @@ def read_sleap_video(path: str | Path) -> Project:
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
-    try:
-        labels = sio.load_slp(str(path), open_videos=False)
-    except Exception as exc:  # h5py and sleap-io raise many kinds for a bad file
-        raise FormatError(f"{path}: not a readable SLEAP file ({exc})") from None
-    if len(labels.skeletons) != 1:
-        raise FormatError(f"{path}: {len(labels.skeletons)} skeletons; one is supported")
-    sk = labels.skeletons[0]
-    names = [n.name for n in sk.nodes]
-    index = {n: i for i, n in enumerate(names)}
-    try:
-        schema = KeypointSchema(
-            sk.name or "instance", tuple(names),
-            tuple((index[e.source.name], index[e.destination.name]) for e in sk.edges),
-            tuple(tuple(sorted(index[n.name] for n in s.nodes)) for s in sk.symmetries))
-    except SchemaError as exc:
-        raise FormatError(f"{path}: {exc}") from None
+    labels, schema = load_labels(sio, path)
     entries = []
     for lf in labels.labeled_frames:
         if isinstance(lf.video.filename, list):
@@ -305,7 +251,8 @@ def read_sleap_video(path: str | Path) -> Project:
             raise FormatError(f"{path}: frame {idx} of {video} is listed twice")
         time_s = round(info.time_of(idx), 6) if info else None
         records.append(ImageRecord(name, w, h, video=rel, frame=idx, time_s=time_s))
-        insts = tuple(i for i in (_from_sleap_instance(i, len(names)) for i in lf.instances)
+        where = f"{path}: frame {idx} of {video}"
+        insts = tuple(i for i in (from_sleap(i, len(schema), where) for i in lf.instances)
                       if i.num_labelled)
         anns[name] = ImageAnnotation(insts, imported_status(insts))
     order = sorted(range(len(records)), key=lambda i: (records[i].video, records[i].frame))

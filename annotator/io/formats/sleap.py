@@ -41,7 +41,8 @@ from annotator.io.jsonio import check_coordinate
 log = logging.getLogger(__name__)
 
 
-def _skeleton(sio: Any, schema: KeypointSchema) -> Any:
+def skeleton(sio: Any, schema: KeypointSchema) -> Any:
+    """The SLEAP skeleton of ``schema`` (edges and left/right pairs as symmetries)."""
     names = list(schema.keypoints)
     return sio.Skeleton(
         nodes=names,
@@ -58,7 +59,8 @@ def _is_prediction(inst: Instance) -> bool:
     )
 
 
-def _to_sleap(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
+def to_sleap(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
+    """A SLEAP instance (a ``PredictedInstance`` when all its points are predictions)."""
     pts = np.full((len(inst.keypoints), 3), np.nan)
     for j, kp in enumerate(inst.keypoints):
         if kp.labelled:
@@ -85,7 +87,7 @@ def write_sleap(
     if out.suffix != ".slp":
         raise FormatError(f"{out}: a SLEAP labels file must end in .slp")
     frames = export_frames(project, options)
-    skeleton = _skeleton(sio, project.schema)
+    sk = skeleton(sio, project.schema)
     labelled_frames = []
     n_inst = 0
     for frame in frames:
@@ -93,11 +95,11 @@ def write_sleap(
             filename=str(frame.source), open_backend=False,
             backend_metadata={"shape": (1, frame.height, frame.width, 3)},
         )
-        insts = [_to_sleap(sio, np, inst, skeleton) for inst in frame.instances
+        insts = [to_sleap(sio, np, inst, sk) for inst in frame.instances
                  if inst.num_labelled]
         n_inst += len(insts)
         labelled_frames.append(sio.LabeledFrame(video=video, frame_idx=0, instances=insts))
-    labels = sio.Labels(labeled_frames=labelled_frames, skeletons=[skeleton])
+    labels = sio.Labels(labeled_frames=labelled_frames, skeletons=[sk])
     try:
         with staged_file(out) as stage:
             sio.save_slp(labels, str(stage), embed=False, verbose=False)
@@ -110,7 +112,8 @@ def write_sleap(
     return ExportReport(out, len(frames), n_inst, tuple(notes))
 
 
-def _from_sleap(inst: Any, k: int, where: str) -> Instance:
+def from_sleap(inst: Any, k: int, where: str) -> Instance:
+    """Our instance of a SLEAP one with ``k`` nodes (NaN points missing, scores clipped)."""
     predicted = type(inst).__name__ == "PredictedInstance"
     pts = inst.points
     kps = []
@@ -216,16 +219,9 @@ def _embedded_frames(labels: Any, path: Path, root: Path) -> dict[tuple[int, int
     return out
 
 
-def read_sleap(path: str | Path, image_root: str | Path | None = None) -> Project:
-    """A project from a SLEAP labels file: one image per (video, frame) whose video is an
-    image file or a list of image files, found inside the dataset folder (``image_root``,
-    default the file's folder; see :func:`_locate`). A ``.pkg.slp`` has its embedded images
-    extracted into ``<dataset folder>/<name>.frames/``."""
-    sio = require_sleap_io()
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: file not found")
-    dataset_file(path, path.parent, "SLEAP file")
+def load_labels(sio: Any, path: Path) -> tuple[Any, KeypointSchema]:
+    """The labels of SLEAP file ``path`` (videos not opened) and the schema of its one
+    skeleton (symmetries as left/right pairs)."""
     try:
         labels = sio.load_slp(str(path), open_videos=False)
     except Exception as exc:  # h5py and sleap-io raise many kinds for a bad file
@@ -241,9 +237,23 @@ def read_sleap(path: str | Path, image_root: str | Path | None = None) -> Projec
         a, b = sorted(index[n.name] for n in sym.nodes)
         pairs.append((a, b))
     try:
-        schema = KeypointSchema(sk.name or "instance", tuple(names), tuple(edges), tuple(pairs))
+        return labels, KeypointSchema(sk.name or "instance", tuple(names), tuple(edges),
+                                      tuple(pairs))
     except SchemaError as exc:
         raise FormatError(f"{path}: {exc}") from None
+
+
+def read_sleap(path: str | Path, image_root: str | Path | None = None) -> Project:
+    """A project from a SLEAP labels file: one image per (video, frame) whose video is an
+    image file or a list of image files, found inside the dataset folder (``image_root``,
+    default the file's folder; see :func:`_locate`). A ``.pkg.slp`` has its embedded images
+    extracted into ``<dataset folder>/<name>.frames/``."""
+    sio = require_sleap_io()
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    dataset_file(path, path.parent, "SLEAP file")
+    labels, schema = load_labels(sio, path)
     root = Path(os.path.realpath(image_root if image_root is not None else path.parent))
     embedded: dict[tuple[int, int], Path] | None = None
     entries: list[tuple[Path, tuple[int, int] | None, ImageAnnotation]] = []
@@ -272,7 +282,7 @@ def read_sleap(path: str | Path, image_root: str | Path | None = None) -> Projec
                                   "video frames are not supported, only images")
             image = _locate(filename, root, path)
         size = _size(meta, where)
-        insts = tuple(_from_sleap(i, len(names), where) for i in lf.instances)
+        insts = tuple(from_sleap(i, len(schema), where) for i in lf.instances)
         insts = tuple(i for i in insts if i.num_labelled)
         entries.append((image, size, ImageAnnotation(insts, imported_status(insts))))
     rels = [e[0].relative_to(root).as_posix() for e in entries]
