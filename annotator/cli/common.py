@@ -1,10 +1,11 @@
-"""Engine options shared by the headless commands."""
+"""Options and run endings shared by the headless commands."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,14 @@ from annotator.domain.project import ProjectSettings
 from annotator.jobs.engine_factory import EXTRACTORS, preset_names
 
 PRESET_NAMES = preset_names()
+PROJECT_OR_COCO = "project file (.kpproj, .kpproj.json) or COCO file"
+
+
+def add_input_arguments(p: argparse.ArgumentParser, images_help: str, name: str = "input",
+                        input_help: str = PROJECT_OR_COCO) -> None:
+    """The positional project or COCO file (``name``) and the ``--images`` folder."""
+    p.add_argument(name, type=Path, help=input_help)
+    p.add_argument("--images", type=Path, default=None, help=images_help)
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,3 +153,20 @@ def tqdm_task_state(total: int, desc: str) -> tuple[Any, Any]:
         bar.refresh()
 
     return bar, TaskState(on_progress)
+
+
+def stopped(bar: Any, exc: BaseException, interrupted: str) -> int:
+    """Close ``bar`` and say why a run ended early; its exit status. ``exc``: an interruption
+    (Ctrl-C or a cancel: ``interrupted`` is printed, 130), a ValueError (bad input, 2) or a
+    ModelLoadError (2)."""
+    from annotator.jobs.progress import Cancelled
+
+    bar.close()
+    if isinstance(exc, (KeyboardInterrupt, Cancelled)):
+        print(interrupted, file=sys.stderr)
+        return 130
+    if isinstance(exc, ValueError):
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        print(f"cannot load the models:\n{exc}", file=sys.stderr)
+    return 2

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from annotator.cli.common import add_input_arguments
 from annotator.domain.project import ProjectSettings
 
 
@@ -21,10 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "keypoint: a box to fill. `annotator propagate` on that file then predicts one "
         "instance per box. Earlier detections the user has not touched are replaced.",
     )
-    p.add_argument("input", type=Path, help="project file (.kpproj, .kpproj.json) or COCO file")
-    p.add_argument("--images", type=Path, default=None,
-                   help="image folder (default: the COCO file's folder or the project's root); "
-                        "images it holds that the input does not list are searched too")
+    add_input_arguments(p, "image folder (default: the COCO file's folder or the project's "
+                           "root); images it holds that the input does not list are searched too")
     p.add_argument("--out", type=Path, required=True, help="COCO file to write")
     p.add_argument("--category", default=None, help="COCO category to use when several exist")
     p.add_argument("--model", default=None,
@@ -42,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from annotator.cli.common import tqdm_task_state
+    from annotator.cli.common import stopped, tqdm_task_state
     from annotator.cli.propagate import load_input
     from annotator.io.coco import ExportChoice, ExportScope, write_coco
     from annotator.io.video import ImageSource
@@ -78,14 +77,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for res in run_detection(request, detector, state, ImageSource.of(project)):
             results.append(res)
-    except (Cancelled, KeyboardInterrupt):
-        bar.close()
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
-    except ValueError as exc:
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (Cancelled, KeyboardInterrupt, ValueError) as exc:
+        return stopped(bar, exc, "interrupted; nothing written")
     bar.close()
     apply_detections(project, results)
     # the detected boxes are unreviewed predictions: the file is for the next step

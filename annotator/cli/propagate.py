@@ -11,8 +11,10 @@ from pathlib import Path
 from annotator.cli.cluster import add_ray_arguments
 from annotator.cli.common import (
     add_engine_arguments,
+    add_input_arguments,
     engine_from_args,
     settings_from_args,
+    stopped,
     tqdm_task_state,
 )
 from annotator.cli.export import add_include_arguments, choice_from_args
@@ -32,11 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "`annotator detect`) gets one predicted instance per box, written as one annotation "
         "with that bbox; a target without boxes is predicted as a whole image.",
     )
-    p.add_argument("input", type=Path, help="project file (.kpproj, .kpproj.json) or COCO file")
-    p.add_argument("--images", type=Path, default=None,
-                   help="image folder (COCO input: default the COCO file's folder; project input: "
-                        "the project's image root). Images in it that the COCO file does not "
-                        "list are added as targets.")
+    add_input_arguments(p, "image folder (COCO input: default the COCO file's folder; project "
+                           "input: the project's image root). Images in it that the COCO file "
+                           "does not list are added as targets.")
     p.add_argument("--out", type=Path, default=None,
                    help="COCO file to write (required, except with --video)")
     p.add_argument("--video", type=Path, nargs="?", action="append", default=None,
@@ -164,10 +164,6 @@ def run(args: argparse.Namespace) -> int:
             stream = run_propagation(request, engine, state, ImageSource.of(project), head)
         for pred in stream:
             (failed if pred.error else predictions).append(pred)
-    except ModelLoadError as exc:
-        bar.close()
-        print(f"cannot load the models:\n{exc}", file=sys.stderr)
-        return 2
     except (Cancelled, KeyboardInterrupt):
         bar.close()
         try:  # keep what is done: a second Ctrl-C during this write stops it
@@ -181,10 +177,8 @@ def run(args: argparse.Namespace) -> int:
               f"image(s): wrote the {len(predictions)} prediction(s) made so far to "
               f"{args.out}; features computed so far are cached", file=sys.stderr)
         return 130
-    except ValueError as exc:
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ModelLoadError, ValueError) as exc:
+        return stopped(bar, exc, "")
     bar.close()
     apply_predictions(project, predictions)
     write_coco(project, args.out, choice)

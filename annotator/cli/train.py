@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
-from annotator.cli.common import add_engine_arguments, engine_from_args, tqdm_task_state
+from annotator.cli.common import (
+    add_engine_arguments,
+    add_input_arguments,
+    engine_from_args,
+    stopped,
+    tqdm_task_state,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "is per pair). Predictions use the head once it learned from enough images "
         "(--min-images).",
     )
-    p.add_argument("project", type=Path, help="project file (*.kpproj.json) or COCO keypoint file")
-    p.add_argument("--images", type=Path, default=None,
-                   help="image folder (default: the project's image root / the COCO file's "
-                        "folder)")
+    add_input_arguments(p, "image folder (default: the project's image root / the COCO "
+                           "file's folder)", "project",
+                        "project file (*.kpproj.json) or COCO keypoint file")
     p.add_argument("--kind", choices=("mlp", "linear", "prototype"), default=None,
                    help="head: mlp (default, the best measured), linear (1x1 convolution) or "
                         "prototype (mean descriptor per keypoint, no training)")
@@ -74,19 +78,10 @@ def run(args: argparse.Namespace) -> int:
     bar, state = tqdm_task_state(len(request.images), "features")
     try:
         result = tj.run_training(request, engine, state)
-    except ModelLoadError as exc:
-        bar.close()
-        print(f"cannot load the models:\n{exc}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        bar.close()
-        print("interrupted: nothing saved; features computed so far are cached",
-              file=sys.stderr)
-        return 130
-    except ValueError as exc:  # TrainingError and bad inputs
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ModelLoadError, Cancelled, KeyboardInterrupt, ValueError) as exc:
+        # ValueError: TrainingError and bad inputs
+        return stopped(bar, exc, "interrupted: nothing saved; features computed so far are "
+                                 "cached")
     bar.close()
     for line in result.skipped:
         print(f"skipped {line}", file=sys.stderr)

@@ -143,7 +143,7 @@ def run_propagate(args: argparse.Namespace) -> int:
     """Predict every frame of the project's videos (or ``args.video``), chunk by chunk,
     saving ``args.input`` after each; ``args.out`` (when set) gets a COCO file at the end.
     Shared by ``annotator video propagate`` and ``annotator propagate --video``."""
-    from annotator.cli.common import engine_from_args, tqdm_task_state
+    from annotator.cli.common import engine_from_args, stopped, tqdm_task_state
     from annotator.jobs.engine_factory import model_load_error
 
     ModelLoadError = model_load_error()
@@ -190,19 +190,9 @@ def run_propagate(args: argparse.Namespace) -> int:
         for pred in propagate_frames(project, engine, state, targets, args.nearest,
                                      args.chunk, save, smooth=args.smooth):
             failed += bool(pred.error)
-    except ModelLoadError as exc:
-        bar.close()
-        print(f"cannot load the models:\n{exc}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        bar.close()
-        print(f"interrupted; predictions so far saved in {path}; run again to "
-              "continue", file=sys.stderr)
-        return 130
-    except ValueError as exc:
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ModelLoadError, Cancelled, KeyboardInterrupt, ValueError) as exc:
+        return stopped(bar, exc, f"interrupted; predictions so far saved in {path}; run again "
+                                 "to continue")
     bar.close()
     print(f"saved {path}: {len(targets) - failed} frame(s) predicted, "
           f"{failed} unreadable")
