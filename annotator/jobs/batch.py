@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from annotator.io.images import ImageLoadError, load_image, resolve_image_path
+from annotator.jobs.images import ImageLoader
 from annotator.jobs.progress import Cancelled, TaskState
 from annotator.jobs.propagate import Prediction, PropagateRequest, run_propagation
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ImageLoader = Callable[[Path], np.ndarray]
 EngineFactory = Callable[[], "Engine"]
 
 COMPUTED, CACHED, FAILED = "computed", "cached", "error"

@@ -10,16 +10,16 @@ one undoable step. Detected boxes are predictions: each new instance carries its
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from annotator.domain.annotation import Box, ImageAnnotation, ImageStatus, Instance
 from annotator.domain.project import Project, ProjectSettings
-from annotator.io.images import ImageLoadError, load_image, resolve_image_path
+from annotator.io.images import load_image
+from annotator.jobs.images import ImageLoader, load_targets
 from annotator.jobs.progress import TaskState
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ImageLoader = Callable[[Path], np.ndarray]
 DUPLICATE_IOU = 0.7  # a detection overlapping a kept box this much is the same object
 
 
@@ -75,13 +74,9 @@ def run_detection(request: DetectRequest, detector: BoxDetector, state: TaskStat
         raise ValueError("the detection prompt is empty: set one or name the schema")
     total = len(request.targets)
     state.set_progress(0, total, f"detecting '{request.prompt}'")
-    for done, path in enumerate(request.targets, start=1):
-        state.check()
-        try:
-            image = loader(resolve_image_path(request.image_root, path))
-        except (ImageLoadError, ValueError) as exc:
-            state.set_progress(done, total, path)
-            yield BoxResult(path, error=str(exc))
+    for done, path, image in load_targets(request.targets, request.image_root, loader, state):
+        if isinstance(image, str):
+            yield BoxResult(path, error=image)
             continue
         det = detector.detect(image, request.prompt, params)
         state.set_progress(done, total, path)

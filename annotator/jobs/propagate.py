@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +32,7 @@ from annotator.domain.project import Project, ProjectSettings
 from annotator.features.crop import CropRect, ImageCrop, keypoint_box
 from annotator.io.images import ImageLoadError, load_image, resolve_image_path
 from annotator.jobs.engine_factory import propagation_flip
+from annotator.jobs.images import ImageLoader, load_targets
 from annotator.jobs.progress import TaskState
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ImageLoader = Callable[[Path], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -270,13 +269,9 @@ def run_propagation(
     cropped = _Transfer(engine, crop_refs, request.flip_pairs, flip)
     rules = _Rules(engine, settings, request, images, whole_refs, crop_refs)
 
-    for done, path in enumerate(request.targets, start=1):
-        state.check()
-        try:
-            image = loader(resolve_image_path(request.image_root, path))
-        except (ImageLoadError, ValueError) as exc:
-            state.set_progress(done, total, path)
-            yield Prediction(path, error=str(exc))
+    for done, path, image in load_targets(request.targets, request.image_root, loader, state):
+        if isinstance(image, str):
+            yield Prediction(path, error=image)
             continue
         h, w = image.shape[:2]
         boxes = boxes_of.get(path, ())

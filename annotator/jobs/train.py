@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ from annotator.jobs.head_predict import (  # noqa: F401  (public here too)
     predict_in_box,
     predict_with_head,
 )
+from annotator.jobs.images import ImageLoader
 from annotator.jobs.progress import TaskState
 from annotator.jobs.propagate import ReferenceSpec, reference_crop
 
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ImageLoader = Callable[[Path], np.ndarray]
 
 
 
