@@ -13,10 +13,10 @@ import logging
 from collections import OrderedDict
 from functools import partial
 
-import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
+from annotator.gui.pool_owner import ImagePool
 from annotator.gui.qimage import decode_and_emit
 from annotator.gui.thumbnails import register_pool_user
 from annotator.io.video import ImageSource
@@ -30,7 +30,7 @@ class _Emitter(QObject):
     done = Signal(int, str, object, str)  # generation, path, QImage or None, error
 
 
-class ImageLoader(QObject):
+class ImageLoader(QObject, ImagePool):
     """Decodes the images the editor shows, newest request first, keeping a few recent ones."""
 
     loaded = Signal(str, object, str)  # path, QImage or None, error: for the wanted path only
@@ -52,13 +52,7 @@ class ImageLoader(QObject):
         self._in_flight: str | None = None
         register_pool_user(self)
 
-    def set_root(self, root: str, source: ImageSource | None = None) -> None:
-        """Forget everything and serve images under ``root``, through ``source`` (the
-        project's :meth:`ImageSource.live`, so its video frames decode; default: files)."""
-        self._generation += 1
-        self._root = root
-        self._source = source if source is not None else ImageSource(root)
-        self._cache.clear()
+    def _forget(self) -> None:
         self._wanted = self._next = self._prefetch = self._in_flight = None
 
     def cached(self, path: str) -> QImage | None:
@@ -121,17 +115,3 @@ class ImageLoader(QObject):
             self.loaded.emit(path, image, error or "unreadable")
         self._pump()
 
-    def stop(self, timeout_ms: int = 10_000) -> bool:
-        """Drop waiting work and wait for the running decode (its result is dropped)."""
-        self._generation += 1
-        self._wanted = self._next = self._prefetch = self._in_flight = None
-        if not shiboken6.isValid(self._pool):
-            return True
-        return bool(self._pool.waitForDone(timeout_ms))
-
-    @property
-    def active_threads(self) -> int:
-        """Pool threads decoding now (0 once the loader's C++ side is gone)."""
-        if not shiboken6.isValid(self._pool):
-            return 0
-        return self._pool.activeThreadCount()

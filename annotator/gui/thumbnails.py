@@ -7,10 +7,10 @@ import weakref
 from collections import OrderedDict
 from functools import partial
 
-import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage, QPixmap
 
+from annotator.gui.pool_owner import ImagePool
 from annotator.gui.qimage import decode_and_emit
 from annotator.io.video import ImageSource
 
@@ -36,7 +36,7 @@ def busy_thumbnail_threads() -> int:
     return sum(loader.active_threads for loader in list(_LOADERS))  # type: ignore[attr-defined]
 
 
-class ThumbnailLoader(QObject):
+class ThumbnailLoader(QObject, ImagePool):
     """Serves cached thumbnails and loads missing ones in the background.
 
     Requests form a stack (the most recent first) and at most ``max_threads`` decodes run at
@@ -68,13 +68,10 @@ class ThumbnailLoader(QObject):
         register_pool_user(self)
 
     def set_root(self, root: str, source: ImageSource | None = None) -> None:
-        """Forget everything and serve images under ``root``, through ``source`` (the
-        project's :meth:`ImageSource.live`, so its video frames decode; default: files)."""
-        self._generation += 1
-        self._root = root
-        self._source = source if source is not None else ImageSource(root)
-        self._cache.clear()
+        super().set_root(root, source)
         self._errors.clear()
+
+    def _forget(self) -> None:
         self._stack.clear()
         self._queued.clear()
         self._in_flight.clear()
@@ -134,24 +131,8 @@ class ThumbnailLoader(QObject):
         self._errors[path] = error
         self.loaded.emit(path)
 
-    def stop(self, timeout_ms: int = 10_000) -> bool:
-        """Drop queued work and wait for running decodes."""
-        self._generation += 1
-        self._stack.clear()
-        self._queued.clear()
-        self._in_flight.clear()
-        if not shiboken6.isValid(self._pool):
-            return True
-        return bool(self._pool.waitForDone(timeout_ms))
-
     @property
     def pending(self) -> int:
         """Thumbnails queued or being decoded for the current root."""
         return len(self._stack) + len(self._in_flight)
 
-    @property
-    def active_threads(self) -> int:
-        """Pool threads decoding now (0 once the loader's C++ side is gone)."""
-        if not shiboken6.isValid(self._pool):
-            return 0
-        return self._pool.activeThreadCount()
