@@ -52,6 +52,7 @@ from annotator.io.cache_folder import HEX64 as _HEX64
 from annotator.io.cache_folder import MARKER_NAME, cache_folder_problem
 from annotator.io.cache_folder import SHARD as _SHARD
 from annotator.io.cache_folder import TMP as _TMP
+from annotator.io.project_file import process_umask
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +65,6 @@ _READ_ATTEMPTS = 3  # reads of an entry that another process keeps replacing
 _STALE_TMP_S = 3600.0  # temporary files older than this were left by a killed process
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where /proc tells it."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 class CacheFolderError(ValueError):
@@ -304,7 +293,7 @@ class FeatureCache:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             save_file(tensors, tmp, metadata=meta)
-            os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600
+            os.chmod(tmp, 0o666 & ~process_umask())  # safetensors writes 0600
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

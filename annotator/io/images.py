@@ -7,6 +7,8 @@ import logging
 import os
 import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +145,17 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     """
     path = Path(path)
     img = _open(path, max_pixels)
+    with _decode_errors(path), img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb_uint8(img)
+
+
+@contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    """Decoding failures as an :class:`ImageLoadError` naming ``path``."""
     try:
-        with img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb_uint8(img)
+        yield
     except ImageLoadError:
         raise
     except MemoryError:
@@ -175,19 +183,12 @@ def load_thumbnail(path: str | os.PathLike[str], max_side: int = 160) -> np.ndar
         raise ValueError("thumbnail size must be positive")
     path = Path(path)
     img = _open(path, MAX_PIXELS)
-    try:
-        with img:
-            img.draft("RGB", (max_side * 2, max_side * 2))  # fast JPEG downscale on decode
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img.thumbnail((max_side, max_side))
-            return _to_rgb_uint8(img)
-    except ImageLoadError:
-        raise
-    except MemoryError:
-        raise ImageLoadError(f"{path}: not enough memory to decode") from None
-    except Exception as exc:  # OSError, ValueError, SyntaxError, struct.error, ...
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from None
+    with _decode_errors(path), img:
+        img.draft("RGB", (max_side * 2, max_side * 2))  # fast JPEG downscale on decode
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img.thumbnail((max_side, max_side))
+        return _to_rgb_uint8(img)
 
 
 def list_images(root: str | os.PathLike[str]) -> list[str]:

@@ -324,7 +324,7 @@ _OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|bak)$")
 STALE_TEMP_S = 3600.0  # our temporary files older than this were left by a killed save
 
 
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask, read without changing it where the platform allows."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -398,7 +398,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, backup: bool =
                 os.replace(bak_tmp, backup_path(path))
                 bak_tmp = None
         else:
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~process_umask())
         os.replace(tmp, path)
     except BaseException:
         for leftover in (tmp, bak_tmp):
