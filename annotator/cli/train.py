@@ -6,13 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from annotator.cli.common import (
-    add_engine_arguments,
-    add_input_arguments,
-    engine_from_args,
-    stopped,
-    tqdm_task_state,
-)
+from annotator.cli.common import add_engine_arguments, add_input_arguments, engine_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from annotator.cli.common import stopped, tqdm_task_state
     from annotator.cli.propagate import load_input
     from annotator.jobs.engine_factory import model_load_error
 
