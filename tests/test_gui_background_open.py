@@ -158,7 +158,7 @@ def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, mon
     cats = list(review_categories(expected).values())  # counted over the full project
     assert window.review_counts() == (cats.count(1), 1500, cats.count(2))
     assert "loading" in window.windowTitle() and window.open_bar.isVisible()
-    assert "loading" in window.statusBar().currentMessage()
+    assert "loading annotations" in window.open_bar.text()
     # navigation works and the image on show has its points (read from the store)
     assert window.act_next.isEnabled()
     first = window.editor.current_path

@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 
 from annotator.domain import ImageAnnotation, ImageStatus, Project
 from annotator.gui.colors import UNREADABLE_COLOR, confidence_color, status_color
+from annotator.gui.release import drop_in_background
 from annotator.gui.thumbnails import ThumbnailLoader
 
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -76,6 +77,8 @@ _STATUS_RANK = {
 
 #: at most this many changed images are moved into place one by one; more re-sort everything
 INCREMENTAL_MAX = 256
+#: the rows of a project at least this big are freed on a background thread
+RELEASE_ROWS = 5000
 
 #: (status, worst confidence, number of instances) of an image whose annotation is not loaded
 Summary = tuple[ImageStatus, "float | None", int]
@@ -138,10 +141,14 @@ class GalleryModel(QAbstractListModel):
         """Show ``project``. ``summary``: status, worst confidence and instance count of the
         images whose annotation the project does not hold yet (a store still loading);
         ``order``: the rows made off the GUI thread (used for the default sort and filter)."""
+        old = [self._rows, self._keys, self._key_of, self._index_of, self._row_of,
+               self._summary, self._worst_cache]
         self._project = project
-        self._summary = dict(summary) if summary is not None else None
+        # taken over, not copied (10^5 entries): annotation_loaded() drops entries
+        self._summary = summary if isinstance(summary, dict) or summary is None \
+            else dict(summary)
         self._errors.clear()
-        self._worst_cache.clear()
+        self._worst_cache = {}
         if (order is not None and project is not None and self.sort == GallerySort.NAME
                 and self.filter == GalleryFilter.ALL):
             self._stale = set()
@@ -149,8 +156,10 @@ class GalleryModel(QAbstractListModel):
             self.beginResetModel()
             self._rows, self._row_of = order.rows, order.index_of
             self.endResetModel()
-            return
-        self.refresh()
+        else:
+            self.refresh()
+        if len(old[0]) > RELEASE_ROWS:  # 10^5 keys and tuples: freed off the GUI thread
+            drop_in_background(old)
 
     def annotation_loaded(self, path: str) -> None:
         """The project now holds the annotation of ``path`` (its summary is dropped)."""

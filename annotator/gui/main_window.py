@@ -37,6 +37,7 @@ from annotator.gui.gallery import PreparedOrder, prepare_order
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
 from annotator.gui.recent import add_recent_project
+from annotator.gui.release import drop_in_background
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
@@ -74,6 +75,8 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo"
 PROJECT_FILTER = (f"Annotator projects (*{PROJECT_SUFFIX} *{JSON_SUFFIX});;"
                   "All files (*)")
 JSON_FILTER = f"JSON project copy (*{JSON_SUFFIX})"
+#: a closed project at least this big is freed on a background thread
+DROP_IN_BACKGROUND_IMAGES = 5000
 
 
 class _ExportAsDone(QObject):
@@ -131,7 +134,7 @@ def prepare_preview(preview: ProjectPreview) -> OpenPrep:
             counts[path] = 1
         elif status == ImageStatus.PREDICTED and (worst is None or worst < threshold):
             counts[path] = 2
-    return OpenPrep(counts, prepare_order(preview.project))
+    return OpenPrep(counts, prepare_order(preview.project), [])  # no annotation read yet
 
 
 def prepare_open(opened: OpenedProject) -> OpenPrep:
@@ -475,7 +478,7 @@ class MainWindow(QMainWindow):
         if self.opener.busy and preview is None:
             self.cancel_open()  # another project was shown meanwhile (or none): it stays
         self._detach_project()
-        self.project, self.project_path = project, path
+        old, self.project, self.project_path = self.project, project, path
         self._counts_stale = True
         if project is not None and prep is not None:
             self.set_review_counts(prep.counts)
@@ -507,6 +510,7 @@ class MainWindow(QMainWindow):
                 self.preload_timer.start()
             self.device_label.setText(f"device: {project.settings.device}")
         else:
+            self.loader.set_root("")
             self.editor.set_project(None)
             self.reference_dock.hide()
             self._reference_dock_decided = False
@@ -515,6 +519,8 @@ class MainWindow(QMainWindow):
         self._update_title()
         self._update_actions()
         self._update_counts()
+        if old is not None and old is not project and len(old) >= DROP_IN_BACKGROUND_IMAGES:
+            drop_in_background(old)
 
     def _detach_project(self) -> None:
         self.loading_path = None
@@ -534,6 +540,10 @@ class MainWindow(QMainWindow):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self.project is not None:
+            # the undo steps refer to the project: a reference cycle, which the collector
+            # never frees once a big project was frozen after loading
+            self.project.history.clear()
 
     def close_project(self) -> None:
         if self._saved_or_confirmed():

@@ -8,6 +8,7 @@ GUI thread gets it back every switch interval (5 ms) and keeps painting and answ
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -22,15 +23,34 @@ log = logging.getLogger(__name__)
 
 #: a store with at least this many images is opened in the background
 BACKGROUND_OPEN_IMAGES = 5000
+#: what is made for a project at least this big on the loader thread is frozen
+FREEZE_IMAGES = 2000
+
+
+Prepare = Callable[[Any], Any]
+
+
+def _frozen(make: Prepare, arg: Any, images: int) -> Any:
+    """``make(arg)`` with the collector off and, for a project of ``images`` >=
+    :data:`FREEZE_IMAGES`, the objects made then frozen (as after loading it,
+    :func:`annotator.io.project_file.load_project_recovering`): what is made for a big
+    project (gallery rows, 10^5 keys) lives as long as it, and no later collection walks it
+    holding the GIL."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return make(arg)
+    finally:
+        if was:
+            if images >= FREEZE_IMAGES:
+                gc.freeze()
+            gc.enable()
 
 
 class _Emitter(QObject):
     progress = Signal(str, int)  # path, per mille
     preview = Signal(object, str)  # (ProjectPreview, prepared), path
     done = Signal(object, str, str)  # OpenedProject (None on error or cancel), error, path
-
-
-Prepare = Callable[[Any], Any]
 
 
 class _OpenTask(QRunnable):
@@ -60,7 +80,7 @@ class _OpenTask(QRunnable):
         assert self._preview is not None
         try:
             preview = read_preview(self._path)
-            prepared = self._preview(preview)
+            prepared = _frozen(self._preview, preview, len(preview.project))
         except (ProjectFileError, OSError, ValueError):
             log.info("no preview of %s", self._path, exc_info=True)
             return
@@ -85,7 +105,7 @@ class _OpenTask(QRunnable):
             counts = None
             if self._prepare is not None:
                 try:
-                    counts = self._prepare(opened)
+                    counts = _frozen(self._prepare, opened, len(opened.project))
                 except Exception:  # noqa: BLE001 (the GUI thread counts again)
                     log.warning("preparing %s in the background failed", self._path,
                                 exc_info=True)

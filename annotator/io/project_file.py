@@ -564,16 +564,38 @@ def _load_project_recovering(path: str | os.PathLike[str], recover: bool,
     read = None if progress is None else (lambda f: progress(0.4 * f))
     build = None if progress is None else (lambda f: progress(0.4 + 0.6 * f))
     doc = read_project_document(path, read)
-    if recover and not is_store(path):
-        from annotator.io.legacy_journal import recover_document
+    try:
+        if recover and not is_store(path):
+            from annotator.io.legacy_journal import recover_document
 
-        recovered, count = recover_document(doc, path)
-        if count:
-            try:
-                return project_from_dict(recovered, str(path), build), count
-            except ProjectFileError as exc:
-                log.warning("the edit journal of %s was not applied: %s", path, exc)
-    return project_from_dict(doc, str(path), build), 0
+            recovered, count = recover_document(doc, path)
+            if count:
+                try:
+                    return project_from_dict(recovered, str(path), build), count
+                except ProjectFileError as exc:
+                    log.warning("the edit journal of %s was not applied: %s", path, exc)
+                finally:
+                    release_document(recovered)
+        return project_from_dict(doc, str(path), build), 0
+    finally:
+        release_document(doc)
+
+
+def release_document(doc: Any) -> None:
+    """Free a decoded project document entry by entry. Dropped at once, its millions of
+    lists and floats are freed in one C call that holds the GIL for up to a second (at
+    100,000 x 3), stalling every other thread (the GUI's, when loading in the background);
+    freed entry by entry, other threads get the GIL back in between."""
+    if not isinstance(doc, dict):
+        return
+    for key in ("annotations", "images"):
+        part = doc.get(key)
+        if isinstance(part, dict):
+            while part:
+                part.popitem()
+        elif isinstance(part, list):
+            while part:
+                part.pop()
 
 
 def _backup_hint(path: Path) -> str:
@@ -659,6 +681,7 @@ def read_preview(path: str | os.PathLike[str]) -> ProjectPreview:
 
     was = gc.isenabled()
     gc.disable()  # 10^5 records: no collection while building them (as in a full load)
+    big = False
     try:
         doc, rows = _read_store(path, read)
         _absolute_root(doc, path)
@@ -673,8 +696,11 @@ def read_preview(path: str | os.PathLike[str]) -> ProjectPreview:
                 raise ProjectFileError(f"{path}: image {p!r}: status {status!r} is not one of "
                                        f"{', '.join(statuses)}")
             summary[p] = (statuses[status], worst, int(count))
+        big = len(project.images) >= _COLLECT_AFTER_IMAGES
     finally:
         if was:
+            if big:
+                gc.freeze()  # as after a full load: no collection walks the records
             gc.enable()
     return ProjectPreview(project, summary, path)
 
