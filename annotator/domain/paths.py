@@ -11,6 +11,9 @@ class PathEscapeError(ValueError):
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# a path that is normal already: relative, no drive, components neither empty nor "." nor
+# "..", no backslash or NUL (one C-level match: a project of 10^5 images is loaded faster)
+_NORMAL = re.compile(r"(?!/|[A-Za-z]:)(?:(?!\.\.?/)[^/\\\x00]+/)*(?!\.\.?$)[^/\\\x00]+")
 
 
 def normalize_relpath(path: str) -> str:
@@ -19,6 +22,8 @@ def normalize_relpath(path: str) -> str:
     Raises :class:`PathEscapeError` for absolute paths, drive letters, empty paths and paths
     whose ``..`` components leave the root.
     """
+    if type(path) is str and _NORMAL.fullmatch(path) and not path.isspace():
+        return path
     if not isinstance(path, str) or not path.strip():
         raise PathEscapeError(f"image path {path!r} is empty")
     if "\x00" in path:

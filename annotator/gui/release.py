@@ -41,6 +41,7 @@ def _take_apart(root: list[Any]) -> None:
     """Empty ``root`` and every big dict or list under it (also the attributes of objects
     in it), entry by entry, so that no single free is big."""
     stack: list[Any] = [root]
+    freed = 0
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
@@ -49,12 +50,14 @@ def _take_apart(root: list[Any]) -> None:
                 if _worth(value):
                     stack.append(value)
                 del value
+                freed = _pause(freed)
         elif isinstance(item, list):
             while item:
                 value = item.pop()
                 if _worth(value):
                     stack.append(value)
                 del value
+                freed = _pause(freed)
         else:
             attrs = getattr(item, "__dict__", None)
             for name in list(attrs) if isinstance(attrs, dict) else ():
@@ -65,6 +68,14 @@ def _take_apart(root: list[Any]) -> None:
                     stack.append(value)
                 del value
         del item
+
+
+def _pause(freed: int) -> int:
+    """Sleep 1 ms every 256 entries: a CPU-bound thread otherwise makes every GIL
+    hand-over of the GUI thread wait up to the 5 ms switch interval."""
+    if freed % 256 == 255:
+        time.sleep(0.001)
+    return freed + 1
 
 
 def _worth(value: Any) -> bool:

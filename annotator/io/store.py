@@ -285,15 +285,27 @@ class ProjectStore:
             "ON a.path = i.path ORDER BY i.pos").fetchall()
         return [(_from_sql_str(p), s, w) for p, s, w in rows]
 
-    def summary_rows(self) -> list[tuple[str, str | None, float | None, int]]:
-        """(path, status or None, worst confidence, number of instances) per image in
-        project order: what the gallery shows of a project still loading (no keypoint
-        decoded; 0.2 s at 100,000 x 3)."""
+    def summary_rows(self) -> list[tuple[str, str, str | None, float | None, int]]:
+        """(path, image data as JSON text, status or None, worst confidence, number of
+        instances) per image in project order: what the gallery shows of a project still
+        loading (no keypoint decoded; 0.2 s at 100,000 x 3)."""
         rows = self.conn.execute(
-            "SELECT i.path, a.status, a.worst, (SELECT COUNT(*) FROM instances n "
+            "SELECT i.path, i.data, a.status, a.worst, (SELECT COUNT(*) FROM instances n "
             "WHERE n.path = i.path) FROM images i LEFT JOIN annotations a "
             "ON a.path = i.path ORDER BY i.pos").fetchall()
-        return [(_from_sql_str(p), s, w, n) for p, s, w, n in rows]
+        return [(_from_sql_str(p), d, s, w, n) for p, d, s, w, n in rows]
+
+    def head(self) -> dict[str, Any]:
+        """Image root (as stored), schema and settings of :meth:`document` (no images, no
+        annotations)."""
+        settings = {}
+        for key, value in self.conn.execute("SELECT key, value FROM settings"):
+            try:
+                settings[key] = json.loads(value)
+            except ValueError:
+                raise StoreError(f"{self.path}: setting {key!r} is not valid JSON") from None
+        return {"image_root": self.meta("image_root"), "schema": self.meta("schema"),
+                "settings": settings, "images": [], "annotations": {}}
 
     def annotation_entry(self, path: str) -> dict[str, Any] | None:
         """The annotation of one image as a JSON-project document entry ({"status",
@@ -327,13 +339,8 @@ class ProjectStore:
     def head_document(self) -> dict[str, Any]:
         """:meth:`document` without the annotations (image root, schema, settings, images):
         what a project still loading shows."""
-        settings = {}
-        for key, value in self.conn.execute("SELECT key, value FROM settings"):
-            try:
-                settings[key] = json.loads(value)
-            except ValueError:
-                raise StoreError(f"{self.path}: setting {key!r} is not valid JSON") from None
-        images = []
+        doc = self.head()
+        images = doc["images"]
         for path, data in self.conn.execute("SELECT path, data FROM images ORDER BY pos"):
             try:
                 rec = json.loads(data)
@@ -343,8 +350,7 @@ class ProjectStore:
                 raise StoreError(f"{self.path}: image {path!r}: invalid data")
             rec["path"] = _from_sql_str(path)
             images.append(rec)
-        return {"image_root": self.meta("image_root"), "schema": self.meta("schema"),
-                "settings": settings, "images": images, "annotations": {}}
+        return doc
 
     def document(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
         """The project as a JSON-project document without its format header (image root
