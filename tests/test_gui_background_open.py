@@ -178,6 +178,12 @@ def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, mon
     assert messages and "loading" in messages[-1]
     assert not window.project.history.can_undo
     assert path.read_bytes() == before
+    # worst first, from the store's summary: the same order as over the full project
+    window.editor.gallery.sort_box.setCurrentText("Worst first")
+    predicted = [r.path for r in expected.images
+                 if expected.annotation(r.path).status == ImageStatus.PREDICTED]
+    worst = min(predicted, key=lambda p: (expected.annotation(p).worst_confidence(), p))
+    assert model.path_at(0) == worst
     # the full load arrives: the same image stays on show, everything becomes editable
     with qtbot.waitSignal(window.opener.finished, timeout=60_000):
         release.set()
@@ -187,6 +193,7 @@ def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, mon
     assert window.act_accept.isEnabled() and window.act_propagate.isEnabled()
     assert "loading" not in window.windowTitle()
     assert window.editor.reference_pane._references() == [ref]
+    assert window.editor.gallery.model.path_at(0) == worst
     assert window.retrainer.reviewed == 1
     # an edit made now is saved
     window.project.move_keypoint(current, 0, 3.0, 4.0)
