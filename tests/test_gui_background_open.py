@@ -154,7 +154,7 @@ def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, mon
         idx = model.index(row)
         assert idx.data(STATUS_ROLE) == ann.status.value
         assert idx.data(CONFIDENCE_ROLE) == pytest.approx(ann.worst_confidence())
-        assert idx.data(INSTANCES_ROLE) == len(ann.instances)
+        assert idx.data(INSTANCES_ROLE) in (0, len(ann.instances))  # 0: not read yet
     cats = list(review_categories(expected).values())  # counted over the full project
     assert window.review_counts() == (cats.count(1), 1500, cats.count(2))
     assert "loading" in window.windowTitle() and window.open_bar.isVisible()

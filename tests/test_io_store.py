@@ -207,16 +207,19 @@ def test_the_preview_reads_the_images_and_a_summary_of_every_annotation(tmp_path
 
     path = tmp_path / "p.kpproj"
     project = rich_project(tmp_path)
+    project.add_images([ImageRecord("clip/img0003.png", 64, 48, "clip.mp4", 3, 0.125)])
     save_project(project, path)
     full = load_project(path)
     preview = read_preview(path)
     assert preview.path == path
     assert preview.project.images == full.images
+    assert [hash(r) for r in preview.project.images] == [hash(r) for r in full.images]
+    assert [vars(r) for r in preview.project.images] == [vars(r) for r in full.images]
     assert preview.project.schema == full.schema and preview.project.settings == full.settings
     assert preview.project.image_root == full.image_root
     assert not preview.project.annotations()
     assert preview.summary == {
-        p: (a.status, a.worst_confidence(), len(a.instances))
+        p: (a.status, a.worst_confidence())
         for p, a in full.annotations().items()}
     store = ProjectStore(path)
     try:

@@ -16,13 +16,19 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _NORMAL = re.compile(r"(?!/|[A-Za-z]:)(?:(?!\.\.?/)[^/\\\x00]+/)*(?!\.\.?$)[^/\\\x00]+")
 
 
+def is_normal_relpath(path: object) -> bool:
+    """Whether ``path`` is a str that :func:`normalize_relpath` returns unchanged (one
+    C-level regex match)."""
+    return type(path) is str and _NORMAL.fullmatch(path) is not None and not path.isspace()
+
+
 def normalize_relpath(path: str) -> str:
     """Normalise ``path`` to a POSIX path relative to the image root.
 
     Raises :class:`PathEscapeError` for absolute paths, drive letters, empty paths and paths
     whose ``..`` components leave the root.
     """
-    if type(path) is str and _NORMAL.fullmatch(path) and not path.isspace():
+    if is_normal_relpath(path):
         return path
     if not isinstance(path, str) or not path.strip():
         raise PathEscapeError(f"image path {path!r} is empty")

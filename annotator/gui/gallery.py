@@ -80,8 +80,10 @@ INCREMENTAL_MAX = 256
 #: the rows of a project at least this big are freed on a background thread
 RELEASE_ROWS = 5000
 
-#: (status, worst confidence, number of instances) of an image whose annotation is not loaded
-Summary = tuple[ImageStatus, "float | None", int]
+#: (status, worst confidence) of an image whose annotation is not loaded
+Summary = tuple[ImageStatus, "float | None"]
+#: (status, worst confidence, number of instances: 0 while not known) of an image
+Facts = tuple[ImageStatus, "float | None", int]
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class GalleryModel(QAbstractListModel):
     def set_project(self, project: Project | None,
                     summary: Mapping[str, Summary] | None = None,
                     order: PreparedOrder | None = None) -> None:
-        """Show ``project``. ``summary``: status, worst confidence and instance count of the
+        """Show ``project``. ``summary``: status and worst confidence of the
         images whose annotation the project does not hold yet (a store still loading);
         ``order``: the rows made off the GUI thread (used for the default sort and filter)."""
         old = [self._rows, self._keys, self._key_of, self._index_of, self._row_of,
@@ -166,12 +168,13 @@ class GalleryModel(QAbstractListModel):
         if self._summary is not None:
             self._summary.pop(path, None)
 
-    def facts(self, path: str) -> Summary:
-        """(status, worst confidence, number of instances) of ``path``."""
+    def facts(self, path: str) -> Facts:
+        """(status, worst confidence, number of instances) of ``path`` (no instance count
+        while only its summary is known: the badge waits for the annotation)."""
         if self._summary is not None:
             hit = self._summary.get(path)
             if hit is not None:
-                return hit
+                return hit[0], hit[1], 0
         assert self._project is not None
         ann = self._project.annotation(path)
         return ann.status, self._worst(path, ann), len(ann.instances)

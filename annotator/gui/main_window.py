@@ -129,7 +129,7 @@ def prepare_preview(preview: ProjectPreview) -> OpenPrep:
 
     threshold = preview.project.settings.review_threshold
     counts = {}
-    for path, (status, worst, _n) in preview.summary.items():
+    for path, (status, worst) in preview.summary.items():
         if status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
             counts[path] = 1
         elif status == ImageStatus.PREDICTED and (worst is None or worst < threshold):
