@@ -228,3 +228,21 @@ def test_closing_while_the_rest_loads_loses_nothing(qtbot, tmp_path, monkeypatch
         assert window.opener.active_threads == 0
     # the store is as it was: it opens with everything in it
     assert project_to_dict(load_project(path)) == expected
+
+
+def test_images_found_while_loading_are_added_and_saved(qtbot, tmp_path):
+    path = _big_store(tmp_path, 1500)
+    for name in ("new1.png", "sub/new2.jpg"):
+        (tmp_path / "images" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "images" / name).write_bytes(b"not decoded to be listed")
+    window = make_window(qtbot)
+    window.background_open_images = 1000
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        window.open_project(str(path))
+    assert len(window.project) == 1502 and not window.loading
+    assert window.editor.gallery.model.rowCount() == 1502
+    assert "2 new image(s)" in window.statusBar().currentMessage()
+    window.autosaver.flush()
+    saved = load_project(path)
+    assert [r.path for r in saved.images][-2:] == ["new1.png", "sub/new2.jpg"]
+    window.close()

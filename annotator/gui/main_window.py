@@ -121,6 +121,8 @@ class OpenPrep:
     order: PreparedOrder
     refs: list[str] | None = None
     new_images: list[str] | None = None
+    #: the image list of the store, when ``new_images`` were added to the project already
+    stored_images: tuple[ImageRecord, ...] | None = None
 
 
 def prepare_preview(preview: ProjectPreview) -> OpenPrep:
@@ -138,10 +140,17 @@ def prepare_preview(preview: ProjectPreview) -> OpenPrep:
 
 
 def prepare_open(opened: OpenedProject) -> OpenPrep:
-    """:class:`OpenPrep` of a project just loaded (on the loader's pool thread)."""
+    """:class:`OpenPrep` of a project just loaded (on the loader's pool thread). The images
+    found in its folder since are added here, while no listener follows the project yet:
+    on the GUI thread a whole-project change would recount 10^5 images."""
     project = opened.project
+    stored = project.images
+    found = _new_images(project, opened.path)
+    if found:
+        records = [ImageRecord(p) for p in found]  # any error before the project changes
+        found = project.add_images(records)
     return OpenPrep(review_categories(project), prepare_order(project),
-                    project.reference_paths(), _new_images(project, opened.path))
+                    project.reference_paths(), found, stored if found else None)
 
 
 def _new_images(project: Project, path: Path) -> list[str] | None:
@@ -497,7 +506,8 @@ class MainWindow(QMainWindow):
             self.loader.set_root(project.image_root, ImageSource.live(project))
             self._unsubscribe = project.subscribe(self._on_project_changed)
             if path and not self.isolated:
-                self.attach_autosaver(path, dirty=self._recovered > 0)
+                self.attach_autosaver(path, dirty=self._recovered > 0,
+                                      stored_images=prep.stored_images if prep else None)
                 add_recent_project(path)
             self.editor.set_project(project, refs=prep.refs if prep else None,
                                     summary=preview.summary if preview else None,
@@ -743,9 +753,11 @@ class MainWindow(QMainWindow):
         if recovered:
             note = "; ".join(filter(None, [
                 note, f"recovered {recovered} unsaved edit(s) from the edit journal"]))
-        found = prep.new_images if prep is not None else None
-        added = self.rescan_images(quiet=True, show=False, found=found) \
-            if os.path.isdir(project.image_root) else []
+        if prep is not None:  # found (and added) off the GUI thread
+            added = prep.new_images or []
+        else:
+            added = self.rescan_images(quiet=True, show=False) \
+                if os.path.isdir(project.image_root) else []
         if added:
             found = f"{len(added)} new image(s) found in {project.image_root}"
             note = f"{note}; {found}" if note else found
@@ -753,24 +765,21 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(note, 15_000)
         return project
 
-    def rescan_images(self, quiet: bool = False, show: bool = True,
-                      found: list[str] | None = None) -> list[str]:
+    def rescan_images(self, quiet: bool = False, show: bool = True) -> list[str]:
         """Add the images put into the image folder since the project was made (never in a
         folder the application exported to); returns their paths. ``quiet``: say nothing
         when there are none (on open); ``show``: False leaves the status bar to the
-        caller; ``found``: the images listed (and filtered) already, off the GUI thread."""
+        caller."""
         if self.project is None or self.loading:
             return []
-        if found is None:
-            try:
-                found = list_images(self.project.image_root)
-            except (OSError, ValueError) as exc:
-                if not quiet:
-                    self.show_message("warning", "Rescan image folder", str(exc))
-                return []
-            skip = self.autosaver.exported_dirs() if self.autosaver is not None else []
-            found = [p for p in found
-                     if not any(p.startswith(d.rstrip("/") + "/") for d in skip)]
+        try:
+            found = list_images(self.project.image_root)
+        except (OSError, ValueError) as exc:
+            if not quiet:
+                self.show_message("warning", "Rescan image folder", str(exc))
+            return []
+        skip = self.autosaver.exported_dirs() if self.autosaver is not None else []
+        found = [p for p in found if not any(p.startswith(d.rstrip("/") + "/") for d in skip)]
         added = self.project.add_images(ImageRecord(p) for p in found)
         if show and (added or not quiet):
             self.statusBar().showMessage(
@@ -927,13 +936,16 @@ class MainWindow(QMainWindow):
             return self.save_as_dialog()
         return self.save_as(self.project_path)
 
-    def attach_autosaver(self, path: str, dirty: bool = False) -> None:
+    def attach_autosaver(self, path: str, dirty: bool = False,
+                         stored_images: tuple[ImageRecord, ...] | None = None) -> None:
         """Journal every edit of the open project and save it to ``path`` in the background
-        (see :class:`annotator.io.autosave.Autosaver`)."""
+        (see :class:`annotator.io.autosave.Autosaver`; ``stored_images``: the image list the
+        store holds, when the project has images added since)."""
         assert self.project is not None
         try:
             self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay,
-                                       background=True, dirty=dirty, backup=True)
+                                       background=True, dirty=dirty, backup=True,
+                                       stored_images=stored_images)
         except (StoreError, OSError) as exc:
             self.autosaver = None
             self.show_message("error", "Autosave", f"Edits will not be saved: {exc}")
