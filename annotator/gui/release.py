@@ -79,13 +79,15 @@ def _pause(freed: int) -> int:
 
 
 def _worth(value: Any) -> bool:
-    """Whether ``value`` is taken apart too: a big container, or an object (its attributes
-    are looked at) referred to only from where it was taken."""
+    """Whether ``value`` is taken apart too: a big container, or an object holding one,
+    referred to only from where it was taken (anything else is freed at once: small)."""
     if sys.getrefcount(value) > 3:  # the caller's, ours, getrefcount's: held elsewhere too
         return False
     if isinstance(value, (dict, list)):
         return len(value) > _BIG
-    return hasattr(value, "__dict__") and not isinstance(value, type)
+    attrs = getattr(value, "__dict__", None)  # an object holding a big container
+    return isinstance(attrs, dict) and not isinstance(value, type) and any(
+        isinstance(v, (dict, list)) and len(v) > _BIG for v in attrs.values())
 
 
 __all__ = ["drop_in_background"]
