@@ -40,3 +40,19 @@ def test_a_project_still_referred_to_is_left_whole():
     thread.join(10)
     assert len(project) == 3000 and len(project.annotations()) == 3000
     assert project.annotation(project.images[5].path).status == ImageStatus.REFERENCE
+
+
+def test_frees_wait_while_paused():
+    import time
+
+    from annotator.gui.release import paused
+
+    project = _project(6000)
+    first = weakref.ref(project.annotation(project.images[0].path))  # freed last
+    with paused():
+        thread = drop_in_background(project)
+        del project
+        time.sleep(0.3)
+        assert first() is not None  # at most a first few hundred entries freed meanwhile
+    thread.join(10)
+    assert first() is None

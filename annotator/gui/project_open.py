@@ -17,6 +17,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from annotator.gui.pool_owner import PoolOwner
+from annotator.gui.release import paused
 from annotator.gui.thumbnails import register_pool_user
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ class _OpenTask(QRunnable):
 
         assert self._preview is not None
         try:
-            preview = read_preview(self._path)
-            prepared = _frozen(self._preview, preview, len(preview.project))
+            with paused():  # a closed project is freed after, not meanwhile
+                preview = read_preview(self._path)
+                prepared = _frozen(self._preview, preview, len(preview.project))
         except (ProjectFileError, OSError, ValueError):
             log.info("no preview of %s", self._path, exc_info=True)
             return

@@ -3,10 +3,34 @@ rows of one), without holding the GIL for long."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+_running = threading.Event()  # cleared while something urgent runs (see paused())
+_running.set()
+_paused_by = 0
+_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Background frees wait while the block runs (what the user waits for: the gallery of
+    a project being opened, often right after another was closed)."""
+    global _paused_by
+    with _lock:
+        _paused_by += 1
+        _running.clear()
+    try:
+        yield
+    finally:
+        with _lock:
+            _paused_by -= 1
+            if not _paused_by:
+                _running.set()
 
 
 def drop_in_background(obj: object, wait_s: float = 2.0) -> threading.Thread:
@@ -77,6 +101,7 @@ def _pause(freed: int) -> int:
     with it half and half. Freeing a 100,000 x 3 project takes a few seconds this way."""
     if freed % 256 == 255:
         time.sleep(0.004)
+        _running.wait(30.0)
     return freed + 1
 
 
@@ -92,4 +117,4 @@ def _worth(value: Any) -> bool:
         isinstance(v, (dict, list)) and len(v) > _BIG for v in attrs.values())
 
 
-__all__ = ["drop_in_background"]
+__all__ = ["drop_in_background", "paused"]
