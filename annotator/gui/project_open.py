@@ -73,17 +73,17 @@ class _OpenTask(QRunnable):
             self._emitter.progress.emit(self._path, permille)
 
     def _send_preview(self) -> None:
-        """The store's gallery rows first (about a second at 100,000 images): the window
+        """The store's gallery rows first (under a second at 100,000 images): the window
         shows them while the rest loads. A problem here is left to the full load, which
-        reports it."""
-        from annotator.io.project_file import ProjectFileError, read_preview
+        reports it (or opens the project without a preview)."""
+        from annotator.io.project_file import read_preview
 
         assert self._preview is not None
         try:
             with paused():  # a closed project is freed after, not meanwhile
                 preview = read_preview(self._path)
                 prepared = _frozen(self._preview, preview, len(preview.project))
-        except (ProjectFileError, OSError, ValueError):
+        except Exception:  # noqa: BLE001 (never in the way of the open itself)
             log.info("no preview of %s", self._path, exc_info=True)
             return
         if not self._cancel.is_set():
