@@ -3,10 +3,12 @@
 6-image demo in the same process.
 
 A 5 ms timer on the GUI thread is the heartbeat; a stall is the gap between its ticks less the
-5 ms. Per project, ``--rounds`` rounds of: open (time until the window answers again, time until
-the project is shown, worst stall meanwhile), scroll the gallery top to bottom (60 steps, one
-per 16 ms), a stream of 20 edits (one per 50 ms, autosaved), one autosave, close. The worst
-over the rounds is reported. Writes JSON to --out.
+5 ms. Per project, ``--rounds`` rounds of: open (time until the window answers again, until the
+gallery shows the project's rows, until the full load is in and editing starts, worst stall
+meanwhile), scroll the gallery top to bottom (60 steps, one per 16 ms), a stream of 20 edits
+(one per 50 ms, autosaved), one autosave, close. Per phase the longest cyclic garbage
+collection (``gc.callbacks``, any thread) is recorded too, and the process's resident memory
+after each round. The worst over the rounds is reported. Writes JSON to --out.
 
     QT_QPA_PLATFORM=offscreen PYTHONPATH=$PWD python benchmarks/store_gui_bench.py \\
         --images 100000 --rounds 3 --out /tmp/store-gui.json
@@ -57,6 +59,41 @@ class Heartbeat:
         return round(self.worst * 1000, 1)
 
 
+class GcWatch:
+    """The longest cyclic garbage collection (ms, and its generation) since :meth:`start`."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.worst, self.gen, self._t0 = 0.0, -1, 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._t0
+            if took > self.worst:
+                self.worst, self.gen = took, int(info["generation"])
+
+    def start(self) -> None:
+        self.worst, self.gen = 0.0, -1
+
+    def stop_ms(self) -> float:
+        return round(self.worst * 1000, 1)
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 0)
+    except OSError:
+        pass
+    return float("nan")
+
+
 def run_until(cond: Callable[[], bool], timeout: float) -> bool:
     from PySide6.QtWidgets import QApplication
 
@@ -73,48 +110,62 @@ def run_for(seconds: float) -> None:
     run_until(lambda: False, seconds)
 
 
-def one_round(win, path: Path, beat: Heartbeat) -> dict[str, float]:  # noqa: ANN001
+def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch) -> dict[str, float]:  # noqa: ANN001
     res: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        res[f"{name}_stall_ms"] = beat.stop_ms()
+        res[f"{name}_gc_ms"] = gcw.stop_ms()
+        res[f"{name}_gc_gen"] = gcw.gen
+
+    def begin() -> None:
+        beat.start()
+        gcw.start()
+
     # ---- open
-    beat.start()
+    begin()
     t0 = time.perf_counter()
     win.open_project(str(path))
     res["open_call_s"] = time.perf_counter() - t0
     run_for(0.02)
-    res["open_usable_s"] = time.perf_counter() - t0  # the event loop runs again
-    ok = run_until(lambda: win.project is not None, 600)
-    res["open_shown_s"] = time.perf_counter() - t0 if ok else float("nan")
-    res["open_stall_ms"] = beat.stop_ms()
+    res["open_answering_s"] = time.perf_counter() - t0  # the event loop runs again
+    ok = run_until(lambda: win.project is not None and win.editor.gallery.model.rowCount(), 600)
+    res["open_gallery_s"] = time.perf_counter() - t0 if ok else float("nan")
+    res["open_gallery_stall_ms"] = round(beat.worst * 1000, 1)
+    ok = run_until(lambda: win.project is not None and not win.loading, 600)
+    res["open_loaded_s"] = time.perf_counter() - t0 if ok else float("nan")
+    phase("open")
     project = win.project
     paths = [r.path for r in project.images]
     # ---- scroll
     bar = win.editor.gallery.view.verticalScrollBar()
-    beat.start()
+    begin()
     for i in range(1, 61):
         bar.setValue(int(bar.maximum() * i / 60))
         run_for(0.016)
-    res["scroll_stall_ms"] = beat.stop_ms()
+    phase("scroll")
     # ---- 20 edits, autosaved
-    beat.start()
+    begin()
     for i in range(20):
         project.move_keypoint(paths[i * 997 % len(paths)], 0, 5.0 + i, 6.0, instance=0)
         run_for(0.05)
     run_until(lambda: not win.autosaver.dirty, 30)
-    res["edits_stall_ms"] = beat.stop_ms()
+    phase("edits")
     # ---- one autosave
     project.move_keypoint(paths[-1], 1, 7.0, 8.0, instance=0)
-    beat.start()
+    begin()
     run_until(lambda: not win.autosaver.dirty, 30)
     run_for(0.1)
-    res["autosave_stall_ms"] = beat.stop_ms()
+    phase("autosave")
     # ---- close
-    beat.start()
+    begin()
     t = time.perf_counter()
     win.close_project()
     res["close_call_s"] = time.perf_counter() - t
     run_for(0.5)
-    res["close_stall_ms"] = beat.stop_ms()
+    phase("close")
     del project
+    res["rss_after_mb"] = rss_mb()
     return res
 
 
@@ -154,9 +205,9 @@ def main() -> int:
     win.open_demo(str(demo_dir))
     demo_path = Path(win.project_path)
     win.close_project()
-    beat = Heartbeat()
+    beat, gcw = Heartbeat(), GcWatch()
     for name, path in (("demo", demo_path), ("big", big)):
-        rounds = [one_round(win, path, beat) for _ in range(args.rounds)]
+        rounds = [one_round(win, path, beat, gcw) for _ in range(args.rounds)]
         worst = {k: round(max(r[k] for r in rounds), 3) for k in rounds[0]}
         out[name] = worst
         out[f"{name}_rounds"] = rounds

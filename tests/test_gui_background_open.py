@@ -10,6 +10,8 @@ from PySide6.QtCore import QTimer
 
 from annotator.domain import ImageRecord, ImageStatus, Keypoint, KeypointSchema, Origin, Project
 from annotator.domain.annotation import ImageAnnotation, Instance, Visibility
+from annotator.gui.gallery import CONFIDENCE_ROLE, INSTANCES_ROLE, STATUS_ROLE
+from annotator.gui.main_window import review_categories
 from annotator.io.project_file import load_project, project_to_dict, save_project
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
     make_window,
@@ -104,4 +106,143 @@ def test_a_damaged_big_store_is_reported(qtbot, tmp_path):
     assert window.project is None
     level, _title, text = window.messages[-1]
     assert level == "error" and "guessed" in text and "big.kpproj" in text
+    window.close()
+
+
+def _blocked_full_load(monkeypatch):  # noqa: ANN001, ANN202
+    """Hold the full load (not the gallery preview) until the returned event is set."""
+    import threading
+
+    from annotator.io import project_file
+
+    release = threading.Event()
+    real = project_file.open_project_file
+
+    def held(path, progress=None):  # noqa: ANN001, ANN202
+        assert release.wait(30), "the test never released the full load"
+        return real(path, progress=progress)
+
+    monkeypatch.setattr(project_file, "open_project_file", held)
+    return release
+
+
+def _with_reference(path, index: int = 3):  # noqa: ANN001, ANN202
+    """Make image ``index`` of the store at ``path`` a labelled reference; returns it."""
+    project = load_project(path)
+    ref = project.images[index].path
+    project.set_status(ref, ImageStatus.REFERENCE)
+    save_project(project, path)
+    return ref
+
+
+def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, monkeypatch):
+    path = _big_store(tmp_path, 1500)
+    ref = _with_reference(path)
+    expected = load_project(path)
+    before = path.read_bytes()
+    release = _blocked_full_load(monkeypatch)
+    window = make_window(qtbot)
+    window.background_open_images = 1000
+    assert window.open_project(str(path)) is None
+    qtbot.waitUntil(lambda: window.loading and window.project is not None, timeout=20_000)
+    model = window.editor.gallery.model
+    # every row is there, with what the store says of it (no keypoint decoded)
+    assert model.rowCount() == 1500
+    for row in (0, 7, 1499):
+        p = model.path_at(row)
+        ann = expected.annotation(p)
+        idx = model.index(row)
+        assert idx.data(STATUS_ROLE) == ann.status.value
+        assert idx.data(CONFIDENCE_ROLE) == pytest.approx(ann.worst_confidence())
+        assert idx.data(INSTANCES_ROLE) in (0, len(ann.instances))  # 0: not read yet
+    cats = list(review_categories(expected).values())  # counted over the full project
+    assert window.review_counts() == (cats.count(1), 1500, cats.count(2))
+    assert "loading" in window.windowTitle() and window.open_bar.isVisible()
+    assert "loading annotations" in window.open_bar.text()
+    # navigation works and the image on show has its points (read from the store)
+    assert window.act_next.isEnabled()
+    first = window.editor.current_path
+    window.act_next.trigger()
+    current = window.editor.current_path
+    assert current is not None and current != first
+    assert window.project.annotation(current) == expected.annotation(current)
+    assert any(kp.labelled for kp in window.editor._keypoints())
+    # edits wait for the full load: refused, said so, nothing changes
+    assert not window.act_accept.isEnabled() and not window.act_propagate.isEnabled()
+    assert not window.act_save.isEnabled() and not window.act_export_as.isEnabled()
+    messages: list[str] = []
+    window.editor.message.connect(messages.append)
+    window.editor.accept_image()
+    window.editor._on_place(0, 5.0, 5.0)
+    assert window.project.annotation(current) == expected.annotation(current)
+    assert messages and "loading" in messages[-1]
+    assert not window.project.history.can_undo
+    assert path.read_bytes() == before
+    # worst first, from the store's summary: the same order as over the full project
+    window.editor.gallery.sort_box.setCurrentText("Worst first")
+    predicted = [r.path for r in expected.images
+                 if expected.annotation(r.path).status == ImageStatus.PREDICTED]
+    worst = min(predicted, key=lambda p: (expected.annotation(p).worst_confidence(), p))
+    assert model.path_at(0) == worst
+    # the full load arrives: the same image stays on show, everything becomes editable
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        release.set()
+    assert not window.loading and window.project_path == str(path)
+    assert window.editor.current_path == current
+    assert project_to_dict(window.project) == project_to_dict(expected)
+    assert window.act_accept.isEnabled() and window.act_propagate.isEnabled()
+    assert "loading" not in window.windowTitle()
+    assert window.editor.reference_pane._references() == [ref]
+    assert window.editor.gallery.model.path_at(0) == worst
+    assert window.retrainer.reviewed == 1
+    # an edit made now is saved
+    window.project.move_keypoint(current, 0, 3.0, 4.0)
+    window.autosaver.flush()
+    assert load_project(path).annotation(current).instances[0].keypoints[0].x == 3.0
+    window.close()
+
+
+@pytest.mark.parametrize("how", ["close project", "quit"])
+def test_closing_while_the_rest_loads_loses_nothing(qtbot, tmp_path, monkeypatch, how):
+    import threading
+
+    path = _big_store(tmp_path, 1500)
+    expected = project_to_dict(load_project(path))
+    release = _blocked_full_load(monkeypatch)
+    window = make_window(qtbot)
+    window.background_open_images = 1000
+    window.open_project(str(path))
+    qtbot.waitUntil(lambda: window.loading, timeout=20_000)
+    window.act_next.trigger()  # browsing reads an annotation from the store
+    if how == "close project":
+        assert window.act_close_project.isEnabled()
+        with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+            window.close_project()
+            assert window.project is None and not window.loading
+            release.set()
+        assert window.project is None and window.stack.currentWidget() is window.welcome
+        window.close()
+    else:
+        threading.Timer(0.2, release.set).start()  # the quit waits for the loader thread
+        window.close()
+        assert window.opener.active_threads == 0
+    # the store is as it was: it opens with everything in it
+    assert project_to_dict(load_project(path)) == expected
+
+
+def test_images_found_while_loading_are_added_and_saved(qtbot, tmp_path):
+    path = _big_store(tmp_path, 1500)
+    for name in ("new1.png", "sub/new2.jpg"):
+        (tmp_path / "images" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "images" / name).write_bytes(b"not decoded to be listed")
+    window = make_window(qtbot)
+    window.background_open_images = 1000
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        window.open_project(str(path))
+    assert len(window.project) == 1502 and not window.loading
+    assert window.editor.gallery.model.rowCount() == 1502
+    assert "2 new image(s)" in window.statusBar().currentMessage()
+    window.autosaver.flush()
+    saved = load_project(path)
+    assert [r.path for r in saved.images][-2:] == ["new1.png", "sub/new2.jpg"]
     window.close()

@@ -197,3 +197,70 @@ def test_load_reports_progress_and_can_be_cancelled(tmp_path):
 
     with pytest.raises(LoadCancelled):
         load_project(path, progress=stop)
+
+
+def test_the_preview_reads_the_images_and_a_summary_of_every_annotation(tmp_path):
+    """What the gallery shows of a big project while it loads (issue 22): the image records,
+    schema and settings as a full load reads them, and per annotated image its status, worst
+    confidence and instance count; one image's annotation is read on its own."""
+    from annotator.io.project_file import read_annotation, read_preview
+
+    path = tmp_path / "p.kpproj"
+    project = rich_project(tmp_path)
+    project.add_images([ImageRecord("clip/img0003.png", 64, 48, "clip.mp4", 3, 0.125)])
+    save_project(project, path)
+    full = load_project(path)
+    preview = read_preview(path)
+    assert preview.path == path
+    assert preview.project.images == full.images
+    assert [hash(r) for r in preview.project.images] == [hash(r) for r in full.images]
+    assert [vars(r) for r in preview.project.images] == [vars(r) for r in full.images]
+    assert preview.project.schema == full.schema and preview.project.settings == full.settings
+    assert preview.project.image_root == full.image_root
+    assert not preview.project.annotations()
+    assert preview.summary == {
+        p: (a.status, a.worst_confidence())
+        for p, a in full.annotations().items()}
+    store = ProjectStore(path)
+    try:
+        for rec in full.images:
+            assert read_annotation(store, rec.path) == full.annotation(rec.path)
+    finally:
+        store.close()
+
+
+def test_a_damaged_preview_is_refused_by_name(tmp_path):
+    import pytest
+
+    from annotator.io.project_file import ProjectFileError, read_annotation, read_preview
+
+    path = tmp_path / "p.kpproj"
+    save_project(rich_project(tmp_path), path)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE annotations SET status = 'guessed' WHERE path = 'reviewed.png'")
+    con.execute("UPDATE instances SET keypoints = '[[1, 2]]' WHERE path = 'ref.png'")
+    con.commit()
+    con.close()
+    with pytest.raises(ProjectFileError, match="reviewed.png.*guessed"):
+        read_preview(path)
+    store = ProjectStore(path)
+    try:
+        with pytest.raises(ProjectFileError, match="ref.png"):
+            read_annotation(store, "ref.png")
+    finally:
+        store.close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE annotations SET status = 'reviewed' WHERE path = 'reviewed.png'")
+    con.execute("UPDATE images SET data = '{\"width\": -3}' WHERE path = 'empty.png'")
+    con.commit()
+    con.close()
+    with pytest.raises(ProjectFileError, match="empty.png.*width"):
+        read_preview(path)
+
+
+def test_a_loaded_document_is_released_entry_by_entry():
+    from annotator.io.project_file import release_document
+
+    doc = {"images": [{"path": "a"}] * 3, "annotations": {"a": {}, "b": {}}, "schema": {}}
+    release_document(doc)
+    assert doc == {"images": [], "annotations": {}, "schema": {}}

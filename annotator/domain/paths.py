@@ -11,6 +11,15 @@ class PathEscapeError(ValueError):
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# a path that is normal already: relative, no drive, components neither empty nor "." nor
+# "..", no backslash or NUL (one C-level match: a project of 10^5 images is loaded faster)
+_NORMAL = re.compile(r"(?!/|[A-Za-z]:)(?:(?!\.\.?/)[^/\\\x00]+/)*(?!\.\.?$)[^/\\\x00]+")
+
+
+def is_normal_relpath(path: object) -> bool:
+    """Whether ``path`` is a str that :func:`normalize_relpath` returns unchanged (one
+    C-level regex match)."""
+    return type(path) is str and _NORMAL.fullmatch(path) is not None and not path.isspace()
 
 
 def normalize_relpath(path: str) -> str:
@@ -19,6 +28,8 @@ def normalize_relpath(path: str) -> str:
     Raises :class:`PathEscapeError` for absolute paths, drive letters, empty paths and paths
     whose ``..`` components leave the root.
     """
+    if is_normal_relpath(path):
+        return path
     if not isinstance(path, str) or not path.strip():
         raise PathEscapeError(f"image path {path!r} is empty")
     if "\x00" in path:

@@ -7,6 +7,7 @@ events into those calls and repaints when the project notifies a change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QResizeEvent
@@ -22,7 +23,7 @@ from PySide6.QtWidgets import (
 
 from annotator.domain import ImageStatus, Keypoint, Origin, Project, Visibility
 from annotator.gui.canvas import BoxStyle, ImageCanvas, PointStyle
-from annotator.gui.gallery import GalleryPanel
+from annotator.gui.gallery import GalleryPanel, PreparedOrder, Summary
 from annotator.gui.image_loader import ImageLoader
 from annotator.gui.instance_list import InstancePanel
 from annotator.gui.keypoint_list import KeypointList
@@ -45,6 +46,11 @@ class EditorPage(QWidget):
     def __init__(self, loader: ThumbnailLoader, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.project: Project | None = None
+        #: a project still loading is shown for browsing: edits are refused
+        self.read_only = False
+        #: called with a path before it is shown (a project still loading reads its
+        #: annotation then)
+        self.before_show: Callable[[str], None] | None = None
         self.current_path: str | None = None
         self.current_keypoint = 0
         # ((path, instance), labelled flags) of the points on show: what an undo unplaced
@@ -149,7 +155,13 @@ class EditorPage(QWidget):
         self.fit_panels()
 
     # ------------------------------------------------------------ project
-    def set_project(self, project: Project | None) -> None:
+    def set_project(self, project: Project | None, *, refs: list[str] | None = None,
+                    summary: Mapping[str, Summary] | None = None,
+                    order: PreparedOrder | None = None, keep: str | None = None) -> None:
+        """Show ``project``. Made off the GUI thread, when given: ``refs`` (its
+        reference paths), ``order`` (the gallery rows); ``summary``: see
+        :meth:`GalleryModel.set_project`. ``keep``: the image to show (the one the user
+        was looking at), if the project has it."""
         self.project = project
         self.current_path = None
         self.current_keypoint = 0
@@ -157,12 +169,15 @@ class EditorPage(QWidget):
         self.shown_path = None
         self.images.set_root(project.image_root if project is not None else "",
                              ImageSource.for_project(project))
-        self.gallery.model.set_project(project)
-        self.reference_pane.set_project(project)
+        self.gallery.model.set_project(project, summary, order)
+        self.reference_pane.set_project(project, refs)
         if project is not None:
             self.apply_settings()
-            refs = project.reference_paths()
-            first = refs[0] if refs else (project.images[0].path if len(project) else None)
+            if keep is not None and self.gallery.model.row_of(keep) is not None:
+                first: str | None = keep
+            else:
+                refs = project.reference_paths() if refs is None else refs
+                first = refs[0] if refs else (project.images[0].path if len(project) else None)
             if first is not None:
                 self.show_image(first)
         else:
@@ -176,6 +191,7 @@ class EditorPage(QWidget):
     def project_changed(self, paths: frozenset[str]) -> None:
         """Repaint after an edit of ``paths`` (everything when empty)."""
         self.gallery.model.images_changed(paths)
+        self.reference_pane.project_changed(paths)
         if not paths:
             self.apply_settings()
             if self.project is not None:
@@ -196,6 +212,8 @@ class EditorPage(QWidget):
         """
         if self.project is None:
             return
+        if self.before_show is not None:
+            self.before_show(path)
         changed = path != self.current_path
         self.current_path = path
         img = self.images.request(path)
@@ -297,6 +315,20 @@ class EditorPage(QWidget):
         self.reference_button.setEnabled(ann.has_labels and not is_ref)
         self.reference_button.setText("Reference image" if is_ref else "Use as reference (M)")
 
+    def _editable(self) -> bool:
+        """Whether an edit of the current image may go ahead; while the project is still
+        loading (:attr:`read_only`) it is refused, saying why, and the points on show are
+        put back where the project has them."""
+        if self.project is None or self.current_path is None:
+            return False
+        if self.read_only:
+            self.message.emit(self.READ_ONLY_TEXT)
+            self._refresh_points()
+            return False
+        return True
+
+    READ_ONLY_TEXT = "The project is still loading: editing starts when it has loaded"
+
     # ----------------------------------------------------------- keypoints
     def set_current_keypoint(self, index: int) -> None:
         if self.project is None or not 0 <= index < len(self.project.schema):
@@ -312,7 +344,7 @@ class EditorPage(QWidget):
             self.set_current_keypoint((self.current_keypoint + step) % len(self.project.schema))
 
     def _on_place(self, index: int, x: float, y: float) -> None:
-        if self.project is None or self.current_path is None:
+        if not self._editable():
             return
         self.project.move_keypoint(self.current_path, index, x, y,
                                    instance=self._edit_instance(), make_reference=False)
@@ -341,7 +373,7 @@ class EditorPage(QWidget):
 
     def make_reference(self) -> None:
         """Make the current image a reference (explicit: placing points never does)."""
-        if self.project is None or self.current_path is None:
+        if not self._editable():
             return
         ann = self.project.annotation(self.current_path)
         if not ann.has_labels:
@@ -354,7 +386,7 @@ class EditorPage(QWidget):
         self.message.emit(f"{self.current_path} is now a reference")
 
     def _on_drag(self, index: int, x: float, y: float, drag_id: int) -> None:
-        if self.project is not None and self.current_path is not None:
+        if self._editable():
             self.project.move_keypoint(self.current_path, index, x, y,
                                        instance=self._edit_instance(), drag_id=drag_id,
                                        make_reference=False)
@@ -366,7 +398,7 @@ class EditorPage(QWidget):
 
     def set_visibility_of(self, index: int, v: int) -> None:
         """Set visibility ``v`` (0 deletes) of keypoint ``index`` on the current image."""
-        if self.project is None or self.current_path is None:
+        if not self._editable():
             return
         kp = self._keypoints()[index]
         if not kp.labelled and v != Visibility.UNLABELLED:
@@ -397,14 +429,14 @@ class EditorPage(QWidget):
 
     def add_instance(self) -> None:
         """A new empty instance, selected: the next keypoints placed go to it."""
-        if self.project is None or self.current_path is None:
+        if not self._editable():
             return
         self.current_instance = self.project.add_instance(self.current_path)
         self.current_keypoint = 0
         self._refresh_points()
 
     def delete_instance(self, index: int | None = None) -> None:
-        if self.project is None or self.current_path is None:
+        if not self._editable():
             return
         index = self.current_instance if index is None or index < 0 else index
         if index < len(self.project.annotation(self.current_path).instances):
@@ -414,6 +446,8 @@ class EditorPage(QWidget):
 
     def delete_selected(self) -> None:
         """Del: in box mode the selected instance's box goes, else the selected keypoint."""
+        if not self._editable():
+            return
         if self.canvas.box_mode and self.project is not None and self.current_path is not None:
             ann = self.project.annotation(self.current_path)
             if self.current_instance < len(ann.instances):
@@ -424,7 +458,7 @@ class EditorPage(QWidget):
 
     def _on_box_drawn(self, x: float, y: float, w: float, h: float) -> None:
         """A drawn box goes to the selected instance when it has none, else to a new one."""
-        if self.project is None or self.current_path is None:
+        if not self._editable():
             return
         ann = self.project.annotation(self.current_path)
         box = (x, y, w, h)
@@ -437,13 +471,13 @@ class EditorPage(QWidget):
 
     def _on_box_edited(self, index: int, x: float, y: float, w: float, h: float,
                        drag_id: int) -> None:
-        if self.project is not None and self.current_path is not None:
+        if self._editable():
             self.current_instance = index
             self.project.set_instance_box(self.current_path, index, (x, y, w, h), drag_id)
 
     def accept_image(self) -> None:
         """Mark the current image reviewed (it becomes a reference) and go to the next one."""
-        if self.project is None or self.current_path is None:
+        if not self._editable():
             return
         ann = self.project.annotation(self.current_path)
         if not ann.has_labels:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import posixpath
 from bisect import bisect_left
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from enum import Enum
 
 from PySide6.QtCore import (
@@ -38,6 +39,7 @@ from PySide6.QtWidgets import (
 
 from annotator.domain import ImageAnnotation, ImageStatus, Project
 from annotator.gui.colors import UNREADABLE_COLOR, confidence_color, status_color
+from annotator.gui.release import drop_in_background
 from annotator.gui.thumbnails import ThumbnailLoader
 
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -75,6 +77,32 @@ _STATUS_RANK = {
 
 #: at most this many changed images are moved into place one by one; more re-sort everything
 INCREMENTAL_MAX = 256
+#: the rows of a project at least this big are freed on a background thread
+RELEASE_ROWS = 5000
+
+#: (status, worst confidence) of an image whose annotation is not loaded
+Summary = tuple[ImageStatus, "float | None"]
+#: (status, worst confidence, number of instances: 0 while not known) of an image
+Facts = tuple[ImageStatus, "float | None", int]
+
+
+@dataclass(frozen=True)
+class PreparedOrder:
+    """The gallery rows of a project in project order (sort by name, no filter), built off
+    the GUI thread: a model shows them without touching every image itself."""
+
+    rows: list[str]
+    keys: list[tuple]
+    index_of: dict[str, int]
+    key_of: dict[str, tuple]
+
+
+def prepare_order(project: Project) -> PreparedOrder:
+    """:class:`PreparedOrder` of ``project`` (any thread; the project must not change
+    meanwhile)."""
+    rows = [r.path for r in project.images]
+    keys = [(i,) for i in range(len(rows))]
+    return PreparedOrder(rows, keys, dict(zip(rows, range(len(rows)))), dict(zip(rows, keys)))
 
 
 class GalleryModel(QAbstractListModel):
@@ -89,6 +117,8 @@ class GalleryModel(QAbstractListModel):
         super().__init__(parent)
         self._loader = loader
         self._project: Project | None = None
+        # a project still loading: what the store says of the images not read yet
+        self._summary: dict[str, Summary] | None = None
         self._rows: list[str] = []
         self._row_of: dict[str, int] = {}
         self._errors: dict[str, str] = {}
@@ -107,11 +137,47 @@ class GalleryModel(QAbstractListModel):
         loader.loaded.connect(self._on_thumbnail)
 
     # ----------------------------------------------------------- project
-    def set_project(self, project: Project | None) -> None:
+    def set_project(self, project: Project | None,
+                    summary: Mapping[str, Summary] | None = None,
+                    order: PreparedOrder | None = None) -> None:
+        """Show ``project``. ``summary``: status and worst confidence of the
+        images whose annotation the project does not hold yet (a store still loading);
+        ``order``: the rows made off the GUI thread (used for the default sort and filter)."""
+        old = [self._rows, self._keys, self._key_of, self._index_of, self._row_of,
+               self._summary, self._worst_cache]
         self._project = project
+        # taken over, not copied (10^5 entries): annotation_loaded() drops entries
+        self._summary = summary if isinstance(summary, dict) or summary is None \
+            else dict(summary)
         self._errors.clear()
-        self._worst_cache.clear()
-        self.refresh()
+        self._worst_cache = {}
+        if (order is not None and project is not None and self.sort == GallerySort.NAME
+                and self.filter == GalleryFilter.ALL):
+            self._stale = set()
+            self._index_of, self._keys, self._key_of = order.index_of, order.keys, order.key_of
+            self.beginResetModel()
+            self._rows, self._row_of = order.rows, order.index_of
+            self.endResetModel()
+        else:
+            self.refresh()
+        if len(old[0]) > RELEASE_ROWS:  # 10^5 keys and tuples: freed off the GUI thread
+            drop_in_background(old)
+
+    def annotation_loaded(self, path: str) -> None:
+        """The project now holds the annotation of ``path`` (its summary is dropped)."""
+        if self._summary is not None:
+            self._summary.pop(path, None)
+
+    def facts(self, path: str) -> Facts:
+        """(status, worst confidence, number of instances) of ``path`` (no instance count
+        while only its summary is known: the badge waits for the annotation)."""
+        if self._summary is not None:
+            hit = self._summary.get(path)
+            if hit is not None:
+                return hit[0], hit[1], 0
+        assert self._project is not None
+        ann = self._project.annotation(path)
+        return ann.status, self._worst(path, ann), len(ann.instances)
 
     def set_filter(self, value: GalleryFilter) -> None:
         self.filter = GalleryFilter(value)
@@ -135,18 +201,17 @@ class GalleryModel(QAbstractListModel):
         if f == GalleryFilter.UNREADABLE:
             return self.error(path) is not None
         assert self._project is not None
-        ann = self._project.annotation(path)
+        status, conf, _n = self.facts(path)
         if f == GalleryFilter.NEEDS_REVIEW:
-            conf = self._worst(path, ann)
             threshold = self._project.settings.review_threshold
-            return ann.status == ImageStatus.PREDICTED and (conf is None or conf < threshold)
+            return status == ImageStatus.PREDICTED and (conf is None or conf < threshold)
         wanted = {
             GalleryFilter.UNLABELLED: ImageStatus.UNLABELLED,
             GalleryFilter.PREDICTED: ImageStatus.PREDICTED,
             GalleryFilter.REVIEWED: ImageStatus.REVIEWED,
             GalleryFilter.REFERENCE: ImageStatus.REFERENCE,
         }[f]
-        return ann.status == wanted
+        return status == wanted
 
     def take_stale(self) -> set[str] | None:
         """The images changed since the last refresh (None: too many or unknown), reset."""
@@ -209,11 +274,10 @@ class GalleryModel(QAbstractListModel):
         p = self._project
         assert p is not None
         if self.sort == GallerySort.WORST_FIRST:
-            ann = p.annotation(path)
-            conf = self._worst(path, ann)
-            return (_STATUS_RANK[ann.status], 2.0 if conf is None else conf, path)
+            status, conf, _n = self.facts(path)
+            return (_STATUS_RANK[status], 2.0 if conf is None else conf, path)
         if self.sort == GallerySort.STATUS:
-            return (_STATUS_RANK[p.annotation(path).status], path)
+            return (_STATUS_RANK[self.facts(path)[0]], path)
         return (self._index_of[path],)
 
     def _worst(self, path: str, ann: ImageAnnotation) -> float | None:
@@ -290,17 +354,16 @@ class GalleryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DecorationRole:
             return self._loader.pixmap(path) or self._placeholder
         if role == STATUS_ROLE:  # a plain str: Qt would turn the enum into one anyway
-            return self._project.annotation(path).status.value
+            return self.facts(path)[0].value
         if role == CONFIDENCE_ROLE:
-            return self._project.annotation(path).worst_confidence()
+            return self.facts(path)[1]
         if role == ERROR_ROLE:
             return self.error(path)
         if role == INSTANCES_ROLE:
-            return len(self._project.annotation(path).instances)
+            return self.facts(path)[2]
         if role == Qt.ItemDataRole.ToolTipRole:
-            ann = self._project.annotation(path)
-            conf = ann.worst_confidence()
-            tip = f"{path}\n{ann.status.value}"
+            status, conf, _n = self.facts(path)
+            tip = f"{path}\n{status.value}"
             if conf is not None:
                 tip += f", worst confidence {conf:.2f}"
             err = self.error(path)

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ from annotator.gui.coco_export import CocoExportDialog, CocoExporter
 from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, FormatImporter
+from annotator.gui.gallery import PreparedOrder, prepare_order
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
 from annotator.gui.recent import add_recent_project
+from annotator.gui.release import drop_in_background
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
@@ -51,11 +54,13 @@ from annotator.io.project_file import (
     PROJECT_SUFFIX,
     OpenedProject,
     ProjectFileError,
+    ProjectPreview,
     backup_path,
     is_json_path,
     load_project,
     new_project,
     open_project_file,
+    read_annotation,
     save_json_copy,
     save_project,
     store_path_for,
@@ -70,6 +75,8 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo"
 PROJECT_FILTER = (f"Annotator projects (*{PROJECT_SUFFIX} *{JSON_SUFFIX});;"
                   "All files (*)")
 JSON_FILTER = f"JSON project copy (*{JSON_SUFFIX})"
+#: a closed project at least this big is freed on a background thread
+DROP_IN_BACKGROUND_IMAGES = 5000
 
 
 class _ExportAsDone(QObject):
@@ -100,6 +107,76 @@ def review_categories(project: Project) -> dict[str, int]:
         if cat:
             out[path] = cat
     return out
+
+
+@dataclass(frozen=True)
+class OpenPrep:
+    """What the window shows of a project read in the background, made on the pool thread
+    (at 100,000 images each would stall the GUI thread for a tenth of a second or more):
+    review categories (:func:`review_categories`), reference paths, gallery rows, and the
+    images found in the image folder that the project does not list yet (``None``: not
+    looked for)."""
+
+    counts: dict[str, int]
+    order: PreparedOrder
+    refs: list[str] | None = None
+    new_images: list[str] | None = None
+    #: the image list of the store, when ``new_images`` were added to the project already
+    stored_images: tuple[ImageRecord, ...] | None = None
+
+
+def prepare_preview(preview: ProjectPreview) -> OpenPrep:
+    """:class:`OpenPrep` of a project still loading, from the store's summary rows."""
+    from annotator.domain import ImageStatus
+
+    threshold = preview.project.settings.review_threshold
+    counts = {}
+    for path, (status, worst) in preview.summary.items():
+        if status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+            counts[path] = 1
+        elif status == ImageStatus.PREDICTED and (worst is None or worst < threshold):
+            counts[path] = 2
+    return OpenPrep(counts, prepare_order(preview.project), [])  # no annotation read yet
+
+
+def prepare_open(opened: OpenedProject) -> OpenPrep:
+    """:class:`OpenPrep` of a project just loaded (on the loader's pool thread). The images
+    found in its folder since are added here, while no listener follows the project yet:
+    on the GUI thread a whole-project change would recount 10^5 images."""
+    project = opened.project
+    stored = project.images
+    found = _new_images(project, opened.path)
+    if found:
+        records = [ImageRecord(p) for p in found]  # any error before the project changes
+        found = project.add_images(records)
+    return OpenPrep(review_categories(project), prepare_order(project),
+                    project.reference_paths(), found, stored if found else None)
+
+
+def _new_images(project: Project, path: Path) -> list[str] | None:
+    """Images in the image folder that ``project`` does not list, outside the folders the
+    application exported to (recorded in the store at ``path``); None when the folder
+    cannot be listed (the rescan then reports it)."""
+    if not os.path.isdir(project.image_root):
+        return None
+    try:
+        found = list_images(project.image_root)
+    except (OSError, ValueError):
+        return None
+    skip: list[str] = []
+    if is_store(path):
+        try:
+            store = ProjectStore(path, readonly=True)
+            try:
+                dirs = store.meta("exported_dirs", [])
+            finally:
+                store.close()
+            skip = [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
+        except (StoreError, sqlite3.Error):
+            pass
+    known = {r.path for r in project.images}
+    return [p for p in found if p not in known
+            and not any(p.startswith(d.rstrip("/") + "/") for d in skip)]
 
 
 def human_bytes(n: int) -> str:
@@ -155,9 +232,13 @@ class MainWindow(QMainWindow):
         self.importer = FormatImporter(self)
         self.opener = ProjectOpener(self)
         self.opener.progress.connect(self._on_open_progress)
+        self.opener.previewed.connect(self._on_open_preview)
         self.opener.finished.connect(self._on_open_finished)
+        #: the store whose gallery is shown while its annotations load (read-only)
+        self.loading_path: str | None = None
+        self._preview_store: ProjectStore | None = None
+        self._preview_read: set[str] = set()
         self._open_next: str | None = None
-        self._preset_counts: dict[str, int] | None = None
         #: stores with at least this many images open on a pool thread
         self.background_open_images = BACKGROUND_OPEN_IMAGES
         self._export_as_thread: threading.Thread | None = None
@@ -390,42 +471,73 @@ class MainWindow(QMainWindow):
         return QFileDialog.getSaveFileName(self, title, start, filters)[0]
 
     # -------------------------------------------------------------- projects
-    def set_project(self, project: Project | None, path: str | None) -> None:
-        """Show ``project`` (saved at ``path``); None returns to the welcome page."""
-        if project is not None and self.opener.busy:
-            self.cancel_open()  # another project was shown meanwhile: it stays
+    @property
+    def loading(self) -> bool:
+        """Whether the project on show is a big store whose annotations are still loading
+        (browsing only: edits, propagation and exports wait for the full load)."""
+        return self.loading_path is not None
+
+    def set_project(self, project: Project | None, path: str | None, *,
+                    prep: OpenPrep | None = None, preview: ProjectPreview | None = None,
+                    keep: str | None = None) -> None:
+        """Show ``project`` (saved at ``path``); None returns to the welcome page.
+        ``prep``: what was made for it off the GUI thread; ``preview``: the project is the
+        preview of the store being opened (shown read-only until the full load arrives);
+        ``keep``: the image to stay on."""
+        if self.opener.busy and preview is None:
+            self.cancel_open()  # another project was shown meanwhile (or none): it stays
         self._detach_project()
-        self.project, self.project_path = project, path
+        old, self.project, self.project_path = self.project, project, path
         self._counts_stale = True
-        counts, self._preset_counts = self._preset_counts, None
-        if project is not None and counts is not None:
-            self.set_review_counts(counts)
+        if project is not None and prep is not None:
+            self.set_review_counts(prep.counts)
+        loading = preview is not None
+        if preview is not None:
+            self.loading_path = str(preview.path)
+            try:
+                self._preview_store = ProjectStore(preview.path, readonly=True)
+            except StoreError:  # the points show once loaded; the full load reports it
+                log.info("cannot read %s while it loads", preview.path, exc_info=True)
+        self.editor.read_only = loading
+        self.editor.before_show = self._read_preview_annotation if loading else None
+        # before the editor shows an image: reading its annotation is a project change
+        self.retrainer.attach(None if loading else project, prep.refs if prep else None)
         if project is not None:
             self.loader.set_root(project.image_root, ImageSource.live(project))
             self._unsubscribe = project.subscribe(self._on_project_changed)
             if path and not self.isolated:
-                self.attach_autosaver(path, dirty=self._recovered > 0)
+                self.attach_autosaver(path, dirty=self._recovered > 0,
+                                      stored_images=prep.stored_images if prep else None)
                 add_recent_project(path)
-            self.editor.set_project(project)
+            self.editor.set_project(project, refs=prep.refs if prep else None,
+                                    summary=preview.summary if preview else None,
+                                    order=prep.order if prep else None, keep=keep)
             self.stack.setCurrentWidget(self.editor)
             if self.width() >= 1280 and not self._reference_dock_decided:
                 self.reference_dock.show()
             self._reference_dock_decided = True
-            if self.preload_models and not self.isolated:
+            if self.preload_models and not self.isolated and not loading:
                 self.preload_timer.start()
             self.device_label.setText(f"device: {project.settings.device}")
         else:
+            self.loader.set_root("")
             self.editor.set_project(None)
             self.reference_dock.hide()
             self._reference_dock_decided = False
             self.welcome.refresh()
             self.stack.setCurrentWidget(self.welcome)
-        self.retrainer.attach(project)
         self._update_title()
         self._update_actions()
         self._update_counts()
+        if old is not None and old is not project and len(old) >= DROP_IN_BACKGROUND_IMAGES:
+            drop_in_background(old)
 
     def _detach_project(self) -> None:
+        self.loading_path = None
+        self._preview_read = set()
+        if self._preview_store is not None:
+            self._preview_store.close()
+            self._preview_store = None
         if self.controller.busy:
             self.controller.cancel()
         self.flush_predictions()
@@ -438,6 +550,10 @@ class MainWindow(QMainWindow):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self.project is not None:
+            # the undo steps refer to the project: a reference cycle, which the collector
+            # never frees once a big project was frozen after loading
+            self.project.history.clear()
 
     def close_project(self) -> None:
         if self._saved_or_confirmed():
@@ -516,6 +632,8 @@ class MainWindow(QMainWindow):
         it is loaded (``opener.finished``); None is returned then."""
         if self.project is not None and self._is_open(path):
             return self.project  # already open: the file on disk may be older than the edits
+        if self.opener.busy and self.opener.path == path and self._open_next is None:
+            return None  # being opened already
         if self.opener.busy:
             self.opener.cancel()  # the latest request wins
             self._open_next = path
@@ -524,7 +642,8 @@ class MainWindow(QMainWindow):
             return None
         if self._opens_in_background(path):
             self.set_project(None, None)
-            self.opener.start(path, review_categories)
+            self.opener.start(path, prepare_open, prepare_preview)
+            self.open_bar.setFormat("opening %p%")
             self.open_bar.setValue(0)
             self.open_bar.show()
             self.open_cancel.show()
@@ -550,6 +669,38 @@ class MainWindow(QMainWindow):
     def _on_open_progress(self, path: str, permille: int) -> None:
         self.open_bar.setValue(permille)
 
+    def _on_open_preview(self, preview: ProjectPreview, prep: OpenPrep, path: str) -> None:
+        """The gallery of the store being opened, before its annotations: browsing (images,
+        statuses, worst confidences, the current image with its points) while the full
+        load goes on; edits wait for it (nothing can be lost: nothing is edited)."""
+        if self._shut_down or self._open_next is not None or self.project is not None:
+            return
+        self.set_project(preview.project, None, prep=prep, preview=preview)
+        self.open_bar.setFormat("loading annotations %p%")
+        self.statusBar().showMessage(
+            f"{os.path.basename(path)}: {len(preview.project):,} images shown; the "
+            "annotations are loading (editing, propagation and export start when they have "
+            "loaded)")
+        self._update_title()
+        self._update_actions()
+
+    def _read_preview_annotation(self, path: str) -> None:
+        """Before a project still loading shows ``path``: read its annotation from the
+        store (milliseconds), so the user sees its points."""
+        store, project = self._preview_store, self.project
+        if store is None or project is None or path in self._preview_read:
+            return
+        self._preview_read.add(path)
+        try:
+            ann = read_annotation(store, path)
+        except ProjectFileError as exc:
+            log.warning("cannot show the annotation of %s yet: %s", path, exc)
+            return
+        self.editor.gallery.model.annotation_loaded(path)
+        if ann != project.annotation(path):
+            project.set_annotations({path: ann}, "Read")
+            project.history.clear()  # read, not edited: nothing to undo
+
     def cancel_open(self) -> None:
         """Stop a background open (the welcome page stays)."""
         self._open_next = None
@@ -559,6 +710,9 @@ class MainWindow(QMainWindow):
         self.open_bar.hide()
         self.open_cancel.hide()
         self.statusBar().clearMessage()
+        keep = self.editor.current_path if self.loading else None
+        if self.loading and (opened is None or self._open_next is not None):
+            self.set_project(None, None)  # the preview goes with its load
         nxt, self._open_next = self._open_next, None
         if nxt is not None:  # another project was asked for meanwhile
             self.open_project(nxt)
@@ -580,27 +734,30 @@ class MainWindow(QMainWindow):
         if opened.migrated_from is not None:
             note = (f"Opened {opened.path.name}, the new project file made from "
                     f"{opened.migrated_from.name} (kept unchanged as a backup)")
-        self._show_opened(opened.project, str(opened.path), note, self.opener.counts)
+        prep = self.opener.counts if isinstance(self.opener.counts, OpenPrep) else None
+        self._show_opened(opened.project, str(opened.path), note, prep, keep)
 
     def _show_opened(self, project: Project, path: str, note: str,
-                     counts: dict[str, int] | None = None) -> Project:
+                     prep: OpenPrep | None = None, keep: str | None = None) -> Project:
         """Show a project just read, with one status message saying what happened
-        (``counts``: its review categories, when counted already)."""
-        if counts is not None:
-            self._preset_counts = counts
+        (``prep``: what was made for it off the GUI thread; ``keep``: the image to stay
+        on)."""
         if not os.path.isdir(project.image_root):
             self.show_message("warning", "Open project",
                               f"The image folder {project.image_root} is missing; images will "
                               "show as unreadable.")
         try:
-            self.set_project(project, path)
+            self.set_project(project, path, prep=prep, keep=keep)
         finally:
             recovered, self._recovered = self._recovered, 0
         if recovered:
             note = "; ".join(filter(None, [
                 note, f"recovered {recovered} unsaved edit(s) from the edit journal"]))
-        added = self.rescan_images(quiet=True, show=False) \
-            if os.path.isdir(project.image_root) else []
+        if prep is not None:  # found (and added) off the GUI thread
+            added = prep.new_images or []
+        else:
+            added = self.rescan_images(quiet=True, show=False) \
+                if os.path.isdir(project.image_root) else []
         if added:
             found = f"{len(added)} new image(s) found in {project.image_root}"
             note = f"{note}; {found}" if note else found
@@ -613,7 +770,7 @@ class MainWindow(QMainWindow):
         folder the application exported to); returns their paths. ``quiet``: say nothing
         when there are none (on open); ``show``: False leaves the status bar to the
         caller."""
-        if self.project is None:
+        if self.project is None or self.loading:
             return []
         try:
             found = list_images(self.project.image_root)
@@ -779,13 +936,16 @@ class MainWindow(QMainWindow):
             return self.save_as_dialog()
         return self.save_as(self.project_path)
 
-    def attach_autosaver(self, path: str, dirty: bool = False) -> None:
+    def attach_autosaver(self, path: str, dirty: bool = False,
+                         stored_images: tuple[ImageRecord, ...] | None = None) -> None:
         """Journal every edit of the open project and save it to ``path`` in the background
-        (see :class:`annotator.io.autosave.Autosaver`)."""
+        (see :class:`annotator.io.autosave.Autosaver`; ``stored_images``: the image list the
+        store holds, when the project has images added since)."""
         assert self.project is not None
         try:
             self.autosaver = Autosaver(self.project, path, delay_s=self._autosave_delay,
-                                       background=True, dirty=dirty, backup=True)
+                                       background=True, dirty=dirty, backup=True,
+                                       stored_images=stored_images)
         except (StoreError, OSError) as exc:
             self.autosaver = None
             self.show_message("error", "Autosave", f"Edits will not be saved: {exc}")
@@ -1132,8 +1292,10 @@ class MainWindow(QMainWindow):
 
     def _update_actions(self) -> None:
         has = self.project is not None
-        for action in self.project_actions:
-            action.setEnabled(has)
+        browse = (self.act_next, self.act_prev, self.act_next_kp, self.act_prev_kp,
+                  self.act_fit, self.act_close_project)
+        for action in self.project_actions:  # a project still loading is for browsing
+            action.setEnabled(has and (not self.loading or action in browse))
         history = self.project.history if has else None
         self.act_undo.setEnabled(bool(history and history.can_undo))
         self.act_redo.setEnabled(bool(history and history.can_redo))
@@ -1145,7 +1307,9 @@ class MainWindow(QMainWindow):
 
     def _update_title(self) -> None:
         title = "Keypoint-transfer annotator"
-        if self.project is not None:
+        if self.project is not None and self.loading_path is not None:
+            title = f"{os.path.basename(self.loading_path)} (loading...) - {title}"
+        elif self.project is not None:
             name = os.path.basename(self.project_path) if self.project_path else "unsaved"
             dirty = self.autosaver is None or self.autosaver.dirty
             title = f"{name}{' *' if dirty else ''} - {title}"

@@ -8,6 +8,7 @@ GUI thread gets it back every switch interval (5 ms) and keeps painting and answ
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -16,25 +17,49 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from annotator.gui.pool_owner import PoolOwner
+from annotator.gui.release import paused
 from annotator.gui.thumbnails import register_pool_user
 
 log = logging.getLogger(__name__)
 
 #: a store with at least this many images is opened in the background
 BACKGROUND_OPEN_IMAGES = 5000
+#: what is made for a project at least this big on the loader thread is frozen
+FREEZE_IMAGES = 2000
+
+
+Prepare = Callable[[Any], Any]
+
+
+def _frozen(make: Prepare, arg: Any, images: int) -> Any:
+    """``make(arg)`` with the collector off and, for a project of ``images`` >=
+    :data:`FREEZE_IMAGES`, the objects made then frozen (as after loading it,
+    :func:`annotator.io.project_file.load_project_recovering`): what is made for a big
+    project (gallery rows, 10^5 keys) lives as long as it, and no later collection walks it
+    holding the GIL."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return make(arg)
+    finally:
+        if was:
+            if images >= FREEZE_IMAGES:
+                gc.freeze()
+            gc.enable()
 
 
 class _Emitter(QObject):
     progress = Signal(str, int)  # path, per mille
+    preview = Signal(object, str)  # (ProjectPreview, prepared), path
     done = Signal(object, str, str)  # OpenedProject (None on error or cancel), error, path
 
 
 class _OpenTask(QRunnable):
     def __init__(self, emitter: _Emitter, path: str, cancel: threading.Event,
-                 prepare: Callable[[Any], Any] | None) -> None:
+                 prepare: Prepare | None, preview: Prepare | None) -> None:
         super().__init__()
         self._emitter, self._path, self._cancel = emitter, path, cancel
-        self._prepare = prepare
+        self._prepare, self._preview = prepare, preview
         self._last = -1
 
     def _progress(self, fraction: float) -> None:
@@ -47,10 +72,29 @@ class _OpenTask(QRunnable):
             self._last = permille
             self._emitter.progress.emit(self._path, permille)
 
+    def _send_preview(self) -> None:
+        """The store's gallery rows first (under a second at 100,000 images): the window
+        shows them while the rest loads. A problem here is left to the full load, which
+        reports it (or opens the project without a preview)."""
+        from annotator.io.project_file import read_preview
+
+        assert self._preview is not None
+        try:
+            with paused():  # a closed project is freed after, not meanwhile
+                preview = read_preview(self._path)
+                prepared = _frozen(self._preview, preview, len(preview.project))
+        except Exception:  # noqa: BLE001 (never in the way of the open itself)
+            log.info("no preview of %s", self._path, exc_info=True)
+            return
+        if not self._cancel.is_set():
+            self._emitter.preview.emit((preview, prepared), self._path)
+
     def run(self) -> None:
         from annotator.io.project_file import LoadCancelled, ProjectFileError, open_project_file
 
         try:
+            if self._preview is not None:
+                self._send_preview()
             opened = open_project_file(self._path, progress=self._progress)
         except LoadCancelled:
             self._emitter.done.emit(None, "", self._path)
@@ -63,19 +107,22 @@ class _OpenTask(QRunnable):
             counts = None
             if self._prepare is not None:
                 try:
-                    counts = self._prepare(opened.project)
+                    counts = _frozen(self._prepare, opened, len(opened.project))
                 except Exception:  # noqa: BLE001 (the GUI thread counts again)
-                    log.warning("counting %s in the background failed", self._path,
+                    log.warning("preparing %s in the background failed", self._path,
                                 exc_info=True)
             self._emitter.done.emit((opened, counts), "", self._path)
 
 
 class ProjectOpener(QObject, PoolOwner):
     """Opens one project at a time on a pool thread. :attr:`progress` carries the fraction
-    read (per mille); :attr:`finished` the :class:`OpenedProject`, or None with the error
-    ("" when cancelled)."""
+    read (per mille); :attr:`previewed` what the gallery can show before the full load
+    (:class:`ProjectPreview` and what ``preview(preview)`` made of it on the pool thread);
+    :attr:`finished` the :class:`OpenedProject`, or None with the error ("" when
+    cancelled)."""
 
     progress = Signal(str, int)
+    previewed = Signal(object, object, str)  # ProjectPreview, prepared, path
     finished = Signal(object, str, str)  # OpenedProject or None, error, path
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -84,6 +131,7 @@ class ProjectOpener(QObject, PoolOwner):
         self._pool.setMaxThreadCount(1)
         self._emitter = _Emitter(self)
         self._emitter.progress.connect(self._on_progress)
+        self._emitter.preview.connect(self._on_preview)
         self._emitter.done.connect(self._on_done)
         self._cancel: threading.Event | None = None
         self.path: str | None = None
@@ -94,16 +142,19 @@ class ProjectOpener(QObject, PoolOwner):
     def busy(self) -> bool:
         return self.path is not None
 
-    def start(self, path: str, prepare: Callable[[Any], Any] | None = None) -> bool:
+    def start(self, path: str, prepare: Prepare | None = None,
+              preview: Prepare | None = None) -> bool:
         """Open ``path`` in the background; False while another open is running.
-        ``prepare(project)`` runs on the pool thread too, after loading (what the window
+        ``prepare(opened)`` runs on the pool thread too, after loading (what the window
         would otherwise compute over every image on its own thread); its result is
-        :attr:`counts` while ``finished`` is emitted."""
+        :attr:`counts` while ``finished`` is emitted. With ``preview`` (a store), the
+        store's gallery rows are read first and :attr:`previewed` is emitted with
+        ``preview(project_preview)`` (run on the pool thread)."""
         if self.busy:
             return False
         self.path = path
         self._cancel = threading.Event()
-        self._pool.start(_OpenTask(self._emitter, path, self._cancel, prepare))
+        self._pool.start(_OpenTask(self._emitter, path, self._cancel, prepare, preview))
         return True
 
     def cancel(self) -> None:
@@ -114,6 +165,10 @@ class ProjectOpener(QObject, PoolOwner):
     def _on_progress(self, path: str, permille: int) -> None:
         if path == self.path and not (self._cancel and self._cancel.is_set()):
             self.progress.emit(path, permille)
+
+    def _on_preview(self, result: tuple[Any, Any], path: str) -> None:
+        if path == self.path and not (self._cancel and self._cancel.is_set()):
+            self.previewed.emit(result[0], result[1], path)
 
     def _on_done(self, result: object, error: str, path: str) -> None:
         cancelled = self._cancel is not None and self._cancel.is_set()

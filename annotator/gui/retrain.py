@@ -105,13 +105,17 @@ class RetrainScheduler(QObject):
         """What the current head was trained on ({"num_images", "saved", ...}), or None."""
         return self._info
 
-    def attach(self, project: Project | None) -> None:
-        """Follow ``project`` (None: none); reads what its saved head was trained on."""
+    def attach(self, project: Project | None, refs: list[str] | None = None) -> None:
+        """Follow ``project`` (None: none); reads what its saved head was trained on.
+        ``refs``: its reference paths, when made already (off the GUI thread)."""
         self.timer.stop()
         self._pending = False
         self.controller.cancel_training()
         self._project, self._info = project, None
-        self._recount()
+        if refs is not None:
+            self._paths = set(refs)
+        else:
+            self._recount()
         if project is not None:
             self._config = self._head_config(project)
             self.controller.request_head_info(project)

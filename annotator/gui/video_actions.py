@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ class VideoSupport(QObject):
         self.window = window
         self._timeline: VideoTimeline | None = None
         self.dock: QDockWidget | None = None
-        self._project: object = None
+        # which project the timeline follows; weak: a closed project is never kept alive
+        self._project: Callable[[], object] = lambda: None
 
     def install(self, file_menu: object) -> tuple[QAction, QAction]:
         w = self.window
@@ -63,9 +66,9 @@ class VideoSupport(QObject):
             rec = project.image(path)
         except KeyError:
             return
-        if project is not self._project and self._timeline is not None:
+        if project is not self._project() and self._timeline is not None:
             self._timeline.set_video(None)  # another project: probe its videos afresh
-        self._project = project
+        self._project = weakref.ref(project)
         if rec.video is None:
             if self.dock is not None:
                 self.dock.hide()

@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,10 @@ class Autosaver:
     not). ``background``: a writer thread commits (batched), :meth:`poll` reports problems
     and the end of a :meth:`save_async`; otherwise each edit commits before the edit call
     returns. ``backup``: keep a copy of the store as it was when opened at ``path~``
-    (written first, by the writer). ``delay_s``, ``clock`` and ``max_wait_s`` are kept for
-    callers of the earlier journal-and-rewrite autosaver; writes no longer wait for a pause.
+    (written first, by the writer). ``stored_images``: the image list the store holds when
+    the project has more (images added before the autosaver was made); they are written
+    first. ``delay_s``, ``clock`` and ``max_wait_s`` are kept for callers of the earlier
+    journal-and-rewrite autosaver; writes no longer wait for a pause.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Autosaver:
         background: bool = False,
         dirty: bool = False,
         backup: bool = False,
+        stored_images: Sequence[ImageRecord] | None = None,
     ) -> None:
         self.project = project
         self.path = Path(path)
@@ -91,7 +94,9 @@ class Autosaver:
         self._pending: list[_Change] = []  # written by the next transaction (retried on error)
         self._written_revision = project.revision - (1 if dirty else 0)
         self._schema, self._settings = project.schema, project.settings  # as in the store
-        self._images = project.images
+        # the image list the store holds: images added before (found in the folder while
+        # the project was loaded off the GUI thread) are written first
+        self._images = project.images if stored_images is None else tuple(stored_images)
         self._seen_schema = project.schema  # last schema captured on the editing thread
         self._last_image_check = clock()
         self.saves = 0
@@ -110,6 +115,8 @@ class Autosaver:
         else:
             self._drain_now()
         self._unsubscribe: Callable[[], None] | None = project.subscribe(self._on_change)
+        if stored_images is not None:
+            self.check_images()
 
     # --------------------------------------------------------------- changes
     def _full_change(self, revision: int, everything: bool = False) -> _Change:

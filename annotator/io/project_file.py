@@ -28,6 +28,7 @@ from annotator.domain.annotation import (
     Origin,
     Visibility,
 )
+from annotator.domain.paths import is_normal_relpath
 from annotator.domain.project import ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
 from annotator.io.images import list_images
@@ -564,16 +565,38 @@ def _load_project_recovering(path: str | os.PathLike[str], recover: bool,
     read = None if progress is None else (lambda f: progress(0.4 * f))
     build = None if progress is None else (lambda f: progress(0.4 + 0.6 * f))
     doc = read_project_document(path, read)
-    if recover and not is_store(path):
-        from annotator.io.legacy_journal import recover_document
+    try:
+        if recover and not is_store(path):
+            from annotator.io.legacy_journal import recover_document
 
-        recovered, count = recover_document(doc, path)
-        if count:
-            try:
-                return project_from_dict(recovered, str(path), build), count
-            except ProjectFileError as exc:
-                log.warning("the edit journal of %s was not applied: %s", path, exc)
-    return project_from_dict(doc, str(path), build), 0
+            recovered, count = recover_document(doc, path)
+            if count:
+                try:
+                    return project_from_dict(recovered, str(path), build), count
+                except ProjectFileError as exc:
+                    log.warning("the edit journal of %s was not applied: %s", path, exc)
+                finally:
+                    release_document(recovered)
+        return project_from_dict(doc, str(path), build), 0
+    finally:
+        release_document(doc)
+
+
+def release_document(doc: Any) -> None:
+    """Free a decoded project document entry by entry. Dropped at once, its millions of
+    lists and floats are freed in one C call that holds the GIL for up to a second (at
+    100,000 x 3), stalling every other thread (the GUI's, when loading in the background);
+    freed entry by entry, other threads get the GIL back in between."""
+    if not isinstance(doc, dict):
+        return
+    for key in ("annotations", "images"):
+        part = doc.get(key)
+        if isinstance(part, dict):
+            while part:
+                part.popitem()
+        elif isinstance(part, list):
+            while part:
+                part.pop()
 
 
 def _backup_hint(path: Path) -> str:
@@ -587,20 +610,7 @@ def read_project_document(path: str | os.PathLike[str],
     validated: read from the store, or parsed from a JSON project file."""
     path = Path(path)
     if is_store(path):
-        try:
-            try:
-                store = ProjectStore(path)
-            except StoreError as exc:
-                if "unable to open" not in str(exc) and "readonly" not in str(exc):
-                    raise
-                store = ProjectStore(path, readonly=True)  # a read-only folder or file
-            try:
-                doc = store.document(progress)
-            finally:
-                store.close()
-        except (StoreError, sqlite3.Error) as exc:
-            msg = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-            raise ProjectFileError(msg + _backup_hint(path)) from None
+        doc = _read_store(path, lambda store: store.document(progress))
         doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **doc}
     else:
         try:
@@ -616,11 +626,136 @@ def read_project_document(path: str | os.PathLike[str],
                 raise ProjectFileError(f"{path}: not a text file (not a project file)") from None
             raise ProjectFileError(str(exc).replace("invalid or truncated", "truncated or invalid")
                                    + _backup_hint(path)) from None
+    _absolute_root(doc, path)
+    return doc
+
+
+def _absolute_root(doc: Any, path: Path) -> None:
     if isinstance(doc, dict) and isinstance(doc.get("image_root"), str):
         root = Path(doc["image_root"])
         if not root.is_absolute():
             doc["image_root"] = str((path.parent / root).resolve())
-    return doc
+
+
+def _read_store(path: Path, read: Callable[[ProjectStore], Any]) -> Any:
+    """``read(store)`` on the store at ``path`` (read-only when its folder or file is);
+    store and SQLite errors become :class:`ProjectFileError` naming the file."""
+    try:
+        try:
+            store = ProjectStore(path)
+        except StoreError as exc:
+            if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                raise
+            store = ProjectStore(path, readonly=True)  # a read-only folder or file
+        try:
+            return read(store)
+        finally:
+            store.close()
+    except (StoreError, sqlite3.Error) as exc:
+        msg = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+        raise ProjectFileError(msg + _backup_hint(path)) from None
+
+
+#: (status, worst prediction confidence or None, number of instances) of one image
+Summary = tuple[ImageStatus, "float | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectPreview:
+    """What a big store shows while its annotations load: ``project`` has the images,
+    schema and settings but no annotation; ``summary`` gives each annotated image's status
+    and worst confidence (read from the store's summary rows); ``path``:
+    the store."""
+
+    project: Project
+    summary: Mapping[str, Summary]
+    path: Path
+
+
+def read_preview(path: str | os.PathLike[str]) -> ProjectPreview:
+    """The :class:`ProjectPreview` of the store at ``path`` (no keypoint decoded: about half
+    a second at 100,000 images x 3); raises :class:`ProjectFileError`."""
+    path = Path(path)
+
+    def read(store: ProjectStore) -> tuple[Any, list[Any]]:
+        return store.head(), store.summary_rows()
+
+    was = gc.isenabled()
+    gc.disable()  # 10^5 records: no collection while building them (as in a full load)
+    big = False
+    try:
+        doc, rows = _read_store(path, read)
+        _absolute_root(doc, path)
+        # schema, settings and root checked as a full load checks them
+        empty = project_from_dict({"format": FORMAT_NAME, "version": FORMAT_VERSION, **doc},
+                                  str(path))
+        statuses = {s.value: s for s in ImageStatus}
+        summary: dict[str, Summary] = {}
+        records = []
+        for start in range(0, len(rows), 4096):
+            chunk = rows[start:start + 4096]
+            try:  # one parse per chunk: 10^5 separate json.loads calls cost a quarter second
+                datas = json.loads("[" + ",".join(r[1] for r in chunk) + "]")
+            except ValueError:
+                raise ProjectFileError(f"{path}: invalid image data") from None
+            for (p, _d, status, worst), data in zip(chunk, datas):
+                records.append(_image_record(p, data, path))
+                if status is None:
+                    continue
+                if status not in statuses:
+                    raise ProjectFileError(f"{path}: image {p!r}: status {status!r} is not one "
+                                           f"of {', '.join(statuses)}")
+                summary[p] = (statuses[status], worst)
+        try:
+            project = Project(empty.image_root, records, empty.schema, None, empty.settings)
+        except ValueError as exc:
+            raise ProjectFileError(f"{path}: {exc}") from None
+        big = len(records) >= _COLLECT_AFTER_IMAGES
+    finally:
+        if was:
+            if big:
+                gc.freeze()  # as after a full load: no collection walks the records
+            gc.enable()
+    return ProjectPreview(project, summary, path)
+
+
+_RECORD_FIELDS = frozenset(_IMAGE_FIELDS) - {"path"}
+_RECORD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImageRecord)}
+_SIZE_FIELDS = frozenset(("width", "height"))
+
+
+def _image_record(image: str, data: Any, source: Path) -> ImageRecord:
+    """The record of ``image`` from its stored fields (unknown ones, from a newer version,
+    ignored)."""
+    if type(data) is not dict:
+        raise ProjectFileError(f"{source}: image {image!r}: invalid data")
+    if data.keys() <= _SIZE_FIELDS and is_normal_relpath(image) \
+            and all(type(v) is int and v > 0 for v in data.values()):
+        # a plain image (no video frame), every value checked as ImageRecord checks it:
+        # the fields its __init__ would set (10^5 validating calls cost a third of a second)
+        rec = object.__new__(ImageRecord)
+        rec.__dict__.update(_RECORD_DEFAULTS, path=image, **data)
+        return rec
+    if not data.keys() <= _RECORD_FIELDS:
+        data = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+    try:
+        return ImageRecord(image, **data)
+    except (TypeError, ValueError) as exc:
+        raise ProjectFileError(f"{source}: image {image!r}: {exc}") from None
+
+
+def read_annotation(store: ProjectStore, image: str) -> ImageAnnotation:
+    """The annotation of one image of an open ``store`` (empty when it has none), checked
+    as a full load checks it (a few milliseconds: what a project still loading shows of the
+    image on screen); raises :class:`ProjectFileError`."""
+    try:
+        entry = store.annotation_entry(image)
+        doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "image_root": ".",
+               "schema": store.meta("schema"), "images": [{"path": image}],
+               "annotations": {image: entry} if entry is not None else {}}
+    except (StoreError, sqlite3.Error) as exc:
+        raise ProjectFileError(f"{store.path}: {exc}") from None
+    return project_from_dict(doc, str(store.path)).annotation(image)
 
 
 def store_path_for(path: str | os.PathLike[str]) -> Path:

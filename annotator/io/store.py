@@ -285,17 +285,61 @@ class ProjectStore:
             "ON a.path = i.path ORDER BY i.pos").fetchall()
         return [(_from_sql_str(p), s, w) for p, s, w in rows]
 
-    def document(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
-        """The project as a JSON-project document without its format header (image root
-        as stored), not validated. ``progress`` is called with the fraction of instance rows
-        read, every few thousand rows (it may raise to stop)."""
+    def summary_rows(self) -> list[tuple[str, str, str | None, float | None]]:
+        """(path, image data as JSON text, status or None, worst confidence) per image in
+        project order: what the gallery shows of a project still loading (the instances
+        table, nearly all of the file, is not read: 0.1 s at 100,000 x 3)."""
+        rows = self.conn.execute(
+            "SELECT i.path, i.data, a.status, a.worst FROM images i LEFT JOIN annotations a "
+            "ON a.path = i.path ORDER BY i.pos").fetchall()
+        return [(_from_sql_str(p), d, s, w) for p, d, s, w in rows]
+
+    def head(self) -> dict[str, Any]:
+        """Image root (as stored), schema and settings of :meth:`document` (no images, no
+        annotations)."""
         settings = {}
         for key, value in self.conn.execute("SELECT key, value FROM settings"):
             try:
                 settings[key] = json.loads(value)
             except ValueError:
                 raise StoreError(f"{self.path}: setting {key!r} is not valid JSON") from None
-        images = []
+        return {"image_root": self.meta("image_root"), "schema": self.meta("schema"),
+                "settings": settings, "images": [], "annotations": {}}
+
+    def annotation_entry(self, path: str) -> dict[str, Any] | None:
+        """The annotation of one image as a JSON-project document entry ({"status",
+        "instances"}), or None when it has none; not validated."""
+        key = _sql_str(path)
+        row = self.conn.execute("SELECT status FROM annotations WHERE path = ?",
+                                (key,)).fetchone()
+        if row is None:
+            return None
+        instances = []
+        for kps, bbox, score, ann_id in self.conn.execute(
+                "SELECT keypoints, bbox, box_score, ann_id FROM instances WHERE path = ? "
+                "ORDER BY idx", (key,)):
+            instances.append(self._instance(path, kps, bbox, score, ann_id))
+        return {"status": row[0], "instances": instances}
+
+    def _instance(self, path: Any, kps: str, bbox: str | None, score: float | None,
+                  ann_id: int | None) -> dict[str, Any]:
+        try:
+            inst: dict[str, Any] = {"keypoints": json.loads(kps)}
+            if bbox is not None:
+                inst["bbox"] = json.loads(bbox)
+        except ValueError:
+            raise StoreError(f"{self.path}: instance of {path!r}: invalid JSON") from None
+        if score is not None:
+            inst["box_score"] = score
+        if ann_id is not None:
+            inst["id"] = ann_id
+        return inst
+
+    def head_document(self) -> dict[str, Any]:
+        """:meth:`document` without the annotations (image root, schema, settings, images):
+        what a project still loading shows."""
+        doc = self.head()
+        images = doc["images"]
         for path, data in self.conn.execute("SELECT path, data FROM images ORDER BY pos"):
             try:
                 rec = json.loads(data)
@@ -305,7 +349,14 @@ class ProjectStore:
                 raise StoreError(f"{self.path}: image {path!r}: invalid data")
             rec["path"] = _from_sql_str(path)
             images.append(rec)
-        annotations: dict[str, Any] = {}
+        return doc
+
+    def document(self, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+        """The project as a JSON-project document without its format header (image root
+        as stored), not validated. ``progress`` is called with the fraction of instance rows
+        read, every few thousand rows (it may raise to stop)."""
+        doc = self.head_document()
+        annotations: dict[str, Any] = doc["annotations"]
         for path, status in self.conn.execute("SELECT path, status FROM annotations"):
             annotations[_from_sql_str(path)] = {"status": status, "instances": []}
         total = max(1, int(self.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]))
@@ -318,19 +369,8 @@ class ProjectStore:
             if ann is None:
                 raise StoreError(f"{self.path}: an instance of {path!r}, which has no "
                                  "annotation row")
-            try:
-                inst: dict[str, Any] = {"keypoints": json.loads(kps)}
-                if bbox is not None:
-                    inst["bbox"] = json.loads(bbox)
-            except ValueError:
-                raise StoreError(f"{self.path}: instance of {path!r}: invalid JSON") from None
-            if score is not None:
-                inst["box_score"] = score
-            if ann_id is not None:
-                inst["id"] = ann_id
-            ann["instances"].append(inst)
-        return {"image_root": self.meta("image_root"), "schema": self.meta("schema"),
-                "settings": settings, "images": images, "annotations": annotations}
+            ann["instances"].append(self._instance(path, kps, bbox, score, ann_id))
+        return doc
 
 
 def backup_path(path: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,58 @@
+"""Issue 22: a closed big project is freed on a background thread, taken apart entry by
+entry, and never while anything else still refers to it."""
+
+from __future__ import annotations
+
+import weakref
+
+from annotator.domain import ImageRecord, KeypointSchema, Project
+from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint
+from annotator.gui.release import drop_in_background
+
+
+def _project(n: int = 3000) -> Project:
+    schema = KeypointSchema("cat", ("a", "b"))
+    images = [ImageRecord(f"{i:05d}.jpg") for i in range(n)]
+    kp = Keypoint(1.0, 2.0)
+    anns = {r.path: ImageAnnotation((Instance((kp, kp)),), ImageStatus.REFERENCE)
+            for r in images}
+    return Project("/x", images, schema, anns)
+
+
+def test_a_dropped_project_is_freed_on_the_thread():
+    project = _project()
+    project.set_status(project.images[0].path, ImageStatus.REVIEWED)  # a history cycle
+    project.history.clear()
+    gone = weakref.ref(project)
+    first = weakref.ref(project.annotation(project.images[1].path))
+    shared = project._images  # still used by someone else: left whole
+    thread = drop_in_background(project)
+    del project
+    thread.join(10)
+    assert not thread.is_alive()
+    assert gone() is None and first() is None
+    assert len(shared) == 3000 and shared[7].path == "00007.jpg"
+
+
+def test_a_project_still_referred_to_is_left_whole():
+    project = _project()
+    thread = drop_in_background(project, wait_s=0.05)
+    thread.join(10)
+    assert len(project) == 3000 and len(project.annotations()) == 3000
+    assert project.annotation(project.images[5].path).status == ImageStatus.REFERENCE
+
+
+def test_frees_wait_while_paused():
+    import time
+
+    from annotator.gui.release import paused
+
+    project = _project(6000)
+    first = weakref.ref(project.annotation(project.images[0].path))  # freed last
+    with paused():
+        thread = drop_in_background(project)
+        del project
+        time.sleep(0.3)
+        assert first() is not None  # at most a first few hundred entries freed meanwhile
+    thread.join(10)
+    assert first() is None
