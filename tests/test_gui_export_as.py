@@ -9,6 +9,7 @@ import yaml
 
 from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin, Visibility
 from annotator.gui.export_dialog import ExportDialog
+from annotator.gui.main_window import Qt
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
     make_window,
     no_thread_leaks,
@@ -98,3 +99,61 @@ def test_dialog_options_follow_the_format(qtbot, tmp_path):
     assert dialog.path() == str(tmp_path / "proj.slp")
     dialog.path_edit.setText("")
     assert not dialog.ok_button.isEnabled()
+
+
+@pytest.mark.parametrize("fmt", ["yolo-pose", "label-studio", "coco"])
+def test_export_as_reports_progress_and_cancel_leaves_nothing(qtbot, tmp_path, monkeypatch,
+                                                             fmt):
+    """Export as runs like Export COCO: a progress bar that moves and a Cancel button; a
+    cancelled export writes nothing (no file, no staged leftovers) and leaves the project
+    as it was."""
+    import threading
+
+    from annotator.gui.export_job import _ExportTask
+
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    before = project.annotations()
+    out_dir = tmp_path / "exports"
+    out_dir.mkdir()
+    target = out_dir / {"yolo-pose": "ds", "label-studio": "ls.json", "coco": "c.json"}[fmt]
+    progress: list[tuple[int, int]] = []
+    window.exporter.progress.connect(lambda d, t: progress.append((d, t)))
+
+    # a full export first: progress reaches the end, the file is there
+    monkeypatch.setattr(ExportDialog, "exec", choose(fmt, target))
+    window.act_export_as.trigger()
+    assert window.export_bar.isVisible() and window.export_cancel.isVisible()
+    window.wait_export_as(30)
+    assert target.exists() and progress and progress[-1][0] == progress[-1][1] > 0
+    assert not window.export_bar.isVisible() and not window.export_cancel.isVisible()
+    written = sorted(p.name for p in out_dir.iterdir())
+
+    # then one held at its second progress step until the user presses Cancel
+    held, release = threading.Event(), threading.Event()
+    step = _ExportTask._progress
+    calls = []
+
+    def slow_step(self, done, total):  # noqa: ANN001, ANN202
+        calls.append(done)
+        if len(calls) == 2:
+            held.set()
+            release.wait(10)
+        step(self, done, total)  # the cancel takes effect here, in the writer's loop
+
+    monkeypatch.setattr(_ExportTask, "_progress", slow_step)
+    second = out_dir / ("again_" + target.name)
+    monkeypatch.setattr(ExportDialog, "exec", choose(fmt, second))
+    window.act_export_as.trigger()
+    assert held.wait(10)
+    assert window.export_cancel.isEnabled()
+    qtbot.mouseClick(window.export_cancel, Qt.MouseButton.LeftButton)
+    assert not window.export_cancel.isEnabled()  # pressed once
+    release.set()
+    window.wait_export_as(30)
+    assert not window.exporter.busy and not window.export_bar.isVisible()
+    assert "cancelled" in window.statusBar().currentMessage()
+    assert sorted(p.name for p in out_dir.iterdir()) == written  # nothing new, no stage
+    assert not [m for m in window.messages if m[0] == "error"]
+    assert project.annotations() == before and window.project is project
+    window.close()

@@ -6,13 +6,12 @@ import logging
 import os
 import shutil
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QStandardPaths, Qt, QTimer, Signal
+from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -28,9 +27,10 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.domain import ImageAnnotation, ImageRecord, KeypointSchema, Project
-from annotator.gui.coco_export import CocoExportDialog, CocoExporter
+from annotator.gui.coco_export import CocoExportDialog
 from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
+from annotator.gui.export_job import CANCELLED, Exporter
 from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, FormatImporter
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
@@ -44,7 +44,7 @@ from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
 from annotator.io.autosave import Autosaver
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
-from annotator.io.formats import ExportOptions, FormatError, detect_format, export_project
+from annotator.io.formats import ExportOptions, FormatError, detect_format
 from annotator.io.images import list_images
 from annotator.io.project_file import (
     JSON_SUFFIX,
@@ -70,12 +70,6 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo"
 PROJECT_FILTER = (f"Annotator projects (*{PROJECT_SUFFIX} *{JSON_SUFFIX});;"
                   "All files (*)")
 JSON_FILTER = f"JSON project copy (*{JSON_SUFFIX})"
-
-
-class _ExportAsDone(QObject):
-    """Carries an Export as outcome from its thread to the GUI thread (queued)."""
-
-    done = Signal(str, object, str)  # path, report (None on failure), error
 
 
 def review_category(ann: ImageAnnotation, threshold: float) -> int:
@@ -151,7 +145,7 @@ class MainWindow(QMainWindow):
         self._manual_save = False  # a Ctrl+S save is running in the background
 
         self.loader = ThumbnailLoader(parent=self)
-        self.exporter = CocoExporter(self)
+        self.exporter = Exporter(self)  # Export COCO and Export as, one at a time
         self.importer = FormatImporter(self)
         self.opener = ProjectOpener(self)
         self.opener.progress.connect(self._on_open_progress)
@@ -160,9 +154,6 @@ class MainWindow(QMainWindow):
         self._preset_counts: dict[str, int] | None = None
         #: stores with at least this many images open on a pool thread
         self.background_open_images = BACKGROUND_OPEN_IMAGES
-        self._export_as_thread: threading.Thread | None = None
-        self._export_as_done = _ExportAsDone(self)
-        self._export_as_done.done.connect(self._on_export_as_finished)
         self._export_choice: ExportChoice | None = None
         # the model stack is imported in GIL-friendly steps on the worker, at idle once a
         # project is open (default: with the real engine only; tests inject light engines)
@@ -223,8 +214,11 @@ class MainWindow(QMainWindow):
         self.export_bar = QProgressBar()
         self.export_bar.setMaximumWidth(120)
         self.export_bar.setFormat("export %p%")
-        bar.addPermanentWidget(self.export_bar)
-        self.export_bar.hide()
+        self.export_cancel = QPushButton("Cancel export")
+        self.export_cancel.clicked.connect(self.cancel_export)
+        for w in (self.export_bar, self.export_cancel):
+            bar.addPermanentWidget(w)
+            w.hide()
         self.open_bar = QProgressBar()
         self.open_bar.setMaximumWidth(160)
         self.open_bar.setRange(0, 1000)
@@ -863,10 +857,22 @@ class MainWindow(QMainWindow):
         self.flush_predictions()
         choice = choice or ExportChoice(min_confidence=self.project.settings.review_threshold)
         self._export_choice = choice
+        self._show_export_progress(f"Exporting {path} ({choice.describe()})...")
+        return self.exporter.start(self.project, path, choice)
+
+    def _show_export_progress(self, text: str) -> None:
         self.export_bar.setRange(0, 0)
         self.export_bar.show()
-        self.statusBar().showMessage(f"Exporting {path} ({choice.describe()})...")
-        return self.exporter.start(self.project, path, choice)
+        self.export_cancel.setEnabled(True)
+        self.export_cancel.show()
+        self.statusBar().showMessage(text)
+
+    def cancel_export(self) -> None:
+        """Stop the running export (Export COCO or Export as); nothing is written."""
+        if self.exporter.busy:
+            self.exporter.cancel()
+            self.export_cancel.setEnabled(False)
+            self.statusBar().showMessage("Cancelling the export...")
 
     def _on_export_progress(self, done: int, total: int) -> None:
         self.export_bar.setRange(0, max(total, 1))
@@ -874,14 +880,18 @@ class MainWindow(QMainWindow):
 
     def _on_export_finished(self, path: str, error: str, images: int, annotations: int) -> None:
         self.export_bar.hide()
+        self.export_cancel.hide()
+        title = "Export COCO" if self.exporter.kind == "coco" else "Export as"
+        if error == CANCELLED:
+            self.statusBar().showMessage(f"Export cancelled: {path} was not written", 8000)
+            return
         if error:
             self.statusBar().clearMessage()
-            self.show_message("error", "Export COCO", f"Cannot export {path}: {error}")
+            self.show_message("error", title, f"Cannot export {path}: {error}")
             return
-        choice = self._export_choice.describe() if self._export_choice else ""
-        self.statusBar().showMessage(
-            f"Exported {path}: {images} images, {annotations} annotations ({choice})", 8000
-        )
+        self._record_export(path)
+        summary = self.exporter.last.summary if self.exporter.last else path
+        self.statusBar().showMessage(summary, 10_000)
 
     def export_coco_dialog(self) -> None:
         if self.project is None:
@@ -899,8 +909,7 @@ class MainWindow(QMainWindow):
 
     @property
     def export_as_busy(self) -> bool:
-        t = self._export_as_thread
-        return t is not None and t.is_alive()
+        return self.exporter.busy
 
     def export_as(self, fmt: str, path: str, options: ExportOptions) -> bool:
         """Export in ``fmt`` (see :mod:`annotator.io.formats`) on a background thread from a
@@ -913,44 +922,13 @@ class MainWindow(QMainWindow):
                               "again when it has finished.")
             return False
         self.flush_predictions()
-        p = self.project
-        # immutable values: the copy is taken in milliseconds, the project is rebuilt there
-        parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
-        emit = self._export_as_done.done.emit
-
-        def run() -> None:
-            try:
-                snap = Project(parts[0], parts[1], parts[2], parts[3], parts[4])
-                emit(path, export_project(snap, fmt, path, options), "")
-            except (FormatError, OSError, ValueError) as exc:
-                emit(path, None, str(exc))
-            except Exception as exc:  # noqa: BLE001 (shown, never lost)
-                log.error("export to %s failed", path, exc_info=True)
-                emit(path, None, f"{type(exc).__name__}: {exc}")
-
-        self.export_bar.setRange(0, 0)
-        self.export_bar.show()
-        self.statusBar().showMessage(f"Exporting {path}...")
-        self._export_as_thread = threading.Thread(target=run, name="export-as", daemon=True)
-        self._export_as_thread.start()
-        return True
+        self._show_export_progress(f"Exporting {path}...")
+        return self.exporter.start_format(self.project, fmt, path, options)
 
     def wait_export_as(self, timeout: float | None = None) -> None:
-        """Wait for a running Export as and deliver its outcome (tests, closing)."""
-        t = self._export_as_thread
-        if t is not None:
-            t.join(timeout)
+        """Wait for a running export and deliver its outcome (tests, closing)."""
+        self.exporter.wait(-1 if timeout is None else int(timeout * 1000))
         QApplication.processEvents()
-
-    def _on_export_as_finished(self, path: str, report: Any, error: str) -> None:
-        if not self.exporter.busy:
-            self.export_bar.hide()
-        if report is None:
-            self.statusBar().clearMessage()
-            self.show_message("error", "Export as", error)
-            return
-        self._record_export(path)
-        self.statusBar().showMessage(report.summary(), 10_000)
 
     def default_export_dir(self) -> str:
         """Where exports go by default: the project file's folder, unless that is in the
@@ -1343,8 +1321,6 @@ class MainWindow(QMainWindow):
         self.importer.wait()
         self.opener.cancel()
         self.opener.wait()
-        if self._export_as_thread is not None:
-            self._export_as_thread.join()
         self.loader.stop()
         self.editor.images.stop()
         self.editor.reference_pane.images.stop()

@@ -46,6 +46,7 @@ from annotator.io.formats._common import (
     ExportOptions,
     ExportReport,
     FormatError,
+    ProgressFn,
     clip_box,
     export_frames,
     imported_status,
@@ -53,6 +54,7 @@ from annotator.io.formats._common import (
     project_from_frames,
     read_dataset_text,
     read_input_bytes,
+    write_phase,
 )
 from annotator.io.jsonio import check_coordinate, loads_strict
 from annotator.io.project_file import atomic_write_text
@@ -93,17 +95,20 @@ def _region(rid: str, kind: str, name: str, w: int, h: int, value: dict) -> dict
 
 
 def write_label_studio(
-    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT,
+    progress: ProgressFn | None = None,
 ) -> ExportReport:
     """Write ``project`` as Label Studio tasks (JSON) plus the labelling configuration."""
     out = Path(out)
     if out.suffix.lower() != ".json":
         raise FormatError(f"{out}: Label Studio tasks are a .json file")
     schema = project.schema
-    frames = export_frames(project, options)
+    frames = export_frames(project, options, progress)
+    written = write_phase(progress, project, len(frames))
     tasks = []
     n_inst = 0
     for t, frame in enumerate(frames, 1):
+        written(t - 1)
         w, h = frame.width, frame.height
         result: list[dict[str, Any]] = []
         for i, inst in enumerate(frame.instances):
@@ -132,6 +137,7 @@ def write_label_studio(
             "annotations": [{"result": result, "was_cancelled": False,
                              "ground_truth": False}],
         })
+    written(len(frames))  # the last chance to cancel: the two files are written next
     try:
         # no indent: the C encoder is 10x faster on large projects
         atomic_write_text(out, json.dumps(tasks, ensure_ascii=False), backup=False)
