@@ -34,7 +34,7 @@ def choose(fmt, path, include_predictions=False):  # noqa: ANN001, ANN201
     def exec_(dialog: ExportDialog) -> int:
         dialog.set_format(fmt)
         dialog.path_edit.setText(str(path))
-        dialog.include_predictions.setChecked(include_predictions)
+        (dialog.predictions if include_predictions else dialog.reviewed).setChecked(True)
         return ExportDialog.DialogCode.Accepted
 
     return exec_
@@ -81,9 +81,11 @@ def test_export_as_shows_errors(qtbot, tmp_path, monkeypatch):
 
 
 def test_dialog_options_follow_the_format(qtbot, tmp_path):
-    dialog = ExportDialog("proj", str(tmp_path), 0.4)
+    from annotator.domain import KeypointSchema, Project
+
+    project = Project(str(tmp_path), [], KeypointSchema("cat", ("nose",)))
+    dialog = ExportDialog(project, "proj", str(tmp_path), "dlc")
     qtbot.addWidget(dialog)
-    dialog.set_format("dlc")
     assert dialog.path() == str(tmp_path / "proj_dlc")
     dialog.drop_occluded.setChecked(True)
     dialog.val_fraction.setValue(0.2)
@@ -91,14 +93,68 @@ def test_dialog_options_follow_the_format(qtbot, tmp_path):
     dialog.set_format("yolo-pose")
     assert dialog.path() == str(tmp_path / "proj_yolo")
     assert not dialog.options().drop_occluded and dialog.options().val_fraction == 0.2
-    assert not dialog.min_confidence.isEnabled()
-    dialog.include_predictions.setChecked(True)
-    dialog.use_min_confidence.setChecked(True)
-    assert dialog.options().include_predictions and dialog.options().min_confidence == 0.4
     dialog.set_format("sleap")
     assert dialog.path() == str(tmp_path / "proj.slp")
     dialog.path_edit.setText("")
     assert not dialog.ok_button.isEnabled()
+
+
+def test_export_coco_and_export_as_offer_the_same_choice(qtbot, tmp_path, monkeypatch):
+    """Ctrl+E and File > Export as... open one dialog: COCO is one of its formats, and the
+    labels that go out are chosen with the same widgets (and counts) for every format."""
+    from annotator.io.coco import ExportChoice, ExportScope
+
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    add_prediction(project)
+    seen: list[tuple[str, list[str]]] = []
+
+    def look(dialog: ExportDialog) -> int:
+        seen.append((dialog.format(), [b.text() for b in (
+            dialog.reviewed, dialog.predictions, dialog.confident)]))
+        for fmt in ("coco", "yolo-pose", "dlc", "sleap", "label-studio"):  # one scope widget
+            dialog.set_format(fmt)
+            assert dialog.reviewed.isVisibleTo(dialog) and dialog.threshold.isVisibleTo(dialog)
+        dialog.confident.setChecked(True)
+        dialog.threshold.setValue(0.7)
+        assert dialog.choice() == ExportChoice(ExportScope.CONFIDENT, 0.7)
+        options = dialog.options()  # the same choice in the other formats' terms
+        assert options.include_predictions and options.min_confidence == 0.7
+        dialog.predictions.setChecked(True)
+        assert dialog.choice().scope == ExportScope.PREDICTIONS
+        assert dialog.options().include_predictions and dialog.options().min_confidence is None
+        dialog.reviewed.setChecked(True)
+        assert not dialog.options().include_predictions
+        assert not dialog.threshold.isEnabled()
+        return ExportDialog.DialogCode.Rejected
+
+    monkeypatch.setattr(ExportDialog, "exec", look)
+    window.act_export.trigger()  # Ctrl+E
+    window.act_export_as.trigger()
+    assert [fmt for fmt, _ in seen] == ["coco", "coco"]  # COCO is a format of Export as
+    assert seen[0][1] == seen[1][1] and "(1 more image," in seen[0][1][1]
+
+    # Export as... offers the format used last; Ctrl+E always COCO
+    monkeypatch.setattr(ExportDialog, "exec", choose("label-studio", tmp_path / "ls.json"))
+    window.act_export_as.trigger()
+    window.wait_export_as(30)
+    assert (tmp_path / "ls.json").is_file()
+    formats = []
+    monkeypatch.setattr(ExportDialog, "exec", lambda d: formats.append(d.format()) or 0)
+    window.act_export_as.trigger()
+    window.act_export.trigger()
+    assert formats == ["label-studio", "coco"]
+
+    # COCO chosen in the dialog writes through Export COCO (snapshot, progress, cancel)
+    monkeypatch.setattr(ExportDialog, "exec", choose("coco", tmp_path / "c.json", True))
+    with qtbot.waitSignal(window.exporter.finished, timeout=30_000) as done:
+        window.act_export_as.trigger()
+    assert done.args[1] == "" and window.exporter.kind == "coco"
+    import json
+
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["info"]["annotator_export"]["scope"] == "predictions"
+    window.close()
 
 
 @pytest.mark.parametrize("fmt", ["yolo-pose", "label-studio", "coco"])

@@ -205,14 +205,14 @@ def test_accept_says_when_it_accepts_low_confidence_points(qtbot, tmp_path):  # 
 def test_export_runs_in_the_background_from_a_snapshot(qtbot, tmp_path):  # noqa: ANN001
     import json
 
-    from annotator.gui.coco_export import CocoExportDialog as ExportDialog
+    from annotator.gui.export_dialog import ExportDialog
     from annotator.io.coco import ExportChoice, ExportScope
 
     window, project = demo(qtbot, tmp_path)
     pred = Keypoint(50, 50, Visibility.VISIBLE, Origin.PREDICTED, 0.3)
     project.set_annotation(TARGET, ImageAnnotation((Instance((pred,) * 6),),
                                                    ImageStatus.PREDICTED), "predict")
-    dialog = ExportDialog(project, None, window)
+    dialog = ExportDialog(project, "demo", str(tmp_path), parent=window)
     assert dialog.reviewed.isChecked()  # the honest default
     assert "(1 image)" in dialog.reviewed.text() and "1 more image," in dialog.predictions.text()
     dialog.confident.setChecked(True)

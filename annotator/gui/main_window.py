@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.domain import ImageAnnotation, ImageRecord, KeypointSchema, Project
-from annotator.gui.coco_export import CocoExportDialog
 from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.export_job import CANCELLED, Exporter
@@ -155,6 +154,7 @@ class MainWindow(QMainWindow):
         #: stores with at least this many images open on a pool thread
         self.background_open_images = BACKGROUND_OPEN_IMAGES
         self._export_choice: ExportChoice | None = None
+        self._export_format = "coco"  # the format Export as... offers first
         # the model stack is imported in GIL-friendly steps on the worker, at idle once a
         # project is open (default: with the real engine only; tests inject light engines)
         self.preload_models = engine_factory is None if preload_models is None else preload_models
@@ -894,18 +894,8 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(summary, 10_000)
 
     def export_coco_dialog(self) -> None:
-        if self.project is None:
-            return
-        dialog = CocoExportDialog(self.project, self._export_choice, self)
-        if dialog.exec() != CocoExportDialog.DialogCode.Accepted:
-            return
-        choice = dialog.choice()
-        stem = os.path.basename(self.project_path or "annotations")
-        stem = stem.removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
-        start = os.path.join(self.default_export_dir(), stem + "_coco.json")
-        path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
-        if path:
-            self.export_coco(path, choice)
+        """Ctrl+E: the export dialog with COCO chosen."""
+        self._export_dialog("coco")
 
     @property
     def export_as_busy(self) -> bool:
@@ -951,14 +941,25 @@ class MainWindow(QMainWindow):
             self.autosaver.record_export_dir(out.relative_to(root).as_posix())
 
     def export_as_dialog(self) -> None:
+        """File > Export as...: the export dialog with the format used last."""
+        self._export_dialog(self._export_format)
+
+    def _export_dialog(self, fmt: str) -> None:
+        """One dialog for every format (COCO included): format, path, which labels."""
         if self.project is None:
             return
         base = self.project_path or "annotations"
         stem = os.path.basename(base).removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX)
         stem = stem.removesuffix(".json")
-        dialog = ExportDialog(stem, self.default_export_dir(),
-                              self.project.settings.review_threshold, self)
-        if dialog.exec() == ExportDialog.DialogCode.Accepted:
+        dialog = ExportDialog(self.project, stem, self.default_export_dir(), fmt,
+                              self._export_choice, self)
+        if dialog.exec() != ExportDialog.DialogCode.Accepted:
+            return
+        self._export_format = dialog.format()
+        if dialog.format() == "coco":
+            self.export_coco(dialog.path(), dialog.choice())
+        else:
+            self._export_choice = dialog.choice()
             self.export_as(dialog.format(), dialog.path(), dialog.options())
 
     def _autosave_tick(self) -> None:
