@@ -34,6 +34,7 @@ from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, Format
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
 from annotator.gui.recent import add_recent_project
+from annotator.gui.result_feed import BoundedFeed
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
@@ -130,7 +131,8 @@ class MainWindow(QMainWindow):
         self.autosaver: Autosaver | None = None
         self._autosave_delay = autosave_delay_s
         self._unsubscribe: Callable[[], None] | None = None
-        self._pending: list[Any] = []
+        #: predictions received, applied a bounded slice per flush tick (gui.result_feed)
+        self._pending: BoundedFeed[Any] = BoundedFeed(self._apply_predictions)
         self._baseline: dict[str, ImageAnnotation] = {}
         self._rate: RateEstimator | None = None
         self._unreadable_in_run = 0
@@ -191,7 +193,11 @@ class MainWindow(QMainWindow):
         self.counts_timer.timeout.connect(self._update_counts)
         self.flush_timer = QTimer(self)
         self.flush_timer.setInterval(250)
-        self.flush_timer.timeout.connect(self.flush_predictions)
+        self.flush_timer.timeout.connect(self._flush_tick)
+        self.catch_up_timer = QTimer(self)  # a backlog: the next slice soon, input first
+        self.catch_up_timer.setSingleShot(True)
+        self.catch_up_timer.setInterval(15)
+        self.catch_up_timer.timeout.connect(self._flush_tick)
         self._update_actions()
 
     # ---------------------------------------------------------------- layout
@@ -1218,16 +1224,32 @@ class MainWindow(QMainWindow):
         self.progress_label.setText(self._rate.text())
 
     def _on_prediction(self, prediction: Any) -> None:
-        self._pending.append(prediction)
+        self._pending.extend([prediction])
 
-    def flush_predictions(self) -> None:
-        """Apply the predictions received so far; a run's batches form one undo step."""
-        if not self._pending or self.project is None:
+    def _flush_tick(self) -> None:
+        """Timer tick during a run: apply a slice of the predictions received, about
+        ``_pending.budget_s`` of work; a backlog continues at the next catch-up tick."""
+        self.flush_predictions(bounded=True)
+        if len(self._pending) and self.project is not None:
+            self.catch_up_timer.start()
+
+    def flush_predictions(self, bounded: bool = False) -> None:
+        """Apply the predictions received so far (``bounded``: a time-budgeted slice of
+        them, oldest first); a run's batches form one undo step."""
+        if not bounded:
+            self.controller.collect()  # what the worker streamed that is not delivered yet
+        if not len(self._pending) or self.project is None:
             self._pending.clear()
             return
         if self.editor.canvas.dragging:
             return  # never split the user's drag: apply after it ends
-        preds, self._pending = self._pending, []
+        if bounded:
+            self._pending.drain()
+        else:
+            self._pending.flush()
+
+    def _apply_predictions(self, preds: list[Any]) -> None:
+        assert self.project is not None
         if self.project.schema != getattr(self, "_run_schema", self.project.schema):
             log.warning("dropped %d predictions made for another keypoint schema", len(preds))
             return
@@ -1313,6 +1335,7 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         self.autosave_timer.stop()
         self.flush_timer.stop()
+        self.catch_up_timer.stop()
         self.preload_timer.stop()
         self.retrainer.stop()
         self.hide()  # the user sees the close at once; a model load may hold the join
