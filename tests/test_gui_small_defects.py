@@ -59,3 +59,32 @@ def test_the_real_engine_is_built_after_the_stepwise_import_even_without_idle_pr
     assert order[0] == ("preload", False) and ("preload", False) not in order[1:]  # once
     assert ("engine", True) not in order  # never on the GUI thread
     window.close()
+
+
+@pytest.mark.parametrize("gallery_width", [230, 330, 420])
+def test_gallery_tiles_fill_the_panel_without_a_blank_strip(qtbot, tmp_path, gallery_width):
+    from PySide6.QtGui import QColor
+
+    window = make_window(qtbot)
+    open_demo_project(window, tmp_path)
+    editor = window.editor
+    editor._user_sized = True  # the sizes below are the user's
+    total = sum(editor.splitter.sizes())
+    editor.splitter.setSizes([gallery_width, total - gallery_width - 260, 260])
+    view = window.editor.gallery.view
+    qtbot.waitUntil(lambda: view.visualRect(view.model().index(0, 0)).width() > 0)
+    qtbot.wait(50)  # the delayed relayout after the resize
+    model = view.model()
+    rects = [view.visualRect(model.index(i, 0)) for i in range(model.rowCount())]
+    first_row = [r for r in rects if r.top() == rects[0].top()]
+    right_gap = view.viewport().width() - max(r.right() + 1 for r in first_row)
+    assert 0 <= right_gap <= 2 * view.spacing() + len(first_row)  # no strip: rounding only
+    left_gap = min(r.left() for r in first_row)
+    assert left_gap <= view.spacing() + 1
+    # what shows between and below the tiles is dark, never the white list background
+    image = view.viewport().grab().toImage()
+    below = max(r.bottom() for r in rects) + 5
+    if below < image.height():
+        assert QColor(image.pixel(image.width() // 2, below)).lightness() < 60
+    assert QColor(image.pixel(image.width() - 1, rects[0].center().y())).lightness() < 60
+    window.close()
