@@ -88,3 +88,74 @@ def test_gallery_tiles_fill_the_panel_without_a_blank_strip(qtbot, tmp_path, gal
         assert QColor(image.pixel(image.width() // 2, below)).lightness() < 60
     assert QColor(image.pixel(image.width() - 1, rects[0].center().y())).lightness() < 60
     window.close()
+
+
+def _permanent_widgets(bar):  # noqa: ANN001, ANN202
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QSizeGrip, QWidget
+
+    return [w for w in bar.findChildren(QWidget, options=Qt.FindChildOption.FindDirectChildrenOnly)
+            if w.isVisible() and not isinstance(w, QSizeGrip)]
+
+
+def test_window_at_1024_x_640_shows_the_status_text_and_the_instance_list_whole(qtbot,
+                                                                                tmp_path):
+    from annotator.domain import (
+        ImageAnnotation,
+        ImageStatus,
+        Instance,
+        Keypoint,
+        Origin,
+        Visibility,
+    )
+
+    window = make_window(qtbot, size=(1024, 640))
+    project = open_demo_project(window, tmp_path)
+    qtbot.waitUntil(lambda: window.width() == 1024 and window.height() == 640)
+    bar = window.statusBar()
+
+    def assert_status_whole() -> None:
+        widgets = _permanent_widgets(bar)
+        assert widgets
+        for w in widgets:  # every label on show has the room its text needs
+            assert w.width() >= w.sizeHint().width(), w
+        message = bar.currentMessage()
+        if message:  # and the message is not covered by them
+            left = min(w.geometry().left() for w in widgets)
+            assert left >= bar.fontMetrics().horizontalAdvance(message), message
+
+    message = "Opened a project with a rather long file name, which is kept as a backup.json"
+    bar.showMessage(message)
+    qtbot.wait(50)
+    assert_status_whole()
+    assert window.status_fit.hidden  # something gave way ...
+    assert all(w.text() in bar.toolTip() for w in window.status_fit.hidden
+               if hasattr(w, "text"))  # ... and can still be read
+    bar.clearMessage()
+    qtbot.wait(50)
+    assert_status_whole()
+    assert window.model_label.isVisible()  # back once the message is gone
+    assert window.status_fit.hidden == []
+
+    # ten detected instances with scored boxes and predicted points: whole rows
+    path = window.editor.current_path
+    k = len(project.schema)
+    kps = tuple(Keypoint(5.0, 6.0, Visibility.VISIBLE, Origin.PREDICTED, 0.42)
+                for _ in range(k))
+    insts = tuple(Instance(kps, (1.0 + i, 2.0, 30.0, 40.0), box_score=0.81)
+                  for i in range(10))
+    project.set_annotation(path, ImageAnnotation(insts, ImageStatus.PREDICTED), "detect")
+    qtbot.wait(50)
+    lst = window.editor.instances.list
+    assert lst.count() == 10
+    assert lst.isVisible() and lst.height() >= 60
+    room = lst.viewport().width()
+    for i in range(lst.count()):
+        text = lst.item(i).text()
+        assert lst.fontMetrics().horizontalAdvance(text) + 8 <= room, text
+    for button in (window.editor.instances.add_button, window.editor.instances.delete_button):
+        assert button.isVisible() and button.width() >= button.sizeHint().width()
+    top_left = lst.mapTo(window, lst.rect().topLeft())
+    assert window.rect().contains(top_left)
+    assert window.rect().contains(lst.mapTo(window, lst.rect().bottomRight()))
+    window.close()

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QFileDialog,
+    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -38,6 +39,7 @@ from annotator.gui.result_feed import BoundedFeed
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
+from annotator.gui.status_fit import StatusFit
 from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.video_actions import VideoSupport
 from annotator.gui.welcome import WelcomePage
@@ -240,9 +242,16 @@ class MainWindow(QMainWindow):
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             bar.addPermanentWidget(w)
             w.hide()
-        for w in (self.head_label, self.device_label, self.model_label, self.cache_label):
+        self.head_box = QWidget()  # the retrainer shows head_label; the status fit this box
+        head_row = QHBoxLayout(self.head_box)
+        head_row.setContentsMargins(0, 0, 0, 0)
+        head_row.addWidget(self.head_label)
+        for w in (self.head_box, self.device_label, self.model_label, self.cache_label):
             bar.addPermanentWidget(w)
         self.head_label.hide()
+        # a narrow window: these give way to the message, least important first
+        self.status_fit = StatusFit(bar, (self.cache_label, self.device_label,
+                                          self.model_label, self.head_box))
         self.retrainer = RetrainScheduler(self.controller, self.head_label, self)
         self.cancel_button.clicked.connect(self.cancel_propagation)
 
