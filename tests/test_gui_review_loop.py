@@ -539,6 +539,9 @@ def test_reference_pane_shows_the_selected_keypoint_on_a_reference(qtbot, tmp_pa
     window.editor.make_reference()  # TARGET has no labels: refused
     project.set_keypoint(TARGET, 2, Keypoint(30, 30, Visibility.VISIBLE))
     window.editor.make_reference()
+    qtbot.waitUntil(lambda: TARGET in window.project.reference_paths(), timeout=3000)
+    assert pane.choice.count() == 1 and pane.reference == "chelsea.jpg"  # never itself
+    show_image(window, "chelsea_crop.jpg")
     qtbot.waitUntil(lambda: pane.choice.count() == 2, timeout=3000)
     pane._pick(TARGET)
     assert pane.reference == TARGET

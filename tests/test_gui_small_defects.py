@@ -159,3 +159,43 @@ def test_window_at_1024_x_640_shows_the_status_text_and_the_instance_list_whole(
     assert window.rect().contains(top_left)
     assert window.rect().contains(lst.mapTo(window, lst.rect().bottomRight()))
     window.close()
+
+
+def test_reference_pane_fits_the_image_and_never_repeats_the_current_one(qtbot, tmp_path):
+    window = make_window(qtbot, size=(1400, 860))
+    project = open_demo_project(window, tmp_path)
+    pane = window.editor.reference_pane
+    assert window.reference_dock.isVisible()
+    show_image(window, "chelsea_crop.jpg")
+    assert pane.reference == "chelsea.jpg"
+    qtbot.waitUntil(lambda: pane.canvas.image_size is not None, timeout=10_000)
+    qtbot.wait(50)
+    w, h = pane.canvas.image_size
+    # the view is as tall as the image at its width: no tall black column around it
+    assert abs(pane.canvas.height() - pane.canvas.width() * h / w) <= 4
+    assert pane.canvas.height() < pane.height() / 2  # a landscape image in a tall dock
+    caption = pane.caption.geometry()
+    assert 0 <= caption.top() - pane.canvas.geometry().bottom() <= 12  # right under it
+    from PySide6.QtCore import Qt
+
+    before = pane.canvas.width()
+    window.resizeDocks([window.reference_dock], [pane.width() + 80], Qt.Orientation.Horizontal)
+    qtbot.waitUntil(lambda: pane.canvas.width() > before + 40)
+    qtbot.waitUntil(lambda: abs(pane.canvas.height() - pane.canvas.width() * h / w) <= 4)
+
+    # the current image is the only reference: not shown a second time
+    show_image(window, "chelsea.jpg")
+    assert pane.reference is None and pane.choice.count() == 0
+    assert pane.canvas.image_size is None
+    # with a second reference, the pane shows the other one
+    project.set_keypoint("chelsea_crop.jpg", 0, project.annotation(
+        "chelsea.jpg").instances[0].keypoints[0])
+    from annotator.domain import ImageStatus
+
+    project.set_status("chelsea_crop.jpg", ImageStatus.REFERENCE)
+    qtbot.waitUntil(lambda: pane.reference == "chelsea_crop.jpg", timeout=3000)
+    assert [pane.choice.itemText(i) for i in range(pane.choice.count())] == [
+        "chelsea_crop.jpg"]
+    show_image(window, "chelsea_crop.jpg")
+    assert pane.reference == "chelsea.jpg"
+    window.close()

@@ -123,7 +123,7 @@ class EditorPage(QWidget):
         self.heatmap_box.toggled.connect(self._on_heatmap_toggled)
 
     # ------------------------------------------------------------- layout
-    PANEL_SHARE = (0.22, 0.20)  # gallery, side panel: at most this share of a narrow window
+    PANEL_SHARE = (0.20, 0.20)  # gallery, side panel: at most this share of a narrow window
     PANEL_WIDTH = (330, 260)  # and at most this wide
 
     def _on_splitter_moved(self, _pos: int, _index: int) -> None:
@@ -198,6 +198,7 @@ class EditorPage(QWidget):
             return
         changed = path != self.current_path
         self.current_path = path
+        self.reference_pane.set_current(path)  # never the edited image twice
         img = self.images.request(path)
         if img is not None:
             if changed or self.shown_path != path:

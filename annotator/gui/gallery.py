@@ -404,6 +404,9 @@ class GalleryPanel(QWidget):
         self.view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self.view.setStyleSheet(f"QListView {{ background: {GALLERY_BACKGROUND}; }}")
         self.view.viewport().installEventFilter(self)
+        for box in (self.filter_box, self.sort_box):  # they may shrink in a narrow window
+            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            box.setMinimumContentsLength(6)
         controls = QHBoxLayout()
         controls.addWidget(self.filter_box, 1)
         controls.addWidget(self.sort_box, 1)

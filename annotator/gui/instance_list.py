@@ -56,14 +56,14 @@ class InstancePanel(QWidget):
         self.delete_button.clicked.connect(
             lambda _=False: self.delete_requested.emit(self.list.currentRow()))
 
-    #: an instance row as long as they get: the panel is never narrower than this
-    WIDEST_LABEL = "#10  box 0.00  10/10 kp  worst 0.00"
+    #: a long instance row (ten detected boxes): the panel is never narrower than this
+    WIDEST_LABEL = "#10  box 0.00  9/9 kp  worst 0.00"
 
     def minimumSizeHint(self) -> QSize:
         hint = super().minimumSizeHint()
         lst = self.list
         text = lst.fontMetrics().horizontalAdvance(self.WIDEST_LABEL)
-        chrome = 2 * lst.frameWidth() + lst.verticalScrollBar().sizeHint().width() + 16
+        chrome = 2 * lst.frameWidth() + lst.verticalScrollBar().sizeHint().width() + 8
         return QSize(max(hint.width(), text + chrome), hint.height())
 
     def set_instances(self, ann: ImageAnnotation, num_keypoints: int, current: int) -> None:
