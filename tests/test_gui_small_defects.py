@@ -199,3 +199,57 @@ def test_reference_pane_fits_the_image_and_never_repeats_the_current_one(qtbot, 
     show_image(window, "chelsea_crop.jpg")
     assert pane.reference == "chelsea.jpg"
     window.close()
+
+
+def test_other_instances_and_low_scored_boxes_can_be_hidden(qtbot, tmp_path):
+    from PySide6.QtCore import Qt
+
+    from annotator.domain import (
+        ImageAnnotation,
+        ImageStatus,
+        Instance,
+        Keypoint,
+        Origin,
+        Visibility,
+    )
+
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    path = "chelsea_crop.jpg"
+    show_image(window, path)
+    k = len(project.schema)
+    insts = []
+    for i in range(10):  # ten detections, scores 0.05 .. 0.95, each with one point
+        kps = (Keypoint(20.0 + 30 * i, 40.0, Visibility.VISIBLE, Origin.PREDICTED, 0.6),
+               *[Keypoint()] * (k - 1))
+        insts.append(Instance(kps, (10.0 + 30 * i, 20.0, 25.0, 60.0), box_score=0.05 + 0.1 * i))
+    insts.append(Instance((Keypoint(),) * k, (5.0, 150.0, 40.0, 40.0)))  # the user's box
+    project.set_annotation(path, ImageAnnotation(tuple(insts), ImageStatus.PREDICTED), "d")
+    qtbot.wait(20)
+    canvas, editor = window.editor.canvas, window.editor
+
+    def drawn() -> tuple[list[int], list[int]]:
+        return sorted(b.index for b in canvas._boxes), sorted(i for i, _ in canvas._others)
+
+    assert drawn() == (list(range(11)), list(range(1, 11)))  # everything, by default
+    controls = window.instance_view
+    assert controls.show_others in window.findChildren(type(controls.show_others))
+    qtbot.keyClick(canvas, Qt.Key.Key_O)  # Image > Show other instances, off
+    assert not controls.show_others.isChecked()
+    assert drawn() == ([0], [])  # only the current instance
+    controls.show_others.trigger()
+    assert drawn() == (list(range(11)), list(range(1, 11)))
+
+    controls.min_score.setValue(0.5)  # detections below 0.5 go, with their points
+    assert drawn() == ([0, 5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10])  # 0: current; 10: user's
+    # a hidden instance cannot be clicked
+    hidden_point = canvas.to_widget(20.0 + 30 * 2, 40.0).toPoint()
+    selected = []
+    canvas.instance_clicked.connect(selected.append)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=hidden_point)
+    assert 2 not in selected and editor.current_instance != 2
+    editor.select_instance(7)  # the selected instance always shows, whatever its score
+    controls.min_score.setValue(0.9)
+    assert drawn() == ([7, 9, 10], [9, 10])
+    assert project.annotation(path).instances == tuple(insts)  # the project is untouched
+    window.close()

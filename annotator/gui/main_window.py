@@ -32,6 +32,7 @@ from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.export_job import CANCELLED, Exporter
 from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, FormatImporter
+from annotator.gui.instance_view import InstanceViewControls
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
 from annotator.gui.recent import add_recent_project
@@ -332,6 +333,7 @@ class MainWindow(QMainWindow):
         toolbar.setObjectName("tools")
         toolbar.addAction(self.act_box_tool)
         toolbar.addAction(self.act_add_instance)
+        self.instance_view = InstanceViewControls(e, m, toolbar)  # hide the clutter
 
         m = self.menuBar().addMenu("&Run")
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
