@@ -684,3 +684,13 @@ def test_export_reports_progress_and_a_cancel_leaves_nothing(project, tmp_path, 
         with pytest.raises(_Stop):
             export_project(project, fmt, again, progress=cancel_after)
         assert sorted(p.name for p in tmp_path.iterdir()) == first  # no file, no stage left
+
+
+def test_label_studio_tasks_are_the_bytes_one_json_dumps_writes(project, tmp_path):
+    """Written task by task (the encoder never holds the GIL for the whole document), the
+    file is still exactly what json.dumps of the task list writes."""
+    out = tmp_path / "ls.json"
+    export_project(project, "label-studio", out, ExportOptions(include_predictions=True))
+    text = out.read_text(encoding="utf-8")
+    tasks = json.loads(text)
+    assert len(tasks) == 4 and text == json.dumps(tasks, ensure_ascii=False)
