@@ -265,7 +265,10 @@ def write_dlc(
                     row += _value(kp, options.drop_occluded)
                 rows.append(row)
             buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows(header + rows)
+            out_csv = csv.writer(buf, lineterminator="\n")
+            out_csv.writerows(header)
+            for start in range(0, len(rows), 256):  # the C writer holds the GIL per call
+                out_csv.writerows(rows[start:start + 256])
             target = stage / "labeled-data" / folder / f"CollectedData_{scorer}.csv"
             target.write_text(buf.getvalue(), encoding="utf-8")
         first = {name: group[0] for name, group in groups.items()}
