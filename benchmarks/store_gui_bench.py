@@ -6,9 +6,13 @@ A 5 ms timer on the GUI thread is the heartbeat; a stall is the gap between its 
 5 ms. Per project, ``--rounds`` rounds of: open (time until the window answers again, until the
 gallery shows the project's rows, until the full load is in and editing starts, worst stall
 meanwhile), scroll the gallery top to bottom (60 steps, one per 16 ms), a stream of 20 edits
-(one per 50 ms, autosaved), one autosave, close. Per phase the longest cyclic garbage
-collection (``gc.callbacks``, any thread) is recorded too, and the process's resident memory
-after each round. The worst over the rounds is reported. Writes JSON to --out.
+(one per 50 ms, autosaved), one autosave, the exports of ``--formats`` (Export COCO, Ctrl+E,
+for "coco"; File > Export as for the others; every predicted image goes out; the stall and the
+time to the written file), close. Per phase the longest cyclic garbage collection
+(``gc.callbacks``, any thread) is recorded too, and the process's resident memory after each
+round. The worst over the rounds is reported. Writes JSON to --out. The generated project's
+image files are tiny placeholders, written once for the formats that copy images (YOLO pose,
+DeepLabCut).
 
     QT_QPA_PLATFORM=offscreen PYTHONPATH=$PWD python benchmarks/store_gui_bench.py \\
         --images 100000 --rounds 3 --out /tmp/store-gui.json
@@ -110,7 +114,59 @@ def run_for(seconds: float) -> None:
     run_until(lambda: False, seconds)
 
 
-def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch) -> dict[str, float]:  # noqa: ANN001
+FORMATS = ("coco", "label-studio", "yolo-pose", "dlc", "sleap")
+# the smallest valid JPEG (1 x 1, grey): what the folder formats copy for a generated image
+TINY_JPEG = bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb004300080606070605080707070909080a0c140d0c"
+    "0b0b0c1912130f141d1a1f1e1d1a1c1c20242e2720222c231c1c2837292c30313434341f27393d38323c2e"
+    "333432ffc0000b080001000101011100ffc4001f0000010501010101010100000000000000000102030405"
+    "060708090a0bffc400b5100002010303020403050504040000017d01020300041105122131410613516107"
+    "227114328191a1082342b1c11552d1f02433627282090a161718191a25262728292a3435363738393a4344"
+    "45464748494a535455565758595a636465666768696a737475767778797a838485868788898a9293949596"
+    "9798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3"
+    "e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faffda0008010100003f00fbd3ffd9")
+
+
+def placeholder_images(project, formats: tuple[str, ...]) -> None:  # noqa: ANN001
+    """Write a tiny file for every image that is not there, when a format copies images."""
+    if not {"yolo-pose", "dlc"} & set(formats):
+        return
+    root = Path(project.image_root)
+    for rec in project.images:
+        f = root / rec.path
+        if not f.exists():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(TINY_JPEG)
+
+
+def measure_exports(win, begin: Callable[[], None], phase: Callable[[str], None],  # noqa: ANN001
+                    formats: tuple[str, ...], out_dir: Path, res: dict[str, float]) -> None:
+    """Each format exported from the open project, every predicted image; per format the
+    worst GUI stall from the start to the written file, and the seconds that took."""
+    from annotator.io.coco import ExportChoice, ExportScope
+    from annotator.io.formats import ExportOptions, default_output_name
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    for fmt in formats:
+        target = out_dir / default_output_name(fmt, "bench")
+        begin()
+        t = time.perf_counter()
+        if fmt == "coco":
+            started = win.export_coco(str(target), ExportChoice(ExportScope.PREDICTIONS))
+        else:
+            started = win.export_as(fmt, str(target), ExportOptions(include_predictions=True))
+        ok = started and run_until(lambda: not win.exporter.busy, 1800)
+        res[f"export_{fmt}_s"] = time.perf_counter() - t if ok else float("nan")
+        phase(f"export_{fmt}")
+        if not target.exists():
+            print(f"export {fmt} wrote nothing: {win.messages[-1:]}", flush=True)
+            res[f"export_{fmt}_s"] = float("nan")
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
+              formats: tuple[str, ...] = ()) -> dict[str, float]:
     res: dict[str, float] = {}
 
     def phase(name: str) -> None:
@@ -157,6 +213,10 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch) -> dict[str, float
     run_until(lambda: not win.autosaver.dirty, 30)
     run_for(0.1)
     phase("autosave")
+    # ---- exports
+    if formats:
+        placeholder_images(project, formats)
+        measure_exports(win, begin, phase, formats, path.parent / "bench-exports", res)
     # ---- close
     begin()
     t = time.perf_counter()
@@ -175,14 +235,24 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=None, help="keep the generated store here")
+    ap.add_argument("--formats", default=",".join(FORMATS),
+                    help="exports to measure, comma-separated ('' for none): "
+                         + ", ".join(FORMATS))
     args = ap.parse_args()
+    formats = tuple(f for f in args.formats.split(",") if f)
+    if "sleap" in formats:
+        import importlib.util
+
+        if importlib.util.find_spec("sleap_io") is None:
+            formats = tuple(f for f in formats if f != "sleap")
+            print("sleap-io is not installed: the SLEAP export is left out", flush=True)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     work = args.work or Path(tempfile.mkdtemp(prefix="store-gui-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["XDG_CONFIG_HOME"] = str(work / "config")  # recent-files list kept aside
     big = work / "bench.kpproj"
     out: dict[str, object] = {"images": args.images, "instances_per_image": 3, "keypoints": 17,
-                              "rounds": args.rounds}
+                              "rounds": args.rounds, "formats": list(formats)}
     if not big.exists():
         from store_bench import generate
 
@@ -207,7 +277,7 @@ def main() -> int:
     win.close_project()
     beat, gcw = Heartbeat(), GcWatch()
     for name, path in (("demo", demo_path), ("big", big)):
-        rounds = [one_round(win, path, beat, gcw) for _ in range(args.rounds)]
+        rounds = [one_round(win, path, beat, gcw, formats) for _ in range(args.rounds)]
         worst = {k: round(max(r[k] for r in rounds), 3) for k in rounds[0]}
         out[name] = worst
         out[f"{name}_rounds"] = rounds

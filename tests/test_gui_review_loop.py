@@ -205,14 +205,14 @@ def test_accept_says_when_it_accepts_low_confidence_points(qtbot, tmp_path):  # 
 def test_export_runs_in_the_background_from_a_snapshot(qtbot, tmp_path):  # noqa: ANN001
     import json
 
-    from annotator.gui.coco_export import CocoExportDialog as ExportDialog
+    from annotator.gui.export_dialog import ExportDialog
     from annotator.io.coco import ExportChoice, ExportScope
 
     window, project = demo(qtbot, tmp_path)
     pred = Keypoint(50, 50, Visibility.VISIBLE, Origin.PREDICTED, 0.3)
     project.set_annotation(TARGET, ImageAnnotation((Instance((pred,) * 6),),
                                                    ImageStatus.PREDICTED), "predict")
-    dialog = ExportDialog(project, None, window)
+    dialog = ExportDialog(project, "demo", str(tmp_path), parent=window)
     assert dialog.reviewed.isChecked()  # the honest default
     assert "(1 image)" in dialog.reviewed.text() and "1 more image," in dialog.predictions.text()
     dialog.confident.setChecked(True)
@@ -539,6 +539,9 @@ def test_reference_pane_shows_the_selected_keypoint_on_a_reference(qtbot, tmp_pa
     window.editor.make_reference()  # TARGET has no labels: refused
     project.set_keypoint(TARGET, 2, Keypoint(30, 30, Visibility.VISIBLE))
     window.editor.make_reference()
+    qtbot.waitUntil(lambda: TARGET in window.project.reference_paths(), timeout=3000)
+    assert pane.choice.count() == 1 and pane.reference == "chelsea.jpg"  # never itself
+    show_image(window, "chelsea_crop.jpg")
     qtbot.waitUntil(lambda: pane.choice.count() == 2, timeout=3000)
     pane._pick(TARGET)
     assert pane.reference == TARGET

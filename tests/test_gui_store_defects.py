@@ -55,7 +55,7 @@ def test_exports_default_outside_the_image_folder_and_are_never_rescanned(qtbot,
     project.set_keypoint(project.images[0].path, 0, _visible(5, 5))
     project.set_status(project.images[0].path, _reviewed())
     out = images / "yolo_export"
-    from annotator.gui import main_window as mw
+    from annotator.gui import export_job as mw
 
     threads = []
     real = mw.export_project
@@ -146,14 +146,14 @@ def test_review_counts_are_kept_incrementally(qtbot, tmp_path, monkeypatch):
 
 def test_one_image_is_not_one_images(qtbot, tmp_path):
     from annotator.domain import ImageStatus
-    from annotator.gui.coco_export import CocoExportDialog
+    from annotator.gui.export_dialog import ExportDialog
 
     window, project = demo(qtbot, tmp_path)
     done = [r.path for r in project.images
             if project.status(r.path) in (ImageStatus.REVIEWED, ImageStatus.REFERENCE)]
     for path in done[1:]:
         project.set_status(path, ImageStatus.UNLABELLED)
-    dialog = CocoExportDialog(project)
+    dialog = ExportDialog(project, "demo", str(tmp_path))
     assert dialog.reviewed.text().endswith("(1 image)")
     dialog.close()
     window.close()

@@ -168,11 +168,12 @@ def test_full_workflow(qtbot, tmp_path, image_folder, monkeypatch):  # noqa: F81
     assert project.annotation(target) == before_ref
 
     # 9. export through the File menu and check it with pycocotools
-    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (export_file, ""))
-    from annotator.gui.coco_export import CocoExportDialog as ExportDialog
+    from annotator.gui.export_dialog import ExportDialog
 
     def with_predictions(dialog: ExportDialog) -> int:
+        assert dialog.format() == "coco"  # Ctrl+E: the export dialog with COCO chosen
         assert dialog.reviewed.isChecked()  # the default: only what a person checked
+        dialog.path_edit.setText(str(export_file))
         dialog.predictions.setChecked(True)
         return ExportDialog.DialogCode.Accepted
 

@@ -648,3 +648,40 @@ def test_coco_export_keeps_three_decimals(tmp_path):
     export_project(p, "coco", tmp_path / "c.json")
     ann = json.loads((tmp_path / "c.json").read_text())["annotations"][0]
     assert ann["keypoints"][:2] == [10.123, 3.001]
+
+
+class _Stop(Exception):
+    """What a cancel raises from an export's progress callback."""
+
+
+@pytest.mark.parametrize("fmt", ["yolo-pose", "dlc", "sleap", "label-studio", "coco"])
+def test_export_reports_progress_and_a_cancel_leaves_nothing(project, tmp_path, fmt):
+    calls: list[tuple[int, int]] = []
+    out = tmp_path / OUT[fmt]
+    export_project(project, fmt, out, progress=lambda d, t: calls.append((d, t)))
+    assert calls and [d for d, _ in calls] == sorted(d for d, _ in calls)  # only forward
+    assert calls[-1][0] == calls[-1][1] > 0  # ends at 100 %
+    first = sorted(p.name for p in tmp_path.iterdir())
+
+    for stop_at in range(1, len(calls)):  # a cancel at every reported step, the last included
+        seen = []
+
+        def cancel_after(d, t, seen=seen, stop_at=stop_at):
+            seen.append(d)
+            if len(seen) > stop_at:
+                raise _Stop
+
+        again = tmp_path / f"again_{stop_at}_{OUT[fmt]}"
+        with pytest.raises(_Stop):
+            export_project(project, fmt, again, progress=cancel_after)
+        assert sorted(p.name for p in tmp_path.iterdir()) == first  # no file, no stage left
+
+
+def test_label_studio_tasks_are_the_bytes_one_json_dumps_writes(project, tmp_path):
+    """Written task by task (the encoder never holds the GIL for the whole document), the
+    file is still exactly what json.dumps of the task list writes."""
+    out = tmp_path / "ls.json"
+    export_project(project, "label-studio", out, ExportOptions(include_predictions=True))
+    text = out.read_text(encoding="utf-8")
+    tasks = json.loads(text)
+    assert len(tasks) == 4 and text == json.dumps(tasks, ensure_ascii=False)

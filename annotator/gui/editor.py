@@ -26,6 +26,7 @@ from annotator.gui.canvas import BoxStyle, ImageCanvas, PointStyle
 from annotator.gui.gallery import GalleryPanel, PreparedOrder, Summary
 from annotator.gui.image_loader import ImageLoader
 from annotator.gui.instance_list import InstancePanel
+from annotator.gui.instance_view import InstanceFilter
 from annotator.gui.keypoint_list import KeypointList
 from annotator.gui.qimage import heatmap_to_qimage
 from annotator.gui.reference_pane import ReferencePane
@@ -56,6 +57,7 @@ class EditorPage(QWidget):
         # ((path, instance), labelled flags) of the points on show: what an undo unplaced
         self._shown_labelled: tuple[tuple[str | None, int], list[bool]] | None = None
         self.current_instance = 0  # the instance placed keypoints go to
+        self.instance_filter = InstanceFilter()  # which instances the canvas draws
         self.shown_path: str | None = None  # the path whose image is on the canvas
         self.images = ImageLoader(parent=self)
         self.images.loaded.connect(self._on_image_loaded)
@@ -129,7 +131,7 @@ class EditorPage(QWidget):
         self.heatmap_box.toggled.connect(self._on_heatmap_toggled)
 
     # ------------------------------------------------------------- layout
-    PANEL_SHARE = (0.22, 0.20)  # gallery, side panel: at most this share of a narrow window
+    PANEL_SHARE = (0.20, 0.20)  # gallery, side panel: at most this share of a narrow window
     PANEL_WIDTH = (330, 260)  # and at most this wide
 
     def _on_splitter_moved(self, _pos: int, _index: int) -> None:
@@ -216,6 +218,7 @@ class EditorPage(QWidget):
             self.before_show(path)
         changed = path != self.current_path
         self.current_path = path
+        self.reference_pane.set_current(path)  # never the edited image twice
         img = self.images.request(path)
         if img is not None:
             if changed or self.shown_path != path:
@@ -286,6 +289,11 @@ class EditorPage(QWidget):
             self.current_keypoint = gone[0]
             self.reference_pane.set_keypoint(gone[0])
 
+    def set_instance_filter(self, instance_filter: InstanceFilter) -> None:
+        """Which instances the canvas draws (see :mod:`annotator.gui.instance_view`)."""
+        self.instance_filter = instance_filter
+        self._refresh_points()
+
     def _refresh_points(self) -> None:
         if self.project is None or self.current_path is None:
             return
@@ -297,11 +305,13 @@ class EditorPage(QWidget):
                                 [kp.labelled for kp in kps])
         styles = [PointStyle(n, c, kp) for n, c, kp in zip(schema.keypoints, schema.colors, kps)]
         self.canvas.set_points(styles, schema.skeleton, self.current_keypoint)
-        boxes = [BoxStyle(i, inst.bbox, inst.box_score, i == self.current_instance)
-                 for i, inst in enumerate(ann.instances) if inst.bbox is not None]
+        cur, shows = self.current_instance, self.instance_filter.shows
+        boxes = [BoxStyle(i, inst.bbox, inst.box_score, i == cur)
+                 for i, inst in enumerate(ann.instances)
+                 if inst.bbox is not None and shows(i, inst, cur)]
         others = [(i, [PointStyle(n, c, kp) for n, c, kp in
                        zip(schema.keypoints, schema.colors, inst.keypoints)])
-                  for i, inst in enumerate(ann.instances) if i != self.current_instance]
+                  for i, inst in enumerate(ann.instances) if i != cur and shows(i, inst, cur)]
         self.canvas.set_instances(boxes, others)
         self.instances.set_instances(ann, len(schema), self.current_instance)
         self.keypoints.set_keypoints(schema, kps, self.current_keypoint)

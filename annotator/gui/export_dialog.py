@@ -1,4 +1,5 @@
-"""File > Export as...: choose a format, where to write it and which labels go out."""
+"""The one export dialog (File > Export COCO... and File > Export as...): the format, where
+to write it and which labels go out, the same widgets for every format."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.util
 import os
 
 from PySide6.QtWidgets import (
+    QButtonGroup,
     QCheckBox,
     QComboBox,
     QDialog,
@@ -17,9 +19,13 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QRadioButton,
+    QVBoxLayout,
     QWidget,
 )
 
+from annotator.domain import ImageStatus, Project
+from annotator.io.coco import ExportChoice, ExportScope
 from annotator.io.formats import FORMATS, FORMATS_EXTRA, ExportOptions, default_output_name
 
 LABELS = {
@@ -44,18 +50,24 @@ LOSSES = {
 }
 
 
-class ExportDialog(QDialog):
-    """Returns the chosen ``format()``, ``path()`` and ``options()`` once accepted."""
+def count_text(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``1,000 more images``: singular for one."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
-    def __init__(self, stem: str, start_dir: str, review_threshold: float,
-                 parent: QWidget | None = None) -> None:
+
+class ExportDialog(QDialog):
+    """Returns the chosen ``format()``, ``path()``, ``choice()`` (which labels go out, as
+    an :class:`ExportChoice`) and ``options()`` once accepted."""
+
+    def __init__(self, project: Project, stem: str, start_dir: str, fmt: str = "coco",
+                 start: ExportChoice | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setWindowTitle("Export as")
-        self.resize(620, 300)
+        self.setWindowTitle("Export")
+        self.resize(620, 320)
         self._stem, self._dir = stem, start_dir
         self.format_box = QComboBox()
-        for fmt in FORMATS:
-            self.format_box.addItem(LABELS[fmt], fmt)
+        for name in FORMATS:
+            self.format_box.addItem(LABELS[name], name)
         if importlib.util.find_spec("sleap_io") is None:  # looked up, not imported
             i = FORMATS.index("sleap")
             self.format_box.setItemText(i, f"{LABELS['sleap']} -- not installed: {FORMATS_EXTRA}")
@@ -69,15 +81,47 @@ class ExportDialog(QDialog):
         row.addWidget(browse)
         self.losses = QLabel()
         self.losses.setWordWrap(True)
-        self.include_predictions = QCheckBox(
-            "Also export images with unreviewed predictions (default: reviewed and "
-            "reference images only)"
-        )
-        self.min_confidence = QDoubleSpinBox()
-        self.min_confidence.setRange(0.0, 1.0)
-        self.min_confidence.setSingleStep(0.05)
-        self.min_confidence.setValue(review_threshold)
-        self.use_min_confidence = QCheckBox("Leave out predicted points below confidence")
+
+        # which labels go out: the same choice, with the same counts, for every format
+        start = start or ExportChoice(min_confidence=project.settings.review_threshold)
+        checked = predicted = 0
+        for rec in project.images:
+            status = project.status(rec.path)
+            if status in (ImageStatus.REVIEWED, ImageStatus.REFERENCE):
+                checked += 1
+            elif status == ImageStatus.PREDICTED:
+                predicted += 1
+        self.reviewed = QRadioButton(
+            f"Reviewed and reference images only ({count_text(checked, 'image')})")
+        self.predictions = QRadioButton(
+            f"Also unreviewed predictions ({count_text(predicted, 'more image')}, every "
+            "predicted point)")
+        self.confident = QRadioButton("Also unreviewed predicted points scored at least")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setDecimals(2)
+        self.threshold.setValue(start.min_confidence)
+        group = QButtonGroup(self)
+        for button in (self.reviewed, self.predictions, self.confident):
+            group.addButton(button)
+        {ExportScope.REVIEWED: self.reviewed, ExportScope.PREDICTIONS: self.predictions,
+         ExportScope.CONFIDENT: self.confident}[start.scope].setChecked(True)
+        scope = QWidget()
+        scope_rows = QVBoxLayout(scope)
+        scope_rows.setContentsMargins(0, 0, 0, 0)
+        confident_row = QHBoxLayout()
+        confident_row.addWidget(self.confident)
+        confident_row.addWidget(self.threshold)
+        confident_row.addStretch(1)
+        scope_rows.addWidget(self.reviewed)
+        scope_rows.addWidget(self.predictions)
+        scope_rows.addLayout(confident_row)
+        note = QLabel("Images whose labels are left out are left out of the export, so no "
+                      "reader takes them for images without objects.")
+        note.setWordWrap(True)
+        scope_rows.addWidget(note)
+
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.9)
         self.val_fraction.setSingleStep(0.05)
@@ -89,8 +133,7 @@ class ExportDialog(QDialog):
         form.addRow("Format", self.format_box)
         form.addRow("Write to", path_row)
         form.addRow("", self.losses)
-        form.addRow("", self.include_predictions)
-        form.addRow(self.use_min_confidence, self.min_confidence)
+        form.addRow("Labels", scope)
         self._val_label = QLabel("Validation share")
         form.addRow(self._val_label, self.val_fraction)
         self._prefix_label = QLabel("Image URL prefix")
@@ -106,9 +149,9 @@ class ExportDialog(QDialog):
         self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
 
         self.format_box.currentIndexChanged.connect(self._format_changed)
-        self.include_predictions.toggled.connect(self._update)
-        self.use_min_confidence.toggled.connect(self._update)
+        self.confident.toggled.connect(self._update)
         self.path_edit.textChanged.connect(self._update)
+        self.format_box.setCurrentIndex(FORMATS.index(fmt))
         self._format_changed()
 
     # ------------------------------------------------------------------ state
@@ -121,14 +164,19 @@ class ExportDialog(QDialog):
     def path(self) -> str:
         return self.path_edit.text().strip()
 
+    def choice(self) -> ExportChoice:
+        """Which labels go out (COCO's terms; :meth:`options` says the same for the rest)."""
+        if self.predictions.isChecked():
+            return ExportChoice(ExportScope.PREDICTIONS, self.threshold.value())
+        if self.confident.isChecked():
+            return ExportChoice(ExportScope.CONFIDENT, self.threshold.value())
+        return ExportChoice(ExportScope.REVIEWED, self.threshold.value())
+
     def options(self) -> ExportOptions:
         fmt = self.format()
-        include = self.include_predictions.isChecked()
         return ExportOptions(
-            include_predictions=include,
-            min_confidence=(self.min_confidence.value()
-                            if include and self.use_min_confidence.isChecked()
-                            and fmt != "coco" else None),
+            include_predictions=not self.reviewed.isChecked(),
+            min_confidence=self.threshold.value() if self.confident.isChecked() else None,
             val_fraction=self.val_fraction.value() if fmt == "yolo-pose" else 0.0,
             image_prefix=self.image_prefix.text() if fmt == "label-studio" else "",
             drop_occluded=self.drop_occluded.isChecked() and fmt == "dlc",
@@ -148,10 +196,7 @@ class ExportDialog(QDialog):
         self._update()
 
     def _update(self) -> None:
-        include = self.include_predictions.isChecked()
-        self.use_min_confidence.setEnabled(include and self.format() != "coco")
-        self.min_confidence.setEnabled(include and self.use_min_confidence.isChecked()
-                                       and self.format() != "coco")
+        self.threshold.setEnabled(self.confident.isChecked())
         self.ok_button.setEnabled(bool(self.path()))
 
     def _browse(self) -> None:

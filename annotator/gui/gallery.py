@@ -16,7 +16,9 @@ from enum import Enum
 
 from PySide6.QtCore import (
     QAbstractListModel,
+    QEvent,
     QModelIndex,
+    QObject,
     QPersistentModelIndex,
     QPoint,
     QRect,
@@ -47,6 +49,7 @@ STATUS_ROLE = Qt.ItemDataRole.UserRole + 2
 CONFIDENCE_ROLE = Qt.ItemDataRole.UserRole + 3
 ERROR_ROLE = Qt.ItemDataRole.UserRole + 4
 INSTANCES_ROLE = Qt.ItemDataRole.UserRole + 5
+GALLERY_BACKGROUND = "#1b1b1b"  # behind the tiles (#252525): never a white strip
 
 AnyIndex = QModelIndex | QPersistentModelIndex
 
@@ -378,9 +381,11 @@ class GalleryDelegate(QStyledItemDelegate):
         super().__init__(parent)
         self._thumb = thumb_size
         self.threshold = 0.5
+        self.min_width = thumb_size + 12
+        self.width = self.min_width  # widened by the panel so the tiles fill its rows
 
     def sizeHint(self, option: QStyleOptionViewItem, index: AnyIndex) -> QSize:
-        return QSize(self._thumb + 12, self._thumb + 30)
+        return QSize(self.width, self._thumb + 30)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: AnyIndex) -> None:
         painter.save()
@@ -388,7 +393,7 @@ class GalleryDelegate(QStyledItemDelegate):
         selected = bool(option.state & QStyle.StateFlag.State_Selected)  # type: ignore[attr-defined]
         painter.fillRect(r, QColor("#2f5f9f") if selected else QColor("#252525"))
         pm = index.data(Qt.ItemDataRole.DecorationRole)
-        box = QRect(r.x() + 6, r.y() + 4, self._thumb, self._thumb)
+        box = QRect(r.x() + (r.width() - self._thumb) // 2, r.y() + 4, self._thumb, self._thumb)
         if isinstance(pm, QPixmap) and not pm.isNull():
             scaled = pm.size().scaled(box.size(), Qt.AspectRatioMode.KeepAspectRatio)
             target = QRect(0, 0, scaled.width(), scaled.height())
@@ -397,7 +402,7 @@ class GalleryDelegate(QStyledItemDelegate):
         error = index.data(ERROR_ROLE)
         status = ImageStatus(index.data(STATUS_ROLE))
         stripe = QColor(UNREADABLE_COLOR) if error else status_color(status)
-        painter.fillRect(QRect(r.x() + 6, r.y() + 4, 6, self._thumb), stripe)
+        painter.fillRect(QRect(box.x(), box.y(), 6, self._thumb), stripe)
         painter.setPen(QColor("#e8e8e8"))
         font = QFont(painter.font())
         font.setPointSizeF(max(7.0, font.pointSizeF() - 1))
@@ -455,6 +460,16 @@ class GalleryPanel(QWidget):
         self.view.setBatchSize(500)
         self.view.setSelectionMode(QListView.SelectionMode.SingleSelection)
         self.view.setSpacing(2)
+        # the tiles are widened to fill each row (fit_columns) and the background is the
+        # tiles' own dark grey: no blank strip beside the last column
+        self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # a scroll bar that comes and goes would change the width the rows fill
+        self.view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
+        self.view.setStyleSheet(f"QListView {{ background: {GALLERY_BACKGROUND}; }}")
+        self.view.viewport().installEventFilter(self)
+        for box in (self.filter_box, self.sort_box):  # they may shrink in a narrow window
+            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            box.setMinimumContentsLength(6)
         controls = QHBoxLayout()
         controls.addWidget(self.filter_box, 1)
         controls.addWidget(self.sort_box, 1)
@@ -477,6 +492,22 @@ class GalleryPanel(QWidget):
         self.model.order_stale.connect(self._on_order_stale)
 
     LIVE_MS = 300
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.view.viewport() and event.type() == QEvent.Type.Resize:
+            self.fit_columns()
+        return super().eventFilter(watched, event)
+
+    def fit_columns(self) -> None:
+        """Widen the tiles so that whole columns fill the view's width (a row of n tiles
+        needs ``spacing + n * (width + spacing) + spacing`` pixels, or the list wraps it)."""
+        s = self.view.spacing()
+        avail = self.view.viewport().width() - 2 * s
+        cols = max(1, avail // (self.delegate.min_width + s))
+        width = max(self.delegate.min_width, avail // cols - s)
+        if width != self.delegate.width:
+            self.delegate.width = width
+            self.view.scheduleDelayedItemsLayout()
 
     def _on_filter(self, text: str) -> None:
         self.model.set_filter(GalleryFilter(text))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QSize, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QListWidget,
@@ -55,6 +55,16 @@ class InstancePanel(QWidget):
         self.add_button.clicked.connect(lambda _=False: self.add_requested.emit())
         self.delete_button.clicked.connect(
             lambda _=False: self.delete_requested.emit(self.list.currentRow()))
+
+    #: a long instance row (ten detected boxes): the panel is never narrower than this
+    WIDEST_LABEL = "#10  box 0.00  9/9 kp  worst 0.00"
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        lst = self.list
+        text = lst.fontMetrics().horizontalAdvance(self.WIDEST_LABEL)
+        chrome = 2 * lst.frameWidth() + lst.verticalScrollBar().sizeHint().width() + 8
+        return QSize(max(hint.width(), text + chrome), hint.height())
 
     def set_instances(self, ann: ImageAnnotation, num_keypoints: int, current: int) -> None:
         self._updating = True

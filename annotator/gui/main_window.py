@@ -6,19 +6,19 @@ import logging
 import os
 import shutil
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QStandardPaths, Qt, QTimer, Signal
+from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QFileDialog,
+    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -29,25 +29,28 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.domain import ImageAnnotation, ImageRecord, KeypointSchema, Project
-from annotator.gui.coco_export import CocoExportDialog, CocoExporter
 from annotator.gui.editor import EditorPage
 from annotator.gui.export_dialog import ExportDialog
+from annotator.gui.export_job import CANCELLED, Exporter
 from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, FormatImporter
 from annotator.gui.gallery import PreparedOrder, prepare_order
+from annotator.gui.instance_view import InstanceViewControls
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
 from annotator.gui.recent import add_recent_project
 from annotator.gui.release import drop_in_background
+from annotator.gui.result_feed import BoundedFeed
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
+from annotator.gui.status_fit import StatusFit
 from annotator.gui.thumbnails import ThumbnailLoader
 from annotator.gui.video_actions import VideoSupport
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
 from annotator.io.autosave import Autosaver
 from annotator.io.coco import CocoFormatError, ExportChoice, import_coco
-from annotator.io.formats import ExportOptions, FormatError, detect_format, export_project
+from annotator.io.formats import ExportOptions, FormatError, detect_format
 from annotator.io.images import list_images
 from annotator.io.project_file import (
     JSON_SUFFIX,
@@ -77,12 +80,6 @@ PROJECT_FILTER = (f"Annotator projects (*{PROJECT_SUFFIX} *{JSON_SUFFIX});;"
 JSON_FILTER = f"JSON project copy (*{JSON_SUFFIX})"
 #: a closed project at least this big is freed on a background thread
 DROP_IN_BACKGROUND_IMAGES = 5000
-
-
-class _ExportAsDone(QObject):
-    """Carries an Export as outcome from its thread to the GUI thread (queued)."""
-
-    done = Signal(str, object, str)  # path, report (None on failure), error
 
 
 def review_category(ann: ImageAnnotation, threshold: float) -> int:
@@ -214,7 +211,8 @@ class MainWindow(QMainWindow):
         self.autosaver: Autosaver | None = None
         self._autosave_delay = autosave_delay_s
         self._unsubscribe: Callable[[], None] | None = None
-        self._pending: list[Any] = []
+        #: predictions received, applied a bounded slice per flush tick (gui.result_feed)
+        self._pending: BoundedFeed[Any] = BoundedFeed(self._apply_predictions)
         self._baseline: dict[str, ImageAnnotation] = {}
         self._rate: RateEstimator | None = None
         self._unreadable_in_run = 0
@@ -228,7 +226,7 @@ class MainWindow(QMainWindow):
         self._manual_save = False  # a Ctrl+S save is running in the background
 
         self.loader = ThumbnailLoader(parent=self)
-        self.exporter = CocoExporter(self)
+        self.exporter = Exporter(self)  # Export COCO and Export as, one at a time
         self.importer = FormatImporter(self)
         self.opener = ProjectOpener(self)
         self.opener.progress.connect(self._on_open_progress)
@@ -241,15 +239,16 @@ class MainWindow(QMainWindow):
         self._open_next: str | None = None
         #: stores with at least this many images open on a pool thread
         self.background_open_images = BACKGROUND_OPEN_IMAGES
-        self._export_as_thread: threading.Thread | None = None
-        self._export_as_done = _ExportAsDone(self)
-        self._export_as_done.done.connect(self._on_export_as_finished)
         self._export_choice: ExportChoice | None = None
-        # the model stack is imported in GIL-friendly steps on the worker, at idle once a
-        # project is open (default: with the real engine only; tests inject light engines)
+        self._export_format = "coco"  # the format Export as... offers first
+        # the model stack is imported in GIL-friendly steps on the worker: at idle once a
+        # project is open when preload_models (default: with the real engine only; tests
+        # inject light engines), and always before the real engine is first built
         self.preload_models = engine_factory is None if preload_models is None else preload_models
         self.controller = WorkerController(
-            engine_factory, self, preloader=default_preloader if self.preload_models else None
+            engine_factory, self,
+            preloader=default_preloader if self.preload_models or engine_factory is None
+            else None,
         )
         self.preload_timer = QTimer(self)
         self.preload_timer.setSingleShot(True)
@@ -281,7 +280,11 @@ class MainWindow(QMainWindow):
         self.counts_timer.timeout.connect(self._update_counts)
         self.flush_timer = QTimer(self)
         self.flush_timer.setInterval(250)
-        self.flush_timer.timeout.connect(self.flush_predictions)
+        self.flush_timer.timeout.connect(self._flush_tick)
+        self.catch_up_timer = QTimer(self)  # a backlog: the next slice soon, input first
+        self.catch_up_timer.setSingleShot(True)
+        self.catch_up_timer.setInterval(15)
+        self.catch_up_timer.timeout.connect(self._flush_tick)
         self._update_actions()
 
     # ---------------------------------------------------------------- layout
@@ -304,8 +307,11 @@ class MainWindow(QMainWindow):
         self.export_bar = QProgressBar()
         self.export_bar.setMaximumWidth(120)
         self.export_bar.setFormat("export %p%")
-        bar.addPermanentWidget(self.export_bar)
-        self.export_bar.hide()
+        self.export_cancel = QPushButton("Cancel export")
+        self.export_cancel.clicked.connect(self.cancel_export)
+        for w in (self.export_bar, self.export_cancel):
+            bar.addPermanentWidget(w)
+            w.hide()
         self.open_bar = QProgressBar()
         self.open_bar.setMaximumWidth(160)
         self.open_bar.setRange(0, 1000)
@@ -318,9 +324,16 @@ class MainWindow(QMainWindow):
         for w in (self.progress_bar, self.progress_label, self.cancel_button):
             bar.addPermanentWidget(w)
             w.hide()
-        for w in (self.head_label, self.device_label, self.model_label, self.cache_label):
+        self.head_box = QWidget()  # the retrainer shows head_label; the status fit this box
+        head_row = QHBoxLayout(self.head_box)
+        head_row.setContentsMargins(0, 0, 0, 0)
+        head_row.addWidget(self.head_label)
+        for w in (self.head_box, self.device_label, self.model_label, self.cache_label):
             bar.addPermanentWidget(w)
         self.head_label.hide()
+        # a narrow window: these give way to the message, least important first
+        self.status_fit = StatusFit(bar, (self.cache_label, self.device_label,
+                                          self.model_label, self.head_box))
         self.retrainer = RetrainScheduler(self.controller, self.head_label, self)
         self.cancel_button.clicked.connect(self.cancel_propagation)
 
@@ -401,6 +414,7 @@ class MainWindow(QMainWindow):
         toolbar.setObjectName("tools")
         toolbar.addAction(self.act_box_tool)
         toolbar.addAction(self.act_add_instance)
+        self.instance_view = InstanceViewControls(e, m, toolbar)  # hide the clutter
 
         m = self.menuBar().addMenu("&Run")
         self.act_propagate = self._action(m, "&Propagate", self.propagate, ("Ctrl+R", "F5"))
@@ -1023,10 +1037,22 @@ class MainWindow(QMainWindow):
         self.flush_predictions()
         choice = choice or ExportChoice(min_confidence=self.project.settings.review_threshold)
         self._export_choice = choice
+        self._show_export_progress(f"Exporting {path} ({choice.describe()})...")
+        return self.exporter.start(self.project, path, choice)
+
+    def _show_export_progress(self, text: str) -> None:
         self.export_bar.setRange(0, 0)
         self.export_bar.show()
-        self.statusBar().showMessage(f"Exporting {path} ({choice.describe()})...")
-        return self.exporter.start(self.project, path, choice)
+        self.export_cancel.setEnabled(True)
+        self.export_cancel.show()
+        self.statusBar().showMessage(text)
+
+    def cancel_export(self) -> None:
+        """Stop the running export (Export COCO or Export as); nothing is written."""
+        if self.exporter.busy:
+            self.exporter.cancel()
+            self.export_cancel.setEnabled(False)
+            self.statusBar().showMessage("Cancelling the export...")
 
     def _on_export_progress(self, done: int, total: int) -> None:
         self.export_bar.setRange(0, max(total, 1))
@@ -1034,33 +1060,26 @@ class MainWindow(QMainWindow):
 
     def _on_export_finished(self, path: str, error: str, images: int, annotations: int) -> None:
         self.export_bar.hide()
+        self.export_cancel.hide()
+        title = "Export COCO" if self.exporter.kind == "coco" else "Export as"
+        if error == CANCELLED:
+            self.statusBar().showMessage(f"Export cancelled: {path} was not written", 8000)
+            return
         if error:
             self.statusBar().clearMessage()
-            self.show_message("error", "Export COCO", f"Cannot export {path}: {error}")
+            self.show_message("error", title, f"Cannot export {path}: {error}")
             return
-        choice = self._export_choice.describe() if self._export_choice else ""
-        self.statusBar().showMessage(
-            f"Exported {path}: {images} images, {annotations} annotations ({choice})", 8000
-        )
+        self._record_export(path)
+        summary = self.exporter.last.summary if self.exporter.last else path
+        self.statusBar().showMessage(summary, 10_000)
 
     def export_coco_dialog(self) -> None:
-        if self.project is None:
-            return
-        dialog = CocoExportDialog(self.project, self._export_choice, self)
-        if dialog.exec() != CocoExportDialog.DialogCode.Accepted:
-            return
-        choice = dialog.choice()
-        stem = os.path.basename(self.project_path or "annotations")
-        stem = stem.removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX).removesuffix(".json")
-        start = os.path.join(self.default_export_dir(), stem + "_coco.json")
-        path = self._ask_save_file("Export COCO keypoints", start, "COCO JSON (*.json)")
-        if path:
-            self.export_coco(path, choice)
+        """Ctrl+E: the export dialog with COCO chosen."""
+        self._export_dialog("coco")
 
     @property
     def export_as_busy(self) -> bool:
-        t = self._export_as_thread
-        return t is not None and t.is_alive()
+        return self.exporter.busy
 
     def export_as(self, fmt: str, path: str, options: ExportOptions) -> bool:
         """Export in ``fmt`` (see :mod:`annotator.io.formats`) on a background thread from a
@@ -1073,44 +1092,13 @@ class MainWindow(QMainWindow):
                               "again when it has finished.")
             return False
         self.flush_predictions()
-        p = self.project
-        # immutable values: the copy is taken in milliseconds, the project is rebuilt there
-        parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
-        emit = self._export_as_done.done.emit
-
-        def run() -> None:
-            try:
-                snap = Project(parts[0], parts[1], parts[2], parts[3], parts[4])
-                emit(path, export_project(snap, fmt, path, options), "")
-            except (FormatError, OSError, ValueError) as exc:
-                emit(path, None, str(exc))
-            except Exception as exc:  # noqa: BLE001 (shown, never lost)
-                log.error("export to %s failed", path, exc_info=True)
-                emit(path, None, f"{type(exc).__name__}: {exc}")
-
-        self.export_bar.setRange(0, 0)
-        self.export_bar.show()
-        self.statusBar().showMessage(f"Exporting {path}...")
-        self._export_as_thread = threading.Thread(target=run, name="export-as", daemon=True)
-        self._export_as_thread.start()
-        return True
+        self._show_export_progress(f"Exporting {path}...")
+        return self.exporter.start_format(self.project, fmt, path, options)
 
     def wait_export_as(self, timeout: float | None = None) -> None:
-        """Wait for a running Export as and deliver its outcome (tests, closing)."""
-        t = self._export_as_thread
-        if t is not None:
-            t.join(timeout)
+        """Wait for a running export and deliver its outcome (tests, closing)."""
+        self.exporter.wait(-1 if timeout is None else int(timeout * 1000))
         QApplication.processEvents()
-
-    def _on_export_as_finished(self, path: str, report: Any, error: str) -> None:
-        if not self.exporter.busy:
-            self.export_bar.hide()
-        if report is None:
-            self.statusBar().clearMessage()
-            self.show_message("error", "Export as", error)
-            return
-        self._record_export(path)
-        self.statusBar().showMessage(report.summary(), 10_000)
 
     def default_export_dir(self) -> str:
         """Where exports go by default: the project file's folder, unless that is in the
@@ -1133,14 +1121,25 @@ class MainWindow(QMainWindow):
             self.autosaver.record_export_dir(out.relative_to(root).as_posix())
 
     def export_as_dialog(self) -> None:
+        """File > Export as...: the export dialog with the format used last."""
+        self._export_dialog(self._export_format)
+
+    def _export_dialog(self, fmt: str) -> None:
+        """One dialog for every format (COCO included): format, path, which labels."""
         if self.project is None:
             return
         base = self.project_path or "annotations"
         stem = os.path.basename(base).removesuffix(JSON_SUFFIX).removesuffix(PROJECT_SUFFIX)
         stem = stem.removesuffix(".json")
-        dialog = ExportDialog(stem, self.default_export_dir(),
-                              self.project.settings.review_threshold, self)
-        if dialog.exec() == ExportDialog.DialogCode.Accepted:
+        dialog = ExportDialog(self.project, stem, self.default_export_dir(), fmt,
+                              self._export_choice, self)
+        if dialog.exec() != ExportDialog.DialogCode.Accepted:
+            return
+        self._export_format = dialog.format()
+        if dialog.format() == "coco":
+            self.export_coco(dialog.path(), dialog.choice())
+        else:
+            self._export_choice = dialog.choice()
             self.export_as(dialog.format(), dialog.path(), dialog.options())
 
     def _autosave_tick(self) -> None:
@@ -1403,16 +1402,32 @@ class MainWindow(QMainWindow):
         self.progress_label.setText(self._rate.text())
 
     def _on_prediction(self, prediction: Any) -> None:
-        self._pending.append(prediction)
+        self._pending.extend([prediction])
 
-    def flush_predictions(self) -> None:
-        """Apply the predictions received so far; a run's batches form one undo step."""
-        if not self._pending or self.project is None:
+    def _flush_tick(self) -> None:
+        """Timer tick during a run: apply a slice of the predictions received, about
+        ``_pending.budget_s`` of work; a backlog continues at the next catch-up tick."""
+        self.flush_predictions(bounded=True)
+        if len(self._pending) and self.project is not None:
+            self.catch_up_timer.start()
+
+    def flush_predictions(self, bounded: bool = False) -> None:
+        """Apply the predictions received so far (``bounded``: a time-budgeted slice of
+        them, oldest first); a run's batches form one undo step."""
+        if not bounded:
+            self.controller.collect()  # what the worker streamed that is not delivered yet
+        if not len(self._pending) or self.project is None:
             self._pending.clear()
             return
         if self.editor.canvas.dragging:
             return  # never split the user's drag: apply after it ends
-        preds, self._pending = self._pending, []
+        if bounded:
+            self._pending.drain()
+        else:
+            self._pending.flush()
+
+    def _apply_predictions(self, preds: list[Any]) -> None:
+        assert self.project is not None
         if self.project.schema != getattr(self, "_run_schema", self.project.schema):
             log.warning("dropped %d predictions made for another keypoint schema", len(preds))
             return
@@ -1498,6 +1513,7 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         self.autosave_timer.stop()
         self.flush_timer.stop()
+        self.catch_up_timer.stop()
         self.preload_timer.stop()
         self.retrainer.stop()
         self.hide()  # the user sees the close at once; a model load may hold the join
@@ -1507,8 +1523,6 @@ class MainWindow(QMainWindow):
         self.importer.wait()
         self.opener.cancel()
         self.opener.wait()
-        if self._export_as_thread is not None:
-            self._export_as_thread.join()
         self.loader.stop()
         self.editor.images.stop()
         self.editor.reference_pane.images.stop()

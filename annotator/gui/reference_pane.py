@@ -3,14 +3,18 @@ highlighted, so the user sees what the point means while correcting it.
 
 The project does not record which reference produced a prediction, so the pane shows the
 first reference (in project order) that has the selected keypoint, and a list to pick another.
+The image being edited is never shown again here: when it is a reference, the pane offers
+the other references. The view is as tall as the image at the pane's width (no tall black
+column around a small image); the room below stays empty.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QEvent, QObject, QSize, Qt
+from PySide6.QtGui import QImage, QResizeEvent
 from PySide6.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
 
 from annotator.domain import ImageStatus, Keypoint, Project
@@ -27,6 +31,7 @@ class ReferencePane(QWidget):
         self.project: Project | None = None
         self.keypoint = 0
         self.reference: str | None = None  # the path shown
+        self.current: str | None = None  # the image being edited: not shown here again
         self._chosen: str | None = None  # picked by the user in the list
         self.images = ImageLoader(cache_size=3, parent=self)
         self.images.loaded.connect(self._on_loaded)
@@ -39,11 +44,13 @@ class ReferencePane(QWidget):
         # a view, not an editor: clicks and drags never reach it
         self.canvas.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents, True)
         self.canvas.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.canvas.installEventFilter(self)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.choice)
-        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.canvas)
         layout.addWidget(self.caption)
+        layout.addStretch(1)  # the room an image does not fill stays below, not around it
         self.choice.activated.connect(lambda _i: self._pick(self.choice.currentText()))
 
     def set_project(self, project: Project | None, refs: list[str] | None = None) -> None:
@@ -52,10 +59,19 @@ class ReferencePane(QWidget):
         self.project = project
         self._refs: list[str] | None = list(refs) if refs is not None else None
         self._refs_revision = project.revision if project is not None else 0
-        self.reference = self._chosen = None
+        self.reference = self._chosen = self.current = None
         self.images.set_root(project.image_root if project is not None else "",
                              ImageSource.for_project(project))
         self.update_view()
+
+    def sizeHint(self) -> QSize:
+        return QSize(240, 320)
+
+    def set_current(self, path: str | None) -> None:
+        """The image being edited (the pane then shows another reference)."""
+        if path != self.current:
+            self.current = path
+            self.update_view()
 
     def set_keypoint(self, index: int) -> None:
         self.keypoint = index
@@ -108,15 +124,18 @@ class ReferencePane(QWidget):
 
     def update_view(self) -> None:
         """Follow the project's references and the selected keypoint."""
-        refs = self._references()
+        refs = [p for p in self._references() if p != self.current]
         self.choice.blockSignals(True)
         self.choice.clear()
         self.choice.addItems(refs)
         self.choice.blockSignals(False)
         if self.project is None or not refs:
             self.reference = None
-            self.canvas.set_image(None, "No reference image yet")
+            alone = self.project is not None and self.current in self._references()
+            self.canvas.set_image(None, "This image is the only reference" if alone
+                                  else "No reference image yet")
             self.caption.setText("")
+            self._fit_height()
             return
         k = self.keypoint
         with_point = [p for p in refs
@@ -133,13 +152,39 @@ class ReferencePane(QWidget):
                 self.canvas.set_image(None, f"Loading {path}...")
             else:
                 self.canvas.set_image(img)
+            self._fit_height()
         self._show_points()
 
     def _on_loaded(self, path: str, image: QImage | None, error: str) -> None:
         if path != self.reference:
             return
         self.canvas.set_image(image, f"Unreadable reference\n{error}")
+        self._fit_height()
         self._show_points()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.canvas and event.type() == QEvent.Type.Resize:
+            self._fit_height()  # a new width: a new height (a height alone changes nothing)
+        return super().eventFilter(watched, event)
+
+    def _fit_height(self) -> None:
+        """Make the view as tall as the image is at the view's width (at least its minimum
+        height; the whole pane's height at most)."""
+        size = self.canvas.image_size
+        least = self.canvas.minimumHeight()
+        if size is None or not size[0]:
+            if self.canvas.height() != least:
+                self.canvas.setFixedHeight(least)
+            return
+        most = max(least, self.height() - self.choice.height() - self.caption.height() - 16)
+        tall = math.ceil(self.canvas.width() * size[1] / size[0]) + 2
+        height = max(least, min(most, tall))
+        if height != self.canvas.height():
+            self.canvas.setFixedHeight(height)
 
     def _show_points(self) -> None:
         if self.project is None or self.reference is None:

@@ -29,6 +29,7 @@ from annotator.gui.requests import (
     PropagateOrder,
     TrainOrder,
 )
+from annotator.gui.result_feed import ResultInbox
 from annotator.io.video import ImageSource
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class EngineWorker(QObject):
     # state ("loading", "downloading", "ready", "failed"), device or message
     model_state = Signal(str, str)
     progress = Signal(int, int, int, str)  # request id, done, total, message
-    prediction = Signal(int, object)  # request id, annotator.jobs.propagate.Prediction
+    #: results are in :attr:`inbox` (emitted only when it was empty: one wake per burst)
+    results_waiting = Signal()
     finished = Signal(int, str)  # request id, outcome: "done", "cancelled", "failed"
     failed = Signal(int, str, str)  # request id, kind ("models" or "error"), message
     heatmap_ready = Signal(int, object)  # request id, (H, W) float array over the target
@@ -141,6 +143,8 @@ class EngineWorker(QObject):
         self._detector: Any = None
         self._detector_key: object = None
         self._head_info_wanted: HeadInfoOrder | None = None  # answered when an engine exists
+        #: (request id, done, total, message, result): the streamed results, in order
+        self.inbox: ResultInbox[tuple[int, int, int, str, Any]] = ResultInbox()
 
     # ------------------------------------------------ called from the GUI thread
     def request_cancel(self, request_id: int) -> None:
@@ -408,14 +412,15 @@ class EngineWorker(QObject):
         return state
 
     def _stream(self, rid: int, results: Any, total: int, state: Any) -> str:
-        """Emit each result of a job as a ``prediction`` with its progress; the outcome."""
+        """Hand each result of a job, with its progress, to the GUI thread through
+        :attr:`inbox` (one wake per burst, however fast they come); the outcome."""
         from annotator.jobs.progress import Cancelled
 
         self.progress.emit(rid, 0, total, "")
         try:
             for done, res in enumerate(results, start=1):
-                self.prediction.emit(rid, res)
-                self.progress.emit(rid, done, total, str(res.path))
+                if self.inbox.put((rid, done, total, str(res.path), res)):
+                    self.results_waiting.emit()
                 if state.is_cancelled():
                     break
         except Cancelled:
@@ -520,7 +525,8 @@ class WorkerController(QObject):
         self._send_factory.connect(self._worker.set_factory)
         self._worker.model_state.connect(self.model_state)
         self._worker.progress.connect(self._on_progress)
-        self._worker.prediction.connect(self._on_prediction)
+        self._inbox = self._worker.inbox  # emptied on this thread (see collect)
+        self._worker.results_waiting.connect(self.collect)
         self._worker.finished.connect(self._on_finished)
         self._worker.failed.connect(self._on_failed)
         self._worker.heatmap_ready.connect(self._on_heatmap)
@@ -634,7 +640,9 @@ class WorkerController(QObject):
             self._heatmap_id = None
 
     def cancel(self) -> None:
-        """Cancel the current run; its later results are dropped."""
+        """Cancel the current run; the results that arrived are delivered, later ones are
+        dropped."""
+        self.collect()
         rid, self._run_id = self._run_id, None
         if rid is not None:
             self._worker.request_cancel(rid)
@@ -669,10 +677,20 @@ class WorkerController(QObject):
     def _on_progress(self, rid: int, done: int, total: int, message: str) -> None:
         self._deliver(rid, "_run_id", self.run_progress, done, total, message)
 
-    def _on_prediction(self, rid: int, pred: object) -> None:
-        self._deliver(rid, "_run_id", self.prediction_ready, pred)
+    def collect(self) -> None:
+        """Deliver the results the worker has streamed so far (``prediction_ready`` for
+        each of the current run, in order, then its latest progress); stale ones are
+        dropped. Cheap: the GUI applies them later, in bounded slices."""
+        progress = None
+        for rid, done, total, message, res in self._inbox.take():
+            if rid == self._run_id:
+                self.prediction_ready.emit(res)
+                progress = (done, total, message)
+        if progress is not None:
+            self.run_progress.emit(*progress)
 
     def _on_finished(self, rid: int, outcome: str) -> None:
+        self.collect()  # the last results before the outcome (already, by event order)
         if rid == self._train_id:
             self._train_id = None
             self.training_finished.emit(outcome)

@@ -33,6 +33,8 @@ from annotator.io.formats._common import (
     ExportOptions,
     ExportReport,
     FormatError,
+    Phase,
+    ProgressFn,
     exported_statuses,
     imported_status,
     require_sleap_io,
@@ -105,7 +107,8 @@ def _videos(project: Project) -> dict[str, str]:
 
 
 def write_dlc_video(project: Project, out: str | Path,
-                    options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
+                    options: ExportOptions = DEFAULT_EXPORT,
+                    progress: ProgressFn | None = None) -> ExportReport:
     """A DeepLabCut project from a video project: ``labeled-data/<video stem>/imgNNNN.png``
     (frame numbers in the names), ``CollectedData`` CSV (and H5 with PyTables) and the real
     videos in ``config.yaml``'s ``video_sets``."""
@@ -113,7 +116,7 @@ def write_dlc_video(project: Project, out: str | Path,
 
     out = Path(out)
     with materialized(project, options) as plain:
-        report = write_dlc(plain, out, options)
+        report = write_dlc(plain, out, options, progress)
     yaml = require_yaml()
     config_path = out / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -160,7 +163,8 @@ def write_dlc_h5(out: Path) -> list[Path]:
 
 # ------------------------------------------------------------------- SLEAP
 def write_sleap_video(project: Project, out: str | Path,
-                      options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
+                      options: ExportOptions = DEFAULT_EXPORT,
+                      progress: ProgressFn | None = None) -> ExportReport:
     """A SLEAP labels file whose labelled frames refer to the videos by frame index (other
     images as one-frame image videos); nothing is extracted."""
     sio = require_sleap_io()
@@ -172,7 +176,10 @@ def write_sleap_video(project: Project, out: str | Path,
     sk = skeleton(sio, project.schema)
     videos: dict[str, Any] = {}
     frames, n_inst = [], 0
-    for r in _exported_records(project, options):
+    records = _exported_records(project, options)
+    step = Phase(progress, len(records))
+    for i, r in enumerate(records):
+        step(i)
         if r.video is not None:
             key = str(video_path(project.image_root, r.video))
             if key not in videos:
@@ -203,6 +210,7 @@ def write_sleap_video(project: Project, out: str | Path,
         n_inst += len(insts)
         frames.append(sio.LabeledFrame(video=video, frame_idx=idx, instances=insts))
     labels = sio.Labels(labeled_frames=frames, videos=list(videos.values()), skeletons=[sk])
+    step(len(records))
     try:
         with staged_file(out) as stage:
             sio.save_slp(labels, str(stage), embed=False, verbose=False)
@@ -343,21 +351,22 @@ def write_coco_with_frames(source: Any, path: str | os.PathLike[str], choice: An
 
 # ---------------------------------------------------------------- dispatch
 def export_video_project(project: Project, fmt: str, out: str | Path,
-                         options: ExportOptions = DEFAULT_EXPORT) -> ExportReport:
+                         options: ExportOptions = DEFAULT_EXPORT,
+                         progress: ProgressFn | None = None) -> ExportReport:
     """:func:`annotator.io.formats.export_project` for a project with video frames."""
     from annotator.io.formats import export_project
 
     out = Path(out)
     if fmt == "dlc":
-        return write_dlc_video(project, out, options)
+        return write_dlc_video(project, out, options, progress)
     if fmt == "sleap":
-        return write_sleap_video(project, out, options)
+        return write_sleap_video(project, out, options, progress)
     if fmt in ("coco", "label-studio"):  # image paths relative to the output's folder
         out.parent.mkdir(parents=True, exist_ok=True)
         with materialized(project, options, root=out.parent) as plain:
-            return export_project(plain, fmt, out, options)
+            return export_project(plain, fmt, out, options, progress)
     with materialized(project, options) as plain:
-        return export_project(plain, fmt, out, options)
+        return export_project(plain, fmt, out, options, progress)
 
 
 def is_video_slp(path: str | Path) -> bool:

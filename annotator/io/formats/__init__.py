@@ -19,6 +19,7 @@ from annotator.io.formats._common import (
     ExportOptions,
     ExportReport,
     FormatError,
+    ProgressFn,
     read_input_bytes,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "ExportOptions",
     "ExportReport",
     "FormatError",
+    "ProgressFn",
     "default_output_name",
     "detect_format",
     "export_project",
@@ -182,9 +184,12 @@ def _import(path: Path, fmt: str, image_root: str | Path | None, image_prefix: s
 
 
 def export_project(
-    project: Project, fmt: str, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
+    project: Project, fmt: str, out: str | Path, options: ExportOptions = DEFAULT_EXPORT,
+    progress: ProgressFn | None = None,
 ) -> ExportReport:
-    """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`)."""
+    """Write ``project`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
+    ``progress(done, total)`` is called now and then; an exception it raises (a cancel)
+    stops the export and leaves nothing at ``out``."""
     from annotator.io.formats._common import refuse_symlink
 
     out = Path(out)
@@ -192,7 +197,7 @@ def export_project(
     if any(r.video is not None for r in project.images):  # frames decoded on export
         from annotator.io.video_formats import export_video_project
 
-        return export_video_project(project, fmt, out, options)
+        return export_video_project(project, fmt, out, options, progress)
     if fmt == "coco":
         from annotator.io.coco import ExportChoice, ExportScope, write_coco
 
@@ -202,8 +207,8 @@ def export_project(
             choice = ExportChoice(ExportScope.PREDICTIONS)
         else:
             choice = ExportChoice(ExportScope.CONFIDENT, options.min_confidence)
-        doc = write_coco(project, out, choice)
+        doc = write_coco(project, out, choice, progress)
         return ExportReport(out, len(doc["images"]), len(doc["annotations"]))
     if fmt in _MODULES:
-        return _handler(fmt, "write")(project, out, options)
+        return _handler(fmt, "write")(project, out, options, progress)
     raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -9,7 +9,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +36,10 @@ MAX_LISTED = 500_000  # entries walked when listing a split folder
 MAX_NAME = 4096  # characters in an image path
 
 FORMATS_EXTRA = 'pip install "keypoint-annotator[formats]"'
+
+#: ``progress(done, total)``, called now and then by an export; it may raise (a cancel) to
+#: stop the export, whose staged output is then removed (nothing is left at ``out``)
+ProgressFn = Callable[[int, int], None]
 
 
 class FormatError(InputFormatError):
@@ -119,12 +123,40 @@ def _filtered(inst: Instance, min_confidence: float | None) -> Instance:
     return replace(inst, keypoints=kps)
 
 
-def export_frames(project: Project, options: ExportOptions) -> list[Frame]:
+class Phase:
+    """One phase of an export as ``progress(done, total)`` calls: step ``i`` of ``count``
+    is unit ``start + i * span // count`` of ``total``; about every 1 % and at the end."""
+
+    def __init__(self, progress: ProgressFn | None, count: int, start: int = 0,
+                 span: int | None = None, total: int | None = None) -> None:
+        self.progress, self.count, self.start = progress, max(count, 1), start
+        self.span = self.count if span is None else span
+        self.total = self.start + self.span if total is None else total
+        self.every = max(1, self.count // 100)
+
+    def __call__(self, i: int) -> None:
+        if self.progress is not None and (i % self.every == 0 or i >= self.count):
+            self.progress(self.start + min(i, self.count) * self.span // self.count, self.total)
+
+
+def write_phase(progress: ProgressFn | None, project: Project, count: int) -> Phase:
+    """The writing phase of an export after :func:`export_frames` scanned ``project``: the
+    second half of ``2 * len(project.images)`` units, over ``count`` written images."""
+    n = max(len(project.images), 1)
+    return Phase(progress, count, n, n, 2 * n)
+
+
+def export_frames(project: Project, options: ExportOptions,
+                  progress: ProgressFn | None = None) -> list[Frame]:
     """The images an export writes, in project order: reviewed and reference images (and
-    predicted ones when asked), with instances that hold a labelled keypoint or a box."""
+    predicted ones when asked), with instances that hold a labelled keypoint or a box.
+    ``progress``: the scan is the first half of ``2 * len(project.images)`` units."""
     wanted = exported_statuses(options)
     frames = []
-    for rec in project.images:
+    n = max(len(project.images), 1)
+    scanned = Phase(progress, n, 0, n, 2 * n)
+    for i, rec in enumerate(project.images):
+        scanned(i)
         ann = project.annotation(rec.path)
         if ann.status not in wanted:
             continue

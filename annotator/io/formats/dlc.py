@@ -48,6 +48,7 @@ from annotator.io.formats._common import (
     ExportReport,
     FormatError,
     Frame,
+    ProgressFn,
     copy_image,
     export_frames,
     imported_status,
@@ -56,6 +57,7 @@ from annotator.io.formats._common import (
     read_dataset_text,
     require_yaml,
     staged_folder,
+    write_phase,
 )
 from annotator.io.jsonio import check_coordinate
 
@@ -190,14 +192,16 @@ def _slots(frame: Frame, unique_idx: set[int]) -> tuple[list[Instance], Instance
 
 
 def write_dlc(
-    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT,
+    progress: ProgressFn | None = None,
 ) -> ExportReport:
     """Write ``project`` as a DeepLabCut project folder ``out`` (labelled frames). When the
     project's images live in a DeepLabCut project, its scorer, individual names, unique
     body parts, CSV index form and settings are kept."""
     yaml = require_yaml()
     out = Path(out)
-    frames = export_frames(project, options)
+    frames = export_frames(project, options, progress)
+    written = write_phase(progress, project, len(frames))
     schema = project.schema
     profile = read_profile(Path(project.image_root))
     scorer = profile.scorer if profile else SCORER
@@ -217,7 +221,7 @@ def write_dlc(
     groups: dict[str, list[Frame]] = {}
     for frame in frames:
         groups.setdefault(_folder_of(frame.path), []).append(frame)
-    occluded = dropped = 0
+    occluded = dropped = images_done = 0
     with staged_folder(out, "DeepLabCut project") as stage:
         for folder, group in groups.items():
             names_seen: set[str] = set()
@@ -242,6 +246,8 @@ def write_dlc(
                 if file_name in names_seen:  # cannot happen: one folder, unique names
                     raise FormatError(f"image {frame.path!r} is listed twice")
                 names_seen.add(file_name)
+                written(images_done)  # may raise: a cancel removes the staged folder
+                images_done += 1
                 copy_image(frame.source, stage / "labeled-data" / folder / file_name)
                 row = ([f"labeled-data/{folder}/{file_name}"] if index_columns == 1
                        else ["labeled-data", folder, file_name])
@@ -259,13 +265,17 @@ def write_dlc(
                     row += _value(kp, options.drop_occluded)
                 rows.append(row)
             buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows(header + rows)
+            out_csv = csv.writer(buf, lineterminator="\n")
+            out_csv.writerows(header)
+            for start in range(0, len(rows), 256):  # the C writer holds the GIL per call
+                out_csv.writerows(rows[start:start + 256])
             target = stage / "labeled-data" / folder / f"CollectedData_{scorer}.csv"
             target.write_text(buf.getvalue(), encoding="utf-8")
         first = {name: group[0] for name, group in groups.items()}
         text = yaml.safe_dump(_config(schema, out, individuals, unique, first, profile),
                               sort_keys=False, allow_unicode=True, default_flow_style=None)
         (stage / "config.yaml").write_text(text, encoding="utf-8")
+        written(len(frames))
     notes = []
     if occluded and not options.drop_occluded:
         notes.append(f"{occluded} occluded keypoint(s) written as labelled (DLC has no "

@@ -40,6 +40,8 @@ from annotator.io.formats._common import (
     ExportOptions,
     ExportReport,
     FormatError,
+    Frame,
+    ProgressFn,
     clip_box,
     export_frames,
     imported_status,
@@ -47,6 +49,8 @@ from annotator.io.formats._common import (
     project_from_frames,
     read_dataset_text,
     read_input_bytes,
+    staged_file,
+    write_phase,
 )
 from annotator.io.jsonio import check_coordinate, loads_strict
 from annotator.io.project_file import atomic_write_text
@@ -86,49 +90,64 @@ def _region(rid: str, kind: str, name: str, w: int, h: int, value: dict) -> dict
             "original_width": w, "original_height": h, "image_rotation": 0, "value": value}
 
 
+def _task(t: int, frame: Frame, schema: KeypointSchema,
+          image_prefix: str) -> tuple[dict[str, Any], int]:
+    """Label Studio task ``t`` for one exported image, and its number of instances."""
+    w, h = frame.width, frame.height
+    result: list[dict[str, Any]] = []
+    for i, inst in enumerate(frame.instances):
+        bx, by, bw, bh = clip_box(instance_box(inst, w, h), w, h)
+        box_id = f"t{t}i{i}"
+        result.append(_region(box_id, "rectanglelabels", INSTANCE, w, h, {
+            "x": bx / w * 100, "y": by / h * 100, "width": bw / w * 100,
+            "height": bh / h * 100, "rotation": 0, "rectanglelabels": [schema.name],
+        }))
+        for j, kp in enumerate(inst.keypoints):
+            if not kp.labelled:
+                continue
+            kp_id = f"t{t}i{i}k{j}"
+            pos = {"x": kp.x / w * 100, "y": kp.y / h * 100, "width": POINT_SIZE}
+            result.append(_region(kp_id, "keypointlabels", KEYPOINT, w, h,
+                                  {**pos, "keypointlabels": [schema.keypoints[j]]}))
+            if kp.v == Visibility.OCCLUDED:
+                result.append(_region(kp_id, "choices", VISIBILITY, w, h,
+                                      {**pos, "choices": [OCCLUDED]}))
+            result.append({"type": "relation", "from_id": kp_id, "to_id": box_id,
+                           "direction": "right"})
+    task = {
+        "id": t,
+        "data": {IMAGE: image_prefix + frame.path},
+        "annotations": [{"result": result, "was_cancelled": False, "ground_truth": False}],
+    }
+    return task, len(frame.instances)
+
+
 def write_label_studio(
-    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT,
+    progress: ProgressFn | None = None,
 ) -> ExportReport:
     """Write ``project`` as Label Studio tasks (JSON) plus the labelling configuration."""
     out = Path(out)
     if out.suffix.lower() != ".json":
         raise FormatError(f"{out}: Label Studio tasks are a .json file")
     schema = project.schema
-    frames = export_frames(project, options)
-    tasks = []
+    frames = export_frames(project, options, progress)
+    written = write_phase(progress, project, len(frames))
     n_inst = 0
-    for t, frame in enumerate(frames, 1):
-        w, h = frame.width, frame.height
-        result: list[dict[str, Any]] = []
-        for i, inst in enumerate(frame.instances):
-            n_inst += 1
-            bx, by, bw, bh = clip_box(instance_box(inst, w, h), w, h)
-            box_id = f"t{t}i{i}"
-            result.append(_region(box_id, "rectanglelabels", INSTANCE, w, h, {
-                "x": bx / w * 100, "y": by / h * 100, "width": bw / w * 100,
-                "height": bh / h * 100, "rotation": 0, "rectanglelabels": [schema.name],
-            }))
-            for j, kp in enumerate(inst.keypoints):
-                if not kp.labelled:
-                    continue
-                kp_id = f"t{t}i{i}k{j}"
-                pos = {"x": kp.x / w * 100, "y": kp.y / h * 100, "width": POINT_SIZE}
-                result.append(_region(kp_id, "keypointlabels", KEYPOINT, w, h,
-                                      {**pos, "keypointlabels": [schema.keypoints[j]]}))
-                if kp.v == Visibility.OCCLUDED:
-                    result.append(_region(kp_id, "choices", VISIBILITY, w, h,
-                                          {**pos, "choices": [OCCLUDED]}))
-                result.append({"type": "relation", "from_id": kp_id, "to_id": box_id,
-                               "direction": "right"})
-        tasks.append({
-            "id": t,
-            "data": {IMAGE: options.image_prefix + frame.path},
-            "annotations": [{"result": result, "was_cancelled": False,
-                             "ground_truth": False}],
-        })
     try:
-        # no indent: the C encoder is 10x faster on large projects
-        atomic_write_text(out, json.dumps(tasks, ensure_ascii=False), backup=False)
+        # task by task into a staged file: the same bytes as json.dumps of the task list,
+        # but no call (encoder, join, UTF-8 encode) holds the GIL for the whole document
+        # (one json.dumps stalled the GUI 3.5 s at 10,000 x 3); a cancel leaves nothing
+        with staged_file(out) as stage:
+            with open(stage, "w", encoding="utf-8") as f:
+                f.write("[")
+                for t, frame in enumerate(frames, 1):
+                    written(t - 1)
+                    task, n = _task(t, frame, schema, options.image_prefix)
+                    n_inst += n
+                    f.write(("" if t == 1 else ", ") + json.dumps(task, ensure_ascii=False))
+                f.write("]")
+            written(len(frames))  # the last chance to cancel
         atomic_write_text(config_path(out), label_config(schema), backup=False)
     except OSError as exc:
         raise FormatError(f"{out}: cannot be written ({exc})") from None

@@ -28,6 +28,7 @@ from annotator.io.formats._common import (
     ExportOptions,
     ExportReport,
     FormatError,
+    ProgressFn,
     dataset_file,
     export_frames,
     imported_status,
@@ -35,6 +36,7 @@ from annotator.io.formats._common import (
     project_from_frames,
     require_sleap_io,
     staged_file,
+    write_phase,
 )
 from annotator.io.jsonio import check_coordinate
 
@@ -77,7 +79,8 @@ def to_sleap(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
 
 
 def write_sleap(
-    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT,
+    progress: ProgressFn | None = None,
 ) -> ExportReport:
     """Write ``project`` as a SLEAP labels file ``out`` (``.slp``)."""
     sio = require_sleap_io()
@@ -86,11 +89,13 @@ def write_sleap(
     out = Path(out)
     if out.suffix != ".slp":
         raise FormatError(f"{out}: a SLEAP labels file must end in .slp")
-    frames = export_frames(project, options)
+    frames = export_frames(project, options, progress)
+    written = write_phase(progress, project, len(frames))
     sk = skeleton(sio, project.schema)
     labelled_frames = []
     n_inst = 0
-    for frame in frames:
+    for i, frame in enumerate(frames):
+        written(i)
         video = sio.Video(
             filename=str(frame.source), open_backend=False,
             backend_metadata={"shape": (1, frame.height, frame.width, 3)},
@@ -100,6 +105,7 @@ def write_sleap(
         n_inst += len(insts)
         labelled_frames.append(sio.LabeledFrame(video=video, frame_idx=0, instances=insts))
     labels = sio.Labels(labeled_frames=labelled_frames, skeletons=[sk])
+    written(len(frames))
     try:
         with staged_file(out) as stage:
             sio.save_slp(labels, str(stage), embed=False, verbose=False)

@@ -37,6 +37,7 @@ from annotator.io.formats._common import (
     ExportReport,
     FormatError,
     Frame,
+    ProgressFn,
     clip_box,
     copy_image,
     dataset_file,
@@ -49,6 +50,7 @@ from annotator.io.formats._common import (
     read_dataset_text,
     require_yaml,
     staged_folder,
+    write_phase,
 )
 from annotator.io.images import IMAGE_EXTENSIONS, ImageLoadError, read_size
 from annotator.io.jsonio import check_coordinate
@@ -112,18 +114,21 @@ def data_yaml(schema: KeypointSchema, splits: Sequence[str], root: Path) -> dict
 
 
 def write_yolo_pose(
-    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT
+    project: Project, out: str | Path, options: ExportOptions = DEFAULT_EXPORT,
+    progress: ProgressFn | None = None,
 ) -> ExportReport:
-    """Write ``project`` as a train-ready Ultralytics pose dataset in folder ``out``."""
+    """Write ``project`` as a train-ready Ultralytics pose dataset in folder ``out``
+    (``progress``: see :data:`~annotator.io.formats._common.ProgressFn`)."""
     yaml = require_yaml()
     out = Path(out)
-    frames = export_frames(project, options)
+    frames = export_frames(project, options, progress)
+    written = write_phase(progress, project, len(frames))
     by_split: dict[str, list[Frame]] = {}
     for frame in frames:
         by_split.setdefault(_split_of(frame.path, options.val_fraction), []).append(frame)
     if options.val_fraction > 0 and "val" not in by_split and len(by_split.get("train", [])) > 1:
         by_split["val"] = [by_split["train"].pop()]  # a tiny project still gets a val image
-    instances = clipped = 0
+    instances = clipped = images_done = 0
     with staged_folder(out, "YOLO dataset") as stage:
         for split, split_frames in by_split.items():
             seen: dict[Path, str] = {}
@@ -135,6 +140,8 @@ def write_yolo_pose(
                         f"({Path(frame.path).with_suffix('.txt')}); rename one of them"
                     )
                 seen[label] = frame.path
+                written(images_done)  # may raise: a cancel removes the staged folder
+                images_done += 1
                 copy_image(frame.source, stage / "images" / split / frame.path)
                 lines = []
                 for inst in frame.instances:
@@ -147,6 +154,7 @@ def write_yolo_pose(
         text = yaml.safe_dump(data_yaml(project.schema, sorted(by_split), out), sort_keys=False,
                               allow_unicode=True, default_flow_style=None)
         (stage / "data.yaml").write_text(f"{MARKER}\n{text}", encoding="utf-8")
+        written(len(frames))
     notes = []
     if clipped:
         notes.append(f"{clipped} keypoint(s) outside their image moved onto its border")

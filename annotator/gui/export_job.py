@@ -1,0 +1,143 @@
+"""Exports on a pool thread, one at a time, with progress and a cooperative cancel.
+
+Both File > Export COCO (Ctrl+E) and File > Export as... run here. The snapshot an export
+reads is taken on the GUI thread in milliseconds; the document is built and written on a
+pool thread, and progress comes back through a queued signal, so a 100,000-image export never
+freezes the window. Cancel is a :class:`~annotator.jobs.progress.TaskState`: the writer's
+progress callback raises :class:`~annotator.jobs.progress.Cancelled`, and the writers stage
+their output beside the target, so a cancelled export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+from annotator.domain import Project
+from annotator.gui.pool_owner import PoolOwner
+from annotator.gui.thumbnails import register_pool_user
+from annotator.io.coco import CocoSource, ExportChoice
+from annotator.io.formats import ExportOptions, ProgressFn, export_project
+from annotator.io.video_formats import write_coco_with_frames
+from annotator.jobs.progress import Cancelled, TaskState
+
+log = logging.getLogger(__name__)
+
+#: the ``error`` of :attr:`Exporter.finished` for an export the user cancelled
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Written:
+    """What an export wrote: counts and the line the status bar shows."""
+
+    images: int
+    annotations: int
+    summary: str
+
+
+Work = Callable[[ProgressFn], Written]
+
+
+class _Emitter(QObject):
+    """Lives on the GUI thread; the pool thread emits through it (queued to the GUI)."""
+
+    progress = Signal(int, int)  # done, total
+    done = Signal(str, str, object)  # path, error ("" when written), Written | None
+
+
+class _ExportTask(QRunnable):
+    def __init__(self, emitter: _Emitter, path: str, work: Work, state: TaskState) -> None:
+        super().__init__()
+        self._emitter, self._path, self._work, self._state = emitter, path, work, state
+
+    def _progress(self, done: int, total: int) -> None:
+        self._state.check()  # raises Cancelled: the writer removes what it staged
+        self._emitter.progress.emit(done, total)
+
+    def run(self) -> None:
+        try:
+            self._state.check()
+            written = self._work(self._progress)
+            self._emitter.done.emit(self._path, "", written)
+        except Cancelled:
+            log.info("export to %s cancelled", self._path)
+            self._emitter.done.emit(self._path, CANCELLED, None)
+        except Exception as exc:  # noqa: BLE001 (reported on the GUI thread, never lost)
+            log.error("export to %s failed", self._path, exc_info=True)
+            known = isinstance(exc, (OSError, ValueError))
+            error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            self._emitter.done.emit(self._path, error, None)
+
+
+class Exporter(QObject, PoolOwner):
+    """Runs one export at a time on a pool thread; :attr:`finished` reports the outcome
+    (``error`` is "" when written, :data:`CANCELLED` after :meth:`cancel`); :attr:`last`
+    holds what the export that just finished wrote."""
+
+    progress = Signal(int, int)  # done, total
+    finished = Signal(str, str, int, int)  # path, error ("" on success), images, annotations
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)
+        self._emitter = _Emitter(self)
+        self._emitter.progress.connect(self.progress)
+        self._emitter.done.connect(self._on_done)
+        self._running: str | None = None
+        self._state: TaskState | None = None
+        #: "coco" (Export COCO) or the format of the running / last export
+        self.kind = ""
+        self.last: Written | None = None
+        register_pool_user(self)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def start(self, project: Project, path: str, choice: ExportChoice) -> bool:
+        """Export COCO: snapshot ``project`` now and write it to ``path`` in the background
+        (video frames the file lists are decoded beside it); False when one is running."""
+        source = CocoSource.of(project)  # immutable: the user may edit on meanwhile
+
+        def work(progress: ProgressFn) -> Written:
+            images, annotations = write_coco_with_frames(source, path, choice, progress)
+            return Written(images, annotations, f"Exported {path}: {images} images, "
+                                                f"{annotations} annotations ({choice.describe()})")
+
+        return self._start("coco", path, work)
+
+    def start_format(self, project: Project, fmt: str, path: str,
+                     options: ExportOptions) -> bool:
+        """Export as: write ``project`` in ``fmt`` (see :mod:`annotator.io.formats`) from a
+        snapshot taken now; False when an export is running."""
+        p = project  # immutable values: copied in milliseconds, rebuilt on the pool thread
+        parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
+
+        def work(progress: ProgressFn) -> Written:
+            report = export_project(Project(*parts), fmt, path, options, progress)
+            return Written(report.images, report.instances, report.summary())
+
+        return self._start(fmt, path, work)
+
+    def _start(self, kind: str, path: str, work: Work) -> bool:
+        if self._running is not None:
+            return False
+        self._running, self.kind = path, kind
+        self._state = TaskState()
+        self._pool.start(_ExportTask(self._emitter, path, work, self._state))
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running export to stop at its next progress step (nothing is written)."""
+        if self._state is not None:
+            self._state.cancel()
+
+    def _on_done(self, path: str, error: str, written: Written | None) -> None:
+        self._running, self._state, self.last = None, None, written
+        self.finished.emit(path, error, written.images if written else 0,
+                           written.annotations if written else 0)

@@ -1,0 +1,169 @@
+"""Prediction streaming: the worker's results coalesce in an inbox and the GUI thread
+applies them in bounded slices, in order, none lost (also when the window closes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from annotator.domain import ImageStatus, Keypoint, KeypointSchema, Origin, Visibility
+from annotator.gui.result_feed import BoundedFeed, ResultInbox
+from tests.builders import blank_images
+from tests.test_gui_support import (  # noqa: F401 (fixtures)
+    make_window,
+    no_thread_leaks,
+    qt_isolated,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_inbox_wakes_once_per_burst_and_keeps_order():
+    inbox: ResultInbox[int] = ResultInbox()
+    wakes = [inbox.put(i) for i in range(5)]
+    assert wakes == [True, False, False, False, False]  # one wake for the burst
+    assert inbox.take() == [0, 1, 2, 3, 4] and len(inbox) == 0
+    assert inbox.put(5) is True  # empty again: the next one wakes the reader
+
+    def writer() -> None:
+        for i in range(6, 2006):
+            inbox.put(i)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    got = []
+    while t.is_alive() or len(inbox):
+        got += inbox.take()
+    t.join()
+    got += inbox.take()
+    assert got == list(range(5, 2006))  # across threads: every item, in order
+
+
+def test_feed_applies_a_budgeted_slice_per_drain_and_everything_on_flush():
+    clock = FakeClock()
+    applied: list[list[int]] = []
+
+    def apply(batch: list[int]) -> None:
+        applied.append(batch)
+        clock.t += 0.004  # each chunk costs 4 ms
+
+    feed: BoundedFeed[int] = BoundedFeed(apply, chunk=3, budget_s=0.010, clock=clock)
+    feed.extend(list(range(20)))
+    assert feed.drain() == 9  # 3 chunks reach the 10 ms budget (4, 8, 12 ms)
+    assert applied == [[0, 1, 2], [3, 4, 5], [6, 7, 8]] and len(feed) == 11
+    feed.extend([20, 21])  # arrivals queue behind the backlog
+    assert feed.drain() == 9
+    assert feed.flush() == 4
+    assert [i for b in applied for i in b] == list(range(22))  # every one, in order
+    assert max(len(b) for b in applied) <= 3
+    slow = BoundedFeed(lambda b: setattr(clock, "t", clock.t + 1.0), chunk=2, clock=clock)
+    slow.extend([1, 2, 3])
+    assert slow.drain() == 2  # at least one chunk, even over budget
+    assert slow.drain() == 1 and slow.drain() == 0
+
+
+N_IMAGES = 60
+SCHEMA = KeypointSchema("dot", ("a", "b"))
+
+
+def many_image_window(qtbot, tmp_path):  # noqa: ANN001, ANN201
+    root = tmp_path / "imgs"
+    blank_images(root, {f"im{i:03d}.png": (24, 16) for i in range(N_IMAGES)}, 40)
+    window = make_window(qtbot)
+    path = tmp_path / "many.kpproj"
+    project = window.new_project(str(root), SCHEMA, str(path))
+    assert project is not None
+    ref = project.images[0].path
+    for j in range(2):
+        project.set_keypoint(ref, j, Keypoint(3.0 + j, 4.0, Visibility.VISIBLE, Origin.MANUAL))
+    project.set_status(ref, ImageStatus.REFERENCE)
+    return window, project, path
+
+
+def instant_results(monkeypatch, hold: threading.Event | None = None):  # noqa: ANN001, ANN201
+    """Replace the propagation job by one that yields a prediction per target at once (far
+    faster than a GUI tick), x = the target's index; with ``hold``, then waits for cancel
+    (the run stays open) after setting ``hold``."""
+    from annotator.jobs import propagate as job
+
+    def run(request, engine, state, loader=None, head=None):  # noqa: ANN001, ANN202
+        for i, target in enumerate(request.targets):
+            path = getattr(target, "path", target)
+            yield job.Prediction(str(path), np.array([[float(i), 1.0], [float(i), 2.0]]),
+                                 np.array([0.9, 0.8]), np.ones(2, bool), np.zeros(2, bool),
+                                 (24, 16))
+        if hold is not None:
+            hold.set()
+            while not state.is_cancelled():
+                time.sleep(0.01)
+
+    monkeypatch.setattr(job, "run_propagation", run)
+
+
+def test_results_faster_than_a_tick_are_applied_in_slices_in_order(qtbot, tmp_path,
+                                                                   monkeypatch):
+    window, project, _path = many_image_window(qtbot, tmp_path)
+    hold = threading.Event()
+    instant_results(monkeypatch, hold)
+    window._pending.chunk, window._pending.budget_s = 4, 0.0  # one 4-image slice a tick
+    batches: list[list[str]] = []
+    apply = window._pending._apply
+    window._pending._apply = lambda b: (batches.append([p.path for p in b]), apply(b))
+    ticks = [0]  # batches applied so far, after each tick
+    for timer in (window.flush_timer, window.catch_up_timer):
+        timer.timeout.connect(lambda: ticks.append(len(batches)))
+    delivered = []
+    window.controller.prediction_ready.connect(lambda p: delivered.append(p.path))
+    targets = [r.path for r in project.images[1:]]
+
+    assert window.propagate()
+    assert hold.wait(20)  # all results produced at once; the run stays open
+    qtbot.waitUntil(lambda: len(delivered) == len(targets), timeout=20_000)
+    assert delivered == targets  # every result crossed the thread, in order
+    qtbot.waitUntil(lambda: sum(map(len, batches)) == len(targets), timeout=20_000)
+    assert window.controller.busy  # applied by the ticks, not by the end of the run
+    assert all(b - a <= 1 for a, b in zip(ticks, ticks[1:]))  # one slice per tick
+    assert len(ticks) > len(targets) // 4  # so it took many ticks
+    assert max(len(b) for b in batches) <= 4
+    applied = [p for b in batches for p in b]
+    assert applied == targets  # all of them, once each, in arrival order
+    for i, path in enumerate(targets):
+        kp = project.annotation(path).instances[0].keypoints[0]
+        assert (kp.x, kp.origin) == (float(i), Origin.PREDICTED)
+    with qtbot.waitSignal(window.controller.run_finished, timeout=5000):
+        window.cancel_propagation()
+    window.close()
+
+
+def test_results_waiting_when_the_window_closes_are_saved(qtbot, tmp_path, monkeypatch):
+    window, project, path = many_image_window(qtbot, tmp_path)
+    hold = threading.Event()
+    instant_results(monkeypatch, hold)
+    window._pending.chunk, window._pending.budget_s = 1, 0.0  # a slow GUI: a big backlog
+    assert window.propagate()
+    assert hold.wait(20)  # every result is in the inbox or delivered; the run stays open
+    qtbot.wait(30)
+    applied = sum(project.status(r.path) == ImageStatus.PREDICTED for r in project.images)
+    assert applied < N_IMAGES - 1  # a backlog is still waiting
+    window.close()  # cancels the run, applies what arrived, saves
+
+    again = make_window(qtbot)
+    reopened = again.open_project(str(path))
+    assert reopened is not None
+    targets = [r.path for r in reopened.images[1:]]
+    assert [reopened.status(p) for p in targets] == [ImageStatus.PREDICTED] * len(targets)
+    assert [reopened.annotation(p).instances[0].keypoints[0].x for p in targets] == [
+        float(i) for i in range(len(targets))]
+    again.close()
+
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
