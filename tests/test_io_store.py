@@ -229,6 +229,17 @@ def test_the_preview_reads_the_images_and_a_summary_of_every_annotation(tmp_path
         store.close()
 
 
+def _execute(path, *statements: str) -> None:
+    """Run ``statements`` on the store at ``path`` and commit (damage made by hand)."""
+    con = sqlite3.connect(path)
+    try:
+        for sql in statements:
+            con.execute(sql)
+        con.commit()
+    finally:
+        con.close()
+
+
 def test_a_damaged_preview_is_refused_by_name(tmp_path):
     import pytest
 
@@ -236,11 +247,8 @@ def test_a_damaged_preview_is_refused_by_name(tmp_path):
 
     path = tmp_path / "p.kpproj"
     save_project(rich_project(tmp_path), path)
-    con = sqlite3.connect(path)
-    con.execute("UPDATE annotations SET status = 'guessed' WHERE path = 'reviewed.png'")
-    con.execute("UPDATE instances SET keypoints = '[[1, 2]]' WHERE path = 'ref.png'")
-    con.commit()
-    con.close()
+    _execute(path, "UPDATE annotations SET status = 'guessed' WHERE path = 'reviewed.png'",
+             "UPDATE instances SET keypoints = '[[1, 2]]' WHERE path = 'ref.png'")
     with pytest.raises(ProjectFileError, match="reviewed.png.*guessed"):
         read_preview(path)
     store = ProjectStore(path)
@@ -249,11 +257,8 @@ def test_a_damaged_preview_is_refused_by_name(tmp_path):
             read_annotation(store, "ref.png")
     finally:
         store.close()
-    con = sqlite3.connect(path)
-    con.execute("UPDATE annotations SET status = 'reviewed' WHERE path = 'reviewed.png'")
-    con.execute("UPDATE images SET data = '{\"width\": -3}' WHERE path = 'empty.png'")
-    con.commit()
-    con.close()
+    _execute(path, "UPDATE annotations SET status = 'reviewed' WHERE path = 'reviewed.png'",
+             "UPDATE images SET data = '{\"width\": -3}' WHERE path = 'empty.png'")
     with pytest.raises(ProjectFileError, match="empty.png.*width"):
         read_preview(path)
 
