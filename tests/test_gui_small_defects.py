@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from annotator.domain import ImageAnnotation, ImageStatus, Instance, Keypoint, Origin, Visibility
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
     content_engine,
     make_window,
@@ -100,15 +101,6 @@ def _permanent_widgets(bar):  # noqa: ANN001, ANN202
 
 def test_window_at_1024_x_640_shows_the_status_text_and_the_instance_list_whole(qtbot,
                                                                                 tmp_path):
-    from annotator.domain import (
-        ImageAnnotation,
-        ImageStatus,
-        Instance,
-        Keypoint,
-        Origin,
-        Visibility,
-    )
-
     window = make_window(qtbot, size=(1024, 640))
     project = open_demo_project(window, tmp_path)
     qtbot.waitUntil(lambda: window.width() == 1024 and window.height() == 640)
@@ -190,8 +182,6 @@ def test_reference_pane_fits_the_image_and_never_repeats_the_current_one(qtbot, 
     # with a second reference, the pane shows the other one
     project.set_keypoint("chelsea_crop.jpg", 0, project.annotation(
         "chelsea.jpg").instances[0].keypoints[0])
-    from annotator.domain import ImageStatus
-
     project.set_status("chelsea_crop.jpg", ImageStatus.REFERENCE)
     qtbot.waitUntil(lambda: pane.reference == "chelsea_crop.jpg", timeout=3000)
     assert [pane.choice.itemText(i) for i in range(pane.choice.count())] == [
@@ -203,15 +193,6 @@ def test_reference_pane_fits_the_image_and_never_repeats_the_current_one(qtbot, 
 
 def test_other_instances_and_low_scored_boxes_can_be_hidden(qtbot, tmp_path):
     from PySide6.QtCore import Qt
-
-    from annotator.domain import (
-        ImageAnnotation,
-        ImageStatus,
-        Instance,
-        Keypoint,
-        Origin,
-        Visibility,
-    )
 
     window = make_window(qtbot)
     project = open_demo_project(window, tmp_path)
