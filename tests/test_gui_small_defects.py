@@ -191,6 +191,37 @@ def test_reference_pane_fits_the_image_and_never_repeats_the_current_one(qtbot, 
     window.close()
 
 
+def test_reference_pane_keeps_its_list_per_change_and_leaves_out_the_edited_image(qtbot,
+                                                                                 tmp_path):
+    """The merged pane: the reference list is kept current per changed image (no rescan)
+    while the image being edited is still never offered, and when it is the only reference
+    the pane says so."""
+    window = make_window(qtbot, size=(1400, 860))
+    project = open_demo_project(window, tmp_path)
+    pane = window.editor.reference_pane
+    show_image(window, "chelsea_crop.jpg")
+    assert pane.reference == "chelsea.jpg"
+    refs = pane._refs
+    assert refs == project.reference_paths() == ["chelsea.jpg"]
+    project.set_keypoint("chelsea_crop.jpg", 0, project.annotation(
+        "chelsea.jpg").instances[0].keypoints[0])
+    project.set_status("chelsea_crop.jpg", ImageStatus.REFERENCE)
+    assert pane._refs is refs  # updated in place, not scanned again
+    assert refs == project.reference_paths()  # in project order
+    assert set(refs) == {"chelsea.jpg", "chelsea_crop.jpg"}
+    pane.update_view()
+    assert [pane.choice.itemText(i) for i in range(pane.choice.count())] == ["chelsea.jpg"]
+    project.set_status("chelsea.jpg", ImageStatus.PREDICTED)
+    assert pane._refs is refs and refs == ["chelsea_crop.jpg"]
+    pane.update_view()
+    assert pane.reference is None and pane.choice.count() == 0
+    assert pane.canvas._message == "This image is the only reference"
+    other = next(r.path for r in project.images if r.path not in refs)
+    show_image(window, other)
+    assert pane.reference == "chelsea_crop.jpg"
+    window.close()
+
+
 def test_other_instances_and_low_scored_boxes_can_be_hidden(qtbot, tmp_path):
     from PySide6.QtCore import Qt
 
