@@ -313,21 +313,23 @@ def render(results: dict[str, Any], table: dict[str, Any], preset: str) -> str:
         cells = [fmt(f"{v:.1f}" for v in per["default"][m]) for m in METHODS]
         lines.append(f"| {name} | {KIND.get(name, '?')} | {e['images']} ({e['instances']}) | "
                      f"{e['keypoints']} | {npairs} | {points} | " + " | ".join(cells) + " |")
-    full = [n for n, per in table.items() if all(v in per for v in VARIANTS)]
+    # the variants this run measured on every set (a partial run still gets its means)
+    ran = [v for v in VARIANTS if table and all(v in per for per in table.values())]
+    full = [n for n, per in table.items() if all(v in per for v in ran)]
     lines += ["", f"Mean over the {len(full)} sets (each set weighs the same):", "",
               "| method | @0.05 | @0.1 | @0.2 |", "|---|---|---|---|"]
-    rows = [(f"engine, {v}", v, "engine") for v in VARIANTS]
+    rows = [(f"engine, {v}", v, "engine") for v in ran]
     rows += [("box copy", "default", "box copy"), ("copy", "default", "copy")]
     for label, variant, method in rows:
         means = np.nanmean([[table[n][variant][method][i] for i in range(len(ALPHAS))]
                             for n in full], axis=0) if full else [np.nan] * len(ALPHAS)
         lines.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
     lines += ["", "PCK@0.1 per set and variant (engine; box copy last):", "",
-              "| set | " + " | ".join(VARIANTS) + " | box copy |",
-              "|---" * (len(VARIANTS) + 2) + "|"]
+              "| set | " + " | ".join(ran) + " | box copy |",
+              "|---" * (len(ran) + 2) + "|"]
     for n in full:
         lines.append(f"| {n} | " + " | ".join(f"{table[n][v]['engine'][1]:.1f}"
-                                               for v in VARIANTS)
+                                               for v in ran)
                      + f" | {table[n]['default']['box copy'][1]:.1f} |")
     return "\n".join(lines)
 

@@ -53,8 +53,11 @@ def test_a_reader_never_gets_wrong_maps_while_another_process_replaces_the_entry
         while not ready.exists():
             assert writer.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
+        # at least 2 s of reads, then until both values were seen (a loaded machine slows
+        # the writer down; the deadline only bounds a broken writer)
+        start = time.monotonic()
+        while time.monotonic() < start + 2.0 or (
+                (seen < 20 or values != {1.0, 2.0}) and time.monotonic() < start + 60):
             maps = reader.get(KEY)
             reads += 1
             if maps is None:  # between a deletion of a damaged entry and a rewrite: a miss
@@ -69,7 +72,7 @@ def test_a_reader_never_gets_wrong_maps_while_another_process_replaces_the_entry
         stop.touch()
         out, _ = writer.communicate(timeout=60)
     writes = int(out.strip())
-    assert writes > 10 and seen > 10, (writes, seen, reads)
+    assert writes >= 2 and seen >= 20, (writes, seen, reads)
     assert values == {1.0, 2.0}  # the reader did see the writer's replacements
     assert reader.stats().corrupt == 0 and reader.stats().misses == 0
 

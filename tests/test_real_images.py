@@ -120,3 +120,19 @@ def test_eval_labelled_on_real_frames_scores_engine_and_both_baselines(cache_dir
     assert result.scores["copy"].pck(0.1, "image") < 100.0
     table = render_table(result)
     assert "| engine |" in table and "| box copy |" in table and "| copy |" in table
+
+
+def test_label_boxes_and_a_dominant_prior_reproduce_the_box_copy(cache_dir):
+    """The spatial prior is framed by the object box, as the box-copy baseline is (not by the
+    crop, which a border clips): with the prior dominating, the engine puts every point
+    exactly where the box copy does."""
+    from annotator.jobs.eval_labelled import LabelledEvalConfig, evaluate_labelled
+
+    project = read_dlc(REACHING)
+    settings = _settings(cache_dir, prior_weight=50.0)
+    result = evaluate_labelled(project, build_engine(settings),
+                               LabelledEvalConfig(references=1, boxes="labels", max_targets=3),
+                               TaskState(), settings)
+    engine, copy = result.scores["engine"], result.scores["box copy"]
+    assert len(engine) == len(copy) > 0
+    assert np.allclose(engine.errors, copy.errors, atol=0.5), (engine.errors, copy.errors)

@@ -102,11 +102,14 @@ class CropRect:
 @dataclass(frozen=True, eq=False)
 class ImageCrop:
     """Pixels of ``rect`` of an image (``mirrored``: flipped left-right), to be featurized as
-    an image of their own. ``key`` names the rectangle for the feature cache."""
+    an image of their own. ``key`` names the rectangle for the feature cache. ``box`` (x, y,
+    w, h, image pixels), when known, is the object box the crop was framed around (the crop
+    is the box plus a margin, clipped to the image); it is not part of the key."""
 
     pixels: np.ndarray
     rect: CropRect
     mirrored: bool = False
+    box: Box | None = None
 
     def __post_init__(self) -> None:
         px = np.asarray(self.pixels)
@@ -115,8 +118,18 @@ class ImageCrop:
                              f"{self.rect.tag}")
 
     @classmethod
-    def of(cls, image: np.ndarray, rect: CropRect) -> ImageCrop:
-        return cls(rect.apply(image), rect)
+    def of(cls, image: np.ndarray, rect: CropRect, box: Box | None = None) -> ImageCrop:
+        return cls(rect.apply(image), rect, box=box)
+
+    def crop_box(self) -> Box | None:
+        """``box`` in this crop's own pixels (mirrored with it); None when unknown."""
+        if self.box is None:
+            return None
+        x, y, w, h = (float(v) for v in self.box)
+        x -= self.rect.x0
+        if self.mirrored:
+            x = self.rect.width - x - w
+        return (x, y - self.rect.y0, w, h)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -127,7 +140,8 @@ class ImageCrop:
         return f"crop={self.rect.tag}{',mirrored' if self.mirrored else ''}"
 
     def flipped(self) -> ImageCrop:
-        return ImageCrop(np.ascontiguousarray(self.pixels[:, ::-1]), self.rect, not self.mirrored)
+        return ImageCrop(np.ascontiguousarray(self.pixels[:, ::-1]), self.rect, not self.mirrored,
+                         self.box)
 
 
 def keypoint_box(points: np.ndarray) -> Box | None:

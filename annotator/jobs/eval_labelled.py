@@ -208,7 +208,11 @@ def evaluate_labelled(project: Project, engine: Engine, config: LabelledEvalConf
     for path in refs:
         for inst in labelled_instances(project, path):
             pts, valid = _points(inst)
-            specs.append(ReferenceSpec(path, tuple(map(tuple, pts)), tuple(valid), inst.bbox))
+            # with label boxes, references and targets alike are framed by the labelled
+            # keypoints' box, the baselines' box (a drawn box frames the object differently)
+            specs.append(ReferenceSpec(path, tuple(map(tuple, pts)), tuple(valid),
+                                       _box_of(inst) if config.boxes == "labels" else
+                                       inst.bbox))
             box = _box_of(inst)
             p = np.where(valid[:, None], pts, np.nan)
             ref_pts.append(p)
@@ -218,7 +222,7 @@ def evaluate_labelled(project: Project, engine: Engine, config: LabelledEvalConf
     target_boxes = []
     if config.boxes == "labels":
         for path in targets:
-            boxes = tuple(inst.bbox or _box_of(inst) for inst in labelled_instances(project, path))
+            boxes = tuple(_box_of(inst) for inst in labelled_instances(project, path))
             target_boxes.append((path, tuple(b for b in boxes if b is not None)))
     flip_pairs = project.schema.flip_pairs if settings.flip else ()
     request = PropagateRequest(project.image_root, tuple(specs), tuple(targets),

@@ -195,17 +195,18 @@ def reference_crop(image: np.ndarray, spec: ReferenceSpec, margin: float
     h, w = image.shape[:2]
     points = np.asarray(spec.points, float).reshape(-1, 2)
     valid = np.asarray(spec.valid, bool)
-    if spec.box is not None:
-        rect = CropRect.around(spec.box, w, h, margin)
+    box = spec.box  # the crop's object box only when drawn: a keypoint box frames differently
+    if box is not None:
+        rect = CropRect.around(box, w, h, margin)
     else:
-        box = keypoint_box(points[valid])
-        if box is None:
+        kbox = keypoint_box(points[valid])
+        if kbox is None:
             return None
-        rect = CropRect.around(box, w, h, margin, min_side=max(16, round(0.1 * max(w, h))))
+        rect = CropRect.around(kbox, w, h, margin, min_side=max(16, round(0.1 * max(w, h))))
     valid = valid & rect.contains(points)
     if not valid.any():
         return None
-    return ImageCrop.of(image, rect), rect.to_crop(points), valid
+    return ImageCrop.of(image, rect, box), rect.to_crop(points), valid
 
 
 def _instance(result: TransferResult, rect: CropRect | None, box: Box | None
@@ -289,7 +290,7 @@ def run_propagation(
             for box, rbox in zip(crop_boxes, recorded):
                 state.check()
                 rect = CropRect.around(box, w, h, settings.crop_margin)
-                crop = ImageCrop.of(image, rect)
+                crop = ImageCrop.of(image, rect, box)
                 result = (rules.crop(crop) if boxes else rules.found_crop(crop)) \
                     or cropped(crop)
                 preds.append(_inside(_instance(result, rect, rbox), rect))
@@ -326,13 +327,17 @@ class _Rules:
         from annotator import references as rules
 
         if kind not in self._protos:
-            weight = self.settings.prior_weight
-            if weight is None:
-                weight = rules.choose_prior_weight(self.engine, refs)
-                log.info("%s prototypes: spatial prior weight %g (leave-one-out over %d "
-                         "references)", kind, weight, len(refs))
-            params = rules.PrototypeParams(weight,
-                                           review_threshold=self.settings.review_threshold)
+            params = rules.PrototypeParams(review_threshold=self.settings.review_threshold)
+            if self.settings.prior_weight is None:
+                # one reference: a prior only between drawn boxes (a found box is framed by
+                # features, too loosely to place a keypoint by its position alone)
+                one = rules.ONE_REFERENCE if kind == "crop" else (0.0, None)
+                params = rules.choose_prior(self.engine, refs, params, one_reference=one)
+                log.info("%s prototypes: spatial prior weight %g, layout margin %s "
+                         "(leave-one-out over %d references)", kind, params.prior_weight,
+                         params.layout_margin, len(refs))
+            else:
+                params = replace(params, prior_weight=self.settings.prior_weight)
             self._protos[kind] = (rules.build_prototypes(self.engine, refs), params)
         protos, params = self._protos[kind]
         return rules.prototype_transfer(self.engine, protos, target, params)
@@ -361,18 +366,18 @@ class _Rules:
             h, w = image.shape[:2]
             pts = np.asarray(spec.points, float).reshape(-1, 2)
             valid = np.asarray(spec.valid, bool)
-            best, inside = None, 0
+            best, best_box, inside = None, None, 0
             for box in self.find_boxes(image):
                 rect = CropRect.around(box, w, h, margin)
                 n = int((rect.contains(pts) & valid).sum())
                 if n > inside:
-                    best, inside = rect, n
+                    best, best_box, inside = rect, box, n
             if best is None or inside < valid.sum():  # the box misses a labelled point
                 crop = reference_crop(image, spec, margin)
                 if crop is not None:
                     refs.append(crop)
                 continue
-            refs.append((ImageCrop.of(image, best), best.to_crop(pts),
+            refs.append((ImageCrop.of(image, best, best_box), best.to_crop(pts),
                          valid & best.contains(pts)))
         return refs
 

@@ -99,8 +99,8 @@ class PrototypeMatch:
 def prior_log_density(protos: Prototypes, content: tuple[float, float, float, float],
                       grid: int, cell: float, min_std: float) -> torch.Tensor:
     """(K, G*G) Gaussian log-density (up to a constant) of each target cell under the spatial
-    prior, for a target whose crop covers canvas ``content`` = (x0, y0, w, h) px. ``min_std``
-    is added to the references' spread (box-normalised units)."""
+    prior, for a target whose object frame covers canvas ``content`` = (x0, y0, w, h) px.
+    ``min_std`` is added to the references' spread (box-normalised units)."""
     x0, y0, w, h = content
     centres = cell_centres(np.arange(grid, dtype=np.float64), cell)
     gx = (centres - x0) / max(w, 1e-9)
@@ -111,6 +111,13 @@ def prior_log_density(protos: Prototypes, content: tuple[float, float, float, fl
     ly = -0.5 * ((gy[None, :] - protos.prior_mean[:, 1:]) / sy) ** 2  # (K, G) over rows
     logp = ly[:, :, None] + lx[:, None, :]  # (K, rows, cols)
     return torch.from_numpy(logp.reshape(len(protos), grid * grid)).float()
+
+
+def box_layout(protos: Prototypes, content: tuple[float, float, float, float]) -> np.ndarray:
+    """(K, 2) canvas points where the references put each keypoint, placed in ``content``
+    (x0, y0, w, h): the box copy."""
+    x0, y0, w, h = content
+    return np.stack([x0 + protos.prior_mean[:, 0] * w, y0 + protos.prior_mean[:, 1] * h], 1)
 
 
 def match_prototypes(protos: Prototypes, target: torch.Tensor, cell: float,
@@ -148,3 +155,32 @@ def match_prototypes(protos: Prototypes, target: torch.Tensor, cell: float,
         cells = torch.stack([best % g, best // g], dim=1).double().numpy()
     found = (protos.count > 0) & torch.isfinite(score.max(dim=1).values).numpy()
     return PrototypeMatch(cell_centres(cells, cell), best_sim.double().numpy(), found)
+
+
+def keep_layout(protos: Prototypes, target: torch.Tensor, match: PrototypeMatch,
+                layout: np.ndarray, cell: float, radius: float, margin: float
+                ) -> PrototypeMatch:
+    """Keep each keypoint at its ``layout`` point (K, 2 canvas: where the references put it in
+    this target's box) unless ``match`` found a cell clearly more similar to its prototype:
+    by more than ``margin`` (cosine) over the best cell within ``radius`` canvas pixels of the
+    layout point (at least the cell under it). The prior says where the keypoint should be;
+    features override it only when they disagree clearly (a box copy refined where the
+    features are sure)."""
+    t = _unit(target, "target")
+    g = t.shape[1]
+    lay = np.asarray(layout, np.float64).reshape(-1, 2)
+    if len(lay) != len(protos) or len(match.canvas) != len(protos):
+        raise ValueError(f"layout {lay.shape} and match ({len(match.canvas)}) must have one "
+                         f"row per prototype ({len(protos)})")
+    if len(lay) == 0:
+        return match
+    sim = (protos.vectors @ t.flatten(1)).double().numpy()  # (K, G*G)
+    centres = cell_centres(np.arange(g, dtype=np.float64), cell)
+    gx, gy = np.meshgrid(centres, centres)  # (rows, cols) -> flat index row * g + col
+    d = np.hypot(gx.ravel()[None, :] - lay[:, :1], gy.ravel()[None, :] - lay[:, 1:])
+    near = d <= max(radius, 0.75 * cell)
+    local = np.where(near, sim, -np.inf).max(axis=1)
+    ok = np.isfinite(lay).all(axis=1) & np.isfinite(local)
+    move = ~ok | (match.similarity - np.where(ok, local, 0.0) > margin)
+    canvas = np.where(move[:, None], match.canvas, np.where(ok[:, None], lay, 0.0))
+    return PrototypeMatch(canvas, np.where(move, match.similarity, local), match.found)
