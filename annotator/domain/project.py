@@ -98,8 +98,9 @@ class ProjectSettings:
     #: learn from reviewed images: a per-project keypoint head, used by propagation once it
     #: was trained on enough reviewed images (annotator.jobs.train)
     use_head: bool = True
-    #: weight of the box-normalised spatial prior of the prototype rule (0 = off); None:
-    #: chosen per run by leaving each reference out (annotator.references; none with one)
+    #: weight of the box-normalised spatial prior of the prototype rule (0 = off; a set weight
+    #: comes with the layout rule); None: weight and rule chosen per run by leaving each
+    #: reference out (annotator.references.choose_prior; with one: 0.1 between drawn boxes)
     prior_weight: float | None = None
 
     def __post_init__(self) -> None:

@@ -179,7 +179,9 @@ class SettingsDialog(QDialog):
         self.prior_weight.setValue(-0.01 if settings.prior_weight is None
                                    else settings.prior_weight)
         self.prior_weight.setToolTip("Weight of where the keypoint sits in the references' "
-                                     "boxes against feature similarity (0: off)")
+                                     "boxes against feature similarity (0: off). With a "
+                                     "prior, a keypoint stays at that place unless the "
+                                     "features clearly prefer another")
         form.addRow("Targets without boxes", self.boxes)
         form.addRow("Several references", self.combine)
         form.addRow("Position prior weight", self.prior_weight)
