@@ -74,7 +74,10 @@ def test_a_reader_never_gets_wrong_maps_while_another_process_replaces_the_entry
     writes = int(out.strip())
     assert writes >= 2 and seen >= 20, (writes, seen, reads)
     assert values == {1.0, 2.0}  # the reader did see the writer's replacements
-    assert reader.stats().corrupt == 0 and reader.stats().misses == 0
+    # a torn read is read again; only an entry replaced on every attempt is a miss (the
+    # maps are then computed again, never wrong): rare even against this tight loop
+    stats = reader.stats()
+    assert stats.corrupt == 0 and stats.misses * 100 <= stats.hits, stats
 
 
 def test_entries_follow_the_umask(tmp_path):
