@@ -6,13 +6,14 @@ A 5 ms timer on the GUI thread is the heartbeat; a stall is the gap between its 
 5 ms. Per project, ``--rounds`` rounds of: open (time until the window answers again, until the
 gallery shows the project's rows, until the full load is in and editing starts, worst stall
 meanwhile), scroll the gallery top to bottom (60 steps, one per 16 ms), a stream of 20 edits
-(one per 50 ms, autosaved), one autosave, the exports of ``--formats`` (Export COCO, Ctrl+E,
-for "coco"; File > Export as for the others; every predicted image goes out; the stall and the
-time to the written file), close. Per phase the longest cyclic garbage collection
-(``gc.callbacks``, any thread) is recorded too, and the process's resident memory after each
-round. The worst over the rounds is reported. Writes JSON to --out. The generated project's
-image files are tiny placeholders, written once for the formats that copy images (YOLO pose,
-DeepLabCut).
+(one per 50 ms, autosaved), one autosave, propagation streaming (``--propagate`` images, a fake
+engine yielding 1,000 predictions/s through the real worker and result feed), the exports of
+``--formats`` (Export COCO, Ctrl+E, for "coco"; File > Export as for the others; every
+predicted image goes out; the stall and the time to the written file), close. Per phase the
+longest cyclic garbage collection (``gc.callbacks``, any thread) is recorded too, and the
+process's resident memory after each round. The worst over the rounds is reported. Writes JSON
+to --out. The generated project's image files are tiny placeholders, written once for the
+formats that copy images (YOLO pose, DeepLabCut).
 
     QT_QPA_PLATFORM=offscreen PYTHONPATH=$PWD python benchmarks/store_gui_bench.py \\
         --images 100000 --rounds 3 --out /tmp/store-gui.json
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -165,8 +167,53 @@ def measure_exports(win, begin: Callable[[], None], phase: Callable[[str], None]
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
+FAKE_KEYPOINTS = [17]  # the fake engine's keypoints per prediction: the open project's
+
+
+def fake_fast_propagation(per_image_s: float = 0.001) -> None:
+    """Replace the propagation job by a fake engine that yields a prediction (every keypoint) per
+    target every ``per_image_s`` (1,000 images/s: faster than any real engine), so the phase
+    measures what the GUI thread does with a stream of results, not the engine."""
+    import numpy as np
+
+    from annotator.jobs import propagate as job
+
+    k = FAKE_KEYPOINTS
+
+    def run(request, engine, state, loader=None, head=None):  # noqa: ANN001, ANN202, ARG001
+        for i, target in enumerate(request.targets):
+            if state.is_cancelled():
+                return
+            n = k[0]
+            xy = np.column_stack([np.full(n, float(i % 50)), np.arange(n, dtype=float)])
+            yield job.Prediction(str(getattr(target, "path", target)), xy, np.full(n, 0.9),
+                                 np.ones(n, bool), np.zeros(n, bool), (64, 48))
+            time.sleep(per_image_s)
+
+    job.run_propagation = run
+
+
+def measure_propagation(win, project, paths: list[str], n: int,  # noqa: ANN001
+                        res: dict[str, float]) -> None:
+    """Propagate from the first image to the next ``n`` with the fake fast engine; the
+    seconds until every result is applied (the phase's stall is taken by the caller)."""
+    from annotator.domain import ImageStatus
+
+    if project.status(paths[0]) != ImageStatus.REFERENCE:
+        project.set_status(paths[0], ImageStatus.REFERENCE)
+    FAKE_KEYPOINTS[0] = len(project.schema)
+    targets = paths[1:n + 1]
+    t = time.perf_counter()
+    fake = SimpleNamespace(loaded=False, fingerprint="bench-fake",  # models never read
+                           config=SimpleNamespace(fusion="dino"))
+    ok = win.start_propagation(engine_factory=lambda *a, **k: fake, targets=targets)
+    ok = ok and run_until(lambda: not win.controller.busy, 600)
+    res["propagate_s"] = time.perf_counter() - t if ok else float("nan")
+    res["propagate_images"] = len(targets)
+
+
 def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
-              formats: tuple[str, ...] = ()) -> dict[str, float]:
+              formats: tuple[str, ...] = (), propagate: int = 0) -> dict[str, float]:
     res: dict[str, float] = {}
 
     def phase(name: str) -> None:
@@ -213,6 +260,12 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
     run_until(lambda: not win.autosaver.dirty, 30)
     run_for(0.1)
     phase("autosave")
+    # ---- propagation streaming (fake fast engine)
+    if propagate:
+        begin()
+        measure_propagation(win, project, paths, propagate, res)
+        run_until(lambda: not win.autosaver.dirty, 60)
+        phase("propagate")
     # ---- exports
     if formats:
         placeholder_images(project, formats)
@@ -238,6 +291,8 @@ def main() -> int:
     ap.add_argument("--formats", default=",".join(FORMATS),
                     help="exports to measure, comma-separated ('' for none): "
                          + ", ".join(FORMATS))
+    ap.add_argument("--propagate", type=int, default=2000,
+                    help="images to propagate to with a fake fast engine (0: no such phase)")
     args = ap.parse_args()
     formats = tuple(f for f in args.formats.split(",") if f)
     if "sleap" in formats:
@@ -275,9 +330,12 @@ def main() -> int:
     win.open_demo(str(demo_dir))
     demo_path = Path(win.project_path)
     win.close_project()
+    if args.propagate:
+        fake_fast_propagation()
     beat, gcw = Heartbeat(), GcWatch()
     for name, path in (("demo", demo_path), ("big", big)):
-        rounds = [one_round(win, path, beat, gcw, formats) for _ in range(args.rounds)]
+        rounds = [one_round(win, path, beat, gcw, formats, args.propagate)
+                  for _ in range(args.rounds)]
         worst = {k: round(max(r[k] for r in rounds), 3) for k in rounds[0]}
         out[name] = worst
         out[f"{name}_rounds"] = rounds

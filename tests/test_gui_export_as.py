@@ -213,3 +213,62 @@ def test_export_as_reports_progress_and_cancel_leaves_nothing(qtbot, tmp_path, m
     assert not [m for m in window.messages if m[0] == "error"]
     assert project.annotations() == before and window.project is project
     window.close()
+
+
+def test_export_runs_with_the_collector_paused(qtbot, tmp_path, monkeypatch):
+    """The cyclic collector is off while an export writes (no full collection over what the
+    export makes stalls the GUI) and on again afterwards, also after a failed export."""
+    import gc
+
+    from annotator.gui import export_job
+
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    add_prediction(project)
+    seen: list[bool] = []
+    real = export_job.export_project
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export_job, "export_project", spy)
+    monkeypatch.setattr(ExportDialog, "exec", choose("label-studio", tmp_path / "ls.json", True))
+    assert gc.isenabled()
+    window.act_export_as.trigger()
+    window.wait_export_as(30)
+    assert seen == [False] and gc.isenabled() and (tmp_path / "ls.json").exists()
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(gc.isenabled())
+        raise ValueError("disk says no")
+
+    monkeypatch.setattr(export_job, "export_project", broken)
+    monkeypatch.setattr(ExportDialog, "exec", choose("label-studio", tmp_path / "x.json", True))
+    window.act_export_as.trigger()
+    window.wait_export_as(30)
+    assert seen == [False, False] and gc.isenabled()
+    assert "disk says no" in str(window.messages)
+    window.close()
+
+
+def test_gc_paused_nests_and_restores():
+    """Nested pauses (two exports, or an export and a load) re-enable only at the end, and a
+    collector that was already off stays off."""
+    import gc
+
+    from annotator.gui.gc_pause import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from annotator.domain import Project
+from annotator.gui.gc_pause import gc_paused
 from annotator.gui.pool_owner import PoolOwner
 from annotator.gui.thumbnails import register_pool_user
 from annotator.io.coco import CocoSource, ExportChoice
@@ -61,7 +62,8 @@ class _ExportTask(QRunnable):
     def run(self) -> None:
         try:
             self._state.check()
-            written = self._work(self._progress)
+            with gc_paused():  # see gc_pause: no full collection over what the export makes
+                written = self._work(self._progress)
             self._emitter.done.emit(self._path, "", written)
         except Cancelled:
             log.info("export to %s cancelled", self._path)
