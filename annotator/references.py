@@ -3,9 +3,10 @@
 Engine-level glue (features through the engine's cache, then the pure tensor functions of
 ``annotator.matching.prototype`` and ``annotator.matching.localize``):
 
-- :func:`build_prototypes` / :func:`prototype_transfer`: each keypoint's query is the mean of
-  every reference's descriptor at that keypoint, plus a box-normalised spatial prior; one
-  match per keypoint per target, whatever the number of references.
+- :func:`prototype_rule` (or :func:`build_prototypes`) / :func:`prototype_transfer`: each
+  keypoint's query is the mean of every reference's descriptor at that keypoint, plus a
+  box-normalised spatial prior chosen by leaving each reference out; one match per keypoint
+  per target, whatever the number of references.
 - :func:`object_model` / :func:`find_boxes`: the labelled reference instances localise the
   same kind of object in a whole target image, by feature similarity, no detector weights.
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PrototypeParams:
     """``prior_weight`` scales the spatial prior's log-density against cosine similarity
-    (0: off; see :func:`choose_prior`); ``prior_min_std`` is added to the references'
+    (0: off; see :func:`prototype_rule`); ``prior_min_std`` is added to the references'
     spread (box-normalised units). Box-normalised: relative to the object box a crop was
     framed around (``ImageCrop.box``), else to the whole image."""
 
@@ -70,12 +71,10 @@ def shared_descriptor(engine: Engine, maps: FeatureMaps) -> torch.Tensor:
 
     extractor = engine.extractor
     if not pair_dependent(extractor):
-        d = extractor.describe(maps)
-    else:
-        from annotator.features import fusion
+        return extractor.describe(maps)
+    from annotator.features import fusion
 
-        d = fusion.fuse("concat", maps.layers, maps.grid)
-    return d
+    return fusion.fuse("concat", maps.layers, maps.grid)
 
 
 def _content_mask(maps: FeatureMaps) -> np.ndarray:
@@ -178,7 +177,7 @@ def build_prototypes(engine: Engine,
     return _prototypes(_samples(engine, references))
 
 
-#: spatial prior weights tried by :func:`choose_prior`
+#: spatial prior weights tried by :func:`prototype_rule`
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
 #: layout rules tried with each non-zero weight (PrototypeParams.layout_margin)
 LAYOUT_MARGINS = (None, 0.2)
@@ -191,20 +190,31 @@ PRIOR_MARGIN = 0.15
 ONE_REFERENCE = (0.1, 0.2)
 
 
-def choose_prior(engine: Engine, references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]],
-                 params: PrototypeParams | None = None,
-                 weights: Sequence[float] = PRIOR_WEIGHTS,
-                 margins: Sequence[float | None] = LAYOUT_MARGINS,
-                 one_reference: tuple[float, float | None] = ONE_REFERENCE) -> PrototypeParams:
-    """``params`` with the spatial prior weight and layout rule that predict the references
-    themselves best, leaving each out in turn (prototypes and prior from the others; hits
-    within 0.05, 0.1 and 0.2 of its keypoint box, then the weaker rule; a prior must beat
-    none by PRIOR_MARGIN). Where objects keep their place and pose in their boxes (a fixed
-    camera and task) the prior helps a lot; where they turn freely it misleads. With one
-    reference there is nothing to leave out: ``one_reference`` (weight, layout margin) when it
-    is a crop framed by a drawn or found object box, else no prior."""
-    params = params or PrototypeParams()
+def prototype_rule(engine: Engine,
+                   references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]],
+                   params: PrototypeParams, choose: bool,
+                   one_reference: tuple[float, float | None] = ONE_REFERENCE
+                   ) -> tuple[Prototypes, PrototypeParams]:
+    """Prototypes of ``references`` and the params to transfer them with. With ``choose``,
+    the spatial prior weight and layout rule that predict the references themselves best,
+    leaving each out in turn (prototypes and prior from the others; hits within 0.05, 0.1 and
+    0.2 of its keypoint box, then the weaker rule; a prior must beat none by PRIOR_MARGIN).
+    Where objects keep their place and pose in their boxes (a fixed camera and task) the prior
+    helps a lot; where they turn freely it misleads. With one reference there is nothing to
+    leave out: ``one_reference`` (weight, layout margin) when it is a crop framed by a drawn or
+    found object box, else no prior."""
     samples = _samples(engine, references)
+    if choose:
+        params = _choose(engine, samples, references, params, PRIOR_WEIGHTS, LAYOUT_MARGINS,
+                         one_reference)
+    return _prototypes(samples), params
+
+
+def _choose(engine: Engine, samples: Sequence[_Sample],
+            references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]],
+            params: PrototypeParams, weights: Sequence[float],
+            margins: Sequence[float | None], one_reference: tuple[float, float | None]
+            ) -> PrototypeParams:
     if len(samples) < 2:
         # only a box drawn or found around the object frames it as a target's box does
         # (whole images: the prior would copy coordinates; a keypoint box frames it tighter)

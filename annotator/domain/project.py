@@ -100,7 +100,7 @@ class ProjectSettings:
     use_head: bool = True
     #: weight of the box-normalised spatial prior of the prototype rule (0 = off; a set weight
     #: comes with the layout rule); None: weight and rule chosen per run by leaving each
-    #: reference out (annotator.references.choose_prior; with one: 0.1 between drawn boxes)
+    #: reference out (annotator.references.prototype_rule; one: 0.1 between drawn boxes)
     prior_weight: float | None = None
 
     def __post_init__(self) -> None:

@@ -208,12 +208,11 @@ def evaluate_labelled(project: Project, engine: Engine, config: LabelledEvalConf
     for path in refs:
         for inst in labelled_instances(project, path):
             pts, valid = _points(inst)
+            box = _box_of(inst)
             # with label boxes, references and targets alike are framed by the labelled
             # keypoints' box, the baselines' box (a drawn box frames the object differently)
             specs.append(ReferenceSpec(path, tuple(map(tuple, pts)), tuple(valid),
-                                       _box_of(inst) if config.boxes == "labels" else
-                                       inst.bbox))
-            box = _box_of(inst)
+                                       box if config.boxes == "labels" else inst.bbox))
             p = np.where(valid[:, None], pts, np.nan)
             ref_pts.append(p)
             if box is not None and box[2] > 0 and box[3] > 0:

@@ -328,17 +328,19 @@ class _Rules:
 
         if kind not in self._protos:
             params = rules.PrototypeParams(review_threshold=self.settings.review_threshold)
-            if self.settings.prior_weight is None:
-                # one reference: a prior only between drawn boxes (a found box is framed by
-                # features, too loosely to place a keypoint by its position alone)
-                one = rules.ONE_REFERENCE if kind == "crop" else (0.0, None)
-                params = rules.choose_prior(self.engine, refs, params, one_reference=one)
+            weight = self.settings.prior_weight
+            if weight is not None:
+                params = replace(params, prior_weight=weight)
+            # one reference: a prior only between drawn boxes (a found box is framed by
+            # features, too loosely to place a keypoint by its position alone)
+            one = rules.ONE_REFERENCE if kind == "crop" else (0.0, None)
+            protos, params = rules.prototype_rule(self.engine, refs, params, weight is None,
+                                                  one)
+            if weight is None:
                 log.info("%s prototypes: spatial prior weight %g, layout margin %s "
                          "(leave-one-out over %d references)", kind, params.prior_weight,
                          params.layout_margin, len(refs))
-            else:
-                params = replace(params, prior_weight=self.settings.prior_weight)
-            self._protos[kind] = (rules.build_prototypes(self.engine, refs), params)
+            self._protos[kind] = (protos, params)
         protos, params = self._protos[kind]
         return rules.prototype_transfer(self.engine, protos, target, params)
 
