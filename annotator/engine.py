@@ -173,15 +173,25 @@ class Engine:
         cfg = self.config
         if "{category}" not in cfg.prompt or not cfg.uses_sd:
             return self
+        return self.with_config(cfg.replace(prompt=cfg.prompt_for(category))) or self
+
+    def with_config(self, config: FeatureConfig) -> Engine | None:
+        """An engine with another feature ``config`` (prompt, resolution) that shares this
+        one's loaded models, device, dtype, cache and match params (its cache key follows the
+        new config). None when the models cannot be shared: a plugged-in extractor, or a
+        config needing a model this engine does not have."""
         from annotator.features.sd_dino import SDDinoExtractor
 
-        filled = cfg.replace(prompt=cfg.prompt_for(category))
+        if self._plugged or (config.uses_sd and not self.config.uses_sd) \
+                or (config.uses_dino and not self.config.uses_dino) \
+                or config.adapter != self.config.adapter:
+            return None
         base = self.extractor
         if not isinstance(base, SDDinoExtractor):
-            return self
-        engine = Engine(self.source, filled, self.runtime, self.cache, match=self._match,
+            return None
+        engine = Engine(self.source, config, self.runtime, self.cache, match=self._match,
                         on_download=self.on_download)
-        engine._extractor = SDDinoExtractor(base.sd, base.dino, filled, base.device, base.dtype,
+        engine._extractor = SDDinoExtractor(base.sd, base.dino, config, base.device, base.dtype,
                                             base.batch_size, identity=engine.fingerprint,
                                             adapter=base.adapter)
         return engine

@@ -190,6 +190,41 @@ PRIOR_MARGIN = 0.15
 ONE_REFERENCE = (0.1, 0.2)
 
 
+def coarse_engine(engine: Engine) -> Engine | None:
+    """``engine`` at the fast preset's resolution (DINOv2 at 448 px, one 512 px SD pass,
+    32 x 32 cells), sharing its models; None when it is not finer than that or its models
+    cannot be shared (a plugged-in extractor)."""
+    from annotator.features.config import FAST
+
+    cfg = engine.config
+    if cfg.canvas_size <= FAST.canvas_size or cfg.grid <= FAST.grid:
+        return None
+    coarse = cfg.replace(sd_size=FAST.sd_size, sd_tile=FAST.sd_tile,
+                         sd_tile_offsets=FAST.sd_tile_offsets, dino_size=FAST.dino_size,
+                         grid=FAST.grid)
+    return engine.with_config(coarse)
+
+
+#: reference crops whose median longest side (their own pixels) is at least this share of the
+#: coarse canvas are matched at the coarse canvas (:func:`crop_engine`)
+LARGE_CROP = 0.5
+
+
+def crop_engine(engine: Engine, crops: Sequence[ImageLike]) -> Engine:
+    """The engine to match crops like ``crops`` (the references' crops) with: ``engine``, or
+    its :func:`coarse_engine` when the crops are large (median longest side >= LARGE_CROP x
+    the coarse canvas, i.e. 224 px for DINOv2 at 448). Measured with DINOv2-S (BENCHMARKS.md
+    "Real images"): objects of 200-300 px (Reaching) are matched better at 448 px than
+    upsampled to 840, small ones (openfield's 100-150 px mouse) better at 840."""
+    if not crops:
+        return engine
+    coarse = coarse_engine(engine)
+    if coarse is None:
+        return engine
+    side = float(np.median([max(_size(c)) for c in crops]))
+    return coarse if side >= LARGE_CROP * coarse.config.canvas_size else engine
+
+
 def prototype_rule(engine: Engine,
                    references: Sequence[tuple[ImageLike, np.ndarray, np.ndarray]],
                    params: PrototypeParams, choose: bool,

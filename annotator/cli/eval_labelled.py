@@ -26,6 +26,9 @@ def add_labelled_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prior-weight", type=float, default=None,
                    help="weight of the box-normalised spatial prior (0 = off; default: the "
                         "project's)")
+    g.add_argument("--crop-canvas", choices=("auto", "preset"), default=None,
+                   help="canvas of crop transfer: auto (large reference crops at the fast "
+                        "preset's 448 px, same models; default) or preset")
     g.add_argument("--learn", action="store_true",
                    help="train the learned keypoint head on the references and use it, as "
                         "propagation does once images are reviewed")
@@ -53,7 +56,8 @@ def settings_from_args(settings: Any, args: argparse.Namespace) -> Any:
                          ("sd_unet", getattr(args, "sd_unet", None)),
                          ("diy_checkpoint", getattr(args, "diy_checkpoint", None)),
                          ("cache_dir", args.cache_dir), ("combine", args.combine),
-                         ("prior_weight", args.prior_weight)):
+                         ("prior_weight", args.prior_weight),
+                         ("crop_canvas", getattr(args, "crop_canvas", None))):
         if value is not None:
             changes[field] = value
     changes["device"], changes["dtype"] = args.device, args.dtype

@@ -102,8 +102,14 @@ class ProjectSettings:
     #: comes with the layout rule); None: weight and rule chosen per run by leaving each
     #: reference out (annotator.references.prototype_rule; one: 0.1 between drawn boxes)
     prior_weight: float | None = None
+    #: canvas of crop transfer: "auto" matches large reference crops (median longest side
+    #: >= 224 px) at the fast preset's canvas with the same models, small ones at the
+    #: preset's (annotator.references.crop_engine); "preset": always the preset's canvas
+    crop_canvas: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.crop_canvas not in ("auto", "preset"):
+            raise ValueError(f"crop_canvas must be 'auto' or 'preset', got {self.crop_canvas!r}")
         if self.boxes not in ("auto", "none"):
             raise ValueError(f"boxes must be 'auto' or 'none', got {self.boxes!r}")
         if self.combine not in ("prototype", "best"):

@@ -182,11 +182,21 @@ class SettingsDialog(QDialog):
                                      "boxes against feature similarity (0: off). With a "
                                      "prior, a keypoint stays at that place unless the "
                                      "features clearly prefer another")
+        self.crop_canvas = QComboBox()
+        self.crop_canvas.addItem("Auto (large objects at 448 px)", "auto")
+        self.crop_canvas.addItem("The preset's", "preset")
+        self.crop_canvas.setCurrentIndex(max(0, self.crop_canvas.findData(
+            settings.crop_canvas)))
+        self.crop_canvas.setToolTip("Canvas of crop transfer: with auto, references whose "
+                                    "crops are 224 px or larger are matched at the fast "
+                                    "preset's 448 px canvas (same models), smaller ones "
+                                    "upsampled to the preset's")
         form.addRow("Targets without boxes", self.boxes)
         form.addRow("Several references", self.combine)
         form.addRow("Position prior weight", self.prior_weight)
         form.addRow("", self.crop)
         form.addRow("Crop margin (per side)", self.crop_margin)
+        form.addRow("Crop canvas", self.crop_canvas)
         form.addRow("Box detector model", self.detector_model)
         form.addRow("Detection prompt", self.detect_prompt)
         form.addRow("Detection score threshold", self.detect_threshold)
@@ -230,6 +240,7 @@ class SettingsDialog(QDialog):
             prior_weight=(None if self.prior_weight.value() < 0
                           else float(self.prior_weight.value())),
             crop_margin=float(self.crop_margin.value()),
+            crop_canvas=self.crop_canvas.currentData(),
             detector_model=self.detector_model.text() or self._base.detector_model,
             detect_prompt=self.detect_prompt.text().strip(),
             detect_threshold=float(self.detect_threshold.value()),

@@ -267,8 +267,16 @@ def run_propagation(
     boxes_of = dict(request.target_boxes)
     flip = propagation_flip(settings) and bool(request.flip_pairs)
     whole = _Transfer(engine, whole_refs, request.flip_pairs, flip)
-    cropped = _Transfer(engine, crop_refs, request.flip_pairs, flip)
-    rules = _Rules(engine, settings, request, images, whole_refs, crop_refs)
+    matcher = engine  # the engine of crop transfer: the preset's canvas, or a coarser one
+    if settings.crop == "bbox" and settings.crop_canvas == "auto":
+        from annotator.references import crop_engine
+
+        matcher = crop_engine(engine, [crop for crop, _, _ in crop_refs])
+        if matcher is not engine:
+            log.info("large reference crops: crops matched at %d px",
+                     matcher.config.canvas_size)
+    cropped = _Transfer(matcher, crop_refs, request.flip_pairs, flip)
+    rules = _Rules(matcher, settings, request, images, whole_refs, crop_refs)
 
     for done, path, image in load_targets(request.targets, request.image_root, loader, state):
         if isinstance(image, str):
