@@ -127,7 +127,7 @@ def run_labelled(args: argparse.Namespace) -> int:
     doc = {**result.to_json(), "source": str(args.source),
            "settings": {k: getattr(settings, k) for k in (
                "preset", "fusion", "dino_model", "sd_model", "flip", "soft_argmax", "boxes",
-               "combine", "prior_weight", "crop_margin")}}
+               "combine", "prior_weight", "crop_margin", "crop_canvas")}}
     (out / "report.json").write_text(json.dumps(doc, indent=1, default=str))
     plot_pck(result, out / "report_pck.png")
     sys.stdout.write(f"report: {out / 'report.md'}, {out / 'report.json'}, "
