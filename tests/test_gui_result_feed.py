@@ -3,8 +3,10 @@ applies them in bounded slices, in order, none lost (also when the window closes
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -177,8 +179,8 @@ def finished_with_a_backlog(qtbot, tmp_path, monkeypatch):  # noqa: ANN001, ANN2
     window.flush_timer.setInterval(600_000)  # nothing applied while the worker runs
     targets = [r.path for r in project.images[1:]]
     at_end: list[tuple[int, bool]] = []
-    window.controller.run_finished.connect(lambda _o: at_end.append(
-        (len(project.paths_with_status(ImageStatus.PREDICTED)), window.run_active)))
+    window.controller.run_finished.connect(lambda _o: at_end.append(  # never keeps project
+        (len(window.project.paths_with_status(ImageStatus.PREDICTED)), window.run_active)))
     return window, project, targets, at_end
 
 
@@ -262,6 +264,23 @@ def test_a_run_repaints_only_the_rows_it_changed(qtbot, tmp_path, monkeypatch):
     rows = [model.path_at(i) for i in range(model.rowCount())]
     model.refresh()  # the live re-sort left the rows where a full sort puts them
     assert [model.path_at(i) for i in range(model.rowCount())] == rows
+    window.close()
+
+
+
+def test_a_closed_project_is_not_kept_by_its_last_run(qtbot, tmp_path, monkeypatch):
+    """The run's baseline (every annotation as the run started) goes with the run: it kept a
+    closed project's annotations alive, freed all at once at the next run's start."""
+    window, project, targets, _at_end = finished_with_a_backlog(qtbot, tmp_path, monkeypatch)
+    with qtbot.waitSignal(window.run_ended, timeout=30_000):
+        assert window.propagate()
+    predicted_ann = weakref.ref(project.annotation(targets[-1]))
+    reference_ann = weakref.ref(project.annotation(project.images[0].path))
+    window.close_project()
+    assert window.project is None
+    del project
+    gc.collect()
+    assert predicted_ann() is None and reference_ann() is None
     window.close()
 
 
