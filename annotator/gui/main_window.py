@@ -1325,7 +1325,7 @@ class MainWindow(QMainWindow):
         """Send the project to the worker; predictions stream back into the gallery."""
         if self.project is None:
             return False
-        if not self.project.has_references():  # O(1) with a reference, not O(images)
+        if not self.project.has_references():  # stops at the first: no scan of 10^5 images
             self.show_message("info", "Propagate",
                               "Label a reference image first: select an image, click to place "
                               "its keypoints, make it a reference (Image > Use as reference, "
