@@ -207,7 +207,8 @@ def measure_propagation(win, project, paths: list[str], n: int,  # noqa: ANN001
     fake = SimpleNamespace(loaded=False, fingerprint="bench-fake",  # models never read
                            config=SimpleNamespace(fusion="dino"))
     ok = win.start_propagation(engine_factory=lambda *a, **k: fake, targets=targets)
-    ok = ok and run_until(lambda: not win.controller.busy, 600)
+    # until the run has ended for the user: the worker done and every result applied
+    ok = ok and run_until(lambda: not win.run_active, 600)
     res["propagate_s"] = time.perf_counter() - t if ok else float("nan")
     res["propagate_images"] = len(targets)
 

@@ -169,3 +169,26 @@ def test_a_failing_command_leaves_the_history_as_it_was():
     with pytest.raises(RuntimeError):
         stack.undo()
     assert stack.undo_text == "bad revert" and not stack.can_redo
+
+
+def test_has_references_agrees_with_reference_paths():
+    p = project()
+    seen = []
+
+    def check() -> None:
+        seen.append(p.has_references())
+        assert p.has_references() == bool(p.reference_paths())
+
+    check()  # nothing annotated
+    pred = Instance((Keypoint(1, 1, 2, Origin.PREDICTED, 0.3),) * 3)
+    p.set_annotation("a.jpg", ImageAnnotation((pred,), ImageStatus.PREDICTED), "predict")
+    check()  # a prediction is not a reference
+    p.set_status("sub/b.jpg", ImageStatus.REFERENCE)
+    check()  # marked reference, but without a labelled point
+    p.set_keypoint("sub/b.jpg", 0, Keypoint(3, 4, Visibility.VISIBLE))
+    check()
+    p.undo()
+    check()
+    p.set_status("a.jpg", ImageStatus.REVIEWED)
+    check()  # a reviewed prediction is usable as a reference
+    assert seen == [False, False, False, True, False, True]

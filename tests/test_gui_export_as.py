@@ -157,7 +157,7 @@ def test_export_coco_and_export_as_offer_the_same_choice(qtbot, tmp_path, monkey
     window.close()
 
 
-@pytest.mark.parametrize("fmt", ["yolo-pose", "label-studio", "coco"])
+@pytest.mark.parametrize("fmt", ["yolo-pose", "label-studio", "coco", "sleap"])
 def test_export_as_reports_progress_and_cancel_leaves_nothing(qtbot, tmp_path, monkeypatch,
                                                              fmt):
     """Export as runs like Export COCO: a progress bar that moves and a Cancel button; a
@@ -172,7 +172,8 @@ def test_export_as_reports_progress_and_cancel_leaves_nothing(qtbot, tmp_path, m
     before = project.annotations()
     out_dir = tmp_path / "exports"
     out_dir.mkdir()
-    target = out_dir / {"yolo-pose": "ds", "label-studio": "ls.json", "coco": "c.json"}[fmt]
+    target = out_dir / {"yolo-pose": "ds", "label-studio": "ls.json", "coco": "c.json",
+                        "sleap": "s.slp"}[fmt]  # SLEAP: written by a child process
     progress: list[tuple[int, int]] = []
     window.exporter.progress.connect(lambda d, t: progress.append((d, t)))
 

@@ -3,8 +3,10 @@ applies them in bounded slices, in order, none lost (also when the window closes
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -164,6 +166,122 @@ def test_results_waiting_when_the_window_closes_are_saved(qtbot, tmp_path, monke
     assert [reopened.annotation(p).instances[0].keypoints[0].x for p in targets] == [
         float(i) for i in range(len(targets))]
     again.close()
+
+
+
+def finished_with_a_backlog(qtbot, tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+    """A window whose run ends with every result still waiting: no tick during the run,
+    one 4-image slice per tick after it. Returns (window, project, targets, at_end) where
+    ``at_end`` holds (predicted images, run_active) seen just after the worker's end."""
+    window, project, _path = many_image_window(qtbot, tmp_path)
+    instant_results(monkeypatch)
+    window._pending.chunk, window._pending.budget_s = 4, 0.0
+    window.flush_timer.setInterval(600_000)  # nothing applied while the worker runs
+    targets = [r.path for r in project.images[1:]]
+    at_end: list[tuple[int, bool]] = []
+    window.controller.run_finished.connect(lambda _o: at_end.append(  # never keeps project
+        (len(window.project.paths_with_status(ImageStatus.PREDICTED)), window.run_active)))
+    return window, project, targets, at_end
+
+
+def test_a_finished_runs_backlog_is_applied_over_ticks(qtbot, tmp_path, monkeypatch):
+    window, project, targets, at_end = finished_with_a_backlog(qtbot, tmp_path, monkeypatch)
+    ticks = []
+    window.catch_up_timer.timeout.connect(lambda: ticks.append(
+        len(project.paths_with_status(ImageStatus.PREDICTED))))
+    with qtbot.waitSignal(window.run_ended, timeout=30_000) as ended:
+        assert window.propagate()
+    assert ended.args == ["done"]
+    assert at_end == [(4, True)]  # the worker's end applied one slice, not the backlog
+    assert len(ticks) >= (len(targets) - 4) // 4  # the rest, one slice per tick
+    assert all(b - a <= 4 for a, b in zip(ticks, ticks[1:]))
+    assert not window.run_active and not window.cancel_button.isVisible()
+    assert "finished" in window.statusBar().currentMessage()
+    for i, path in enumerate(targets):  # every prediction, in order
+        kp = project.annotation(path).instances[0].keypoints[0]
+        assert (kp.x, kp.origin) == (float(i), Origin.PREDICTED)
+    assert project.history.undo_text == "Propagate"
+    project.undo()  # the whole run, over all its ticks, is one undo step
+    assert project.paths_with_status(ImageStatus.PREDICTED) == []
+    window.close()
+
+
+def test_a_new_run_first_applies_the_backlog_of_the_last(qtbot, tmp_path, monkeypatch):
+    window, project, targets, at_end = finished_with_a_backlog(qtbot, tmp_path, monkeypatch)
+    ended: list[str] = []
+    window.run_ended.connect(ended.append)
+    with qtbot.waitSignal(window.controller.run_finished, timeout=30_000):
+        assert window.propagate()
+    assert window.run_active and at_end == [(4, True)] and ended == []
+    assert window.propagate(targets[:1])  # the next run: the last one's results first
+    assert ended == ["done"]
+    assert len(project.paths_with_status(ImageStatus.PREDICTED)) == len(targets)
+    project.undo()  # the first run is its own undo step
+    with qtbot.waitSignal(window.run_ended, timeout=30_000):
+        pass
+    window.close()
+
+
+def test_cancel_while_the_backlog_is_applied_keeps_what_was_applied(qtbot, tmp_path,
+                                                                    monkeypatch):
+    window, project, targets, at_end = finished_with_a_backlog(qtbot, tmp_path, monkeypatch)
+    path = window.project_path
+    with qtbot.waitSignal(window.controller.run_finished, timeout=30_000):
+        assert window.propagate()
+    assert at_end == [(4, True)] and window.cancel_button.isVisible()
+    assert window.act_cancel.isEnabled()
+    qtbot.waitUntil(lambda: len(project.paths_with_status(ImageStatus.PREDICTED)) >= 12,
+                    timeout=10_000)
+    with qtbot.waitSignal(window.run_ended, timeout=1000) as ended:
+        window.cancel_propagation()
+    assert ended.args == ["cancelled"] and not window.run_active
+    applied = project.paths_with_status(ImageStatus.PREDICTED)
+    assert 12 <= len(applied) < len(targets) and applied == targets[:len(applied)]
+    qtbot.wait(100)
+    assert project.paths_with_status(ImageStatus.PREDICTED) == applied  # the rest dropped
+    assert "cancelled" in window.statusBar().currentMessage()
+    window.close()  # saved: what was applied is kept
+
+    again = make_window(qtbot)
+    reopened = again.open_project(str(path))
+    assert reopened is not None
+    assert reopened.paths_with_status(ImageStatus.PREDICTED) == applied
+    again.close()
+
+
+def test_a_run_repaints_only_the_rows_it_changed(qtbot, tmp_path, monkeypatch):
+    window, project, _targets, _at_end = finished_with_a_backlog(qtbot, tmp_path, monkeypatch)
+    model = window.editor.gallery.model
+    targets = [r.path for r in project.images[10:20]]
+    repainted: list[tuple[int, int]] = []
+    model.dataChanged.connect(lambda top, bottom, roles=(): repainted.append(
+        (top.row(), bottom.row())) if not roles else None)  # thumbnails name their roles
+    with qtbot.waitSignal(window.run_ended, timeout=30_000):
+        assert window.propagate(targets)
+    assert repainted and all(top == bottom for top, bottom in repainted)  # never a range
+    assert {model.path_at(top) for top, _ in repainted} <= set(targets)
+    qtbot.waitUntil(lambda: not window.editor.gallery.live_timer.isActive(), timeout=5000)
+    rows = [model.path_at(i) for i in range(model.rowCount())]
+    model.refresh()  # the live re-sort left the rows where a full sort puts them
+    assert [model.path_at(i) for i in range(model.rowCount())] == rows
+    window.close()
+
+
+
+def test_a_closed_project_is_not_kept_by_its_last_run(qtbot, tmp_path, monkeypatch):
+    """The run's baseline (every annotation as the run started) goes with the run: it kept a
+    closed project's annotations alive, freed all at once at the next run's start."""
+    window, project, targets, _at_end = finished_with_a_backlog(qtbot, tmp_path, monkeypatch)
+    with qtbot.waitSignal(window.run_ended, timeout=30_000):
+        assert window.propagate()
+    predicted_ann = weakref.ref(project.annotation(targets[-1]))
+    reference_ann = weakref.ref(project.annotation(project.images[0].path))
+    window.close_project()
+    assert window.project is None
+    del project
+    gc.collect()
+    assert predicted_ann() is None and reference_ann() is None
+    window.close()
 
 
 pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")

@@ -341,3 +341,51 @@ def test_cli_export_states_its_choice(tmp_path, capsys):
     assert doc["annotations"][1]["keypoints"][2::3] == [2, 2]
     with pytest.raises(SystemExit, match="only with --include confident"):
         main(["export", str(project_file), "--out", str(out), "--min-confidence", "0.2"])
+
+
+def test_streamed_export_is_the_rendered_document_for_every_kind_of_content(tmp_path):
+    """The background export writes the file entry by entry (images as they are made, the
+    annotations spilled and copied after them): the same bytes as one json.dumps of the
+    document, for every scope, readable by pycocotools; a cancel leaves the old file and no
+    temporary file behind."""
+    from annotator.io.coco import render_coco
+    from annotator.jobs.progress import Cancelled
+    from tests.test_io_store import rich_project
+
+    p = rich_project(tmp_path)
+    blank_images(tmp_path, {"reviewed.png": (30, 20)})  # its size is read from the file
+    out = tmp_path / "out" / "coco.json"
+    for choice in (ExportChoice(), ExportChoice(ExportScope.PREDICTIONS),
+                   ExportChoice(ExportScope.CONFIDENT, 0.5)):
+        doc = export_coco(p, choice)
+        names: list[str] = []
+        counts = write_coco_text(p, out, choice, file_names=names)
+        assert counts == (len(doc["images"]), len(doc["annotations"])) and counts[1] >= 2
+        assert out.read_bytes() == json.dumps(doc).encode("ascii")  # the previous rendering
+        assert json.loads(out.read_text()) == doc
+        assert render_coco(p, choice) == (json.dumps(doc), *counts)
+        assert names == [im["file_name"] for im in doc["images"]]
+        coco = COCO(str(out))
+        assert len(coco.getAnnIds()) == counts[1] and len(coco.getImgIds()) == counts[0]
+    assert "sub/prédit.png" in names  # non-ASCII names escaped as json.dumps does
+    assert sorted(f.name for f in out.parent.iterdir()) == ["coco.json"]
+
+    before = out.read_bytes()
+    calls = []
+
+    def cancel_late(done: int, total: int) -> None:
+        calls.append(done)
+        if done == total:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        write_coco_text(p, out, ExportChoice(ExportScope.PREDICTIONS), cancel_late)
+    assert len(calls) >= 2 and out.read_bytes() == before
+    assert sorted(f.name for f in out.parent.iterdir()) == ["coco.json"]
+    def frames_fail() -> None:
+        raise ValueError("frames")
+
+    with pytest.raises(ValueError, match="frames"):  # an error before the rename
+        write_coco_text(p, out, before_rename=frames_fail)
+    assert out.read_bytes() == before
+    assert sorted(f.name for f in out.parent.iterdir()) == ["coco.json"]

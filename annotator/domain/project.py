@@ -225,6 +225,12 @@ class Project:
         wanted = set(statuses)
         return [r.path for r in self._images if self.status(r.path) in wanted]
 
+    def has_references(self) -> bool:
+        """Whether :meth:`reference_paths` is not empty (stops at the first reference; only
+        the annotated images are looked at)."""
+        usable = (ImageStatus.REFERENCE, ImageStatus.REVIEWED)
+        return any(a.status in usable and a.has_labels for a in self._annotations.values())
+
     def reference_paths(self) -> list[str]:
         """Images usable as references: marked reference or reviewed, with labels."""
         return [

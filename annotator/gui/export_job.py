@@ -23,6 +23,7 @@ from annotator.gui.thumbnails import register_pool_user
 from annotator.io.coco import CocoSource, ExportChoice
 from annotator.io.formats import ExportOptions, ProgressFn, export_project
 from annotator.io.video_formats import write_coco_with_frames
+from annotator.jobs.export_child import write_sleap_in_child
 from annotator.jobs.progress import Cancelled, TaskState
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,12 @@ class Exporter(QObject, PoolOwner):
         parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
 
         def work(progress: ProgressFn) -> Written:
-            report = export_project(Project(*parts), fmt, path, options, progress)
+            snapshot = Project(*parts)
+            if fmt == "sleap" and not any(r.video is not None for r in snapshot.images):
+                # sleap-io's save_slp holds the GIL for long: written by a child process
+                report = write_sleap_in_child(snapshot, path, options, progress)
+            else:
+                report = export_project(snapshot, fmt, path, options, progress)
             return Written(report.images, report.instances, report.summary())
 
         return self._start(fmt, path, work)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from annotator.domain import (
     ImageAnnotation,
@@ -21,7 +23,9 @@ class ProjectSnapshot:
     image_root: str
     images: tuple[ImageRecord, ...]
     schema: KeypointSchema
-    annotations: tuple[tuple[str, ImageAnnotation], ...]
+    #: a read-only view of a copy of the project's annotations (one dict copy, no tuple per
+    #: image: the snapshot is taken on the GUI thread when a run starts)
+    annotations: Mapping[str, ImageAnnotation]
     settings: ProjectSettings
 
     @classmethod
@@ -30,7 +34,7 @@ class ProjectSnapshot:
             project.image_root,
             project.images,
             project.schema,
-            tuple(project.annotations().items()),
+            MappingProxyType(project.annotations()),
             project.settings,
         )
 

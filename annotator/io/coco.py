@@ -14,16 +14,19 @@ labelled keypoint (all v = 0, or no keypoints field: a detector's output) is a b
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from annotator.domain.annotation import (
     ImageAnnotation,
@@ -38,7 +41,7 @@ from annotator.domain.project import ImageRecord, Project
 from annotator.domain.schema import KeypointSchema, SchemaError, infer_flip_pairs
 from annotator.io.images import ImageLoadError, read_size, resolve_image_path
 from annotator.io.jsonio import MAX_COORDINATE, InputFormatError, loads_strict
-from annotator.io.project_file import atomic_write_text
+from annotator.io.project_file import atomic_write_text, atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -309,25 +312,61 @@ def export_coco(
     return doc
 
 
+def stream_coco(
+    project: Project | CocoSource,
+    out: TextIO,
+    choice: ExportChoice | None = None,
+    progress: ProgressFn | None = None,
+    file_names: list[str] | None = None,
+    spill_dir: str | os.PathLike[str] | None = None,
+) -> tuple[int, int]:
+    """Write ``json.dumps(export_coco(...))`` to ``out`` one entry at a time; returns (images,
+    annotations). Each image entry is written as soon as it is made; the annotation entries,
+    which come after every image in the document, wait in an unnamed temporary file (in
+    ``spill_dir``) and are copied in chunks. No call holds the GIL for the whole document
+    (joining and encoding tens of MB in one go stalled the GUI thread) and no large graph of
+    objects is ever held. ``file_names`` receives the ``file_name`` of every image written."""
+    choice = choice or ExportChoice()
+    n_images = n_annotations = 0
+    with tempfile.TemporaryFile("w+", encoding="ascii", newline="", dir=spill_dir) as spill:
+        frame = _frame(project.schema, choice)
+        head = []
+        for key, value in frame.items():
+            if key == "images":
+                break
+            head.append(f"{json.dumps(key)}: {json.dumps(value, allow_nan=False)}")
+        out.write("{" + ", ".join(head) + ', "images": [')
+        for kind, entry in _entries(project, choice, progress):
+            text = json.dumps(entry, allow_nan=False)  # ASCII: ensure_ascii
+            if kind == "image":
+                out.write(text if n_images == 0 else ", " + text)
+                n_images += 1
+                if file_names is not None:
+                    file_names.append(entry["file_name"])
+            else:
+                spill.write(text if n_annotations == 0 else ", " + text)
+                n_annotations += 1
+        out.write('], "annotations": [')
+        spill.seek(0)
+        shutil.copyfileobj(spill, out, 1 << 16)
+        out.write("]")
+        after = list(frame)[list(frame).index("annotations") + 1:]
+        for key in after:
+            out.write(f", {json.dumps(key)}: {json.dumps(frame[key], allow_nan=False)}")
+        out.write("}")
+    return n_images, n_annotations
+
+
 def render_coco(
     project: Project | CocoSource,
     choice: ExportChoice | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[str, int, int]:
-    """(``json.dumps(export_coco(...))``, images, annotations), built one entry at a time:
-    each entry becomes text as soon as it is made, so a large export never holds a large
-    graph of objects (whose garbage collection or release would hold the GIL for long), and
-    a thread rendering it lets others run between entries."""
-    choice = choice or ExportChoice()
-    parts: dict[str, list[str]] = {"images": [], "annotations": []}
-    for kind, entry in _entries(project, choice, progress):
-        text = json.dumps(entry, allow_nan=False)
-        parts["images" if kind == "image" else "annotations"].append(text)
-    body = []
-    for key, value in _frame(project.schema, choice).items():
-        text = f"[{', '.join(parts[key])}]" if key in parts else json.dumps(value, allow_nan=False)
-        body.append(f"{json.dumps(key)}: {text}")
-    return "{" + ", ".join(body) + "}", len(parts["images"]), len(parts["annotations"])
+    """(``json.dumps(export_coco(...))``, images, annotations), built one entry at a time
+    (:func:`stream_coco` into a string)."""
+    buf = io.StringIO()
+    n_images, n_annotations = stream_coco(project, buf, choice, progress)
+    return buf.getvalue(), n_images, n_annotations
 
 
 def write_coco(
@@ -347,12 +386,24 @@ def write_coco_text(
     path: str | os.PathLike[str],
     choice: ExportChoice | None = None,
     progress: ProgressFn | None = None,
+    file_names: list[str] | None = None,
+    before_rename: Callable[[], None] | None = None,
 ) -> tuple[int, int]:
-    """Like :func:`write_coco` (the same bytes) but through :func:`render_coco`, for a
-    background thread; returns (images, annotations)."""
-    text, n_images, n_annotations = render_coco(project, choice, progress)
-    atomic_write_text(path, text, backup=False)
-    return n_images, n_annotations
+    """Like :func:`write_coco` (the same bytes) but streamed into the staged file entry by
+    entry (:func:`stream_coco`), for a background thread; returns (images, annotations).
+    ``before_rename`` runs once the text is written, before it replaces ``path`` (an error
+    there, or a cancel meanwhile, leaves ``path`` untouched)."""
+    with atomic_writer(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            counts = stream_coco(project, text, choice, progress, file_names,
+                                 spill_dir=Path(os.path.realpath(path)).parent)
+            text.flush()
+        finally:
+            text.detach()  # the writer closes (and fsyncs) the file itself
+        if before_rename is not None:
+            before_rename()
+    return counts
 
 
 # ==================================================================== import

@@ -4,6 +4,7 @@ JSON document of previous versions (``.kpproj.json``: opened and migrated, and w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -16,9 +17,9 @@ import stat
 import tempfile
 import time
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from annotator.domain.annotation import (
     ImageAnnotation,
@@ -364,7 +365,17 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, backup: bool = Tr
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, backup: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename), keeping ``path~``
-    as a backup of the previous version when ``backup`` is true.
+    as a backup of the previous version when ``backup`` is true (see :func:`atomic_writer`)."""
+    with atomic_writer(path, backup) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str], backup: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into, piece by piece; when the block
+    ends without an error it is fsynced and renamed over ``path`` (atomically), keeping
+    ``path~`` as a backup of the previous version when ``backup`` is true; after an error
+    (a cancel) nothing is left and ``path`` is untouched.
 
     A symlink is written through (its target is replaced, the link stays); an existing
     file keeps its permissions, a new one gets 0666 minus the umask; a read-only file is
@@ -386,7 +397,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, backup: bool =
     bak_tmp = None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         if st is not None:

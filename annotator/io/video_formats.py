@@ -325,16 +325,17 @@ def write_coco_with_frames(source: Any, path: str | os.PathLike[str], choice: An
     """:func:`annotator.io.coco.write_coco_text` of a snapshot (``CocoSource``) or project
     whose video frames the file lists are first decoded to PNG files beside it at their
     listed paths, as Export as writes COCO (``file_name`` relative to the file's folder);
-    the GUI's Export COCO runs it on a pool thread. Returns (images, annotations)."""
-    import json
+    the GUI's Export COCO runs it on a pool thread. Returns (images, annotations). The file is
+    streamed entry by entry into a staged file, renamed into place once the frames are out."""
+    from annotator.io.coco import write_coco_text
 
-    from annotator.io.coco import render_coco
-    from annotator.io.project_file import atomic_write_text
+    names: list[str] = []
 
-    text, n_images, n_annotations = render_coco(source, choice, progress)
-    if any(r.video is not None for r in source.images):
-        names = {im["file_name"] for im in json.loads(text)["images"]}
-        records = [r for r in source.images if r.path in names]
+    def frames() -> None:
+        if not any(r.video is not None for r in source.images):
+            return
+        listed = set(names)
+        records = [r for r in source.images if r.path in listed]
         base = Path(path).parent
         for r in records:
             if r.video is None and not (base / r.path).exists():
@@ -345,8 +346,8 @@ def write_coco_with_frames(source: Any, path: str | os.PathLike[str], choice: An
                            base)
         except VideoError as exc:
             raise FormatError(f"cannot export video frames: {exc}") from None
-    atomic_write_text(path, text, backup=False)
-    return n_images, n_annotations
+
+    return write_coco_text(source, path, choice, progress, names, before_rename=frames)
 
 
 # ---------------------------------------------------------------- dispatch

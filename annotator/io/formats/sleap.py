@@ -15,6 +15,7 @@ import logging
 import math
 import numbers
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +62,131 @@ def _is_prediction(inst: Instance) -> bool:
     )
 
 
-def to_sleap(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
-    """A SLEAP instance (a ``PredictedInstance`` when all its points are predictions)."""
+def _instance_arrays(np: Any, inst: Instance) -> tuple[Any, Any, bool, float]:
+    """(points (K, 3): x, y, 1 visible / 0 occluded, NaN rows where missing; point scores
+    (K,), 0 where none; whether it is a prediction; its score: the labelled points' mean)."""
     pts = np.full((len(inst.keypoints), 3), np.nan)
     for j, kp in enumerate(inst.keypoints):
         if kp.labelled:
             pts[j] = (kp.x, kp.y, 1.0 if kp.v == Visibility.VISIBLE else 0.0)
-    if _is_prediction(inst):
-        scores = np.array([kp.confidence or 0.0 for kp in inst.keypoints], dtype=float)
+    scores = np.array([kp.confidence or 0.0 for kp in inst.keypoints], dtype=float)
+    predicted = _is_prediction(inst)
+    score = 0.0
+    if predicted:
         labelled = [s for s, kp in zip(scores, inst.keypoints) if kp.labelled]
+        score = float(np.mean(labelled))
+    return pts, scores, predicted, score
+
+
+def _sleap_instance(sio: Any, np: Any, pts: Any, scores: Any, predicted: bool, score: float,
+                    skeleton: Any) -> Any:
+    if predicted:
         return sio.PredictedInstance.from_numpy(
-            pts[:, :2], point_scores=scores, score=float(np.mean(labelled)),
-            skeleton=skeleton,
-        )
+            pts[:, :2], point_scores=scores, score=score, skeleton=skeleton)
+    pts = pts.copy()
     pts[:, 2] = np.where(np.isnan(pts[:, 2]), 0.0, pts[:, 2])
     return sio.Instance.from_numpy(pts, skeleton=skeleton)
+
+
+def to_sleap(sio: Any, np: Any, inst: Instance, skeleton: Any) -> Any:
+    """A SLEAP instance (a ``PredictedInstance`` when all its points are predictions)."""
+    return _sleap_instance(sio, np, *_instance_arrays(np, inst), skeleton)
+
+
+@dataclass(frozen=True)
+class SleapPlan:
+    """What :func:`write_sleap` writes, as a few flat arrays: cheap to hand to another
+    process (:mod:`annotator.jobs.export_child`), which then builds sleap-io's objects and
+    writes the file without holding this process's GIL. N instances, K keypoints."""
+
+    schema: KeypointSchema
+    sources: tuple[str, ...]  # per image: its file (absolute)
+    sizes: Any  # (images, 2) int64: width, height
+    frame_of: Any  # (N,) int64: the image of each instance
+    points: Any  # (N, K, 3) float64, see _instance_arrays
+    scores: Any  # (N, K) float64
+    predicted: Any  # (N,) bool
+    score: Any  # (N,) float64
+    boxes: int  # instance boxes left out (SLEAP has none)
+
+    ARRAYS = ("sizes", "frame_of", "points", "scores", "predicted", "score")
+
+
+def plan_sleap(project: Project, options: ExportOptions = DEFAULT_EXPORT,
+               progress: ProgressFn | None = None) -> SleapPlan:
+    """The :class:`SleapPlan` of ``project`` (the scan and the arrays: all of the export's
+    work on our own objects; ``progress`` as for :func:`write_sleap`)."""
+    import numpy as np
+
+    frames = export_frames(project, options, progress)
+    written = write_phase(progress, project, len(frames))
+    k = len(project.schema)
+    frame_of: list[int] = []
+    pts_list, score_list, pred_list, inst_score = [], [], [], []
+    boxes = 0
+    for i, frame in enumerate(frames):
+        written(i)
+        for inst in frame.instances:
+            boxes += inst.bbox is not None
+            if not inst.num_labelled:
+                continue
+            pts, scores, predicted, score = _instance_arrays(np, inst)
+            frame_of.append(i)
+            pts_list.append(pts)
+            score_list.append(scores)
+            pred_list.append(predicted)
+            inst_score.append(score)
+    written(len(frames))  # the last chance to cancel before the file is written
+    n = len(frame_of)
+    return SleapPlan(
+        project.schema, tuple(str(f.source) for f in frames),
+        np.array([(f.width, f.height) for f in frames], dtype=np.int64).reshape(-1, 2),
+        np.array(frame_of, dtype=np.int64),
+        np.stack(pts_list) if n else np.zeros((0, k, 3)),
+        np.stack(score_list) if n else np.zeros((0, k)),
+        np.array(pred_list, dtype=bool), np.array(inst_score, dtype=np.float64), boxes)
+
+
+def write_plan(plan: SleapPlan, out: str | Path) -> ExportReport:
+    """Write a :class:`SleapPlan` as the SLEAP labels file ``out`` (sleap-io's objects are
+    built here: in a child process when the GUI exports, see annotator.jobs.export_child)."""
+    sio = require_sleap_io()
+    import numpy as np
+
+    out = Path(out)
+    sk = skeleton(sio, plan.schema)
+    per_frame: list[list[Any]] = [[] for _ in plan.sources]
+    for j in range(len(plan.frame_of)):
+        per_frame[int(plan.frame_of[j])].append(_sleap_instance(
+            sio, np, plan.points[j], plan.scores[j], bool(plan.predicted[j]),
+            float(plan.score[j]), sk))
+    labelled_frames = []
+    for source, (width, height), insts in zip(plan.sources, plan.sizes, per_frame):
+        video = sio.Video(
+            filename=source, open_backend=False,
+            backend_metadata={"shape": (1, int(height), int(width), 3)},
+        )
+        labelled_frames.append(sio.LabeledFrame(video=video, frame_idx=0, instances=insts))
+    labels = sio.Labels(labeled_frames=labelled_frames, skeletons=[sk])
+    try:
+        with staged_file(out) as stage:
+            sio.save_slp(labels, str(stage), embed=False, verbose=False)
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{out}: cannot be written ({exc})") from None
+    notes = []
+    if plan.boxes:
+        notes.append(f"{plan.boxes} instance box(es) not kept (SLEAP instances have no box)")
+    return ExportReport(out, len(plan.sources), len(plan.frame_of), tuple(notes))
+
+
+def check_sleap_target(out: str | Path) -> Path:
+    """``out`` as a Path, or a FormatError when it cannot name a SLEAP labels file (sleap-io
+    missing, not ``.slp``)."""
+    require_sleap_io()
+    out = Path(out)
+    if out.suffix != ".slp":
+        raise FormatError(f"{out}: a SLEAP labels file must end in .slp")
+    return out
 
 
 def write_sleap(
@@ -83,39 +194,8 @@ def write_sleap(
     progress: ProgressFn | None = None,
 ) -> ExportReport:
     """Write ``project`` as a SLEAP labels file ``out`` (``.slp``)."""
-    sio = require_sleap_io()
-    import numpy as np
-
-    out = Path(out)
-    if out.suffix != ".slp":
-        raise FormatError(f"{out}: a SLEAP labels file must end in .slp")
-    frames = export_frames(project, options, progress)
-    written = write_phase(progress, project, len(frames))
-    sk = skeleton(sio, project.schema)
-    labelled_frames = []
-    n_inst = 0
-    for i, frame in enumerate(frames):
-        written(i)
-        video = sio.Video(
-            filename=str(frame.source), open_backend=False,
-            backend_metadata={"shape": (1, frame.height, frame.width, 3)},
-        )
-        insts = [to_sleap(sio, np, inst, sk) for inst in frame.instances
-                 if inst.num_labelled]
-        n_inst += len(insts)
-        labelled_frames.append(sio.LabeledFrame(video=video, frame_idx=0, instances=insts))
-    labels = sio.Labels(labeled_frames=labelled_frames, skeletons=[sk])
-    written(len(frames))
-    try:
-        with staged_file(out) as stage:
-            sio.save_slp(labels, str(stage), embed=False, verbose=False)
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"{out}: cannot be written ({exc})") from None
-    notes = []
-    boxes = sum(1 for f in frames for i in f.instances if i.bbox is not None)
-    if boxes:
-        notes.append(f"{boxes} instance box(es) not kept (SLEAP instances have no box)")
-    return ExportReport(out, len(frames), n_inst, tuple(notes))
+    out = check_sleap_target(out)
+    return write_plan(plan_sleap(project, options, progress), out)
 
 
 def from_sleap(inst: Any, k: int, where: str) -> Instance:
