@@ -292,6 +292,9 @@ def main() -> int:
     ap.add_argument("--formats", default=",".join(FORMATS),
                     help="exports to measure, comma-separated ('' for none): "
                          + ", ".join(FORMATS))
+    ap.add_argument("--sort", default="Name",
+                    help="the gallery's sort during the rounds (Name, 'Worst first', Status): "
+                         "other than Name, streamed predictions move rows live")
     ap.add_argument("--propagate", type=int, default=2000,
                     help="images to propagate to with a fake fast engine (0: no such phase)")
     args = ap.parse_args()
@@ -333,6 +336,8 @@ def main() -> int:
     win.close_project()
     if args.propagate:
         fake_fast_propagation()
+    win.editor.gallery.sort_box.setCurrentText(args.sort)  # kept by every project opened
+    out["sort"] = win.editor.gallery.model.sort.value
     beat, gcw = Heartbeat(), GcWatch()
     for name, path in (("demo", demo_path), ("big", big)):
         rounds = [one_round(win, path, beat, gcw, formats, args.propagate)

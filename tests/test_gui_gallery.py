@@ -253,3 +253,51 @@ def test_live_refresh_under_the_unreadable_filter_sees_thumbnail_failures(qtbot,
     model.refresh([paths[7], paths[7]])  # the same image twice is one change
     assert model.rowCount() == 20
     loader.stop()
+
+
+@pytest.mark.parametrize("sort", [GallerySort.WORST_FIRST, GallerySort.STATUS])
+def test_a_live_refresh_moves_a_long_stream_of_changes_a_slice_per_tick(qtbot, tmp_path, sort):  # noqa: ANN001
+    """A propagation stream changes thousands of images between two live refreshes: each
+    refresh moves at most INCREMENTAL_MAX of them into place (no full re-sort, which holds the
+    GUI thread for a few hundred ms at 100,000 images) and asks for the next; once the
+    backlog is drained the rows equal a full sort. Edits arriving meanwhile join the backlog."""
+    from annotator.gui import gallery as gallery_mod
+
+    project = big_project(tmp_path, 1200)
+    loader = ThumbnailLoader()
+    model = gallery_mod.GalleryModel(loader)
+    model.set_project(project)
+    model.set_sort(sort)
+    full_calls = []
+    real = model._compute_rows
+    model._compute_rows = lambda: full_calls.append(1) or real()  # type: ignore[method-assign]
+    asked = []
+    model.order_stale.connect(lambda: asked.append(1))
+    paths = [r.path for r in project.images]
+    stream = paths[100:1100]  # 1,000 predictions, confidences falling with the index
+    for i, path in enumerate(stream):
+        kp = predicted(5, 5, round(1 - i / 1000, 4))
+        project.set_annotation(path, one_instance((kp, kp), ImageStatus.PREDICTED), "pred")
+    model.images_changed(set(stream))
+    ticks = 0
+    while True:
+        asked.clear()
+        stale = model.take_stale()
+        if not stale:
+            break
+        ticks += 1
+        if ticks == 2:  # an edit between two ticks joins the backlog
+            project.set_status(paths[0], ImageStatus.REVIEWED)
+            model.images_changed({paths[0]})
+        model.refresh(stale, live=True)
+        assert bool(asked) == bool(model._stale)  # more to do: another tick asked for
+    assert ticks == -(-1001 // gallery_mod.INCREMENTAL_MAX)  # 4 slices of at most 256
+    assert full_calls == []
+    assert [model.path_at(i) for i in range(model.rowCount())] == real()[0]
+    # without ``live`` (a user's refresh) a long change list still re-sorts in full at once
+    for path in stream[:300]:
+        project.set_status(path, ImageStatus.REVIEWED)
+    model.refresh(set(stream[:300]))
+    assert len(full_calls) == 1 and model.take_stale() == set()
+    assert [model.path_at(i) for i in range(model.rowCount())] == real()[0]
+    loader.stop()

@@ -13,6 +13,7 @@ from bisect import bisect_left
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from itertools import islice
 
 from PySide6.QtCore import (
     QAbstractListModel,
@@ -80,6 +81,9 @@ _STATUS_RANK = {
 
 #: at most this many changed images are moved into place one by one; more re-sort everything
 INCREMENTAL_MAX = 256
+#: a live refresh (refresh_live) moves at most INCREMENTAL_MAX of the changed images and leaves
+#: the rest for the next tick, while at most this many are waiting; more re-sort everything
+LIVE_BACKLOG_MAX = 50_000
 #: the rows of a project at least this big are freed on a background thread
 RELEASE_ROWS = 5000
 
@@ -221,13 +225,24 @@ class GalleryModel(QAbstractListModel):
         stale, self._stale = self._stale, set()
         return stale
 
-    def refresh(self, changed: Collection[str] | None = None) -> bool:
+    def refresh(self, changed: Collection[str] | None = None, live: bool = False) -> bool:
         """Re-apply the filter and the sort; returns whether the rows changed (when they did
         not, the rows are only repainted). With ``changed`` (the images edited since the last
         refresh), only those are moved into place when there are few of them; the result is
-        the same as a full re-sort."""
+        the same as a full re-sort. With ``live`` (the timer's refresh during a stream of
+        changes) a long ``changed`` is moved INCREMENTAL_MAX images at a time: the rest stay
+        stale and :attr:`order_stale` asks for another refresh, so each one is bounded work
+        (a full re-sort of 100,000 images holds the GUI thread for a few hundred ms)."""
         if changed is not None:
             changed = set(changed)
+            if live and INCREMENTAL_MAX < len(changed) <= LIVE_BACKLOG_MAX:
+                now = set(islice(changed, INCREMENTAL_MAX))
+                if self._can_update(now):
+                    if self._stale is not None:  # None: a full refresh is due anyway
+                        self._stale |= changed - now
+                    moved = self._update(now)
+                    self.order_stale.emit()
+                    return moved
             if self._can_update(changed):
                 return self._update(changed)
         self._stale = set()
@@ -310,7 +325,8 @@ class GalleryModel(QAbstractListModel):
         """Repaint the rows of ``paths`` (all rows when empty); with ``live``, say that the
         order or the filter may need applying again."""
         if live:
-            if not paths or self._stale is None or len(self._stale) + len(paths) > INCREMENTAL_MAX:
+            if not paths or self._stale is None \
+                    or len(self._stale) + len(paths) > LIVE_BACKLOG_MAX:
                 self._stale = None
             else:
                 self._stale.update(paths)
@@ -538,7 +554,7 @@ class GalleryPanel(QWidget):
         row = self.model.row_of(current) if current is not None else None
         visible = row is not None and self.view.viewport().rect().intersects(
             self.view.visualRect(self.model.index(row)))
-        if not self.model.refresh(self.model.take_stale()):
+        if not self.model.refresh(self.model.take_stale(), live=True):
             return
         if current is not None and self.model.row_of(current) is not None:
             self.select(current, emit=False, scroll=False)
