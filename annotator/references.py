@@ -196,8 +196,9 @@ def coarse_engine(engine: Engine) -> Engine | None:
     cannot be shared (a plugged-in extractor)."""
     from annotator.features.config import FAST
 
-    cfg = engine.config
-    if cfg.canvas_size <= FAST.canvas_size or cfg.grid <= FAST.grid:
+    cfg = getattr(engine, "config", None)  # engine-like objects without one: no choice
+    if cfg is None or not hasattr(engine, "with_config") \
+            or cfg.canvas_size <= FAST.canvas_size or cfg.grid <= FAST.grid:
         return None
     coarse = cfg.replace(sd_size=FAST.sd_size, sd_tile=FAST.sd_tile,
                          sd_tile_offsets=FAST.sd_tile_offsets, dino_size=FAST.dino_size,
