@@ -217,13 +217,12 @@ def crop_engine(engine: Engine, crops: Sequence[ImageLike]) -> Engine:
     the coarse canvas, i.e. 224 px for DINOv2 at 448). Measured with DINOv2-S (BENCHMARKS.md
     "Real images"): objects of 200-300 px (Reaching) are matched better at 448 px than
     upsampled to 840, small ones (openfield's 100-150 px mouse) better at 840."""
-    if not crops:
+    from annotator.features.config import FAST
+
+    if not crops or float(np.median([max(_size(c)) for c in crops])) \
+            < LARGE_CROP * FAST.canvas_size:
         return engine
-    coarse = coarse_engine(engine)
-    if coarse is None:
-        return engine
-    side = float(np.median([max(_size(c)) for c in crops]))
-    return coarse if side >= LARGE_CROP * coarse.config.canvas_size else engine
+    return coarse_engine(engine) or engine
 
 
 def prototype_rule(engine: Engine,
