@@ -301,3 +301,44 @@ def test_a_live_refresh_moves_a_long_stream_of_changes_a_slice_per_tick(qtbot, t
     assert len(full_calls) == 1 and model.take_stale() == set()
     assert [model.path_at(i) for i in range(model.rowCount())] == real()[0]
     loader.stop()
+
+
+def test_gallery_layout_does_not_call_the_python_model_per_row(qtbot, tmp_path, monkeypatch):  # noqa: ANN001
+    """The list view lays items out with index(row) for every row; on the Python model each
+    such call runs rowCount in Python and takes the GIL back from any busy worker (seconds of
+    frozen window at 100,000 images during an export). Through the panel's proxy a full
+    relayout and a re-sort stay in C++: far fewer Python calls than rows."""
+    from annotator.gui.gallery import GalleryModel
+
+    calls = [0]
+    plain = GalleryModel.rowCount
+
+    def counting(self, parent=None):  # noqa: ANN001, ANN202
+        calls[0] += 1
+        return plain(self) if parent is None else plain(self, parent)
+
+    monkeypatch.setattr(GalleryModel, "rowCount", counting)
+    n = 3000
+    project = big_project(tmp_path, n)
+    loader = ThumbnailLoader()
+    panel = GalleryPanel(loader)
+    qtbot.addWidget(panel)
+    panel.resize(400, 700)
+    panel.show()
+    qtbot.waitExposed(panel)
+    loader.set_root(project.image_root)
+    panel.model.set_project(project)
+    qtbot.wait(200)
+    assert panel.proxy.rowCount() == n  # every image is in the view
+    calls[0] = 0
+    panel.view.doItemsLayout()  # a full relayout, as after a resize
+    panel.sort_box.setCurrentText(GallerySort.WORST_FIRST.value)  # every row moves
+    qtbot.wait(300)  # the batched layout runs its course
+    assert calls[0] < n // 10
+    # the view still shows and selects the model's rows
+    path = panel.model.path_at(n - 1)
+    panel.select(path)
+    assert panel.view.currentIndex().row() == n - 1
+    assert panel.view.visualRect(panel.view_index(n - 1)).isValid()
+    panel.select(panel.model.path_at(0))
+    assert panel._current == panel.model.path_at(0)

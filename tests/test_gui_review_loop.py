@@ -273,14 +273,15 @@ def test_gallery_resorts_and_refilters_live_keeping_the_selection_in_view(qtbot,
     row = model.rowCount() - 5
     path = model.path_at(row)
     window.editor.show_image(path)
-    assert view.viewport().rect().intersects(view.visualRect(model.index(row)))
+    assert view.viewport().rect().intersects(view.visualRect(window.editor.gallery.view_index(row)))
     worse = {p: ImageAnnotation((Instance((low, low)),), ImageStatus.PREDICTED)
              for p in (f"img_{i:05d}.jpg" for i in range(7, 70, 3))}
     project.set_annotations(worse, "Propagate")
     qtbot.waitUntil(lambda: model.row_of(path) != row, timeout=3000)
     new_row = model.row_of(path)
     assert view.currentIndex().row() == new_row
-    assert view.viewport().rect().intersects(view.visualRect(model.index(new_row)))
+    new_rect = view.visualRect(window.editor.gallery.view_index(new_row))
+    assert view.viewport().rect().intersects(new_rect)
     assert window.editor.current_path == path  # the editor did not jump
 
     # picking the sort again re-sorts now and goes to the top

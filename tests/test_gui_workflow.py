@@ -30,7 +30,7 @@ TRUTH = json.loads((ROOT / "resources" / "demo" / "ground_truth.json").read_text
 
 def click_gallery(qtbot, window, path):  # noqa: ANN001, ANN201
     gallery = window.editor.gallery
-    index = gallery.model.index(gallery.model.row_of(path))
+    index = gallery.view_index(gallery.model.row_of(path))
     gallery.view.scrollTo(index)
     rect = gallery.view.visualRect(index)
     qtbot.mouseClick(gallery.view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
