@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+
+from annotator.io.freeing import take_apart
 
 _running = threading.Event()  # cleared while something urgent runs (see paused())
 _running.set()
@@ -50,48 +51,12 @@ def drop_in_background(obj: object, wait_s: float = 2.0) -> threading.Thread:
         while sys.getrefcount(holder[0]) > 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         if sys.getrefcount(holder[0]) == 2:  # ours alone: nobody sees it taken apart
-            _take_apart(holder)
+            take_apart(holder, pause=_pause)
         holder.clear()
 
     thread = threading.Thread(target=run, name="drop-project", daemon=True)
     thread.start()
     return thread
-
-
-_BIG = 1000  # containers with more entries than this are taken apart
-
-
-def _take_apart(root: list[Any]) -> None:
-    """Empty ``root`` and every big dict or list under it (also the attributes of objects
-    in it), entry by entry, so that no single free is big."""
-    stack: list[Any] = [root]
-    freed = 0
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            while item:
-                _key, value = item.popitem()
-                if _worth(value):
-                    stack.append(value)
-                del value
-                freed = _pause(freed)
-        elif isinstance(item, list):
-            while item:
-                value = item.pop()
-                if _worth(value):
-                    stack.append(value)
-                del value
-                freed = _pause(freed)
-        else:
-            attrs = getattr(item, "__dict__", None)
-            for name in list(attrs) if isinstance(attrs, dict) else ():
-                value = attrs[name]
-                # the attribute, ours, getrefcount's: held nowhere else
-                if isinstance(value, (dict, list)) and len(value) > _BIG \
-                        and sys.getrefcount(value) <= 3:
-                    stack.append(value)
-                del value
-        del item
 
 
 def _pause(freed: int) -> int:
@@ -103,18 +68,6 @@ def _pause(freed: int) -> int:
         time.sleep(0.004)
         _running.wait(30.0)
     return freed + 1
-
-
-def _worth(value: Any) -> bool:
-    """Whether ``value`` is taken apart too: a big container, or an object holding one,
-    referred to only from where it was taken (anything else is freed at once: small)."""
-    if sys.getrefcount(value) > 3:  # the caller's, ours, getrefcount's: held elsewhere too
-        return False
-    if isinstance(value, (dict, list)):
-        return len(value) > _BIG
-    attrs = getattr(value, "__dict__", None)  # an object holding a big container
-    return isinstance(attrs, dict) and not isinstance(value, type) and any(
-        isinstance(v, (dict, list)) and len(v) > _BIG for v in attrs.values())
 
 
 __all__ = ["drop_in_background", "paused"]

@@ -32,6 +32,7 @@ from annotator.domain.annotation import (
 from annotator.domain.paths import is_normal_relpath
 from annotator.domain.project import ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
+from annotator.io.freeing import take_apart
 from annotator.io.images import list_images
 from annotator.io.jsonio import (
     MAX_COORDINATE,
@@ -594,20 +595,11 @@ def _load_project_recovering(path: str | os.PathLike[str], recover: bool,
 
 
 def release_document(doc: Any) -> None:
-    """Free a decoded project document entry by entry. Dropped at once, its millions of
-    lists and floats are freed in one C call that holds the GIL for up to a second (at
-    100,000 x 3), stalling every other thread (the GUI's, when loading in the background);
-    freed entry by entry, other threads get the GIL back in between."""
-    if not isinstance(doc, dict):
-        return
-    for key in ("annotations", "images"):
-        part = doc.get(key)
-        if isinstance(part, dict):
-            while part:
-                part.popitem()
-        elif isinstance(part, list):
-            while part:
-                part.pop()
+    """Free a decoded project document entry by entry (see :mod:`annotator.io.freeing`):
+    dropped at once, its millions of lists and floats would be freed in one C call that
+    holds the GIL for up to a second at 100,000 x 3 (the GUI's thread stalls meanwhile)."""
+    if isinstance(doc, dict):
+        take_apart(*(doc.get(key) for key in ("annotations", "images")))
 
 
 def _backup_hint(path: Path) -> str:

@@ -83,6 +83,10 @@ def child_main(inp: IO[bytes], out: IO[bytes]) -> int:
         from annotator.io.formats.sleap import SleapPlan, write_plan
 
         fields, target = pickle.loads(_recv(inp))
+        sources: list[str] = []
+        while piece := _recv(inp):
+            sources += pickle.loads(piece)
+        fields["sources"] = tuple(sources)
         arrays = {name: _recv_array(inp) for name in SleapPlan.ARRAYS}
         answer: tuple[str, Any] = ("done", write_plan(SleapPlan(**fields, **arrays), target))
     except FormatError as exc:
@@ -137,9 +141,13 @@ def write_sleap_in_child(project: Project, out: str | Path,
                               name="annotator-sleap-export-answer", daemon=True)
     reader.start()
     try:
-        fields = {name: getattr(plan, name) for name in ("schema", "sources", "boxes")}
+        fields = {name: getattr(plan, name) for name in ("schema", "boxes")}
         try:
             _send(proc.stdin, pickle.dumps((fields, str(out))))
+            # the image paths a few thousand at a time: one pickle of 100,000 holds the GIL
+            for i in range(0, len(plan.sources), 4096):
+                _send(proc.stdin, pickle.dumps(list(plan.sources[i:i + 4096])))
+            _send(proc.stdin, b"")
             for name in SleapPlan.ARRAYS:
                 _send_array(proc.stdin, getattr(plan, name))
             proc.stdin.close()

@@ -59,6 +59,7 @@ from annotator.io.formats._common import (
     staged_folder,
     write_phase,
 )
+from annotator.io.freeing import take_apart
 from annotator.io.jsonio import check_coordinate
 
 log = logging.getLogger(__name__)
@@ -222,68 +223,71 @@ def write_dlc(
     for frame in frames:
         groups.setdefault(_folder_of(frame.path), []).append(frame)
     occluded = dropped = images_done = 0
-    with staged_folder(out, "DeepLabCut project") as stage:
-        for folder, group in groups.items():
-            names_seen: set[str] = set()
-            lead = [""] * (index_columns - 1)
-            header: list[list[str]] = [["scorer", *lead]]
-            if individuals:
-                header.append(["individuals", *lead])
-            header += [["bodyparts", *lead], ["coords", *lead]]
-            columns = [(individuals[s] if individuals else "", j)
-                       for s in range(n_slots) for j in animal_idx]
-            columns += [("single", j) for j in sorted(unique_idx)]
-            for ind, j in columns:
-                for coord in ("x", "y"):
-                    header[0].append(scorer)
-                    if individuals:
-                        header[1].append(ind)
-                    header[-2].append(schema.keypoints[j])
-                    header[-1].append(coord)
-            rows = []
-            for frame in group:
-                file_name = Path(frame.path).name
-                if file_name in names_seen:  # cannot happen: one folder, unique names
-                    raise FormatError(f"image {frame.path!r} is listed twice")
-                names_seen.add(file_name)
-                written(images_done)  # may raise: a cancel removes the staged folder
-                images_done += 1
-                copy_image(frame.source, stage / "labeled-data" / folder / file_name)
-                row = ([f"labeled-data/{folder}/{file_name}"] if index_columns == 1
-                       else ["labeled-data", folder, file_name])
-                animals, single = slots[frame.path]
+    n_frames, n_inst = len(frames), sum(len(f.instances) for f in frames)
+    try:
+        with staged_folder(out, "DeepLabCut project") as stage:
+            for folder, group in groups.items():
+                names_seen: set[str] = set()
+                lead = [""] * (index_columns - 1)
+                header: list[list[str]] = [["scorer", *lead]]
+                if individuals:
+                    header.append(["individuals", *lead])
+                header += [["bodyparts", *lead], ["coords", *lead]]
+                columns = [(individuals[s] if individuals else "", j)
+                           for s in range(n_slots) for j in animal_idx]
+                columns += [("single", j) for j in sorted(unique_idx)]
                 for ind, j in columns:
-                    if ind == "single":
-                        inst = single
-                    else:
-                        s = individuals.index(ind) if individuals else 0
-                        inst = animals[s] if s < len(animals) else None
-                    kp = inst.keypoints[j] if inst is not None else Keypoint()
-                    if kp.v == Visibility.OCCLUDED:
-                        occluded += 1
-                        dropped += options.drop_occluded
-                    row += _value(kp, options.drop_occluded)
-                rows.append(row)
-            buf = io.StringIO()
-            out_csv = csv.writer(buf, lineterminator="\n")
-            out_csv.writerows(header)
-            for start in range(0, len(rows), 256):  # the C writer holds the GIL per call
-                out_csv.writerows(rows[start:start + 256])
-            target = stage / "labeled-data" / folder / f"CollectedData_{scorer}.csv"
-            target.write_text(buf.getvalue(), encoding="utf-8")
-        first = {name: group[0] for name, group in groups.items()}
-        text = yaml.safe_dump(_config(schema, out, individuals, unique, first, profile),
-                              sort_keys=False, allow_unicode=True, default_flow_style=None)
-        (stage / "config.yaml").write_text(text, encoding="utf-8")
-        written(len(frames))
+                    for coord in ("x", "y"):
+                        header[0].append(scorer)
+                        if individuals:
+                            header[1].append(ind)
+                        header[-2].append(schema.keypoints[j])
+                        header[-1].append(coord)
+                folder_dir = stage / "labeled-data" / folder
+                folder_dir.mkdir(parents=True, exist_ok=True)
+                # row by row into the file: one string of all rows, or the C writer given them
+                # all, holds the GIL for a third of a second at 100,000 images
+                with open(folder_dir / f"CollectedData_{scorer}.csv", "w", encoding="utf-8",
+                          newline="") as csv_file:
+                    out_csv = csv.writer(csv_file, lineterminator="\n")
+                    out_csv.writerows(header)
+                    for frame in group:
+                        file_name = Path(frame.path).name
+                        if file_name in names_seen:  # cannot happen: one folder, unique names
+                            raise FormatError(f"image {frame.path!r} is listed twice")
+                        names_seen.add(file_name)
+                        written(images_done)  # may raise: a cancel removes the staged folder
+                        images_done += 1
+                        copy_image(frame.source, folder_dir / file_name)
+                        row = ([f"labeled-data/{folder}/{file_name}"] if index_columns == 1
+                               else ["labeled-data", folder, file_name])
+                        animals, single = slots[frame.path]
+                        for ind, j in columns:
+                            if ind == "single":
+                                inst = single
+                            else:
+                                s = individuals.index(ind) if individuals else 0
+                                inst = animals[s] if s < len(animals) else None
+                            kp = inst.keypoints[j] if inst is not None else Keypoint()
+                            if kp.v == Visibility.OCCLUDED:
+                                occluded += 1
+                                dropped += options.drop_occluded
+                            row += _value(kp, options.drop_occluded)
+                        out_csv.writerow(row)
+            first = {name: group[0] for name, group in groups.items()}
+            text = yaml.safe_dump(_config(schema, out, individuals, unique, first, profile),
+                                  sort_keys=False, allow_unicode=True, default_flow_style=None)
+            (stage / "config.yaml").write_text(text, encoding="utf-8")
+            written(len(frames))
+    finally:  # not in one free at the return (see annotator.io.freeing)
+        take_apart(slots, groups, frames)
     notes = []
     if occluded and not options.drop_occluded:
         notes.append(f"{occluded} occluded keypoint(s) written as labelled (DLC has no "
                      "occluded flag)")
     if dropped:
         notes.append(f"{dropped} occluded keypoint(s) left out (DLC has no occluded flag)")
-    n_inst = sum(len(f.instances) for f in frames)
-    return ExportReport(out, len(frames), n_inst, tuple(notes))
+    return ExportReport(out, n_frames, n_inst, tuple(notes))
 
 
 # ==================================================================== import

@@ -52,6 +52,7 @@ from annotator.io.formats._common import (
     staged_file,
     write_phase,
 )
+from annotator.io.freeing import take_apart
 from annotator.io.jsonio import check_coordinate, loads_strict
 from annotator.io.project_file import atomic_write_text
 
@@ -151,10 +152,13 @@ def write_label_studio(
         atomic_write_text(config_path(out), label_config(schema), backup=False)
     except OSError as exc:
         raise FormatError(f"{out}: cannot be written ({exc})") from None
+    finally:
+        n_frames = len(frames)
+        take_apart(frames)  # not in one free at the return (see annotator.io.freeing)
     notes = []
     if schema.skeleton:
         notes.append("skeleton edges not kept (Label Studio has no skeleton)")
-    return ExportReport(out, len(frames), n_inst, tuple(notes))
+    return ExportReport(out, n_frames, n_inst, tuple(notes))
 
 
 # ==================================================================== import

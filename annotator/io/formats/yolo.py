@@ -52,6 +52,7 @@ from annotator.io.formats._common import (
     staged_folder,
     write_phase,
 )
+from annotator.io.freeing import take_apart
 from annotator.io.images import IMAGE_EXTENSIONS, ImageLoadError, read_size
 from annotator.io.jsonio import check_coordinate
 
@@ -123,42 +124,48 @@ def write_yolo_pose(
     out = Path(out)
     frames = export_frames(project, options, progress)
     written = write_phase(progress, project, len(frames))
+    n_frames = len(frames)
     by_split: dict[str, list[Frame]] = {}
-    for frame in frames:
-        by_split.setdefault(_split_of(frame.path, options.val_fraction), []).append(frame)
-    if options.val_fraction > 0 and "val" not in by_split and len(by_split.get("train", [])) > 1:
-        by_split["val"] = [by_split["train"].pop()]  # a tiny project still gets a val image
-    instances = clipped = images_done = 0
-    with staged_folder(out, "YOLO dataset") as stage:
-        for split, split_frames in by_split.items():
-            seen: dict[Path, str] = {}
-            for frame in split_frames:
-                label = stage / "labels" / split / Path(frame.path).with_suffix(".txt")
-                if label in seen:
-                    raise FormatError(
-                        f"images {seen[label]!r} and {frame.path!r} would share a label file "
-                        f"({Path(frame.path).with_suffix('.txt')}); rename one of them"
-                    )
-                seen[label] = frame.path
-                written(images_done)  # may raise: a cancel removes the staged folder
-                images_done += 1
-                copy_image(frame.source, stage / "images" / split / frame.path)
-                lines = []
-                for inst in frame.instances:
-                    line, n = _label_line(inst, frame.width, frame.height)
-                    lines.append(line)
-                    clipped += n
-                label.parent.mkdir(parents=True, exist_ok=True)
-                label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-                instances += len(lines)
-        text = yaml.safe_dump(data_yaml(project.schema, sorted(by_split), out), sort_keys=False,
-                              allow_unicode=True, default_flow_style=None)
-        (stage / "data.yaml").write_text(f"{MARKER}\n{text}", encoding="utf-8")
-        written(len(frames))
+    try:
+        for frame in frames:
+            by_split.setdefault(_split_of(frame.path, options.val_fraction), []).append(frame)
+        if options.val_fraction > 0 and "val" not in by_split \
+                and len(by_split.get("train", [])) > 1:
+            by_split["val"] = [by_split["train"].pop()]  # a tiny project still gets a val image
+        instances = clipped = images_done = 0
+        with staged_folder(out, "YOLO dataset") as stage:
+            for split, split_frames in by_split.items():
+                seen: dict[Path, str] = {}
+                for frame in split_frames:
+                    label = stage / "labels" / split / Path(frame.path).with_suffix(".txt")
+                    if label in seen:
+                        raise FormatError(
+                            f"images {seen[label]!r} and {frame.path!r} would share a label file "
+                            f"({Path(frame.path).with_suffix('.txt')}); rename one of them"
+                        )
+                    seen[label] = frame.path
+                    written(images_done)  # may raise: a cancel removes the staged folder
+                    images_done += 1
+                    copy_image(frame.source, stage / "images" / split / frame.path)
+                    lines = []
+                    for inst in frame.instances:
+                        line, n = _label_line(inst, frame.width, frame.height)
+                        lines.append(line)
+                        clipped += n
+                    label.parent.mkdir(parents=True, exist_ok=True)
+                    label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+                    instances += len(lines)
+                take_apart(seen)
+            text = yaml.safe_dump(data_yaml(project.schema, sorted(by_split), out), sort_keys=False,
+                                  allow_unicode=True, default_flow_style=None)
+            (stage / "data.yaml").write_text(f"{MARKER}\n{text}", encoding="utf-8")
+            written(len(frames))
+    finally:  # not in one free at the return (see annotator.io.freeing)
+        take_apart(by_split, frames)
     notes = []
     if clipped:
         notes.append(f"{clipped} keypoint(s) outside their image moved onto its border")
-    return ExportReport(out, len(frames), instances, tuple(notes))
+    return ExportReport(out, n_frames, instances, tuple(notes))
 
 
 # ==================================================================== import
