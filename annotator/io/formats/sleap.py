@@ -129,19 +129,21 @@ def plan_sleap(project: Project, options: ExportOptions = DEFAULT_EXPORT,
     predicted, score = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
     sizes = np.zeros((len(frames), 2), dtype=np.int64)
     boxes = j = 0
-    for i, frame in enumerate(frames):
-        written(i)
-        sizes[i] = frame.width, frame.height
-        for inst in frame.instances:
-            boxes += inst.bbox is not None
-            if not inst.num_labelled:
-                continue
-            frame_of[j] = i
-            points[j], scores[j], predicted[j], score[j] = _instance_arrays(np, inst)
-            j += 1
-    written(len(frames))  # the last chance to cancel before the file is written
-    sources = tuple(str(f.source) for f in frames)
-    take_apart(frames)  # not in one free at the return (see annotator.io.freeing)
+    try:
+        for i, frame in enumerate(frames):
+            written(i)
+            sizes[i] = frame.width, frame.height
+            for inst in frame.instances:
+                boxes += inst.bbox is not None
+                if not inst.num_labelled:
+                    continue
+                frame_of[j] = i
+                points[j], scores[j], predicted[j], score[j] = _instance_arrays(np, inst)
+                j += 1
+        written(len(frames))  # the last chance to cancel before the file is written
+        sources = tuple(str(f.source) for f in frames)
+    finally:  # not in one free at the return (see annotator.io.freeing)
+        take_apart(frames)
     return SleapPlan(project.schema, sources, sizes, frame_of, points, scores, predicted,
                      score, boxes)
 
