@@ -1,11 +1,13 @@
 """Exports on a pool thread, one at a time, with progress and a cooperative cancel.
 
-Both File > Export COCO (Ctrl+E) and File > Export as... run here. The snapshot an export
-reads is taken on the GUI thread in milliseconds; the document is built and written on a
-pool thread, and progress comes back through a queued signal, so a 100,000-image export never
-freezes the window. Cancel is a :class:`~annotator.jobs.progress.TaskState`: the writer's
-progress callback raises :class:`~annotator.jobs.progress.Cancelled`, and the writers stage
-their output beside the target, so a cancelled export leaves nothing behind.
+Both File > Export COCO (Ctrl+E) and File > Export as... run here. A saved project of at
+least :data:`CHILD_MIN_IMAGES` images is exported by a child process that reads the project
+store (:mod:`annotator.jobs.store_export`: no GIL shared with the GUI thread; its snapshot
+pinned between two autosave transactions); a smaller or unsaved one from a snapshot taken on
+the GUI thread in milliseconds, built and written on a pool thread. Either way progress
+comes back through a queued signal, and cancel is a :class:`~annotator.jobs.progress.TaskState`:
+the progress callback raises :class:`~annotator.jobs.progress.Cancelled`, and the writers
+stage their output beside the target, so a cancelled export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ from annotator.domain import Project
 from annotator.gui.gc_pause import gc_paused
 from annotator.gui.pool_owner import PoolOwner
 from annotator.gui.thumbnails import register_pool_user
+from annotator.io.autosave import Autosaver
 from annotator.io.coco import CocoSource, ExportChoice
 from annotator.io.formats import ExportOptions, ProgressFn, export_project
 from annotator.io.video_formats import write_coco_with_frames
 from annotator.jobs.export_child import write_sleap_in_child
 from annotator.jobs.progress import Cancelled, TaskState
+from annotator.jobs.store_export import StoreExport, StoreExportChild
 
 log = logging.getLogger(__name__)
 
 #: the ``error`` of :attr:`Exporter.finished` for an export the user cancelled
 CANCELLED = "cancelled"
+#: a saved project at least this big is exported by a child process reading its store
+#: (under it the in-process export stalls the window less than starting a process costs)
+CHILD_MIN_IMAGES = 5000
 
 
 @dataclass(frozen=True)
@@ -96,15 +103,53 @@ class Exporter(QObject, PoolOwner):
         #: "coco" (Export COCO) or the format of the running / last export
         self.kind = ""
         self.last: Written | None = None
+        #: see :data:`CHILD_MIN_IMAGES` (tests lower it to run small exports in a child)
+        self.child_min_images = CHILD_MIN_IMAGES
         register_pool_user(self)
 
     @property
     def busy(self) -> bool:
         return self._running is not None
 
-    def start(self, project: Project, path: str, choice: ExportChoice) -> bool:
+    def _child(self, project: Project, autosaver: Autosaver | None, job: StoreExport,
+               written: Callable[[int, int, str], Written]) -> Work | None:
+        """The work of an export by a child process reading ``autosaver``'s store, its
+        snapshot queued now (after every edit so far); None when the project is small,
+        unsaved, or its store lacks edits."""
+        if (autosaver is None or autosaver.failing
+                or len(project.images) < self.child_min_images):
+            return None
+        try:
+            child = StoreExportChild(job)
+        except OSError as exc:
+            log.warning("no export process (%s): exporting in this one", exc)
+            return None
+        pinned = autosaver.after_writes(child.pin)
+
+        def work(progress: ProgressFn) -> Written:
+            result = child.finish(pinned, progress)
+            return written(result.images, result.annotations, result.summary)
+
+        return work
+
+    def start(self, project: Project, path: str, choice: ExportChoice,
+              autosaver: Autosaver | None = None) -> bool:
         """Export COCO: snapshot ``project`` now and write it to ``path`` in the background
-        (video frames the file lists are decoded beside it); False when one is running."""
+        (video frames the file lists are decoded beside it); False when one is running.
+        ``autosaver``: the project's, when it is saved (a big one is then exported by a
+        child process reading the store)."""
+        if self._running is not None:
+            return False
+
+        def coco_written(images: int, annotations: int, _summary: str) -> Written:
+            return Written(images, annotations, f"Exported {path}: {images} images, "
+                                                f"{annotations} annotations ({choice.describe()})")
+
+        in_child = self._child(project, autosaver, StoreExport(
+            str(autosaver.path) if autosaver else "", "coco", path, choice=choice),
+            coco_written)
+        if in_child is not None:
+            return self._start("coco", path, in_child)
         source = CocoSource.of(project)  # immutable: the user may edit on meanwhile
 
         def work(progress: ProgressFn) -> Written:
@@ -115,9 +160,17 @@ class Exporter(QObject, PoolOwner):
         return self._start("coco", path, work)
 
     def start_format(self, project: Project, fmt: str, path: str,
-                     options: ExportOptions) -> bool:
+                     options: ExportOptions, autosaver: Autosaver | None = None) -> bool:
         """Export as: write ``project`` in ``fmt`` (see :mod:`annotator.io.formats`) from a
-        snapshot taken now; False when an export is running."""
+        snapshot taken now; False when an export is running. ``autosaver``: as in
+        :meth:`start`."""
+        if self._running is not None:
+            return False
+        in_child = self._child(project, autosaver, StoreExport(
+            str(autosaver.path) if autosaver else "", fmt, path, options=options),
+            lambda images, instances, summary: Written(images, instances, summary))
+        if in_child is not None:
+            return self._start(fmt, path, in_child)
         p = project  # immutable values: copied in milliseconds, rebuilt on the pool thread
         parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
 

@@ -1044,7 +1044,7 @@ class MainWindow(QMainWindow):
         choice = choice or ExportChoice(min_confidence=self.project.settings.review_threshold)
         self._export_choice = choice
         self._show_export_progress(f"Exporting {path} ({choice.describe()})...")
-        return self.exporter.start(self.project, path, choice)
+        return self.exporter.start(self.project, path, choice, self.autosaver)
 
     def _show_export_progress(self, text: str) -> None:
         self.export_bar.setRange(0, 0)
@@ -1099,7 +1099,7 @@ class MainWindow(QMainWindow):
             return False
         self.flush_predictions()
         self._show_export_progress(f"Exporting {path}...")
-        return self.exporter.start_format(self.project, fmt, path, options)
+        return self.exporter.start_format(self.project, fmt, path, options, self.autosaver)
 
     def wait_export_as(self, timeout: float | None = None) -> None:
         """Wait for a running export and deliver its outcome (tests, closing)."""

@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,23 @@ class Autosaver:
             elif isinstance(item, tuple) and item[0] == "export_dir":
                 self._try_write()  # in order: the edits queued before it first
                 self._record_export(item[1])
+            elif isinstance(item, tuple) and item[0] == "call":
+                self._call(item[1], item[2])
         return saved, stop
+
+    def _call(self, fn: Callable[[], Any], future: Future[Any]) -> None:
+        """Run ``fn`` once every change queued before it is committed (see
+        :meth:`after_writes`)."""
+        if not future.set_running_or_notify_cancel():
+            return
+        if not self._try_write():
+            future.set_exception(OSError(
+                f"Cannot save {self.path}: the project store cannot be written"))
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+            future.set_exception(exc)
 
     def _drain(self) -> list[Any]:
         items = []
@@ -319,6 +336,27 @@ class Autosaver:
         if self._thread is None:
             self._drain_now()
         return True
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last write failed (the store lacks edits until a retry succeeds)."""
+        return self._failed
+
+    def after_writes(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the writer as soon as every change made so far is committed, and
+        before any later change is written: for as long as ``fn`` runs, the store holds
+        exactly the project as it is now (another process can pin that state with a read
+        transaction). The future holds what ``fn`` returns or raises, or an OSError when
+        the changes could not be written or the autosaver is closed."""
+        future: Future[Any] = Future()
+        if self._unsubscribe is None:
+            future.set_exception(OSError(f"{self.path}: the project store is closed"))
+            return future
+        self.check_images()
+        self._queue.put(("call", fn, future))
+        if self._thread is None:
+            self._drain_now()
+        return future
 
     def _report(self, ok: bool, message: str) -> None:
         with self._results_lock:

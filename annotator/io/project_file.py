@@ -530,12 +530,16 @@ class LoadCancelled(Exception):  # noqa: N818 (not an error: the caller asked fo
 
 
 def load_project(path: str | os.PathLike[str], recover: bool = True,
-                 progress: Progress | None = None) -> Project:
+                 progress: Progress | None = None, *,
+                 pinned: Callable[[], None] | None = None) -> Project:
     """Load a project file (store or JSON); raises :class:`ProjectFileError` and never
     modifies the file. With ``recover``, the edit journal of a JSON project (written by
     previous versions) is applied. ``progress`` (for loads off the GUI thread) is called
-    every few thousand rows."""
-    return load_project_recovering(path, recover, progress)[0]
+    every few thousand rows. ``pinned`` (a store only): the store is read in one read
+    transaction, and ``pinned()`` is called once it has begun, before anything else is
+    read: the project loaded is the file as it was at that call, whatever another process
+    commits while the load goes on."""
+    return load_project_recovering(path, recover, progress, pinned=pinned)[0]
 
 
 # a project at least this big has its objects frozen after loading (see below)
@@ -543,7 +547,8 @@ _COLLECT_AFTER_IMAGES = 2000
 
 
 def load_project_recovering(path: str | os.PathLike[str], recover: bool = True,
-                            progress: Progress | None = None) -> tuple[Project, int]:
+                            progress: Progress | None = None, *,
+                            pinned: Callable[[], None] | None = None) -> tuple[Project, int]:
     """(project, number of legacy journal records recovered) for :func:`load_project`.
 
     No cyclic garbage collection while loading: building 10^5 small immutable objects would
@@ -558,7 +563,7 @@ def load_project_recovering(path: str | os.PathLike[str], recover: bool = True,
     gc.disable()
     big = False
     try:
-        project, count = _load_project_recovering(path, recover, progress)
+        project, count = _load_project_recovering(path, recover, progress, pinned)
         for ann in project.annotations().values():
             ann.worst_confidence()  # cached per annotation: the first worst-first sort is fast
         big = len(project.images) >= _COLLECT_AFTER_IMAGES
@@ -573,10 +578,11 @@ def load_project_recovering(path: str | os.PathLike[str], recover: bool = True,
 
 
 def _load_project_recovering(path: str | os.PathLike[str], recover: bool,
-                             progress: Progress | None = None) -> tuple[Project, int]:
+                             progress: Progress | None = None,
+                             pinned: Callable[[], None] | None = None) -> tuple[Project, int]:
     read = None if progress is None else (lambda f: progress(0.4 * f))
     build = None if progress is None else (lambda f: progress(0.4 + 0.6 * f))
-    doc = read_project_document(path, read)
+    doc = read_project_document(path, read, pinned=pinned)
     try:
         if recover and not is_store(path):
             from annotator.io.legacy_journal import recover_document
@@ -608,12 +614,23 @@ def _backup_hint(path: Path) -> str:
 
 
 def read_project_document(path: str | os.PathLike[str],
-                          progress: Progress | None = None) -> Any:
+                          progress: Progress | None = None, *,
+                          pinned: Callable[[], None] | None = None) -> Any:
     """The project as a decoded JSON-project document (image root made absolute), not yet
-    validated: read from the store, or parsed from a JSON project file."""
+    validated: read from the store, or parsed from a JSON project file. ``pinned``: see
+    :func:`load_project` (a JSON project file is refused)."""
     path = Path(path)
+    if pinned is not None and not is_store(path):
+        raise ProjectFileError(f"{path}: not a project store (a pinned read needs one)")
     if is_store(path):
-        doc = _read_store(path, lambda store: store.document(progress))
+        def read(store: ProjectStore) -> Any:
+            if pinned is None:
+                return store.document(progress)
+            with store.read_snapshot():
+                pinned()
+                return store.document(progress)
+
+        doc = _read_store(path, read)
         doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **doc}
     else:
         try:

@@ -207,6 +207,18 @@ class ProjectStore:
             raise
         self.conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Any:
+        """A read transaction begun now: every read in the block sees the file as it was
+        when the block was entered, whatever other connections commit meanwhile (WAL)."""
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()  # the snapshot starts
+            yield self.conn
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("COMMIT")
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()

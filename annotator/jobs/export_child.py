@@ -39,12 +39,12 @@ POLL_S = 0.1  # how often the parent checks the child (and calls progress: a can
 _LEN = struct.Struct("<Q")
 
 
-def _send(f: IO[bytes], data: bytes) -> None:
+def send_frame(f: IO[bytes], data: bytes) -> None:
     f.write(_LEN.pack(len(data)))
     f.write(data)
 
 
-def _recv(f: IO[bytes]) -> bytes:
+def recv_frame(f: IO[bytes]) -> bytes:
     head = f.read(_LEN.size)
     if len(head) < _LEN.size:
         raise EOFError("the other process closed the pipe")
@@ -59,19 +59,19 @@ def _send_array(f: IO[bytes], arr: Any) -> None:
     import numpy as np
 
     arr = np.ascontiguousarray(arr)
-    _send(f, pickle.dumps((arr.dtype.str, arr.shape)))
+    send_frame(f, pickle.dumps((arr.dtype.str, arr.shape)))
     data = memoryview(arr).cast("B")
     for i in range(0, len(data), CHUNK):
-        _send(f, bytes(data[i:i + CHUNK]))
-    _send(f, b"")  # the end of this array
+        send_frame(f, bytes(data[i:i + CHUNK]))
+    send_frame(f, b"")  # the end of this array
 
 
 def _recv_array(f: IO[bytes]) -> Any:
     import numpy as np
 
-    dtype, shape = pickle.loads(_recv(f))
+    dtype, shape = pickle.loads(recv_frame(f))
     buf = bytearray()
-    while piece := _recv(f):
+    while piece := recv_frame(f):
         buf += piece
     return np.frombuffer(bytes(buf), dtype=np.dtype(dtype)).reshape(shape)
 
@@ -82,9 +82,9 @@ def child_main(inp: IO[bytes], out: IO[bytes]) -> int:
     try:
         from annotator.io.formats.sleap import SleapPlan, write_plan
 
-        fields, target = pickle.loads(_recv(inp))
+        fields, target = pickle.loads(recv_frame(inp))
         sources: list[str] = []
-        while piece := _recv(inp):
+        while piece := recv_frame(inp):
             sources += pickle.loads(piece)
         fields["sources"] = tuple(sources)
         arrays = {name: _recv_array(inp) for name in SleapPlan.ARRAYS}
@@ -93,12 +93,12 @@ def child_main(inp: IO[bytes], out: IO[bytes]) -> int:
         answer = ("error", str(exc))
     except BaseException as exc:  # noqa: BLE001 (everything goes back to the parent)
         answer = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
-    _send(out, pickle.dumps(answer))
+    send_frame(out, pickle.dumps(answer))
     out.flush()
     return 0
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The parent's environment, with the folder of this ``annotator`` package first on the
     child's import path (the child runs the same code)."""
     import annotator
@@ -109,9 +109,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def child_command() -> list[str]:
-    """The child's command line: this interpreter running this module."""
-    return [sys.executable, "-m", "annotator.jobs.export_child"]
+def child_command(module: str = "annotator.jobs.export_child") -> list[str]:
+    """A child's command line: this interpreter running ``module`` (default: this one)."""
+    return [sys.executable, "-m", module]
 
 
 def write_sleap_in_child(project: Project, out: str | Path,
@@ -127,13 +127,13 @@ def write_sleap_in_child(project: Project, out: str | Path,
     plan = plan_sleap(project, options or ExportOptions(), progress)
     total = max(2 * len(project.images), 1)
     proc = subprocess.Popen(child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env=_child_env())
+                            env=child_env())
     assert proc.stdin is not None and proc.stdout is not None
     answers: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def read_answer(stdout: IO[bytes]) -> None:
         try:
-            answers.put(pickle.loads(_recv(stdout)))
+            answers.put(pickle.loads(recv_frame(stdout)))
         except Exception:  # noqa: BLE001 (a dead child: said below)
             answers.put(("died", None))
 
@@ -143,11 +143,11 @@ def write_sleap_in_child(project: Project, out: str | Path,
     try:
         fields = {name: getattr(plan, name) for name in ("schema", "boxes")}
         try:
-            _send(proc.stdin, pickle.dumps((fields, str(out))))
+            send_frame(proc.stdin, pickle.dumps((fields, str(out))))
             # the image paths a few thousand at a time: one pickle of 100,000 holds the GIL
             for i in range(0, len(plan.sources), 4096):
-                _send(proc.stdin, pickle.dumps(list(plan.sources[i:i + 4096])))
-            _send(proc.stdin, b"")
+                send_frame(proc.stdin, pickle.dumps(list(plan.sources[i:i + 4096])))
+            send_frame(proc.stdin, b"")
             for name in SleapPlan.ARRAYS:
                 _send_array(proc.stdin, getattr(plan, name))
             proc.stdin.close()
