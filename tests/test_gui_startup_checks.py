@@ -23,3 +23,37 @@ def test_missing_xcb_library_is_named(monkeypatch, capsys):
 def test_offscreen_needs_no_check(monkeypatch):
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
     assert app.xcb_plugin_problem() is None
+
+
+def test_the_model_stack_is_imported_before_the_window_off_the_gui_thread(qtbot):
+    """The imports run on a worker thread while a splash is painted; the GUI thread keeps
+    processing events meanwhile; a failing import does not stop the start."""
+    import threading
+    import time
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QSplashScreen
+
+    qapp = QApplication.instance()
+    ran_on, ticks, splash_seen = [], [], []
+    timer = QTimer()
+    timer.timeout.connect(lambda: (ticks.append(1), splash_seen.append(any(
+        isinstance(w, QSplashScreen) and w.isVisible() for w in QApplication.topLevelWidgets()))))
+    timer.start(10)
+
+    def slow_preload(cancelled):  # noqa: ANN001, ANN202
+        ran_on.append(threading.current_thread() is threading.main_thread())
+        assert not cancelled()
+        time.sleep(0.4)
+
+    took = app.preload_before_window(qapp, slow_preload)
+    timer.stop()
+    assert ran_on == [False] and took >= 0.4
+    assert len(ticks) >= 10 and any(splash_seen)  # the event loop ran with the splash up
+    assert not any(isinstance(w, QSplashScreen) and w.isVisible()
+                   for w in QApplication.topLevelWidgets())  # and it is gone after
+
+    def broken(cancelled):  # noqa: ANN001, ANN202, ARG001
+        raise ImportError("no torch here")
+
+    assert app.preload_before_window(qapp, broken) >= 0
