@@ -192,3 +192,28 @@ def test_has_references_agrees_with_reference_paths():
     p.set_status("a.jpg", ImageStatus.REVIEWED)
     check()  # a reviewed prediction is usable as a reference
     assert seen == [False, False, False, True, False, True]
+
+
+def test_reference_paths_follow_the_image_order_not_the_order_of_edits():
+    schema = KeypointSchema("cat", ("nose",))
+    p = Project("/data", [ImageRecord(n) for n in ("c.jpg", "a.jpg", "b.jpg", "d.jpg")], schema)
+    for path in ("d.jpg", "a.jpg", "c.jpg"):  # labelled in another order than listed
+        p.set_keypoint(path, 0, Keypoint(1, 2, Visibility.VISIBLE))
+    p.set_status("a.jpg", ImageStatus.REVIEWED)
+    p.set_status("b.jpg", ImageStatus.REFERENCE)  # no labelled point: not a reference
+    assert p.reference_paths() == ["c.jpg", "a.jpg", "d.jpg"]
+
+
+def test_a_project_of_checked_parts_is_the_same_project():
+    p = project()
+    p.set_keypoint("sub/b.jpg", 0, Keypoint(3, 4, Visibility.VISIBLE))
+    p.set_status("a.jpg", ImageStatus.REVIEWED)
+    q = Project.of_checked_parts(p.image_root, p.images, p.schema, p.annotations(), p.settings)
+    assert (q.image_root, q.images, q.schema, q.annotations(), q.settings) == (
+        p.image_root, p.images, p.schema, p.annotations(), p.settings)
+    assert q.index_of("sub/b.jpg") == 1 and q.reference_paths() == p.reference_paths()
+    q.set_status("sub/b.jpg", ImageStatus.REVIEWED)  # its own copy: p is not touched
+    assert p.status("sub/b.jpg") is ImageStatus.REFERENCE
+    assert q.undo() and q.status("sub/b.jpg") is ImageStatus.REFERENCE
+    with pytest.raises(ValueError, match="twice"):
+        Project.of_checked_parts("/d", [ImageRecord("x.jpg")] * 2, p.schema, {}, p.settings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from annotator.domain.annotation import (
@@ -166,6 +166,26 @@ class Project:
         self.revision = 0
         self._listeners: list[Callable[[frozenset[str]], None]] = []
 
+    @classmethod
+    def of_checked_parts(
+        cls,
+        image_root: str,
+        images: Sequence[ImageRecord],
+        schema: KeypointSchema,
+        annotations: Mapping[str, ImageAnnotation],
+        settings: ProjectSettings,
+    ) -> Project:
+        """A project of parts copied from a valid project (a snapshot of one): the same as
+        ``Project(...)`` without checking every annotation again (0.4 s of one thread at
+        100,000 x 3 images, competing with the GUI thread for the GIL)."""
+        project = cls(image_root, (), schema, None, settings)
+        project._images = list(images)
+        project._index = {rec.path: i for i, rec in enumerate(project._images)}
+        if len(project._index) != len(project._images):
+            raise ValueError("an image is listed twice")
+        project._annotations = dict(annotations)
+        return project
+
     # ------------------------------------------------------------- images
     def _add_record(self, rec: ImageRecord) -> None:
         if rec.path in self._index:
@@ -232,13 +252,12 @@ class Project:
         return any(a.status in usable and a.has_labels for a in self._annotations.values())
 
     def reference_paths(self) -> list[str]:
-        """Images usable as references: marked reference or reviewed, with labels."""
-        return [
-            r.path
-            for r in self._images
-            if self.status(r.path) in (ImageStatus.REFERENCE, ImageStatus.REVIEWED)
-            and self.annotation(r.path).has_labels
-        ]
+        """Images usable as references: marked reference or reviewed, with labels (in the
+        image list's order; only the annotated images are looked at)."""
+        usable = (ImageStatus.REFERENCE, ImageStatus.REVIEWED)
+        found = [path for path, a in self._annotations.items()
+                 if a.status in usable and a.has_labels]
+        return sorted(found, key=self._index.__getitem__)
 
     def _check_annotation(self, path: str, ann: ImageAnnotation) -> None:
         k = len(self.schema)

@@ -175,7 +175,7 @@ class Exporter(QObject, PoolOwner):
         parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
 
         def work(progress: ProgressFn) -> Written:
-            snapshot = Project(*parts)
+            snapshot = Project.of_checked_parts(*parts)
             if fmt == "sleap" and not any(r.video is not None for r in snapshot.images):
                 # sleap-io's save_slp holds the GIL for long: written by a child process
                 report = write_sleap_in_child(snapshot, path, options, progress)

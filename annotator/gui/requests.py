@@ -40,9 +40,8 @@ class ProjectSnapshot:
 
     def to_project(self) -> Project:
         """A private project rebuilt from the snapshot (owned by whoever calls this)."""
-        return Project(
-            self.image_root, self.images, self.schema, dict(self.annotations), self.settings
-        )
+        return Project.of_checked_parts(self.image_root, self.images, self.schema,
+                                        self.annotations, self.settings)
 
 
 @dataclass(frozen=True)
