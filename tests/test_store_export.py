@@ -18,7 +18,7 @@ from annotator.domain.schema import KeypointSchema
 from annotator.io.autosave import Autosaver
 from annotator.io.coco import ExportChoice, ExportScope, write_coco
 from annotator.io.formats import ExportOptions, FormatError, export_project
-from annotator.io.project_file import load_project, save_project
+from annotator.io.project_file import load_project, project_to_dict, save_project
 from annotator.jobs import store_export
 from annotator.jobs.progress import Cancelled
 from annotator.jobs.store_export import StoreExport, StoreExportChild
@@ -183,3 +183,24 @@ def test_after_writes_runs_between_two_transactions_and_reports_failures(tmp_pat
         a.close()
     with pytest.raises(OSError, match="closed"):
         a.after_writes(lambda: None).result(1)
+
+
+def test_a_pinned_load_is_the_file_as_it_was_when_pinned(tmp_path):
+    """What another connection commits after ``pinned()`` is not in the loaded project."""
+    store, project = saved(tmp_path, rich_project(tmp_path))
+    a = Autosaver(project, store)  # commits each edit before the edit call returns
+
+    def commit_an_edit_now() -> None:
+        project.set_status("empty.png", ImageStatus.REVIEWED)
+        assert not a.dirty
+
+    try:
+        pinned = load_project(store, pinned=commit_an_edit_now)
+        assert pinned.status("empty.png") is ImageStatus.UNLABELLED
+        assert load_project(store).status("empty.png") is ImageStatus.REVIEWED
+        assert project_to_dict(pinned) != project_to_dict(project)
+        with pytest.raises(ValueError, match="not a project store"):
+            save_project(project, tmp_path / "p.kpproj.json")
+            load_project(tmp_path / "p.kpproj.json", pinned=lambda: None)
+    finally:
+        a.close()
