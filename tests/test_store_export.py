@@ -204,3 +204,35 @@ def test_a_pinned_load_is_the_file_as_it_was_when_pinned(tmp_path):
             load_project(tmp_path / "p.kpproj.json", pinned=lambda: None)
     finally:
         a.close()
+
+
+def test_the_backup_is_the_store_as_opened_and_no_write_waits_for_it(tmp_path, monkeypatch):
+    import threading
+
+    from annotator.io import autosave
+    from annotator.io.store import backup_path
+
+    store, project = saved(tmp_path, rich_project(tmp_path))
+    release, copying = threading.Event(), threading.Event()
+    real_copy = autosave.copy_store
+
+    def held_copy(src, dest):  # noqa: ANN001, ANN202
+        copying.set()
+        assert release.wait(30)
+        real_copy(src, dest)
+
+    monkeypatch.setattr(autosave, "copy_store", held_copy)
+    a = Autosaver(project, store, background=True, backup=True)
+    try:
+        assert copying.wait(30)
+        project.set_status("empty.png", ImageStatus.REVIEWED)
+        a.flush()  # returns while the backup is still being copied
+        assert a.backup_thread.is_alive()
+        assert load_project(store).status("empty.png") is ImageStatus.REVIEWED
+        pinned = a.after_writes(lambda: "ran").result(10)  # an export's pin does not wait
+        assert pinned == "ran"
+    finally:
+        release.set()
+        a.close()  # waits for the backup
+    assert not a.backup_thread.is_alive()
+    assert load_project(backup_path(store)).status("empty.png") is ImageStatus.UNLABELLED
