@@ -269,3 +269,32 @@ def test_a_loaded_document_is_released_entry_by_entry():
     doc = {"images": [{"path": "a"}] * 3, "annotations": {"a": {}, "b": {}}, "schema": {}}
     release_document(doc)
     assert doc == {"images": [], "annotations": {}, "schema": {}}
+
+
+def test_checking_an_open_store_keeps_its_locks_against_other_processes(tmp_path):
+    """is_store on a file this process has open as a store must not open and close it
+    (that drops the connection's POSIX locks): another process closing its connection
+    would then delete the write-ahead log under ours, and the next read fails."""
+    import subprocess
+    import sys
+
+    from annotator.io.store import ProjectStore, is_store
+
+    path = tmp_path / "p.kpproj"
+    save_project(rich_project(tmp_path), path)
+    store = ProjectStore(path)  # the autosaver's connection, say
+    try:
+        with store.transaction():
+            store.write_meta({"note": "written while open"})
+        assert is_store(path) and is_store(str(path))
+        other = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                 "c.execute('SELECT COUNT(*) FROM meta').fetchone(); c.close()")
+        subprocess.run([sys.executable, "-c", other, str(path)], check=True)
+        assert (tmp_path / "p.kpproj-wal").exists()  # the other process left it alone
+        with store.transaction():
+            store.write_meta({"note": "and after"})
+        assert load_project(path).image_root == str(tmp_path)  # a new reader works
+        assert ProjectStore(path).meta("note") == "and after"
+    finally:
+        store.close()
+    assert is_store(path) and not is_store(tmp_path / "missing.kpproj")

@@ -30,6 +30,7 @@ import os
 import sqlite3
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,61 @@ class StoreError(ValueError):
     """A project store cannot be read or is not one; the message names the file."""
 
 
+class _OpenStores:
+    """The files this process has open as stores (by device and inode), so that
+    :func:`is_store` never opens and closes one of them: closing any descriptor of a file
+    drops every POSIX lock the process holds on it, those of its SQLite connections
+    included, and another process (an export's child, a second window) closing its own
+    connection would then take the file for unused and delete its write-ahead log under
+    them ("disk I/O error" next). SQLite's own opens avoid this; a plain ``open`` cannot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[tuple[int, int], int] = {}
+
+    @staticmethod
+    def key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return st.st_dev, st.st_ino
+
+    def add(self, key: tuple[int, int] | None) -> None:
+        if key is not None:
+            with self._lock:
+                self._count[key] = self._count.get(key, 0) + 1
+
+    def remove(self, key: tuple[int, int] | None) -> None:
+        if key is not None:
+            with self._lock:
+                left = self._count.get(key, 0) - 1
+                if left > 0:
+                    self._count[key] = left
+                else:
+                    self._count.pop(key, None)
+
+    def __contains__(self, key: tuple[int, int] | None) -> bool:
+        with self._lock:
+            return key in self._count
+
+
+_OPEN = _OpenStores()
+
+
 def is_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an SQLite file (by its header, whatever its name). Only a regular
-    file is opened: a FIFO would block the open, a device never end."""
+    file is opened: a FIFO would block the open, a device never end. A file this process
+    has open as a store is not opened again (see :class:`_OpenStores`)."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
             return False
+        if (st.st_dev, st.st_ino) in _OPEN:
+            return True
         with open(path, "rb") as f:
             return f.read(16) == SQLITE_MAGIC
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -157,6 +204,8 @@ class ProjectStore:
                                         check_same_thread=False, timeout=10.0)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot be opened ({exc})") from None
+        self._key = _OPEN.key(self.path)  # SQLite opened (or made) it: see _OpenStores
+        _OPEN.add(self._key)
         try:
             if not create:  # before anything could change a file that is not ours
                 self._check_format()
@@ -171,10 +220,10 @@ class ProjectStore:
                                           [("format", STORE_FORMAT),
                                            ("version", str(STORE_VERSION))])
         except sqlite3.Error as exc:
-            self.conn.close()
+            self.close()
             raise StoreError(f"{self.path}: not a readable project store ({exc})") from None
         except StoreError:
-            self.conn.close()
+            self.close()
             raise
 
     def _check_format(self) -> None:
@@ -222,6 +271,8 @@ class ProjectStore:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
+        _OPEN.remove(self._key)
+        self._key = None
 
     # ------------------------------------------------------------- writing
     def write_meta(self, items: Mapping[str, Any]) -> None:
