@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,6 +225,7 @@ class MainWindow(QMainWindow):
         self._unreadable_in_run = 0
         self._reference_dock_decided = False
         self._shut_down = False
+        self._backups: list[threading.Thread] = []  # backups still copied after a close
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
         self._recovered = 0  # journaled edits recovered when the project was opened
         self._counts: dict[str, int] = {}  # path -> 1 reviewed/reference, 2 needs review
@@ -552,7 +554,10 @@ class MainWindow(QMainWindow):
         if old is not None and old is not project and len(old) >= DROP_IN_BACKGROUND_IMAGES:
             drop_in_background(old)
 
-    def _detach_project(self) -> None:
+    def _detach_project(self, wait_backup: bool = False) -> None:
+        """Stop editing the open project: its run cancelled, its edits saved. The store's
+        backup copy, if still being made, finishes on its own thread (``wait_backup``: it is
+        waited for, as when the application quits)."""
         self.loading_path = None
         self._preview_read = set()
         if self._preview_store is not None:
@@ -563,9 +568,12 @@ class MainWindow(QMainWindow):
         self.flush_predictions()
         if self.autosaver is not None:
             try:
-                self.autosaver.close()
+                self.autosaver.close(wait_backup)
             except OSError as exc:
                 self.show_message("error", "Autosave failed", str(exc))
+            backup = self.autosaver.backup_thread
+            if backup is not None and backup.is_alive():
+                self._backups.append(backup)  # waited for when the application quits
             self.autosaver = None
         if self._unsubscribe is not None:
             self._unsubscribe()
@@ -1573,7 +1581,10 @@ class MainWindow(QMainWindow):
         self.preload_timer.stop()
         self.retrainer.stop()
         self.hide()  # the user sees the close at once; a model load may hold the join
-        self._detach_project()  # cancel the run, apply what arrived, save: before any wait
+        # cancel the run, apply what arrived, save (and finish the backup): before any wait
+        self._detach_project(wait_backup=True)
+        for backup in self._backups:  # of projects closed right after they were opened
+            backup.join()
         self.controller.shutdown()
         self.exporter.wait()  # an export being written finishes (it is atomic either way)
         self.importer.wait()

@@ -406,16 +406,19 @@ class Autosaver:
         if not self._try_write():
             raise OSError(f"Cannot save {self.path}: the project store cannot be written")
 
-    def close(self) -> None:
-        """Write everything, stop listening and close the store."""
+    def close(self, wait_backup: bool = True) -> None:
+        """Write everything, stop listening and close the store (see :meth:`detach`)."""
         try:
             self.flush()
         finally:
-            self.detach()
+            self.detach(wait_backup)
 
-    def detach(self) -> None:
+    def detach(self, wait_backup: bool = True) -> None:
         """Stop listening to the project; what was queued is still written (a failed write
-        is abandoned: the store keeps its last committed state). Closes the store."""
+        is abandoned: the store keeps its last committed state). Closes the store. With
+        ``wait_backup``, a backup still being copied (a project closed right after it was
+        opened) is waited for; otherwise it finishes on its own thread (its copy is written
+        whole or not at all)."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -427,7 +430,7 @@ class Autosaver:
             self._drain_now()
         with self._db_lock:
             self._store.close()
-        if self.backup_thread is not None:  # only a project closed right after opening
+        if wait_backup and self.backup_thread is not None:  # closed right after opening
             self.backup_thread.join()
 
     # --------------------------------------------------------------- extras
