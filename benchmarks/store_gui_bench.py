@@ -11,7 +11,10 @@ engine yielding 1,000 predictions/s through the real worker and result feed), th
 ``--formats`` (Export COCO, Ctrl+E, for "coco"; File > Export as for the others; every
 predicted image goes out; the stall and the time to the written file), close. Per phase the
 longest cyclic garbage collection (``gc.callbacks``, any thread) is recorded too, and the
-process's resident memory after each round. The worst over the rounds is reported. Writes JSON
+process's resident memory after each round; and per phase the worst pause of a 5 ms sleep
+loop in a separate process (``*_side_ms``: the machine's own pauses, not the application's)
+and the major page faults of the benchmark's process (``*_majflt``). The worst over the
+rounds is reported. Writes JSON
 to --out. The generated project's image files are tiny placeholders, written once for the
 formats that copy images (YOLO pose, DeepLabCut). As the application does, the model stack
 is imported before the window is made (``annotator.gui.app.preload_before_window``).
@@ -88,6 +91,58 @@ class GcWatch:
 
     def stop_ms(self) -> float:
         return round(self.worst * 1000, 1)
+
+
+SIDE_LOOP = """
+import sys, time
+out = open(sys.argv[1], "a", buffering=1)
+last = time.perf_counter()
+while True:
+    time.sleep(0.005)
+    now = time.perf_counter()
+    gap = now - last - 0.005
+    if gap > 0.01:
+        out.write(f"{time.time():.4f} {gap * 1000:.1f}\\n")
+    last = now
+"""
+
+
+class SideBeat:
+    """A 5 ms sleep loop in a separate process, and this process's major page faults: per
+    phase, the worst gap that process saw (the machine's own pauses: scheduling, I/O,
+    reclaim; not this application's) and the faults this process took."""
+
+    def __init__(self, folder: Path) -> None:
+        import subprocess
+
+        self.log = folder / "side-beat.txt"
+        self.log.write_text("")
+        self.proc = subprocess.Popen([sys.executable, "-c", SIDE_LOOP, str(self.log)])
+        self.t0, self.faults0 = time.time(), self.faults()
+
+    @staticmethod
+    def faults() -> int:
+        try:
+            with open("/proc/self/stat", encoding="ascii") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[9])  # majflt
+        except (OSError, ValueError, IndexError):
+            return -1
+
+    def start(self) -> None:
+        self.t0, self.faults0 = time.time(), self.faults()
+
+    def stop(self) -> tuple[float, int]:
+        """(worst gap of the other process in ms, major faults of this one) since start."""
+        t1, worst = time.time(), 0.0
+        for line in self.log.read_text().splitlines():
+            when, gap = line.split()
+            if self.t0 <= float(when) <= t1:
+                worst = max(worst, float(gap))
+        return round(worst, 1), self.faults() - self.faults0
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def rss_mb() -> float:
@@ -215,17 +270,22 @@ def measure_propagation(win, project, paths: list[str], n: int,  # noqa: ANN001
 
 
 def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
-              formats: tuple[str, ...] = (), propagate: int = 0) -> dict[str, float]:
+              formats: tuple[str, ...] = (), propagate: int = 0,
+              side: SideBeat | None = None) -> dict[str, float]:
     res: dict[str, float] = {}
 
     def phase(name: str) -> None:
         res[f"{name}_stall_ms"] = beat.stop_ms()
         res[f"{name}_gc_ms"] = gcw.stop_ms()
         res[f"{name}_gc_gen"] = gcw.gen
+        if side is not None:
+            res[f"{name}_side_ms"], res[f"{name}_majflt"] = side.stop()
 
     def begin() -> None:
         beat.start()
         gcw.start()
+        if side is not None:
+            side.start()
 
     # ---- open
     begin()
@@ -341,15 +401,16 @@ def main() -> int:
         fake_fast_propagation()
     win.editor.gallery.sort_box.setCurrentText(args.sort)  # kept by every project opened
     out["sort"] = win.editor.gallery.model.sort.value
-    beat, gcw = Heartbeat(), GcWatch()
+    beat, gcw, side = Heartbeat(), GcWatch(), SideBeat(work)
     for name, path in (("demo", demo_path), ("big", big)):
-        rounds = [one_round(win, path, beat, gcw, formats, args.propagate)
+        rounds = [one_round(win, path, beat, gcw, formats, args.propagate, side)
                   for _ in range(args.rounds)]
         worst = {k: round(max(r[k] for r in rounds), 3) for k in rounds[0]}
         out[name] = worst
         out[f"{name}_rounds"] = rounds
         args.out.write_text(json.dumps(out, indent=1))
         print(name, json.dumps(worst), flush=True)
+    side.close()
     win.shutdown()
     app.quit()
     return 0

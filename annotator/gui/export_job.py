@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 #: the ``error`` of :attr:`Exporter.finished` for an export the user cancelled
 CANCELLED = "cancelled"
-#: a saved project at least this big is exported by a child process reading its store
-#: (under it the in-process export stalls the window less than starting a process costs)
-CHILD_MIN_IMAGES = 5000
+#: a saved project at least this big is exported by a child process reading its store: in
+#: this process, Export COCO of 600 images x 3 instances already stalled the window 23-92 ms
+#: (BENCHMARKS 7g); a child adds about half a second, which tiny projects are spared
+CHILD_MIN_IMAGES = 200
 
 
 @dataclass(frozen=True)
