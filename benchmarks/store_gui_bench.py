@@ -17,7 +17,9 @@ and the major page faults of the benchmark's process (``*_majflt``). The worst o
 rounds is reported. Writes JSON
 to --out. The generated project's image files are tiny placeholders, written once for the
 formats that copy images (YOLO pose, DeepLabCut). As the application does, the model stack
-is imported before the window is made (``annotator.gui.app.preload_before_window``).
+is imported before the window is made (``annotator.gui.app.preload_before_window``), and
+the GIL switch interval is the application's (``responsive_gil``) unless
+``--default-switch-interval``.
 
     QT_QPA_PLATFORM=offscreen PYTHONPATH=$PWD python benchmarks/store_gui_bench.py \\
         --images 100000 --rounds 3 --out /tmp/store-gui.json
@@ -358,6 +360,8 @@ def main() -> int:
                          "other than Name, streamed predictions move rows live")
     ap.add_argument("--propagate", type=int, default=2000,
                     help="images to propagate to with a fake fast engine (0: no such phase)")
+    ap.add_argument("--default-switch-interval", action="store_true",
+                    help="keep Python's 5 ms GIL switch interval (the application sets its own)")
     args = ap.parse_args()
     formats = tuple(f for f in args.formats.split(",") if f)
     if "sleap" in formats:
@@ -383,9 +387,12 @@ def main() -> int:
         out["generate_and_write_s"] = round(time.perf_counter() - t, 1)
     from PySide6.QtWidgets import QApplication
 
-    from annotator.gui.app import preload_before_window
+    from annotator.gui.app import preload_before_window, responsive_gil
     from annotator.gui.main_window import MainWindow
 
+    if not args.default_switch_interval:
+        responsive_gil()  # as the application starts
+    out["switch_interval_s"] = sys.getswitchinterval()
     app = QApplication.instance() or QApplication([])
     out["startup_preload_s"] = round(preload_before_window(app), 1)  # as the app starts
     win = MainWindow(autosave_delay_s=0.5, preload_models=False)

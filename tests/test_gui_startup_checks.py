@@ -57,3 +57,35 @@ def test_the_model_stack_is_imported_before_the_window_off_the_gui_thread(qtbot)
         raise ImportError("no torch here")
 
     assert app.preload_before_window(qapp, broken) >= 0
+
+
+def test_the_application_shortens_the_gil_switch_interval_before_its_threads_start(
+        qtbot, monkeypatch):
+    """With Python's 5 ms switch interval, every slot, paint and event filter of the GUI
+    thread waited up to 5 ms for the GIL beside a busy background thread (a load, a
+    propagation, a freed project): run_app sets the application's interval before the
+    first thread of its own (the model-stack preload) starts."""
+    import sys
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def preload(qapp):  # noqa: ANN001, ANN202, ARG001
+        seen.append(sys.getswitchinterval())
+        raise Stop
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    monkeypatch.setattr(app, "preload_before_window", preload)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)  # Python's default
+    try:
+        try:
+            app.run_app([])
+        except Stop:
+            pass
+        assert len(seen) == 1 and abs(seen[0] - app.GUI_SWITCH_INTERVAL_S) < 1e-6
+        assert app.GUI_SWITCH_INTERVAL_S <= 0.0005  # far below the 5 ms default
+    finally:
+        sys.setswitchinterval(before)

@@ -12,6 +12,22 @@ from typing import Any
 _T0 = time.perf_counter()
 
 
+#: The GIL switch interval of the application's process, in seconds. Python's default (5 ms)
+#: is how long a thread that wants the GIL waits before the running thread is asked to let
+#: go. The GUI thread takes the GIL for every slot, paint, model call and event filter
+#: written in Python, so beside any busy background thread (a project loading, a
+#: propagation's worker, a closed project being freed) each of those waited up to 5 ms:
+#: scrolling a 100,000-image gallery beside one CPU-bound Python thread stalled 220-360 ms;
+#: at 0.2 ms, 11-13 ms, the busy thread no slower (BENCHMARKS.md, section 7h).
+GUI_SWITCH_INTERVAL_S = 0.0002
+
+
+def responsive_gil() -> None:
+    """Set the process's GIL switch interval to :data:`GUI_SWITCH_INTERVAL_S` (once, at
+    start, before any thread of the application runs)."""
+    sys.setswitchinterval(GUI_SWITCH_INTERVAL_S)
+
+
 XCB_PACKAGES = (
     "libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 "
     "libxcb-shape0 libxkbcommon-x11-0"
@@ -99,6 +115,7 @@ def run_app(argv: list[str] | None = None) -> int:
             f"  sudo apt install {XCB_PACKAGES}\n"
         )
         return 2
+    responsive_gil()
     from PySide6.QtWidgets import QApplication
 
     from annotator.gui.main_window import MainWindow
