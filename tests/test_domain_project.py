@@ -1,3 +1,5 @@
+from collections.abc import Mapping
+
 import pytest
 
 from annotator.domain import (
@@ -217,3 +219,32 @@ def test_a_project_of_checked_parts_is_the_same_project():
     assert q.undo() and q.status("sub/b.jpg") is ImageStatus.REFERENCE
     with pytest.raises(ValueError, match="twice"):
         Project.of_checked_parts("/d", [ImageRecord("x.jpg")] * 2, p.schema, {}, p.settings)
+
+
+def test_a_project_of_checked_parts_owns_its_annotations_whatever_mapping_it_was_given():
+    from types import MappingProxyType
+
+    p = project()
+    p.set_keypoint("a.jpg", 0, Keypoint(3, 4, Visibility.VISIBLE))
+    shared = p.annotations()
+    for given in (shared, MappingProxyType(shared), _Plain(shared)):
+        q = Project.of_checked_parts(p.image_root, p.images, p.schema, given, p.settings)
+        q.set_keypoint("sub/b.jpg", 1, Keypoint(5, 6, Visibility.VISIBLE))
+        assert "sub/b.jpg" not in shared and "sub/b.jpg" in q.annotations()
+        assert q.annotations() == {**shared, "sub/b.jpg": q.annotation("sub/b.jpg")}
+
+
+class _Plain(Mapping):
+    """A mapping that is neither a dict nor a view of one."""
+
+    def __init__(self, data: dict) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str):  # noqa: ANN204
+        return self._data[key]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
