@@ -157,3 +157,31 @@ def test_one_image_is_not_one_images(qtbot, tmp_path):
     assert dialog.reviewed.text().endswith("(1 image)")
     dialog.close()
     window.close()
+
+
+def test_closing_a_project_leaves_the_store_close_to_a_thread_the_quit_waits_for(
+        qtbot, tmp_path, monkeypatch):
+    from annotator.io.project_file import load_project
+    from annotator.io.store import ProjectStore
+
+    window, project = demo(qtbot, tmp_path)
+    path, store = window.project_path, window.autosaver._store
+    release, closing = threading.Event(), threading.Event()
+    real_close = ProjectStore.close
+
+    def held_close(self):  # noqa: ANN001, ANN202
+        if self is store:
+            closing.set()
+            assert release.wait(30)
+        real_close(self)
+
+    monkeypatch.setattr(ProjectStore, "close", held_close)
+    project.move_keypoint(TARGET, 0, 12.0, 13.0)  # the first edit, not yet autosaved
+    window.close_project()  # returns while the store's connection is still open
+    assert window.project is None and closing.wait(30)
+    assert load_project(path).annotation(TARGET).instances[0].keypoints[0].x == 12.0
+    closer = [t for t in threading.enumerate() if t.name == "autosave-close"]
+    assert closer and closer[0].is_alive()
+    threading.Timer(0.3, release.set).start()
+    window.close()  # the quit waits for it
+    assert not closer[0].is_alive()

@@ -236,3 +236,55 @@ def test_the_backup_is_the_store_as_opened_and_no_write_waits_for_it(tmp_path, m
         a.close()  # waits for the backup
     assert not a.backup_thread.is_alive()
     assert load_project(backup_path(store)).status("empty.png") is ImageStatus.UNLABELLED
+
+
+def test_detaching_without_waiting_closes_the_store_on_a_thread_of_its_own(tmp_path, monkeypatch):
+    """Closing the last connection checkpoints the write-ahead log (I/O): a project closed
+    in the window leaves that to a thread, with every edit already committed."""
+    import threading
+
+    from annotator.io.store import ProjectStore
+
+    store, project = saved(tmp_path, rich_project(tmp_path))
+    release, closing = threading.Event(), threading.Event()
+    real_close = ProjectStore.close
+
+    def held_close(self):  # noqa: ANN001, ANN202
+        if self is a._store:  # the autosaver's own connection; not load_project's below
+            closing.set()
+            assert release.wait(30)
+        real_close(self)
+
+    a = Autosaver(project, store, background=True, backup=False)
+    project.set_status("empty.png", ImageStatus.REVIEWED)
+    monkeypatch.setattr(ProjectStore, "close", held_close)
+    try:
+        a.close(wait_backup=False)  # returns while the store is still being closed
+        assert closing.wait(30) and a.close_thread.is_alive()
+        assert a.threads_left() == [a.close_thread]
+        assert load_project(store).status("empty.png") is ImageStatus.REVIEWED  # committed
+    finally:
+        release.set()
+    a.close_thread.join(30)
+    assert a.threads_left() == []
+    monkeypatch.undo()
+    assert load_project(store).status("empty.png") is ImageStatus.REVIEWED
+
+
+def test_detaching_and_waiting_closes_the_store_before_it_returns(tmp_path, monkeypatch):
+    from annotator.io.store import ProjectStore
+
+    store, project = saved(tmp_path, rich_project(tmp_path))
+    closed: list[str] = []
+    real_close = ProjectStore.close
+    monkeypatch.setattr(ProjectStore, "close",
+                        lambda self: (closed.append(threading_name()), real_close(self)))
+    a = Autosaver(project, store, background=True, backup=False)
+    a.close()  # as when the application quits
+    assert closed == ["MainThread"] and a.close_thread is None and a.threads_left() == []
+
+
+def threading_name() -> str:
+    import threading
+
+    return threading.current_thread().name

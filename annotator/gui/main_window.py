@@ -225,7 +225,7 @@ class MainWindow(QMainWindow):
         self._unreadable_in_run = 0
         self._reference_dock_decided = False
         self._shut_down = False
-        self._backups: list[threading.Thread] = []  # backups still copied after a close
+        self._backups: list[threading.Thread] = []  # backups, store closes after a close
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
         self._recovered = 0  # journaled edits recovered when the project was opened
         self._counts: dict[str, int] = {}  # path -> 1 reviewed/reference, 2 needs review
@@ -571,9 +571,10 @@ class MainWindow(QMainWindow):
                 self.autosaver.close(wait_backup)
             except OSError as exc:
                 self.show_message("error", "Autosave failed", str(exc))
-            backup = self.autosaver.backup_thread
-            if backup is not None and backup.is_alive():
-                self._backups.append(backup)  # waited for when the application quits
+            # a backup copy and the store's close finish on their own threads; waited for
+            # when the application quits
+            self._backups = [t for t in self._backups if t.is_alive()]
+            self._backups.extend(self.autosaver.threads_left())
             self.autosaver = None
         if self._unsubscribe is not None:
             self._unsubscribe()
@@ -1583,7 +1584,7 @@ class MainWindow(QMainWindow):
         self.hide()  # the user sees the close at once; a model load may hold the join
         # cancel the run, apply what arrived, save (and finish the backup): before any wait
         self._detach_project(wait_backup=True)
-        for backup in self._backups:  # of projects closed right after they were opened
+        for backup in self._backups:  # of projects closed before (see _detach_project)
             backup.join()
         self.controller.shutdown()
         self.exporter.wait()  # an export being written finishes (it is atomic either way)
