@@ -6,6 +6,8 @@ import dataclasses
 import json
 import sqlite3
 
+import pytest
+
 from annotator.domain import (
     ImageRecord,
     ImageStatus,
@@ -298,3 +300,26 @@ def test_checking_an_open_store_keeps_its_locks_against_other_processes(tmp_path
     finally:
         store.close()
     assert is_store(path) and not is_store(tmp_path / "missing.kpproj")
+
+
+@pytest.mark.parametrize("data", [
+    {}, {"width": 640}, {"height": 480}, {"width": 640, "height": 480},
+    {"width": 0, "height": 480}, {"width": -3}, {"width": True}, {"height": 2.5},
+    {"width": "640"}, {"width": None}, {"width": 640, "video": "v.mp4", "frame": 3},
+    {"width": 640, "unknown": 1},
+])
+@pytest.mark.parametrize("image", ["a.png", "sub/b.jpg", "../up.png", "/abs.png", "a//b.png"])
+def test_a_stored_image_record_is_checked_as_image_record_checks_it(tmp_path, image, data):
+    """The fast path for plain images builds the record without ImageRecord's __init__: it
+    must accept and refuse exactly what that accepts and refuses."""
+    from annotator.io.project_file import ProjectFileError, _image_record
+
+    known = {f.name for f in dataclasses.fields(ImageRecord)}
+    try:
+        expected = ImageRecord(image, **{k: v for k, v in data.items() if k in known})
+    except (TypeError, ValueError):
+        with pytest.raises(ProjectFileError):
+            _image_record(image, data, tmp_path)
+    else:
+        got = _image_record(image, data, tmp_path)
+        assert got == expected and vars(got) == vars(expected)
