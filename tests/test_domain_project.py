@@ -102,6 +102,18 @@ def test_undo_stack_limit_and_redo_cleared():
     assert not st.can_redo
 
 
+def test_taking_the_history_empties_it_and_returns_every_step():
+    st = UndoStack()
+    for name in ("a", "b", "c"):
+        st.push(Command(name, lambda: None, lambda: None))
+    st.undo()
+    steps = st.take()
+    assert [c.description for c in steps] == ["a", "b", "c"]
+    assert not st.can_undo and not st.can_redo and st.undo() is None
+    st.push(Command("d", lambda: None, lambda: None))  # still usable
+    assert st.undo_text == "d" and len(steps) == 3
+
+
 def test_accepting_an_image_reviews_its_unfound_keypoints_too():
     p = project()
     kps = (Keypoint(1, 1, 2, Origin.PREDICTED, 0.9), Keypoint(origin=Origin.PREDICTED,

@@ -56,3 +56,27 @@ def test_frees_wait_while_paused():
         assert first() is not None  # at most a first few hundred entries freed meanwhile
     thread.join(10)
     assert first() is None
+
+
+def test_undo_steps_are_freed_first_a_piece_at_a_time_and_release_the_project():
+    import threading
+
+    project = _project()
+    paths = [r.path for r in project.images[:1500]]
+    kp = Keypoint(3.0, 4.0)
+    replaced = weakref.ref(project.annotation(paths[0]))  # after the edit: the step's alone
+    project.set_annotations({p: ImageAnnotation((Instance((kp, kp)),), ImageStatus.REVIEWED)
+                             for p in paths}, "Propagate")
+    freed_on: list[str] = []
+    weakref.finalize(replaced(), lambda: freed_on.append(threading.current_thread().name))
+    before, after = project.history.top.payload  # held here too: emptied in place
+    steps = project.history.take()
+    assert not project.history.can_undo and len(steps) == 1
+    gone = weakref.ref(project)
+    thread = drop_in_background(project, steps=steps)
+    del project, steps
+    thread.join(10)
+    assert not thread.is_alive()
+    assert freed_on == ["drop-project"] and replaced() is None
+    assert before == {} and after == {}
+    assert gone() is None  # the steps referred to it (a cycle): taken apart after them

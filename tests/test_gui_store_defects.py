@@ -185,3 +185,28 @@ def test_closing_a_project_leaves_the_store_close_to_a_thread_the_quit_waits_for
     threading.Timer(0.3, release.set).start()
     window.close()  # the quit waits for it
     assert not closer[0].is_alive()
+
+
+def test_closing_a_big_project_frees_its_undo_steps_off_the_gui_thread(
+        qtbot, tmp_path, monkeypatch):
+    """A propagation's undo step holds thousands of annotations (20-30 ms to free at
+    100,000 images): closing hands the steps to the thread that frees the project."""
+    import weakref
+
+    from annotator.gui import main_window
+
+    monkeypatch.setattr(main_window, "DROP_IN_BACKGROUND_IMAGES", 1)  # the demo counts as big
+    window, project = demo(qtbot, tmp_path)
+    path = next(p for p, ann in project.annotations().items() if ann.instances)
+    replaced = weakref.ref(project.annotation(path))
+    project.move_keypoint(path, 0, 12.0, 13.0)  # the first edit: its step alone holds it
+    freed_on: list[str] = []
+    weakref.finalize(replaced(), lambda: freed_on.append(threading.current_thread().name))
+    gone = weakref.ref(project)
+    del project
+    window.close_project()
+    assert window.project is None
+    for thread in [t for t in threading.enumerate() if t.name == "drop-project"]:
+        thread.join(10)
+    assert freed_on == ["drop-project"]
+    assert gone() is None  # the steps referred to it: freed after them, on that thread

@@ -91,6 +91,14 @@ class UndoStack:
         self._done.clear()
         self._undone.clear()
 
+    def take(self) -> list[Command]:
+        """Empty the history and return its commands (done, then undone) for the caller to
+        free: the steps of a big project hold thousands of annotations (a propagation's),
+        and freeing them all at once is one long call."""
+        steps = self._done + self._undone
+        self._done, self._undone = [], []
+        return steps
+
     def end_merge(self) -> None:
         """Stop folding further edits into the last command (end of a drag)."""
         if self._done and self._done[-1].merge_key is not None:

@@ -152,6 +152,7 @@ class Project:
         self.image_root = str(image_root)
         self._images: list[ImageRecord] = []
         self._index: dict[str, int] = {}
+        self._images_version = 0  # bumped by every change of the image list
         for rec in images:
             self._add_record(rec)
         self.schema = schema
@@ -181,6 +182,7 @@ class Project:
         100,000 x 3 images, competing with the GUI thread for the GIL)."""
         project = cls(image_root, (), schema, None, settings)
         project._images = list(images)
+        project._images_version = 1
         project._index = {rec.path: i for i, rec in enumerate(project._images)}
         if len(project._index) != len(project._images):
             raise ValueError("an image is listed twice")
@@ -197,10 +199,18 @@ class Project:
             raise ValueError(f"image {rec.path!r} is listed twice")
         self._index[rec.path] = len(self._images)
         self._images.append(rec)
+        self._images_version += 1
 
     @property
     def images(self) -> tuple[ImageRecord, ...]:
         return tuple(self._images)
+
+    @property
+    def images_version(self) -> int:
+        """A number that changes whenever an image record is added or replaced (a cheap
+        "has the image list changed since": copying 100,000 records to compare them costs
+        milliseconds)."""
+        return self._images_version
 
     def __len__(self) -> int:
         return len(self._images)
@@ -233,6 +243,7 @@ class Project:
         """Record the size of an image once it is known (not an undoable edit)."""
         i = self._index_of(path)
         self._images[i] = replace(self._images[i], width=int(width), height=int(height))
+        self._images_version += 1
 
     # -------------------------------------------------------- annotations
     def annotation(self, path: str) -> ImageAnnotation:

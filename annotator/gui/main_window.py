@@ -510,6 +510,9 @@ class MainWindow(QMainWindow):
             self.cancel_open()  # another project was shown meanwhile (or none): it stays
         self._detach_project()
         old, self.project, self.project_path = self.project, project, path
+        # the undo steps refer to the project: a reference cycle, which the collector never
+        # frees once a big project was frozen after loading; freed with the project below
+        steps = old.history.take() if old is not None else []
         self._counts_stale = True
         if project is not None and prep is not None:
             self.set_review_counts(prep.counts)
@@ -552,7 +555,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
         self._update_counts()
         if old is not None and old is not project and len(old) >= DROP_IN_BACKGROUND_IMAGES:
-            drop_in_background(old)
+            drop_in_background(old, steps=steps)  # a propagation's step: 30 ms to free
 
     def _detach_project(self, wait_backup: bool = False) -> None:
         """Stop editing the open project: its run cancelled, its edits saved. The store's
@@ -579,10 +582,6 @@ class MainWindow(QMainWindow):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self.project is not None:
-            # the undo steps refer to the project: a reference cycle, which the collector
-            # never frees once a big project was frozen after loading
-            self.project.history.clear()
 
     def close_project(self) -> None:
         if self._saved_or_confirmed():

@@ -100,6 +100,9 @@ class Autosaver:
         # the image list the store holds: images added before (found in the folder while
         # the project was loaded off the GUI thread) are written first
         self._images = project.images if stored_images is None else tuple(stored_images)
+        # the project's image list version last compared with the store's (None: compare)
+        self._images_checked: int | None = (project.images_version if stored_images is None
+                                            else None)
         self._seen_schema = project.schema  # last schema captured on the editing thread
         self._last_image_check = clock()
         self.saves = 0
@@ -329,6 +332,10 @@ class Autosaver:
     def check_images(self) -> None:
         """Queue the image records changed without an edit (sizes learnt on reading)."""
         self._last_image_check = self._clock()
+        version = self.project.images_version
+        if version == self._images_checked:  # unchanged since compared: no copy of the list
+            return
+        self._images_checked = version
         images = self.project.images
         if images != self._images:
             self._queue.put(_Change(self._written_revision, {}, None, None, images, None))
