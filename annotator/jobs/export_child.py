@@ -187,4 +187,7 @@ def write_sleap_in_child(project: Project, out: str | Path,
 if __name__ == "__main__":
     _answer_to = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints never reach the pipe
-    raise SystemExit(child_main(sys.stdin.buffer, _answer_to))
+    _code = child_main(sys.stdin.buffer, _answer_to)
+    _answer_to.close()
+    sys.stderr.flush()
+    os._exit(_code)  # no teardown of sleap-io's millions of objects (the parent waits)
