@@ -68,6 +68,9 @@ MODULE_STEPS: tuple[str, ...] = (
     "transformers", "transformers:CLIPTokenizer", "transformers:CLIPTextModel",
     "transformers:Dinov2Model", "diffusers", "diffusers:AutoencoderKL",
     "diffusers:DDPMScheduler", "diffusers:UNet2DConditionModel",
+    # imported on their way by the first open otherwise: the retrainer's head folder (on the
+    # GUI thread, 30 ms) and the image decoders of the first thumbnails
+    "platformdirs", "annotator.features.cache", "PIL.JpegImagePlugin", "PIL.PngImagePlugin",
 )
 
 
