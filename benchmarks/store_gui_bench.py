@@ -13,8 +13,13 @@ predicted image goes out; the stall and the time to the written file), close. Pe
 longest cyclic garbage collection (``gc.callbacks``, any thread) is recorded too, and the
 process's resident memory after each round; and per phase the worst pause of a 5 ms sleep
 loop in a separate process (``*_side_ms``: the machine's own pauses, not the application's)
-and the major page faults of the benchmark's process (``*_majflt``). The worst over the
-rounds is reported. Writes JSON
+and the major page faults of the benchmark's process (``*_majflt``). For each phase's worst
+stall, what ran during it: the GUI thread's own CPU time (``*_stall_gui_cpu_ms``: near the
+stall, work on the GUI thread; near zero, the GUI thread waited), the process's CPU time over
+all its threads (``*_stall_proc_cpu_ms``), and the machine's steal time per CPU from
+``/proc/stat`` (``*_stall_steal_ms``: the hypervisor ran something else; kernel ticks of
+10 ms). The worst over the rounds is reported (the attribution of the round with the worst
+stall). Writes JSON
 to --out. The generated project's image files are tiny placeholders, written once for the
 formats that copy images (YOLO pose, DeepLabCut). As the application does, the model stack
 is imported before the window is made (``annotator.gui.app.preload_before_window``), and
@@ -44,7 +49,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 class Heartbeat:
-    """The longest gap between ticks of a 5 ms GUI-thread timer, less the 5 ms."""
+    """The longest gap between ticks of a 5 ms GUI-thread timer, less the 5 ms; and for that
+    gap, what ran meanwhile: the GUI thread's own CPU time, the whole process's CPU time,
+    and its wall-clock window (``worst_window``, ``time.time()``) to match against the
+    machine's steal time. A stall with little GUI-thread CPU is waiting (for the GIL, or
+    for a CPU); one with the GUI thread's CPU near the gap is work on the GUI thread."""
 
     def __init__(self) -> None:
         from PySide6.QtCore import Qt, QTimer
@@ -53,16 +62,27 @@ class Heartbeat:
         self.timer.setTimerType(Qt.TimerType.PreciseTimer)
         self.timer.setInterval(5)
         self.timer.timeout.connect(self._tick)
-        self.last = time.perf_counter()
-        self.worst = 0.0
+        self.start_clocks()
+
+    def start_clocks(self) -> None:
+        self.last, self.worst = time.perf_counter(), 0.0
+        self.last_thread, self.last_proc, self.last_wall = (
+            time.thread_time(), time.process_time(), time.time())
+        self.worst_thread = self.worst_proc = 0.0
+        self.worst_window = (self.last_wall, self.last_wall)
 
     def _tick(self) -> None:
-        now = time.perf_counter()
-        self.worst = max(self.worst, now - self.last - 0.005)
-        self.last = now
+        now, thread, proc, wall = (time.perf_counter(), time.thread_time(),
+                                   time.process_time(), time.time())
+        gap = now - self.last - 0.005
+        if gap > self.worst:
+            self.worst = gap
+            self.worst_thread, self.worst_proc = thread - self.last_thread, proc - self.last_proc
+            self.worst_window = (self.last_wall, wall)
+        self.last, self.last_thread, self.last_proc, self.last_wall = now, thread, proc, wall
 
     def start(self) -> None:
-        self.last, self.worst = time.perf_counter(), 0.0
+        self.start_clocks()
         self.timer.start()
 
     def stop_ms(self) -> float:
@@ -98,13 +118,27 @@ class GcWatch:
 SIDE_LOOP = """
 import sys, time
 out = open(sys.argv[1], "a", buffering=1)
-last = time.perf_counter()
+steal_out = open(sys.argv[2], "a", buffering=1)
+
+def steal():
+    try:
+        with open("/proc/stat", "rb") as f:
+            return int(f.readline().split()[8])  # the 'cpu' line's steal, all CPUs, ticks
+    except (OSError, ValueError, IndexError):
+        return -1
+
+last, last_steal = time.perf_counter(), steal()
+steal_out.write(f"{time.time():.4f} {last_steal}\\n")
 while True:
     time.sleep(0.005)
     now = time.perf_counter()
     gap = now - last - 0.005
     if gap > 0.01:
         out.write(f"{time.time():.4f} {gap * 1000:.1f}\\n")
+    s = steal()
+    if s != last_steal:
+        steal_out.write(f"{time.time():.4f} {s}\\n")
+        last_steal = s
     last = now
 """
 
@@ -118,8 +152,13 @@ class SideBeat:
         import subprocess
 
         self.log = folder / "side-beat.txt"
+        self.steal_log = folder / "side-steal.txt"
         self.log.write_text("")
-        self.proc = subprocess.Popen([sys.executable, "-c", SIDE_LOOP, str(self.log)])
+        self.steal_log.write_text("")
+        self.proc = subprocess.Popen([sys.executable, "-c", SIDE_LOOP, str(self.log),
+                                      str(self.steal_log)])
+        self.cpus = os.cpu_count() or 1
+        self.tick_s = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
         self.t0, self.faults0 = time.time(), self.faults()
 
     @staticmethod
@@ -141,6 +180,18 @@ class SideBeat:
             if self.t0 <= float(when) <= t1:
                 worst = max(worst, float(gap))
         return round(worst, 1), self.faults() - self.faults0
+
+    def steal_ms(self, t0: float, t1: float) -> float:
+        """The machine's steal time (ms, per CPU: the hypervisor ran something else) seen
+        between ``t0`` and ``t1`` (``time.time()``), to the 10 ms of the kernel's ticks.
+        The loop notes a change within 5 ms, so the window is widened by that much."""
+        steal = [(float(w), int(v)) for w, v in
+                 (line.split() for line in self.steal_log.read_text().splitlines())]
+        before = [v for w, v in steal if w <= t0]
+        upto = [v for w, v in steal if w <= t1 + 0.006]
+        if not before or not upto or before[-1] < 0:
+            return float("nan")
+        return round((upto[-1] - before[-1]) * self.tick_s * 1000 / self.cpus, 1)
 
     def close(self) -> None:
         self.proc.kill()
@@ -174,6 +225,7 @@ def run_for(seconds: float) -> None:
     run_until(lambda: False, seconds)
 
 
+ATTRIBUTION = ("_stall_gui_cpu_ms", "_stall_proc_cpu_ms", "_stall_steal_ms")
 FORMATS = ("coco", "label-studio", "yolo-pose", "dlc", "sleap")
 # the smallest valid JPEG (1 x 1, grey): what the folder formats copy for a generated image
 TINY_JPEG = bytes.fromhex(
@@ -280,8 +332,11 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
         res[f"{name}_stall_ms"] = beat.stop_ms()
         res[f"{name}_gc_ms"] = gcw.stop_ms()
         res[f"{name}_gc_gen"] = gcw.gen
+        res[f"{name}_stall_gui_cpu_ms"] = round(beat.worst_thread * 1000, 1)
+        res[f"{name}_stall_proc_cpu_ms"] = round(beat.worst_proc * 1000, 1)
         if side is not None:
             res[f"{name}_side_ms"], res[f"{name}_majflt"] = side.stop()
+            res[f"{name}_stall_steal_ms"] = side.steal_ms(*beat.worst_window)
 
     def begin() -> None:
         beat.start()
@@ -413,6 +468,9 @@ def main() -> int:
         rounds = [one_round(win, path, beat, gcw, formats, args.propagate, side)
                   for _ in range(args.rounds)]
         worst = {k: round(max(r[k] for r in rounds), 3) for k in rounds[0]}
+        for key in [k for k in worst if k.endswith(ATTRIBUTION)]:  # the worst stall's own
+            stall = key.rsplit("_stall_", 1)[0] + "_stall_ms"
+            worst[key] = max(rounds, key=lambda r: r[stall])[key]  # noqa: B023
         out[name] = worst
         out[f"{name}_rounds"] = rounds
         args.out.write_text(json.dumps(out, indent=1))
