@@ -246,3 +246,24 @@ def test_images_found_while_loading_are_added_and_saved(qtbot, tmp_path):
     saved = load_project(path)
     assert [r.path for r in saved.images][-2:] == ["new1.png", "sub/new2.jpg"]
     window.close()
+
+
+def test_a_project_of_a_few_hundred_images_opens_in_the_background_by_default(qtbot, tmp_path):
+    """Read on the GUI thread, 300 images x 2 instances froze the window for about a tenth
+    of a second (3,000 images: a second), so by default it is read on the loader thread."""
+    path = _big_store(tmp_path, n=300)
+    window = make_window(qtbot)
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        assert window.open_project(str(path)) is None  # not read on the GUI thread
+        assert window.opener.busy
+    assert window.project is not None and len(window.project) == 300
+    assert project_to_dict(window.project) == project_to_dict(load_project(path))
+    window.close()
+
+
+def test_a_small_project_still_opens_at_once(qtbot, tmp_path):
+    path = _big_store(tmp_path, n=20)
+    window = make_window(qtbot)
+    opened = window.open_project(str(path))
+    assert opened is not None and window.project is opened and len(opened) == 20
+    window.close()
