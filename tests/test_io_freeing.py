@@ -49,3 +49,32 @@ def test_pause_is_called_once_per_entry() -> None:
 
     take_apart(list(range(10)), {"a": 1, "b": 2}, pause=pause)
     assert seen == list(range(12))
+
+
+def test_a_small_container_of_big_ones_is_taken_apart_too() -> None:
+    """The gallery drops its old state as a list of a few 10^5-entry tables: freed in one
+    call, that held the GIL 100-120 ms; each table is emptied entry by entry instead."""
+    rows = [Thing() for _ in range(BIG * 2)]
+    index = {i: Thing() for i in range(BIG * 2)}
+    refs = [weakref.ref(t) for t in rows + list(index.values())]
+    state = [rows, index, None, {"small": 1}]
+    del rows, index
+    entries: list[int] = []
+
+    def pause(freed: int) -> int:
+        entries.append(freed)
+        return freed + 1
+
+    holder = [state]
+    del state
+    take_apart(holder, pause=pause)
+    assert holder == [] and all(r() is None for r in refs)
+    # one call per entry: the state, its 4 entries, and every row and index entry
+    assert len(entries) == 1 + 4 + 4 * BIG
+
+
+def test_a_small_container_someone_else_holds_is_left_whole() -> None:
+    rows = [Thing() for _ in range(BIG * 2)]
+    state = [rows]
+    take_apart([state])
+    assert state == [rows] and len(rows) == BIG * 2
