@@ -12,7 +12,12 @@ from annotator.domain import ImageRecord, ImageStatus, Keypoint, KeypointSchema,
 from annotator.domain.annotation import ImageAnnotation, Instance, Visibility
 from annotator.gui.gallery import CONFIDENCE_ROLE, INSTANCES_ROLE, STATUS_ROLE
 from annotator.gui.main_window import review_categories
-from annotator.io.project_file import load_project, project_to_dict, save_project
+from annotator.io.project_file import (
+    load_project,
+    project_to_dict,
+    save_json_copy,
+    save_project,
+)
 from tests.test_gui_support import (  # noqa: F401 (fixtures)
     make_window,
     no_thread_leaks,
@@ -23,6 +28,12 @@ pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
 
 
 def _big_store(tmp_path, n: int = 3000):  # noqa: ANN001, ANN202
+    path = tmp_path / "big.kpproj"
+    save_project(_big_project(tmp_path, n), path)
+    return path
+
+
+def _big_project(tmp_path, n: int) -> Project:  # noqa: ANN001
     schema = KeypointSchema("cat", tuple(f"k{i}" for i in range(8)))
     images = [ImageRecord(f"f/{i:05d}.jpg", 640, 480) for i in range(n)]
     anns = {}
@@ -32,9 +43,7 @@ def _big_store(tmp_path, n: int = 3000):  # noqa: ANN001, ANN202
         anns[rec.path] = ImageAnnotation((Instance(kps, (1.0, 2.0, 30.0, 40.0), 0.8),
                                           Instance(kps)), ImageStatus.PREDICTED)
     (tmp_path / "images").mkdir()
-    path = tmp_path / "big.kpproj"
-    save_project(Project(str(tmp_path / "images"), images, schema, anns), path)
-    return path
+    return Project(str(tmp_path / "images"), images, schema, anns)
 
 
 def test_a_big_store_opens_in_the_background_with_progress(qtbot, tmp_path):
@@ -266,4 +275,39 @@ def test_a_small_project_still_opens_at_once(qtbot, tmp_path):
     window = make_window(qtbot)
     opened = window.open_project(str(path))
     assert opened is not None and window.project is opened and len(opened) == 20
+    window.close()
+
+
+def test_a_big_json_project_of_a_previous_version_migrates_in_the_background(qtbot, tmp_path):
+    """Reading and migrating a 1,000-image JSON project took the GUI thread for seconds."""
+    project = _big_project(tmp_path, 1000)
+    old = tmp_path / "big.kpproj.json"
+    save_json_copy(project, old)
+    before = old.read_bytes()
+    assert len(before) >= 100_000
+    window = make_window(qtbot)
+    messages: list[str] = []
+    window.statusBar().messageChanged.connect(messages.append)
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        assert window.open_project(str(old)) is None  # read on the loader thread
+        assert window.opener.busy and window.open_bar.isVisible()
+    assert window.project is not None
+    assert window.project_path == str(tmp_path / "big.kpproj")
+    assert project_to_dict(window.project)["annotations"] == \
+        project_to_dict(project)["annotations"]
+    assert old.read_bytes() == before  # kept as it was, as the backup
+    assert project_to_dict(load_project(tmp_path / "big.kpproj"))["annotations"] == \
+        project_to_dict(project)["annotations"]
+    assert any("kept unchanged as a backup" in m for m in messages)
+    window.close()
+
+
+def test_a_small_json_project_migrates_at_once(qtbot, tmp_path):
+    project = _big_project(tmp_path, 5)
+    old = tmp_path / "small.kpproj.json"
+    save_json_copy(project, old)
+    window = make_window(qtbot)
+    opened = window.open_project(str(old))
+    assert opened is not None and window.project_path == str(tmp_path / "small.kpproj")
+    assert project_to_dict(opened)["annotations"] == project_to_dict(project)["annotations"]
     window.close()

@@ -37,7 +37,11 @@ from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, Format
 from annotator.gui.gallery import PreparedOrder, prepare_order
 from annotator.gui.instance_view import InstanceViewControls
 from annotator.gui.progress import RateEstimator
-from annotator.gui.project_open import BACKGROUND_OPEN_IMAGES, ProjectOpener
+from annotator.gui.project_open import (
+    BACKGROUND_OPEN_IMAGES,
+    BACKGROUND_OPEN_JSON_BYTES,
+    ProjectOpener,
+)
 from annotator.gui.recent import add_recent_project
 from annotator.gui.release import drop_in_background
 from annotator.gui.result_feed import BoundedFeed
@@ -247,6 +251,9 @@ class MainWindow(QMainWindow):
         self._open_next: str | None = None
         #: stores with at least this many images open on a pool thread
         self.background_open_images = BACKGROUND_OPEN_IMAGES
+        #: JSON projects (previous versions) of at least this many bytes migrate on a pool
+        #: thread
+        self.background_open_json_bytes = BACKGROUND_OPEN_JSON_BYTES
         self._export_choice: ExportChoice | None = None
         self._export_format = "coco"  # the format Export as... offers first
         # the model stack is imported in GIL-friendly steps on the worker: at idle once a
@@ -639,10 +646,14 @@ class MainWindow(QMainWindow):
             self.new_project(root, dialog.schema, path)
 
     def _opens_in_background(self, path: str) -> bool:
-        """A store big enough to be read on a pool thread (a JSON project migrates on the
-        GUI thread, as before)."""
+        """A store, or a JSON project of a previous version (read and migrated to a
+        store), big enough to be read on a pool thread."""
         if not is_store(path):
-            return False
+            try:
+                return (os.path.isfile(path)
+                        and os.path.getsize(path) >= self.background_open_json_bytes)
+            except OSError:
+                return False  # the synchronous open reports it
         try:
             store = ProjectStore(path, readonly=True)
         except StoreError:
@@ -670,7 +681,7 @@ class MainWindow(QMainWindow):
             return None
         if self._opens_in_background(path):
             self.set_project(None, None)
-            self.opener.start(path, prepare_open, prepare_preview)
+            self.opener.start(path, prepare_open, prepare_preview if is_store(path) else None)
             self.open_bar.setFormat("opening %p%")
             self.open_bar.setValue(0)
             self.open_bar.show()

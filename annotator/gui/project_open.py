@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 #: at every size from 100 up. Below it, the few-dozen-millisecond synchronous open shows the
 #: project at once (no progress bar flashing by).
 BACKGROUND_OPEN_IMAGES = 100
+#: a JSON project of a previous version at least this big (bytes; about 50 images of three
+#: 17-keypoint instances) is read and migrated to a store in the background too
+BACKGROUND_OPEN_JSON_BYTES = 100_000
 #: what is made for a project at least this big on the loader thread is frozen
 FREEZE_IMAGES = 2000
 
