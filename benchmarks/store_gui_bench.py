@@ -159,6 +159,9 @@ class SideBeat:
                                       str(self.steal_log)])
         self.cpus = os.cpu_count() or 1
         self.tick_s = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+        deadline = time.time() + 10
+        while not self.steal_log.read_text() and time.time() < deadline:
+            time.sleep(0.01)  # the first steal count is the base of the first phase
         self.t0, self.faults0 = time.time(), self.faults()
 
     @staticmethod
