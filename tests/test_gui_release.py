@@ -80,3 +80,28 @@ def test_undo_steps_are_freed_first_a_piece_at_a_time_and_release_the_project():
     assert freed_on == ["drop-project"] and replaced() is None
     assert before == {} and after == {}
     assert gone() is None  # the steps referred to it (a cycle): taken apart after them
+
+
+def test_nothing_is_freed_while_paused_not_even_the_first_steps():
+    """The window drops the old project's parts while it switches projects (inside
+    ``paused()``); a free sharing the GIL with the switch made it twice as long."""
+    import time
+    from types import SimpleNamespace
+
+    from annotator.gui.release import paused
+
+    class Thing:
+        pass
+
+    payload = {i: Thing() for i in range(600)}
+    newest = weakref.ref(payload[599])  # the first one taken apart
+    steps = [SimpleNamespace(payload=(payload,))]
+    del payload
+    project = _project()
+    with paused():
+        thread = drop_in_background(project, steps=steps)
+        del project, steps
+        time.sleep(0.3)
+        assert newest() is not None
+    thread.join(10)
+    assert not thread.is_alive() and newest() is None

@@ -210,3 +210,22 @@ def test_closing_a_big_project_frees_its_undo_steps_off_the_gui_thread(
         thread.join(10)
     assert freed_on == ["drop-project"]
     assert gone() is None  # the steps referred to it: freed after them, on that thread
+
+
+def test_switching_projects_holds_the_background_frees_until_it_is_done(qtbot, tmp_path):
+    """What the switch drops (the old gallery's rows, the old project) is freed after it:
+    a free running meanwhile shared the GIL with it and made a close take twice as long."""
+    from annotator.gui import release
+
+    window, project = demo(qtbot, tmp_path)
+    seen: list[bool] = []
+    editor_set = window.editor.set_project
+
+    def watching(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(release._running.is_set())
+        return editor_set(*args, **kwargs)
+
+    window.editor.set_project = watching
+    window.close_project()
+    assert seen == [False]  # paused while the window switched
+    assert release._running.is_set()  # and running again after

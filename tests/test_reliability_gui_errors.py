@@ -26,5 +26,9 @@ def test_bad_coco_and_project_files_are_shown_not_raised(qtbot, tmp_path, conten
     assert window.messages[-1][:2] == ("error", "Import COCO")
     assert "bad.json" in window.messages[-1][2]
     assert window.open_project(str(bad)) is None
+    # a file of 100 kB or more is read on the loader thread: its error comes from there
+    qtbot.waitUntil(lambda: not window.opener.busy, timeout=30_000)
     assert window.messages[-1][:2] == ("error", "Open project")
+    assert "bad.json" in window.messages[-1][2]
+    assert window.project is None
     window.close()

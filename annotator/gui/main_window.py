@@ -43,7 +43,7 @@ from annotator.gui.project_open import (
     ProjectOpener,
 )
 from annotator.gui.recent import add_recent_project
-from annotator.gui.release import drop_in_background
+from annotator.gui.release import drop_in_background, paused
 from annotator.gui.result_feed import BoundedFeed
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
@@ -513,6 +513,14 @@ class MainWindow(QMainWindow):
         ``prep``: what was made for it off the GUI thread; ``preview``: the project is the
         preview of the store being opened (shown read-only until the full load arrives);
         ``keep``: the image to stay on."""
+        # what it drops (the old gallery's rows, the old project) is freed once it is done:
+        # a free sharing the GIL with it made a close take twice as long (90-150 ms)
+        with paused():
+            self._set_project(project, path, prep=prep, preview=preview, keep=keep)
+
+    def _set_project(self, project: Project | None, path: str | None, *,
+                     prep: OpenPrep | None, preview: ProjectPreview | None,
+                     keep: str | None) -> None:
         if self.opener.busy and preview is None:
             self.cancel_open()  # another project was shown meanwhile (or none): it stays
         self._detach_project()

@@ -21,7 +21,8 @@ _lock = threading.Lock()
 @contextlib.contextmanager
 def paused() -> Iterator[None]:
     """Background frees wait while the block runs (what the user waits for: the gallery of
-    a project being opened, often right after another was closed)."""
+    a project being opened, often right after another was closed; the window switching
+    projects, which hands the old one's parts to the frees as it goes)."""
     global _paused_by
     with _lock:
         _paused_by += 1
@@ -52,6 +53,7 @@ def drop_in_background(obj: object, wait_s: float = 2.0,
     steps = [] if steps is None else steps
 
     def run() -> None:
+        _running.wait(30.0)  # what dropped it (a close, an open) finishes first
         take_apart(*_parts_of(steps), pause=_pause)
         take_apart(steps, pause=_pause)
         deadline = time.monotonic() + wait_s
