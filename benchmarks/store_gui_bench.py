@@ -24,7 +24,9 @@ to --out. The generated project's image files are tiny placeholders, written onc
 formats that copy images (YOLO pose, DeepLabCut). As the application does, the model stack
 is imported before the window is made (``annotator.gui.app.preload_before_window``), and
 the GIL switch interval is the application's (``responsive_gil``) unless
-``--default-switch-interval``.
+``--default-switch-interval``. Between phases (not measured), the files an export wrote
+and the placeholder images are flushed to disk (``os.sync``; ``export_*_sync_s``), so one
+phase's writeback does not land in the next one.
 
     QT_QPA_PLATFORM=offscreen PYTHONPATH=$PWD python benchmarks/store_gui_bench.py \\
         --images 100000 --rounds 3 --out /tmp/store-gui.json
@@ -242,16 +244,23 @@ TINY_JPEG = bytes.fromhex(
     "e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faffda0008010100003f00fbd3ffd9")
 
 
-def placeholder_images(project, formats: tuple[str, ...]) -> None:  # noqa: ANN001
-    """Write a tiny file for every image that is not there, when a format copies images."""
+def placeholder_images(project, formats: tuple[str, ...]) -> int:  # noqa: ANN001
+    """Write a tiny file for every image that is not there, when a format copies images,
+    and flush them to disk (their writeback is the benchmark's, not a measured phase's);
+    the number written."""
     if not {"yolo-pose", "dlc"} & set(formats):
-        return
+        return 0
     root = Path(project.image_root)
+    written = 0
     for rec in project.images:
         f = root / rec.path
         if not f.exists():
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_bytes(TINY_JPEG)
+            written += 1
+    if written and hasattr(os, "sync"):
+        os.sync()
+    return written
 
 
 def measure_exports(win, begin: Callable[[], None], phase: Callable[[str], None],  # noqa: ANN001
@@ -274,6 +283,10 @@ def measure_exports(win, begin: Callable[[], None], phase: Callable[[str], None]
         ok = started and run_until(lambda: not win.exporter.busy, 1800)
         res[f"export_{fmt}_s"] = time.perf_counter() - t if ok else float("nan")
         phase(f"export_{fmt}")
+        t = time.perf_counter()
+        if hasattr(os, "sync"):  # this export's writeback is not the next phase's
+            os.sync()
+        res[f"export_{fmt}_sync_s"] = time.perf_counter() - t
         if not target.exists():
             print(f"export {fmt} wrote nothing: {win.messages[-1:]}", flush=True)
             res[f"export_{fmt}_s"] = float("nan")
