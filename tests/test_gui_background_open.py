@@ -311,3 +311,23 @@ def test_a_small_json_project_migrates_at_once(qtbot, tmp_path):
     assert opened is not None and window.project_path == str(tmp_path / "small.kpproj")
     assert project_to_dict(opened)["annotations"] == project_to_dict(project)["annotations"]
     window.close()
+
+
+def test_a_cancelled_json_migration_loses_nothing_and_can_be_opened_again(qtbot, tmp_path):
+    project = _big_project(tmp_path, 1000)
+    old = tmp_path / "big.kpproj.json"
+    save_json_copy(project, old)
+    before = old.read_bytes()
+    window = make_window(qtbot)
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        assert window.open_project(str(old)) is None
+        window.open_cancel.click()
+    assert window.project is None and window.stack.currentWidget() is window.welcome
+    assert old.read_bytes() == before
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        window.open_project(str(old))  # the same action again: migrates (or finds the store)
+    assert window.project is not None
+    assert project_to_dict(window.project)["annotations"] == \
+        project_to_dict(project)["annotations"]
+    assert old.read_bytes() == before
+    window.close()
