@@ -35,6 +35,7 @@ from annotator.gui.export_dialog import ExportDialog
 from annotator.gui.export_job import CANCELLED, Exporter
 from annotator.gui.format_import import ASKS_IMAGE_FOLDER, IMPORT_FILTER, FormatImporter
 from annotator.gui.gallery import PreparedOrder, prepare_order
+from annotator.gui.gc_pause import made_and_frozen
 from annotator.gui.instance_view import InstanceViewControls
 from annotator.gui.progress import RateEstimator
 from annotator.gui.project_open import (
@@ -1359,11 +1360,14 @@ class MainWindow(QMainWindow):
                               "M), then press Propagate.")
             return False
         self._end_previous_run()
-        self._baseline = self.project.annotations()
-        self._run_schema = self.project.schema
-        self._run_key = object()  # this run's predictions accumulate into one undo step
-        self._run_kind = "Propagation"
-        self.controller.propagate(self.project, targets)
+        # the run's baseline and snapshot (two 10^5-entry copies): frozen at once, as the
+        # worker freezes what it makes of them (gc_pause.freeze_made)
+        with made_and_frozen(len(self.project)):
+            self._baseline = self.project.annotations()
+            self._run_schema = self.project.schema
+            self._run_key = object()  # this run's predictions accumulate into one undo step
+            self._run_kind = "Propagation"
+            self.controller.propagate(self.project, targets)
         self._rate = RateEstimator(0)
         self._unreadable_in_run = 0
         self.statusBar().clearMessage()  # the last run's outcome is not this run's
@@ -1395,11 +1399,12 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return False
         self._end_previous_run()
-        self._baseline = self.project.annotations()
-        self._run_schema = self.project.schema
-        self._run_key = object()
-        self._run_kind = "Detection"
-        self.controller.detect(self.project, targets)
+        with made_and_frozen(len(self.project)):  # as in propagate()
+            self._baseline = self.project.annotations()
+            self._run_schema = self.project.schema
+            self._run_key = object()
+            self._run_kind = "Detection"
+            self.controller.detect(self.project, targets)
         self._rate = RateEstimator(0)
         self.progress_bar.setRange(0, 0)
         for w in (self.progress_bar, self.progress_label, self.cancel_button):

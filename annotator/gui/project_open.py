@@ -8,7 +8,6 @@ GUI thread gets it back every switch interval (5 ms) and keeps painting and answ
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from annotator.gui.gc_pause import made_and_frozen
 from annotator.gui.pool_owner import PoolOwner
 from annotator.gui.release import paused
 from annotator.gui.thumbnails import register_pool_user
@@ -31,28 +31,18 @@ BACKGROUND_OPEN_IMAGES = 100
 #: a JSON project of a previous version at least this big (bytes; about 50 images of three
 #: 17-keypoint instances) is read and migrated to a store in the background too
 BACKGROUND_OPEN_JSON_BYTES = 100_000
-#: what is made for a project at least this big on the loader thread is frozen
-FREEZE_IMAGES = 2000
 
 
 Prepare = Callable[[Any], Any]
 
 
 def _frozen(make: Prepare, arg: Any, images: int) -> Any:
-    """``make(arg)`` with the collector off and, for a project of ``images`` >=
-    :data:`FREEZE_IMAGES`, the objects made then frozen (as after loading it,
-    :func:`annotator.io.project_file.load_project_recovering`): what is made for a big
-    project (gallery rows, 10^5 keys) lives as long as it, and no later collection walks it
-    holding the GIL."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
+    """``make(arg)`` in :func:`~annotator.gui.gc_pause.made_and_frozen` (as after loading a
+    big project, :func:`annotator.io.project_file.load_project_recovering`): what is made
+    for a big project (gallery rows, 10^5 keys) lives as long as it, and no later
+    collection walks it holding the GIL."""
+    with made_and_frozen(images):
         return make(arg)
-    finally:
-        if was:
-            if images >= FREEZE_IMAGES:
-                gc.freeze()
-            gc.enable()
 
 
 class _Emitter(QObject):

@@ -21,6 +21,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, SignalInstance, Slot
 
 from annotator.domain import Project, ProjectSettings
+from annotator.gui.gc_pause import freeze_made, made_and_frozen
 from annotator.gui.requests import (
     DetectOrder,
     HeadInfoOrder,
@@ -249,13 +250,13 @@ class EngineWorker(QObject):
             if hasattr(engine, "for_category"):  # a "{category}" prompt (CleanDIFT UNet)
                 engine = engine.for_category(order.snapshot.schema.name)
             from annotator.jobs import propagate as job
-
-            project = order.snapshot.to_project()
-            targets = list(order.targets) if order.targets is not None else None
-            request = job.PropagateRequest.from_project(project, targets=targets)
             from annotator.jobs.train import head_for_propagation
 
-            head = head_for_propagation(project, engine)
+            with made_and_frozen(len(order.snapshot.images)):  # the run's copies: gc_pause
+                project = order.snapshot.to_project()
+                targets = list(order.targets) if order.targets is not None else None
+                request = job.PropagateRequest.from_project(project, targets=targets)
+                head = head_for_propagation(project, engine)
             outcome = self._stream(rid, job.run_propagation(request, engine, state,
                                                         ImageSource.of(project), head),
                                    len(request.targets), state)
@@ -298,6 +299,7 @@ class EngineWorker(QObject):
                     return
                 self._detector_key = key
                 self.model_state.emit("ready", str(self._detector.device))
+            freeze_made(len(request.targets))
             outcome = self._stream(rid, job.run_detection(
                 request, self._detector, state,
                 order.source or ImageSource(request.image_root)),
@@ -332,7 +334,8 @@ class EngineWorker(QObject):
             if state.is_cancelled():
                 outcome = "cancelled"
                 return
-            project = order.snapshot.to_project()
+            with made_and_frozen(len(order.snapshot.images)):
+                project = order.snapshot.to_project()
             count = job.reviewed_image_count(project)
             if count < job.MIN_TRAINING_IMAGES:
                 self.failed.emit(rid, "training", too_few_message(count))
