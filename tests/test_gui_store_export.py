@@ -23,6 +23,9 @@ from tests.test_gui_support import (  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
 
 
+started_processes: list[list] = [[]]  # the Popen of each child of the current test
+
+
 @pytest.fixture
 def children(monkeypatch):  # noqa: ANN001, ANN201
     """The export processes started (their jobs)."""
@@ -32,6 +35,10 @@ def children(monkeypatch):  # noqa: ANN001, ANN201
         def __init__(self, job) -> None:  # noqa: ANN001
             started.append(job)
             super().__init__(job)
+            processes.append(self.proc)
+
+    processes: list = []
+    started_processes[0] = processes
 
     monkeypatch.setattr(export_job, "StoreExportChild", Counted)
     return started
@@ -98,4 +105,43 @@ def test_cancelling_a_child_export_leaves_nothing(qtbot, tmp_path, children):
     assert "cancelled" in window.statusBar().currentMessage()
     project.set_status(project.images[0].path, ImageStatus.REVIEWED)  # autosave goes on
     window.autosaver.flush()
+    window.close()
+
+
+def test_an_export_cancelled_before_its_thread_starts_stops_its_child(qtbot, tmp_path,
+                                                                      children):
+    """The child starts with the click; cancelled while the export still waits for the
+    export thread, it is stopped all the same: nothing is written then or later, the
+    child has exited and its reader thread ended (no_thread_leaks) when the cancel is
+    reported, and the autosaver is not held up by a snapshot for a dead child."""
+    import threading
+    import time
+
+    from PySide6.QtCore import QRunnable
+
+    window = make_window(qtbot)
+    project = open_demo_project(window, tmp_path)
+    window.exporter.child_min_images = 0
+    release = threading.Event()
+
+    class Block(QRunnable):
+        def run(self) -> None:
+            release.wait(30)
+
+    window.exporter._pool.start(Block())  # the export thread is busy
+    out = tmp_path / "out"
+    out.mkdir()
+    assert window.export_coco(str(out / "c.json"))
+    window.cancel_export()  # before the export thread took the export up
+    release.set()
+    window.wait_export_as(60)
+    assert len(children) == 1
+    assert started_processes[0][0].poll() is not None  # the child has exited
+    assert "cancelled" in window.statusBar().currentMessage()
+    t = time.monotonic()
+    project.set_status(project.images[0].path, ImageStatus.REVIEWED)  # autosave goes on
+    window.autosaver.flush()
+    assert time.monotonic() - t < 5.0
+    time.sleep(1.0)  # a child left exporting would write the file by now (demo: < 1 s)
+    assert list(out.iterdir()) == []
     window.close()

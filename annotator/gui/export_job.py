@@ -60,9 +60,15 @@ class _Emitter(QObject):
 
 
 class _ExportTask(QRunnable):
-    def __init__(self, emitter: _Emitter, path: str, work: Work, state: TaskState) -> None:
+    """One export on the pool thread. Cancelled before the thread takes it up, ``work``
+    does not run, unless ``own_cancel``: work that must run to stop what was started for
+    it (an export's child process), and reports the cancel itself."""
+
+    def __init__(self, emitter: _Emitter, path: str, work: Work, state: TaskState,
+                 own_cancel: bool = False) -> None:
         super().__init__()
         self._emitter, self._path, self._work, self._state = emitter, path, work, state
+        self._own_cancel = own_cancel
 
     def _progress(self, done: int, total: int) -> None:
         self._state.check()  # raises Cancelled: the writer removes what it staged
@@ -70,7 +76,8 @@ class _ExportTask(QRunnable):
 
     def run(self) -> None:
         try:
-            self._state.check()
+            if not self._own_cancel:
+                self._state.check()
             with gc_paused():  # see gc_pause: no full collection over what the export makes
                 written = self._work(self._progress)
             self._emitter.done.emit(self._path, "", written)
@@ -116,7 +123,9 @@ class Exporter(QObject, PoolOwner):
                written: Callable[[int, int, str], Written]) -> Work | None:
         """The work of an export by a child process reading ``autosaver``'s store, its
         snapshot queued now (after every edit so far); None when the project is small,
-        unsaved, or its store lacks edits."""
+        unsaved, or its store lacks edits. The child runs from now on: the work must run
+        even when the export is cancelled first, to stop it (else it would export on,
+        unread, and could write the file after the cancel was reported)."""
         if (autosaver is None or autosaver.failing
                 or len(project.images) < self.child_min_images):
             return None
@@ -149,8 +158,8 @@ class Exporter(QObject, PoolOwner):
         in_child = self._child(project, autosaver, StoreExport(
             str(autosaver.path) if autosaver else "", "coco", path, choice=choice),
             coco_written)
-        if in_child is not None:
-            return self._start("coco", path, in_child)
+        if in_child is not None:  # its child stops on a cancel, whenever it comes
+            return self._start("coco", path, in_child, own_cancel=True)
         source = CocoSource.of(project)  # immutable: the user may edit on meanwhile
 
         def work(progress: ProgressFn) -> Written:
@@ -171,7 +180,7 @@ class Exporter(QObject, PoolOwner):
             str(autosaver.path) if autosaver else "", fmt, path, options=options),
             lambda images, instances, summary: Written(images, instances, summary))
         if in_child is not None:
-            return self._start(fmt, path, in_child)
+            return self._start(fmt, path, in_child, own_cancel=True)
         p = project  # immutable values: copied in milliseconds, rebuilt on the pool thread
         parts = (p.image_root, p.images, p.schema, p.annotations(), p.settings)
 
@@ -186,12 +195,12 @@ class Exporter(QObject, PoolOwner):
 
         return self._start(fmt, path, work)
 
-    def _start(self, kind: str, path: str, work: Work) -> bool:
+    def _start(self, kind: str, path: str, work: Work, own_cancel: bool = False) -> bool:
         if self._running is not None:
             return False
         self._running, self.kind = path, kind
         self._state = TaskState()
-        self._pool.start(_ExportTask(self._emitter, path, work, self._state))
+        self._pool.start(_ExportTask(self._emitter, path, work, self._state, own_cancel))
         return True
 
     def cancel(self) -> None:

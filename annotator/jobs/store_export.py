@@ -247,6 +247,7 @@ class StoreExportChild:
                     self._close(STOP_S)
                     return result
         except Cancelled:
+            pinned.cancel()  # not pinned yet: the writer skips it (no "go" to a dead child)
             self.stop()
             finished = self._finished_anyway()
             if finished is None:
