@@ -23,22 +23,24 @@ from tests.test_gui_support import (  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.usefixtures("no_thread_leaks", "qt_isolated")
 
 
-started_processes: list[list] = [[]]  # the Popen of each child of the current test
+class Started(list):
+    """The jobs of the export processes started; ``processes``: their Popen objects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list = []
 
 
 @pytest.fixture
 def children(monkeypatch):  # noqa: ANN001, ANN201
     """The export processes started (their jobs)."""
-    started = []
+    started = Started()
 
     class Counted(StoreExportChild):
         def __init__(self, job) -> None:  # noqa: ANN001
             started.append(job)
             super().__init__(job)
-            processes.append(self.proc)
-
-    processes: list = []
-    started_processes[0] = processes
+            started.processes.append(self.proc)
 
     monkeypatch.setattr(export_job, "StoreExportChild", Counted)
     return started
@@ -136,7 +138,7 @@ def test_an_export_cancelled_before_its_thread_starts_stops_its_child(qtbot, tmp
     release.set()
     window.wait_export_as(60)
     assert len(children) == 1
-    assert started_processes[0][0].poll() is not None  # the child has exited
+    assert children.processes[0].poll() is not None  # the child has exited
     assert "cancelled" in window.statusBar().currentMessage()
     t = time.monotonic()
     project.set_status(project.images[0].path, ImageStatus.REVIEWED)  # autosave goes on

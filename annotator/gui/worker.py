@@ -21,7 +21,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, SignalInstance, Slot
 
 from annotator.domain import Project, ProjectSettings
-from annotator.gui.gc_pause import freeze_made, made_and_frozen
+from annotator.gui.gc_pause import made_and_frozen
 from annotator.gui.requests import (
     DetectOrder,
     HeadInfoOrder,
@@ -299,7 +299,6 @@ class EngineWorker(QObject):
                     return
                 self._detector_key = key
                 self.model_state.emit("ready", str(self._detector.device))
-            freeze_made(len(request.targets))
             outcome = self._stream(rid, job.run_detection(
                 request, self._detector, state,
                 order.source or ImageSource(request.image_root)),
