@@ -1,10 +1,8 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
-from annotator.io import images as images_module
+from annotator.io import gil_steps
 from annotator.io.images import (
     ImageLoadError,
     list_images,
@@ -12,7 +10,6 @@ from annotator.io.images import (
     load_thumbnail,
     read_size,
     resolve_image_path,
-    sorted_in_steps,
 )
 
 
@@ -101,20 +98,8 @@ def test_thumbnail_and_listing(tmp_path):
     assert resolve_image_path(tmp_path, "sub/b.PNG") == (tmp_path / "sub" / "b.PNG").resolve()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(max_size=6)), st.integers(min_value=1, max_value=5))
-def test_sorted_in_steps_is_sorted(items, run):
-    # runs of a few items merged in Python: the same list as one sort, duplicates included
-    assert sorted_in_steps(items, run) == sorted(items)
-
-
-def test_sorted_in_steps_rejects_an_empty_run():
-    with pytest.raises(ValueError, match="run"):
-        sorted_in_steps(["b", "a"], 0)
-
-
 def test_listing_longer_than_a_sorting_run_is_sorted(tmp_path, monkeypatch):
-    monkeypatch.setattr(images_module, "SORT_RUN", 2)  # 9 files: five runs, merged
+    monkeypatch.setattr(gil_steps, "SORT_RUN", 2)  # 9 files: five runs, merged
     names = ["z.jpg", "a.png", "é.jpg", "b/c.jpg", "b/a.jpg", "A.jpg", "10.jpg", "9.jpg",
              "b/é/x.jpg"]
     for name in names:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import heapq
 import logging
 import os
 import stat
@@ -16,13 +15,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from annotator.domain.paths import normalize_relpath
+from annotator.io.gil_steps import sorted_in_steps
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 )
-SORT_RUN = 8192  # names per sorting C call in sorted_in_steps (about 2 ms)
 MAX_PIXELS = 178_956_970  # same order as Pillow's own bomb limit (about 13,000 x 13,000)
 # decoded size estimate: the decoded image plus our RGB copy (the GUI decodes on 3 threads)
 MAX_DECODE_BYTES = 768 << 20
@@ -191,21 +190,6 @@ def load_thumbnail(path: str | os.PathLike[str], max_side: int = 160) -> np.ndar
         img = ImageOps.exif_transpose(img)
         img.thumbnail((max_side, max_side))
         return _to_rgb_uint8(img)
-
-
-def sorted_in_steps(items: list[str], run: int | None = None) -> list[str]:
-    """``sorted(items)``, with no single C call holding the GIL for long: runs of ``run``
-    items are sorted, then merged by Python code, which lets other threads in. One
-    ``sorted`` of 100,000 paths holds the GIL for 25 ms, on a loader thread beside the GUI
-    thread; this takes about twice as long in all, in steps of about 2 ms. ``run``: default
-    :data:`SORT_RUN`."""
-    run = SORT_RUN if run is None else run
-    if run < 1:
-        raise ValueError(f"run must be >= 1, got {run}")
-    if len(items) <= run:
-        return sorted(items)
-    runs = [sorted(items[i:i + run]) for i in range(0, len(items), run)]
-    return list(heapq.merge(*runs))
 
 
 def list_images(root: str | os.PathLike[str]) -> list[str]:

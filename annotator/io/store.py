@@ -38,6 +38,7 @@ from typing import Any
 from annotator.domain.annotation import ImageAnnotation
 from annotator.domain.project import EMPTY_ANNOTATION, ImageRecord, Project, ProjectSettings
 from annotator.domain.schema import KeypointSchema
+from annotator.io.gil_steps import Cede, ceding, executemany_in_steps
 
 log = logging.getLogger(__name__)
 
@@ -290,28 +291,33 @@ class ProjectStore:
     def write_images(self, records: Sequence[ImageRecord], start: int = 0) -> None:
         """Rows ``start..`` of the image list (replacing what was there)."""
         self.conn.execute("DELETE FROM images WHERE pos >= ?", (start,))
-        self.conn.executemany(
-            "INSERT INTO images VALUES (?, ?, ?)",
+        executemany_in_steps(
+            self.conn, "INSERT INTO images VALUES (?, ?, ?)",
             [(start + i, _sql_str(r.path), _dump_text(record_data(r)))
              for i, r in enumerate(records)])
 
     def update_images(self, changed: Iterable[tuple[int, ImageRecord]]) -> None:
-        self.conn.executemany("UPDATE images SET data = ? WHERE pos = ?",
-                              [(_dump_text(record_data(r)), i) for i, r in changed])
+        executemany_in_steps(self.conn, "UPDATE images SET data = ? WHERE pos = ?",
+                             [(_dump_text(record_data(r)), i) for i, r in changed])
 
     def write_annotations(self, changes: Mapping[str, ImageAnnotation]) -> None:
         """Replace the annotations of the given images (empty: removed)."""
+        cede = Cede()  # 10^5 rows written one by one: see annotator.io.gil_steps
         keys = [(_sql_str(p),) for p in changes]
-        self.conn.executemany("DELETE FROM instances WHERE path = ?", keys)
-        self.conn.executemany("DELETE FROM annotations WHERE path = ?", keys)
+        executemany_in_steps(self.conn, "DELETE FROM instances WHERE path = ?", keys,
+                             cede=cede)
+        executemany_in_steps(self.conn, "DELETE FROM annotations WHERE path = ?", keys,
+                             cede=cede)
         rows, inst_rows = [], []
         for path, ann in changes.items():
             if ann == EMPTY_ANNOTATION:
                 continue
             rows.append((_sql_str(path), ann.status.value, ann.worst_confidence()))
             inst_rows.extend(_instance_rows(path, ann))
-        self.conn.executemany("INSERT INTO annotations VALUES (?, ?, ?)", rows)
-        self.conn.executemany("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?)", inst_rows)
+        executemany_in_steps(self.conn, "INSERT INTO annotations VALUES (?, ?, ?)", rows,
+                             cede=cede)
+        executemany_in_steps(self.conn, "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?)",
+                             inst_rows, cede=cede)
 
     def replace_all_annotations(self, annotations: Mapping[str, ImageAnnotation]) -> None:
         self.conn.execute("DELETE FROM instances")
@@ -343,19 +349,17 @@ class ProjectStore:
     def gallery_rows(self) -> list[tuple[str, str | None, float | None]]:
         """(path, status or None, worst confidence) per image in project order: what the
         gallery needs, without decoding a single keypoint."""
-        rows = self.conn.execute(
+        return [(_from_sql_str(p), s, w) for p, s, w in ceding(self.conn.execute(
             "SELECT i.path, a.status, a.worst FROM images i LEFT JOIN annotations a "
-            "ON a.path = i.path ORDER BY i.pos").fetchall()
-        return [(_from_sql_str(p), s, w) for p, s, w in rows]
+            "ON a.path = i.path ORDER BY i.pos"))]
 
     def summary_rows(self) -> list[tuple[str, str, str | None, float | None]]:
         """(path, image data as JSON text, status or None, worst confidence) per image in
         project order: what the gallery shows of a project still loading (the instances
         table, nearly all of the file, is not read: 0.1 s at 100,000 x 3)."""
-        rows = self.conn.execute(
+        return [(_from_sql_str(p), d, s, w) for p, d, s, w in ceding(self.conn.execute(
             "SELECT i.path, i.data, a.status, a.worst FROM images i LEFT JOIN annotations a "
-            "ON a.path = i.path ORDER BY i.pos").fetchall()
-        return [(_from_sql_str(p), d, s, w) for p, d, s, w in rows]
+            "ON a.path = i.path ORDER BY i.pos"))]
 
     def head(self) -> dict[str, Any]:
         """Image root (as stored), schema and settings of :meth:`document` (no images, no
@@ -403,7 +407,8 @@ class ProjectStore:
         what a project still loading shows."""
         doc = self.head()
         images = doc["images"]
-        for path, data in self.conn.execute("SELECT path, data FROM images ORDER BY pos"):
+        for path, data in ceding(self.conn.execute(
+                "SELECT path, data FROM images ORDER BY pos")):
             try:
                 rec = json.loads(data)
             except ValueError:
@@ -420,12 +425,14 @@ class ProjectStore:
         read, every few thousand rows (it may raise to stop)."""
         doc = self.head_document()
         annotations: dict[str, Any] = doc["annotations"]
-        for path, status in self.conn.execute("SELECT path, status FROM annotations"):
+        cede = Cede()  # read on a loader thread beside the GUI's: see annotator.io.gil_steps
+        for path, status in ceding(self.conn.execute("SELECT path, status FROM annotations"),
+                                   cede):
             annotations[_from_sql_str(path)] = {"status": status, "instances": []}
         total = max(1, int(self.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]))
-        for done, (path, _idx, kps, bbox, score, ann_id) in enumerate(self.conn.execute(
+        for done, (path, _idx, kps, bbox, score, ann_id) in enumerate(ceding(self.conn.execute(
                 "SELECT path, idx, keypoints, bbox, box_score, ann_id FROM instances "
-                "ORDER BY path, idx")):
+                "ORDER BY path, idx"), cede)):
             if progress is not None and not done % 5000:
                 progress(done / total)
             ann = annotations.get(_from_sql_str(path))
