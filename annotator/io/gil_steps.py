@@ -27,7 +27,8 @@ T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-#: seconds of work between two pauses of :class:`Cede`
+#: seconds of work between two pauses of :class:`Cede`: the longest a waiting thread waits
+#: for its turn (the probes of the open in BENCHMARKS 7n tried 5, 2 and 1 ms)
 CEDE_EVERY_S = 0.002
 #: the pause (seconds): long enough for a woken thread to take the GIL (a sleep of 0 was
 #: enough on the 2-vCPU test machine; this leaves room for slower wake-ups)
