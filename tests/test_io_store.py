@@ -323,3 +323,64 @@ def test_a_stored_image_record_is_checked_as_image_record_checks_it(tmp_path, im
     else:
         got = _image_record(image, data, tmp_path)
         assert got == expected and vars(got) == vars(expected)
+
+
+def test_a_store_loads_image_by_image_without_its_whole_document(tmp_path):
+    """Every annotation comes back, those without instances and names that are not UTF-8
+    included; and the load never holds the whole decoded document
+    beside the project (its peak stays near the project's own size: the document alone is
+    about as big as the project)."""
+    import gc
+    import tracemalloc
+
+    from annotator.io.project_file import read_project_document
+
+    odd = "b\udcffd.png"  # a file name that is not UTF-8 (stored as a blob)
+    images = [ImageRecord(f"im{i:04d}.png", 64, 48) for i in range(1500)] + [ImageRecord(odd)]
+    kp = (Keypoint(1, 2, Visibility.VISIBLE), Keypoint(), Keypoint(3, 4, Visibility.OCCLUDED))
+    anns = {f"im{i:04d}.png": ImageAnnotation(
+        tuple(Instance(kp, (1.0, 2.0, 3.0, 4.0), 0.5, None) for _ in range(i % 4)),
+        ImageStatus.REVIEWED if i % 4 == 0 else ImageStatus.PREDICTED) for i in range(1500)}
+    anns[odd] = ImageAnnotation((Instance(kp),), ImageStatus.REFERENCE)
+    project = Project(str(tmp_path), images, SCHEMA, anns)
+    path = tmp_path / "p.kpproj"
+    save_project(project, path)
+
+    store = ProjectStore(path, readonly=True)
+    try:
+        entries = list(store.annotation_entries())
+    finally:
+        store.close()
+    assert len(entries) == len(anns) and {p for p, _ in entries} == set(anns)
+    assert sum(not e["instances"] for _, e in entries) == 375  # every 4th: reviewed, none
+
+    gc.collect()
+    tracemalloc.start()
+    got = load_project(path)
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert project_to_dict(got) == project_to_dict(project)
+    assert got.annotation("im0000.png").instances == ()
+    assert got.annotation("im0000.png").status is ImageStatus.REVIEWED
+    del got
+    gc.collect()
+    tracemalloc.start()
+    doc = read_project_document(path)  # the whole document, as the load used to hold it
+    document = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del doc
+    assert document > 0.5 * kept  # the document is no small thing beside the project
+    assert peak < kept + 0.5 * document, (kept, peak, document)
+
+
+def test_an_instance_without_its_annotation_row_is_named(tmp_path):
+    from annotator.io.project_file import ProjectFileError
+
+    path = tmp_path / "p.kpproj"
+    save_project(rich_project(tmp_path), path)
+    con = sqlite3.connect(path)
+    con.execute("DELETE FROM annotations WHERE path = 'reviewed.png'")
+    con.commit()
+    con.close()
+    with pytest.raises(ProjectFileError, match="reviewed.png.*no annotation row"):
+        load_project(path)
