@@ -35,13 +35,14 @@ phase's writeback does not land in the next one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -339,6 +340,58 @@ def measure_propagation(win, project, paths: list[str], n: int,  # noqa: ANN001
     res["propagate_images"] = len(targets)
 
 
+#: what a close does on the GUI thread, step by step (see :func:`timed_steps`)
+CLOSE_STEPS = ("_saved_or_confirmed", "set_project", "_detach_project", "editor.set_project",
+               "retrainer.attach", "loader.set_root", "welcome.refresh", "_update_title",
+               "_update_actions", "_update_counts")
+
+
+@contextlib.contextmanager
+def timed_steps(win, res: dict[str, float], prefix: str,  # noqa: ANN001
+                steps: tuple[str, ...] = CLOSE_STEPS) -> Iterator[None]:
+    """Time each of ``steps`` (methods of the window or of its parts) while the block runs:
+    ``res[f"{prefix}_{step}_ms"]`` (wall) and ``..._cpu_ms`` (the calling thread's CPU),
+    summed over calls; the module's ``drop_in_background`` too. Nothing else changes."""
+    import annotator.gui.main_window as mw
+
+    patched: list[tuple[object, str, object]] = []
+
+    def wrap(owner: object, name: str, key: str) -> None:
+        fn = getattr(owner, name)
+
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            t, c = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                res[f"{prefix}_{key}_ms"] = res.get(f"{prefix}_{key}_ms", 0.0) + round(
+                    (time.perf_counter() - t) * 1000, 2)
+                res[f"{prefix}_{key}_cpu_ms"] = res.get(f"{prefix}_{key}_cpu_ms", 0.0) + round(
+                    (time.thread_time() - c) * 1000, 2)
+
+        patched.append((owner, name, owner.__dict__.get(name, _MISSING)))
+        setattr(owner, name, timed)
+
+    for step in steps:
+        *parts, name = step.split(".")
+        owner = win
+        for part in parts:
+            owner = getattr(owner, part)
+        wrap(owner, name, step)
+    wrap(mw, "drop_in_background", "drop_in_background")
+    try:
+        yield
+    finally:
+        for owner, name, before in reversed(patched):
+            if before is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, before)
+
+
+_MISSING = object()
+
+
 def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
               formats: tuple[str, ...] = (), propagate: int = 0,
               side: SideBeat | None = None) -> dict[str, float]:
@@ -408,7 +461,8 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
     # ---- close
     begin()
     t = time.perf_counter()
-    win.close_project()
+    with timed_steps(win, res, "close_step"):
+        win.close_project()
     res["close_call_s"] = time.perf_counter() - t
     run_for(0.5)
     phase("close")
