@@ -71,18 +71,35 @@ class Heartbeat:
         self.last, self.worst = time.perf_counter(), 0.0
         self.last_thread, self.last_proc, self.last_wall = (
             time.thread_time(), time.process_time(), time.time())
+        self.last_usage = self._usage()
         self.worst_thread = self.worst_proc = 0.0
         self.worst_window = (self.last_wall, self.last_wall)
+        self.worst_usage: dict[str, float] = {}
+
+    @staticmethod
+    def _usage() -> tuple[float, ...]:
+        """The GUI thread's system CPU (s), minor faults, voluntary and involuntary context
+        switches, and the process's minor faults (``getrusage``: one call each)."""
+        import resource
+
+        t = resource.getrusage(resource.RUSAGE_THREAD)
+        return (t.ru_stime, t.ru_minflt, t.ru_nvcsw, t.ru_nivcsw,
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
     def _tick(self) -> None:
         now, thread, proc, wall = (time.perf_counter(), time.thread_time(),
                                    time.process_time(), time.time())
+        usage = self._usage()
         gap = now - self.last - 0.005
         if gap > self.worst:
             self.worst = gap
             self.worst_thread, self.worst_proc = thread - self.last_thread, proc - self.last_proc
             self.worst_window = (self.last_wall, wall)
+            d = [a - b for a, b in zip(usage, self.last_usage)]
+            self.worst_usage = {"gui_sys_ms": round(d[0] * 1000, 1), "gui_minflt": d[1],
+                                "gui_waits": d[2], "gui_preempted": d[3], "proc_minflt": d[4]}
         self.last, self.last_thread, self.last_proc, self.last_wall = now, thread, proc, wall
+        self.last_usage = usage
 
     def start(self) -> None:
         self.start_clocks()
@@ -231,7 +248,9 @@ def run_for(seconds: float) -> None:
     run_until(lambda: False, seconds)
 
 
-ATTRIBUTION = ("_stall_gui_cpu_ms", "_stall_proc_cpu_ms", "_stall_steal_ms")
+ATTRIBUTION = ("_stall_gui_cpu_ms", "_stall_proc_cpu_ms", "_stall_steal_ms", "_stall_gui_sys_ms",
+               "_stall_gui_minflt", "_stall_gui_waits", "_stall_gui_preempted",
+               "_stall_proc_minflt")
 FORMATS = ("coco", "label-studio", "yolo-pose", "dlc", "sleap")
 # the smallest valid JPEG (1 x 1, grey): what the folder formats copy for a generated image
 TINY_JPEG = bytes.fromhex(
@@ -352,6 +371,8 @@ def timed_steps(win, res: dict[str, float], prefix: str,  # noqa: ANN001
     """Time each of ``steps`` (methods of the window or of its parts) while the block runs:
     ``res[f"{prefix}_{step}_ms"]`` (wall) and ``..._cpu_ms`` (the calling thread's CPU),
     summed over calls; the module's ``drop_in_background`` too. Nothing else changes."""
+    import resource
+
     import annotator.gui.main_window as mw
 
     patched: list[tuple[object, str, object]] = []
@@ -361,13 +382,17 @@ def timed_steps(win, res: dict[str, float], prefix: str,  # noqa: ANN001
 
         def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             t, c = time.perf_counter(), time.thread_time()
+            u = resource.getrusage(resource.RUSAGE_THREAD)
             try:
                 return fn(*args, **kwargs)
             finally:
-                res[f"{prefix}_{key}_ms"] = res.get(f"{prefix}_{key}_ms", 0.0) + round(
-                    (time.perf_counter() - t) * 1000, 2)
-                res[f"{prefix}_{key}_cpu_ms"] = res.get(f"{prefix}_{key}_cpu_ms", 0.0) + round(
-                    (time.thread_time() - c) * 1000, 2)
+                v = resource.getrusage(resource.RUSAGE_THREAD)
+                for what, value in (("ms", (time.perf_counter() - t) * 1000),
+                                    ("cpu_ms", (time.thread_time() - c) * 1000),
+                                    ("sys_ms", (v.ru_stime - u.ru_stime) * 1000),
+                                    ("minflt", v.ru_minflt - u.ru_minflt)):
+                    name_ = f"{prefix}_{key}_{what}"
+                    res[name_] = round(res.get(name_, 0) + value, 2)
 
         patched.append((owner, name, owner.__dict__.get(name, _MISSING)))
         setattr(owner, name, timed)
@@ -403,6 +428,8 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
         res[f"{name}_gc_gen"] = gcw.gen
         res[f"{name}_stall_gui_cpu_ms"] = round(beat.worst_thread * 1000, 1)
         res[f"{name}_stall_proc_cpu_ms"] = round(beat.worst_proc * 1000, 1)
+        for key, value in beat.worst_usage.items():
+            res[f"{name}_stall_{key}"] = value
         if side is not None:
             res[f"{name}_side_ms"], res[f"{name}_majflt"] = side.stop()
             res[f"{name}_stall_steal_ms"] = side.steal_ms(*beat.worst_window)

@@ -384,3 +384,18 @@ def test_an_instance_without_its_annotation_row_is_named(tmp_path):
     con.close()
     with pytest.raises(ProjectFileError, match="reviewed.png.*no annotation row"):
         load_project(path)
+
+
+def test_a_pinned_load_needs_a_store(tmp_path):
+    from annotator.io.project_file import ProjectFileError, save_json_copy
+
+    path = tmp_path / "p.kpproj.json"
+    save_json_copy(rich_project(tmp_path), path)
+    pinned: list[bool] = []
+    with pytest.raises(ProjectFileError, match="not a project store"):
+        load_project(path, pinned=lambda: pinned.append(True))
+    assert not pinned
+    store = tmp_path / "p.kpproj"
+    save_project(rich_project(tmp_path), store)
+    assert project_to_dict(load_project(store, pinned=lambda: pinned.append(True))) \
+        == project_to_dict(rich_project(tmp_path)) and pinned == [True]

@@ -597,9 +597,11 @@ def _load_project_recovering(path: str | os.PathLike[str], recover: bool,
                              pinned: Callable[[], None] | None = None) -> tuple[Project, int]:
     if is_store(path):
         return _load_store(Path(path), progress, pinned), 0
+    if pinned is not None:
+        raise ProjectFileError(f"{path}: not a project store (a pinned read needs one)")
     read = None if progress is None else (lambda f: progress(0.4 * f))
     build = None if progress is None else (lambda f: progress(0.4 + 0.6 * f))
-    doc = read_project_document(path, read, pinned=pinned)
+    doc = read_project_document(path, read)
     try:
         if recover and not is_store(path):
             from annotator.io.legacy_journal import recover_document
@@ -661,23 +663,13 @@ def _backup_hint(path: Path) -> str:
 
 
 def read_project_document(path: str | os.PathLike[str],
-                          progress: Progress | None = None, *,
-                          pinned: Callable[[], None] | None = None) -> Any:
+                          progress: Progress | None = None) -> Any:
     """The project as a decoded JSON-project document (image root made absolute), not yet
-    validated: read from the store, or parsed from a JSON project file. ``pinned``: see
-    :func:`load_project` (a JSON project file is refused)."""
+    validated: read from the store, or parsed from a JSON project file. (A store is loaded
+    without it: :func:`load_project`.)"""
     path = Path(path)
-    if pinned is not None and not is_store(path):
-        raise ProjectFileError(f"{path}: not a project store (a pinned read needs one)")
     if is_store(path):
-        def read(store: ProjectStore) -> Any:
-            if pinned is None:
-                return store.document(progress)
-            with store.read_snapshot():
-                pinned()
-                return store.document(progress)
-
-        doc = _read_store(path, read)
+        doc = _read_store(path, lambda store: store.document(progress))
         doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **doc}
     else:
         try:
