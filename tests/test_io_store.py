@@ -2,6 +2,7 @@
 content intact, the tables are generic (new optional fields need no schema change), and what
 the gallery needs is readable without decoding keypoints."""
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -378,10 +379,8 @@ def test_an_instance_without_its_annotation_row_is_named(tmp_path):
 
     path = tmp_path / "p.kpproj"
     save_project(rich_project(tmp_path), path)
-    con = sqlite3.connect(path)
-    con.execute("DELETE FROM annotations WHERE path = 'reviewed.png'")
-    con.commit()
-    con.close()
+    with contextlib.closing(sqlite3.connect(path)) as con, con:  # committed, then closed
+        con.execute("DELETE FROM annotations WHERE path = 'reviewed.png'")
     with pytest.raises(ProjectFileError, match="reviewed.png.*no annotation row"):
         load_project(path)
 
