@@ -603,7 +603,7 @@ def _load_project_recovering(path: str | os.PathLike[str], recover: bool,
     build = None if progress is None else (lambda f: progress(0.4 + 0.6 * f))
     doc = read_project_document(path, read)
     try:
-        if recover and not is_store(path):
+        if recover:  # a journal is a JSON project's (stores are loaded above)
             from annotator.io.legacy_journal import recover_document
 
             recovered, count = recover_document(doc, path)
@@ -625,16 +625,16 @@ HEAD_SHARE = 0.1  # the share of a store's load (progress) its image rows take
 def _load_store(path: Path, progress: Progress | None,
                 pinned: Callable[[], None] | None) -> Project:
     """The project in the store at ``path``, each image's annotation built as its rows are
-    read (peak memory: the project, not the project and its whole document: 1.4 GB rather
-    than 3.1 GB at 100,000 x 3). ``pinned``: see :func:`load_project`."""
+    read: the whole document is never held beside the project (peak RSS 2.0 GB rather than
+    3.1 GB at 100,000 x 3, BENCHMARKS 7o). ``pinned``: see :func:`load_project`."""
+    rows = None if progress is None else (lambda f: progress(HEAD_SHARE + (1 - HEAD_SHARE) * f))
+
     def read(store: ProjectStore) -> Project:
         if pinned is None:
             return build(store)
         with store.read_snapshot():
             pinned()
             return build(store)
-
-    rows = None if progress is None else (lambda f: progress(HEAD_SHARE + (1 - HEAD_SHARE) * f))
 
     def build(store: ProjectStore) -> Project:
         if progress is not None:
