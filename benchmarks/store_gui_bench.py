@@ -371,6 +371,9 @@ OPEN_STEPS = ("set_project", "_detach_project", "editor.set_project", "retrainer
               "_update_actions", "_update_counts")
 
 
+_MISSING = object()  # an attribute that was not on the instance before timed_steps
+
+
 @contextlib.contextmanager
 def timed_steps(win, res: dict[str, float], prefix: str,  # noqa: ANN001
                 steps: tuple[str, ...] = CLOSE_STEPS) -> Iterator[None]:
@@ -418,9 +421,6 @@ def timed_steps(win, res: dict[str, float], prefix: str,  # noqa: ANN001
                 delattr(owner, name)
             else:
                 setattr(owner, name, before)
-
-
-_MISSING = object()
 
 
 def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001

@@ -441,17 +441,17 @@ class ProjectStore:
                              "which has no annotation row")
         total = max(1, sum(int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
                            for table in ("instances", "annotations")))
-        key: Any = None
+        key: Any = None  # the image being gathered, as stored (its path is never NULL)
         path, entry = "", {}
-        cede = Cede()  # read on a loader thread beside the GUI's: see annotator.io.gil_steps
+        # read on a loader thread beside the GUI's: see annotator.io.gil_steps
         for done, (sql_path, status, kps, bbox, score, ann_id) in enumerate(ceding(
                 self.conn.execute(
                     "SELECT a.path, a.status, i.keypoints, i.bbox, i.box_score, i.ann_id "
                     "FROM annotations a LEFT JOIN instances i ON i.path = a.path "
-                    "ORDER BY a.path, i.idx"), cede)):
+                    "ORDER BY a.path, i.idx"))):
             if progress is not None and not done % 5000:
                 progress(min(1.0, done / total))
-            if sql_path != key or key is None:
+            if sql_path != key:
                 if key is not None:
                     yield path, entry
                 key, path = sql_path, _from_sql_str(sql_path)
