@@ -84,19 +84,25 @@ def qt_isolated(qapp, tmp_path, monkeypatch):  # noqa: ANN001, ANN201
 
 @pytest.fixture
 def no_thread_leaks(qapp):  # noqa: ANN001, ANN201
-    """Fail a test that leaves a worker thread, a thumbnail decode or a Python thread running."""
+    """Fail a test that leaves a worker thread, a thumbnail decode, a free of a closed
+    project or a Python thread running (the thread that frees closed projects lives as long
+    as the process: started before, it must be idle after)."""
+    from annotator.gui.release import frees_pending, start_freeing
     from annotator.gui.thumbnails import busy_thumbnail_threads
     from annotator.gui.worker import running_worker_threads
 
+    start_freeing()
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5.0
-    while (running_worker_threads() or busy_thumbnail_threads()) and time.monotonic() < deadline:
+    while (running_worker_threads() or busy_thumbnail_threads() or frees_pending()) \
+            and time.monotonic() < deadline:
         qapp.processEvents()
         time.sleep(0.01)
     leaked = running_worker_threads()
     assert not leaked, f"worker threads still running: {leaked}"
     assert busy_thumbnail_threads() == 0, "thumbnail decodes still running"
+    assert frees_pending() == 0, "a closed project is still being freed"
     extra = [
         t for t in threading.enumerate()
         if t not in before and t.is_alive() and not isinstance(t, threading._DummyThread)

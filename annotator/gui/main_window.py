@@ -44,7 +44,7 @@ from annotator.gui.project_open import (
     ProjectOpener,
 )
 from annotator.gui.recent import add_recent_project
-from annotator.gui.release import drop_in_background, paused
+from annotator.gui.release import drop_in_background, paused, start_freeing
 from annotator.gui.result_feed import BoundedFeed
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
@@ -152,10 +152,11 @@ def prepare_preview(preview: ProjectPreview) -> OpenPrep:
                     counted=count_categories(counts))
 
 
-def prepare_open(opened: OpenedProject) -> OpenPrep:
+def prepare_open(opened: OpenedProject, previewed: object = None) -> OpenPrep:
     """:class:`OpenPrep` of a project just loaded (on the loader's pool thread). The images
     found in its folder since are added here, while no listener follows the project yet:
-    on the GUI thread a whole-project change would recount 10^5 images."""
+    on the GUI thread a whole-project change would recount 10^5 images. ``previewed``: the
+    :class:`OpenPrep` of its preview (its gallery rows stay when they are the same)."""
     project = opened.project
     stored = project.images
     found = _new_images(project, opened.path)
@@ -163,7 +164,8 @@ def prepare_open(opened: OpenedProject) -> OpenPrep:
         records = [ImageRecord(p) for p in found]  # any error before the project changes
         found = project.add_images(records)
     counts = review_categories(project)
-    return OpenPrep(counts, prepare_order(project), project.reference_paths(), found,
+    like = previewed.order if isinstance(previewed, OpenPrep) else None
+    return OpenPrep(counts, prepare_order(project, like), project.reference_paths(), found,
                     stored if found else None, count_categories(counts))
 
 
@@ -252,6 +254,7 @@ class MainWindow(QMainWindow):
         self.loader = ThumbnailLoader(parent=self)
         self.exporter = Exporter(self)  # Export COCO and Export as, one at a time
         self.importer = FormatImporter(self)
+        start_freeing()  # closes and opens hand to it; a thread start costs them 2-4 ms
         self.opener = ProjectOpener(self)
         self.opener.progress.connect(self._on_open_progress)
         self.opener.previewed.connect(self._on_open_preview)

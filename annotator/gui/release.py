@@ -4,6 +4,8 @@ rows of one), without holding the GIL for long."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import queue
 import sys
 import threading
 import time
@@ -11,6 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from annotator.io.freeing import take_apart
+
+log = logging.getLogger(__name__)
 
 _running = threading.Event()  # cleared while something urgent runs (see paused())
 _running.set()
@@ -36,10 +40,88 @@ def paused() -> Iterator[None]:
                 _running.set()
 
 
+class Dropped:
+    """A project handed to :func:`drop_in_background`: :meth:`join` waits until it is
+    freed (or released: somebody else still refers to it)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+    def is_alive(self) -> bool:
+        """Whether it is still waiting or being freed."""
+        return not self._done.is_set()
+
+
+class _Freer:
+    """One daemon thread that frees what it is handed, in order. It lives as long as the
+    process: starting a thread per close or open cost the GUI thread 2-4 ms each in
+    ``Thread.start`` (waiting for the new thread to get the GIL while a project loads)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[list[object], list[Any], float, Dropped]] = \
+            queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._pending = 0  # handed and not yet freed (under _start_lock)
+
+    def start(self) -> None:
+        """Start the thread if it is not running (the window does at once, so that no open
+        or close pays for it)."""
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="drop-project",
+                                                daemon=True)
+                self._thread.start()
+
+    def put(self, holder: list[object], steps: list[Any], wait_s: float) -> Dropped:
+        dropped = Dropped()
+        with self._start_lock:
+            self._pending += 1
+        self._queue.put((holder, steps, wait_s, dropped))
+        self.start()
+        return dropped
+
+    def pending(self) -> int:
+        """How many of the objects handed over are not freed yet."""
+        with self._start_lock:
+            return self._pending
+
+    def _run(self) -> None:
+        while True:
+            holder, steps, wait_s, dropped = self._queue.get()
+            try:
+                _free(holder, steps, wait_s)
+            except Exception:  # noqa: BLE001 (a free never ends the thread)
+                log.exception("freeing a closed project failed")
+            finally:
+                holder.clear()
+                del holder, steps
+                with self._start_lock:
+                    self._pending -= 1
+                dropped._done.set()
+
+
+_freer = _Freer()
+
+
+def start_freeing() -> None:
+    """Start the thread that :func:`drop_in_background` hands to (at once, not on the first
+    close or open)."""
+    _freer.start()
+
+
+def frees_pending() -> int:
+    """How many objects handed to :func:`drop_in_background` are not freed yet."""
+    return _freer.pending()
+
+
 def drop_in_background(obj: object, wait_s: float = 2.0,
-                       steps: list[Any] | None = None) -> threading.Thread:
+                       steps: list[Any] | None = None) -> Dropped:
     """Free a big object graph (a closed project: 5 million objects at 100,000 x 3; the
-    gallery rows of one) on a daemon thread rather than the GUI thread.
+    gallery rows of one) on a background thread rather than the GUI thread.
 
     Freeing a dict drops all its values in one C call that holds the GIL throughout (about
     a second for a project's annotations), so the thread takes big containers apart one
@@ -47,25 +129,23 @@ def drop_in_background(obj: object, wait_s: float = 2.0,
     the thread holds the last reference (it waits up to ``wait_s`` for the caller to let
     go); otherwise the object is simply released. ``steps``: the project's undo steps
     (:meth:`UndoStack.take`), freed first, a piece at a time: they refer to the project
-    (a cycle), and a propagation's step holds thousands of annotations."""
+    (a cycle), and a propagation's step holds thousands of annotations. One thread frees
+    everything handed to it, in order."""
     holder = [obj]
     del obj
-    steps = [] if steps is None else steps
+    return _freer.put(holder, [] if steps is None else steps, wait_s)
 
-    def run() -> None:
-        _running.wait(30.0)  # what dropped it (a close, an open) finishes first
-        take_apart(*_parts_of(steps), pause=_pause)
-        take_apart(steps, pause=_pause)
-        deadline = time.monotonic() + wait_s
-        while sys.getrefcount(holder[0]) > 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if sys.getrefcount(holder[0]) == 2:  # ours alone: nobody sees it taken apart
-            take_apart(holder, pause=_pause)
-        holder.clear()
 
-    thread = threading.Thread(target=run, name="drop-project", daemon=True)
-    thread.start()
-    return thread
+def _free(holder: list[object], steps: list[Any], wait_s: float) -> None:
+    _running.wait(30.0)  # what dropped it (a close, an open) finishes first
+    take_apart(*_parts_of(steps), pause=_pause)
+    take_apart(steps, pause=_pause)
+    deadline = time.monotonic() + wait_s
+    # the holder's reference, getrefcount's: nobody sees it taken apart
+    while sys.getrefcount(holder[0]) > 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if sys.getrefcount(holder[0]) == 2:
+        take_apart(holder, pause=_pause)
 
 
 def _parts_of(steps: list[Any]) -> list[Any]:
@@ -91,4 +171,4 @@ def _pause(freed: int) -> int:
     return freed + 1
 
 
-__all__ = ["drop_in_background", "paused"]
+__all__ = ["Dropped", "drop_in_background", "frees_pending", "paused", "start_freeing"]
