@@ -225,6 +225,36 @@ def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, mon
     window.close()
 
 
+def test_the_full_load_keeps_the_previews_rows(qtbot, tmp_path, monkeypatch):
+    """Resetting 100,000 rows cost the full load's handler 5-9 ms of GUI thread: the rows
+    the preview put in place stay when the images are the same, and show what was loaded."""
+    path = _big_store(tmp_path, 1500)
+    expected = load_project(path)
+    release = _blocked_full_load(monkeypatch)
+    window = make_window(qtbot)
+    window.background_open_images = 1000
+    window.open_project(str(path))
+    qtbot.waitUntil(lambda: window.loading and window.project is not None, timeout=20_000)
+    model = window.editor.gallery.model
+    rows = model._rows
+    unread = model.path_at(1400)
+    assert model.index(1400).data(INSTANCES_ROLE) == 0  # only its summary is known
+    resets: list[int] = []
+    model.modelReset.connect(lambda: resets.append(1))
+    painted: list[tuple[int, int]] = []
+    model.dataChanged.connect(lambda a, b, *_: painted.append((a.row(), b.row())))
+    with qtbot.waitSignal(window.opener.finished, timeout=60_000):
+        release.set()
+    assert not window.loading and resets == [] and model._rows is rows
+    assert (0, 1499) in painted  # every row shows the loaded facts
+    assert model.index(1400).data(INSTANCES_ROLE) == 2
+    assert model.index(1400).data(STATUS_ROLE) == expected.annotation(unread).status.value
+    # the rows follow the project from now on
+    window.project.set_status(unread, ImageStatus.REVIEWED)
+    assert model.index(1400).data(STATUS_ROLE) == ImageStatus.REVIEWED.value
+    window.close()
+
+
 @pytest.mark.parametrize("how", ["close project", "quit"])
 def test_closing_while_the_rest_loads_loses_nothing(qtbot, tmp_path, monkeypatch, how):
     import threading

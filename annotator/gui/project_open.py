@@ -34,15 +34,17 @@ BACKGROUND_OPEN_JSON_BYTES = 100_000
 
 
 Prepare = Callable[[Any], Any]
+#: made after the full load: (the opened project, what the preview made or None)
+PrepareOpened = Callable[[Any, Any], Any]
 
 
-def _frozen(make: Prepare, arg: Any, images: int) -> Any:
+def _frozen(make: Callable[..., Any], arg: Any, images: int, *more: Any) -> Any:
     """``make(arg)`` in :func:`~annotator.gui.gc_pause.made_and_frozen` (as after loading a
     big project, :func:`annotator.io.project_file.load_project_recovering`): what is made
     for a big project (gallery rows, 10^5 keys) lives as long as it, and no later
     collection walks it holding the GIL."""
     with made_and_frozen(images):
-        return make(arg)
+        return make(arg, *more)
 
 
 class _Emitter(QObject):
@@ -53,10 +55,11 @@ class _Emitter(QObject):
 
 class _OpenTask(QRunnable):
     def __init__(self, emitter: _Emitter, path: str, cancel: threading.Event,
-                 prepare: Prepare | None, preview: Prepare | None) -> None:
+                 prepare: PrepareOpened | None, preview: Prepare | None) -> None:
         super().__init__()
         self._emitter, self._path, self._cancel = emitter, path, cancel
         self._prepare, self._preview = prepare, preview
+        self._previewed: Any = None  # what preview() made, for prepare() after the load
         self._last = -1
 
     def _progress(self, fraction: float) -> None:
@@ -84,6 +87,7 @@ class _OpenTask(QRunnable):
             log.info("no preview of %s", self._path, exc_info=True)
             return
         if not self._cancel.is_set():
+            self._previewed = prepared
             self._emitter.preview.emit((preview, prepared), self._path)
 
     def run(self) -> None:
@@ -104,7 +108,8 @@ class _OpenTask(QRunnable):
             counts = None
             if self._prepare is not None:
                 try:
-                    counts = _frozen(self._prepare, opened, len(opened.project))
+                    counts = _frozen(self._prepare, opened, len(opened.project),
+                                     self._previewed)
                 except Exception:  # noqa: BLE001 (the GUI thread counts again)
                     log.warning("preparing %s in the background failed", self._path,
                                 exc_info=True)
@@ -139,12 +144,13 @@ class ProjectOpener(QObject, PoolOwner):
     def busy(self) -> bool:
         return self.path is not None
 
-    def start(self, path: str, prepare: Prepare | None = None,
+    def start(self, path: str, prepare: PrepareOpened | None = None,
               preview: Prepare | None = None) -> bool:
         """Open ``path`` in the background; False while another open is running.
-        ``prepare(opened)`` runs on the pool thread too, after loading (what the window
-        would otherwise compute over every image on its own thread); its result is
-        :attr:`counts` while ``finished`` is emitted. With ``preview`` (a store), the
+        ``prepare(opened, previewed)`` runs on the pool thread too, after loading (what the
+        window would otherwise compute over every image on its own thread; ``previewed``:
+        what ``preview`` made, None without one); its result is :attr:`counts` while
+        ``finished`` is emitted. With ``preview`` (a store), the
         store's gallery rows are read first and :attr:`previewed` is emitted with
         ``preview(project_preview)`` (run on the pool thread)."""
         if self.busy:
