@@ -342,3 +342,41 @@ def test_gallery_layout_does_not_call_the_python_model_per_row(qtbot, tmp_path, 
     assert panel.view.visualRect(panel.view_index(n - 1)).isValid()
     panel.select(panel.model.path_at(0))
     assert panel._current == panel.model.path_at(0)
+
+
+def test_a_whole_project_change_repaints_the_tiles_without_walking_every_row(qtbot, tmp_path):  # noqa: ANN001
+    """A whole-project change (settings, schema, the full load of a preview) repaints the
+    tiles on show; a ``dataChanged`` over every row made the icon view and its proxy walk
+    all of them (7 ms at 100,000 rows)."""
+    from PySide6.QtCore import QEvent, QObject
+
+    project = big_project(tmp_path, 3000)
+    loader = ThumbnailLoader()
+    panel = GalleryPanel(loader)
+    qtbot.addWidget(panel)
+    panel.resize(400, 700)
+    panel.show()
+    qtbot.waitExposed(panel)
+    loader.set_root(project.image_root)
+    panel.model.set_project(project)
+    qtbot.wait(200)
+
+    class Paints(QObject):
+        count = 0
+
+        def eventFilter(self, obj, event):  # noqa: ANN001, ANN202, N802
+            if event.type() == QEvent.Type.Paint:
+                self.count += 1
+            return False
+
+    paints = Paints()
+    panel.view.viewport().installEventFilter(paints)
+    ranges: list[tuple[int, int]] = []
+    panel.proxy.dataChanged.connect(lambda a, b, *_: ranges.append((a.row(), b.row())))
+    qtbot.waitUntil(lambda: loader.active_threads == 0, timeout=10_000)
+    qtbot.wait(100)
+    paints.count = 0
+    panel.model.images_changed(frozenset(), live=False)
+    qtbot.waitUntil(lambda: paints.count > 0, timeout=2000)
+    assert ranges == []
+    loader.stop()
