@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import weakref
 
+import pytest
+
 from annotator.domain import ImageRecord, KeypointSchema, Project
 from annotator.domain.annotation import ImageAnnotation, ImageStatus, Instance, Keypoint
 from annotator.gui.release import drop_in_background
+from tests.test_gui_support import make_window, qt_isolated  # noqa: F401 (fixture)
 
 
 def _project(n: int = 3000) -> Project:
@@ -144,3 +147,23 @@ def test_a_failing_free_does_not_stop_the_thread(caplog):
     del project
     after.join(10)
     assert gone() is None
+
+
+@pytest.mark.usefixtures("qt_isolated")
+def test_a_big_projects_old_review_counts_are_freed_off_the_gui_thread(qtbot, monkeypatch):
+    """Replacing 100,000 review categories freed them on the GUI thread (1-2 ms of the
+    open's handlers); they go to the freeing thread like the rest of a closed project."""
+    from annotator.gui import main_window
+
+    handed: list[object] = []
+    monkeypatch.setattr(main_window, "drop_in_background", lambda obj, **_: handed.append(obj))
+    window = make_window(qtbot)
+    old = {f"{i}.jpg": 1 for i in range(main_window.DROP_IN_BACKGROUND_IMAGES)}
+    window.set_review_counts(old)
+    window.set_review_counts({f"{i}.jpg": 2 for i in range(10)})
+    assert handed and handed[-1] is old
+    assert window._counted == (0, 10)
+    handed.clear()
+    window.set_review_counts({"a.jpg": 1})  # a small one is simply dropped
+    assert handed == []
+    window.close()

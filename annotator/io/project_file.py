@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -220,11 +221,18 @@ def _kind(raw: Any, kind: type, where: str) -> Any:
     return raw
 
 
+@functools.cache
+def _settings_hints() -> dict[str, Any]:
+    """The field types of :class:`ProjectSettings` (resolved once: a millisecond each time,
+    and a project still loading reads one per image shown)."""
+    return typing.get_type_hints(ProjectSettings)
+
+
 def _settings_from_dict(raw: Any, source: str) -> ProjectSettings:
     """Settings with every value type-checked; unknown keys (newer versions) are ignored."""
     if not isinstance(raw, dict):
         raise ProjectFileError(f"{source}: settings must be an object")
-    hints = typing.get_type_hints(ProjectSettings)
+    hints = _settings_hints()
     values = {}
     for f in dataclasses.fields(ProjectSettings):
         if f.name not in raw:
