@@ -169,6 +169,9 @@ def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, mon
     assert window.open_project(str(path)) is None
     qtbot.waitUntil(lambda: window.loading and window.project is not None, timeout=20_000)
     model = window.editor.gallery.model
+    # the first image shows a turn of the event loop after the gallery
+    qtbot.waitUntil(lambda: window.editor.current_path is not None, timeout=5000)
+    assert window.editor.current_path == model.path_at(0)
     # every row is there, with what the store says of it (no keypoint decoded)
     assert model.rowCount() == 1500
     for row in (0, 7, 1499):
@@ -222,6 +225,30 @@ def test_the_gallery_is_usable_before_the_full_load_arrives(qtbot, tmp_path, mon
     window.project.move_keypoint(current, 0, 3.0, 4.0)
     window.autosaver.flush()
     assert load_project(path).annotation(current).instances[0].keypoints[0].x == 3.0
+    window.close()
+
+
+def test_a_first_image_shown_later_never_replaces_what_the_user_chose(qtbot, tmp_path):
+    """A project still loading shows its first image on the event loop's next turn; by
+    then the user may have picked another image, or another project may be on show."""
+    window = make_window(qtbot)
+    editor = window.editor
+    (tmp_path / "two").mkdir()
+    one, two = _big_project(tmp_path, 30), _big_project(tmp_path / "two", 30)
+    editor.set_project(one, show_later=True)
+    assert editor.current_path is None  # not yet
+    picked = one.images[7].path
+    editor.show_image(picked)
+    qtbot.wait(50)
+    assert editor.current_path == picked
+    editor.set_project(one, show_later=True)
+    editor.set_project(two, keep=two.images[4].path)
+    qtbot.wait(50)
+    assert editor.project is two and editor.current_path == two.images[4].path
+    editor.set_project(two, show_later=True)
+    qtbot.waitUntil(lambda: editor.current_path is not None, timeout=2000)
+    assert editor.current_path == two.images[0].path
+    editor.set_project(None)
     window.close()
 
 

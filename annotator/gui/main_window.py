@@ -567,7 +567,8 @@ class MainWindow(QMainWindow):
                 QTimer.singleShot(0, lambda p=path: add_recent_project(p))
             self.editor.set_project(project, refs=prep.refs if prep else None,
                                     summary=preview.summary if preview else None,
-                                    order=prep.order if prep else None, keep=keep)
+                                    order=prep.order if prep else None, keep=keep,
+                                    show_later=loading)
             self.stack.setCurrentWidget(self.editor)
             if self.width() >= 1280 and not self._reference_dock_decided:
                 self.reference_dock.show()
