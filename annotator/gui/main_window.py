@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from annotator.gui.project_open import (
 )
 from annotator.gui.recent import add_recent_project
 from annotator.gui.release import drop_in_background, paused, start_freeing
+from annotator.gui.requests import ProjectSnapshot
 from annotator.gui.result_feed import BoundedFeed
 from annotator.gui.retrain import RetrainScheduler
 from annotator.gui.schema_dialog import SchemaDialog
@@ -236,7 +237,11 @@ class MainWindow(QMainWindow):
         self._unsubscribe: Callable[[], None] | None = None
         #: predictions received, applied a bounded slice per flush tick (gui.result_feed)
         self._pending: BoundedFeed[Any] = BoundedFeed(self._apply_predictions)
-        self._baseline: dict[str, ImageAnnotation] = {}
+        #: every annotation as the run started (the snapshot the worker was sent: one copy)
+        #: and, over it, what the run applied since: an image whose annotation is neither
+        #: was edited by the user during the run, and its predictions are dropped
+        self._baseline: Mapping[str, ImageAnnotation] = {}
+        self._applied: dict[str, ImageAnnotation] = {}
         self._rate: RateEstimator | None = None
         #: the outcome of a run whose worker is done while its backlog is still applied
         self._finishing: str | None = None
@@ -1379,14 +1384,16 @@ class MainWindow(QMainWindow):
                               "M), then press Propagate.")
             return False
         self._end_previous_run()
-        # the run's baseline and snapshot (two 10^5-entry copies): frozen at once, as the
-        # worker freezes what it makes of them (gc_pause.freeze_made)
+        # the snapshot sent to the worker is the run's baseline too (a 10^5-entry copy: in
+        # fresh memory, each copy cost the GUI thread up to 20 ms of page faults here),
+        # frozen at once, as the worker freezes what it makes of it (gc_pause.freeze_made)
         with made_and_frozen(len(self.project)):
-            self._baseline = self.project.annotations()
+            snapshot = ProjectSnapshot.of(self.project)
+            self._baseline, self._applied = snapshot.annotations, {}
             self._run_schema = self.project.schema
             self._run_key = object()  # this run's predictions accumulate into one undo step
             self._run_kind = "Propagation"
-            self.controller.propagate(self.project, targets)
+            self.controller.propagate(self.project, targets, snapshot=snapshot)
         self._rate = RateEstimator(0)
         self._unreadable_in_run = 0
         self.statusBar().clearMessage()  # the last run's outcome is not this run's
@@ -1419,7 +1426,7 @@ class MainWindow(QMainWindow):
             return False
         self._end_previous_run()
         with made_and_frozen(len(self.project)):  # as in propagate()
-            self._baseline = self.project.annotations()
+            self._baseline, self._applied = self.project.annotations(), {}
             self._run_schema = self.project.schema
             self._run_key = object()
             self._run_kind = "Detection"
@@ -1518,13 +1525,16 @@ class MainWindow(QMainWindow):
             log.warning("dropped %d predictions made for another keypoint schema", len(preds))
             return
         fresh = []
+        empty = ImageAnnotation()
         for pred in preds:
             if pred.error is not None:
                 self.editor.gallery.model.mark_unreadable(pred.path, pred.error)
                 self._unreadable_in_run += 1
                 continue
-            empty = ImageAnnotation()
-            if self.project.annotation(pred.path) != self._baseline.get(pred.path, empty):
+            before = self._applied.get(pred.path)
+            if before is None:
+                before = self._baseline.get(pred.path, empty)
+            if self.project.annotation(pred.path) != before:
                 continue  # the user edited this image during the run: keep their work
             fresh.append(pred)
         if fresh:
@@ -1539,7 +1549,7 @@ class MainWindow(QMainWindow):
             if preds:
                 apply_predictions(self.project, preds, merge_key=("propagate", self._run_key))
             for path in (p.path for p in fresh):
-                self._baseline[path] = self.project.annotation(path)
+                self._applied[path] = self.project.annotation(path)
 
     def _on_run_finished(self, outcome: str) -> None:
         """The worker is done with the run (everything it sent is in ``_pending``): one
@@ -1563,7 +1573,7 @@ class MainWindow(QMainWindow):
         # the baseline refers to every annotation of the project as the run started: kept,
         # it would keep a closed project's annotations alive, and freeing them later (the
         # next run's start) held the GIL 150 ms at 10,000 x 3
-        self._baseline = {}
+        self._baseline, self._applied = {}, {}
         self._finish_run_ui(outcome)
         self.run_ended.emit(outcome)
 

@@ -569,14 +569,17 @@ class WorkerController(QObject):
         behind any order already sent)."""
         self._send_preload.emit()
 
-    def propagate(self, project: Project, targets: list[str] | None = None) -> int:
-        """Start propagating from a snapshot of ``project``; cancels any run in progress."""
+    def propagate(self, project: Project, targets: list[str] | None = None,
+                  snapshot: ProjectSnapshot | None = None) -> int:
+        """Start propagating from a snapshot of ``project`` (``snapshot``: taken by the
+        caller just now, which keeps it too); cancels any run in progress."""
         if self._run_id is not None:
             self.cancel()
         rid = self._new_id()
         self._run_id = rid
         t = tuple(targets) if targets is not None else None
-        self._send_propagate.emit(PropagateOrder(rid, ProjectSnapshot.of(project), t))
+        snap = ProjectSnapshot.of(project) if snapshot is None else snapshot
+        self._send_propagate.emit(PropagateOrder(rid, snap, t))
         self.run_started.emit(rid)
         return rid
 
