@@ -55,26 +55,36 @@ class Dropped:
         return not self._done.is_set()
 
 
-class _Freer:
-    """One daemon thread that frees what it is handed, in order. It lives as long as the
-    process: starting a thread per close or open cost the GUI thread 2-4 ms each in
-    ``Thread.start`` (waiting for the new thread to get the GIL while a project loads)."""
+#: threads freeing at once: a close hands over three things (the project, its gallery rows,
+#: its review counts), an open's full load three more (the preview's); each is paced
+#: (:func:`_pause`), so one thread for all made them queue up for 15-20 s at 100,000 x 3,
+#: and the next project loaded while the last one was still held
+FREEING_THREADS = 4
 
-    def __init__(self) -> None:
+
+class _Freer:
+    """Daemon threads that free what they are handed (:data:`FREEING_THREADS`, taking it in
+    order). They live as long as the process: starting a thread per close or open cost the
+    GUI thread 2-4 ms each in ``Thread.start`` (waiting for the new thread to get the GIL
+    while a project loads)."""
+
+    def __init__(self, threads: int = FREEING_THREADS) -> None:
         self._queue: queue.SimpleQueue[tuple[list[object], list[Any], float, Dropped]] = \
             queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread | None] = [None] * threads
         self._start_lock = threading.Lock()
         self._pending = 0  # handed and not yet freed (under _start_lock)
 
     def start(self) -> None:
-        """Start the thread if it is not running (the window does at once, so that no open
-        or close pays for it)."""
+        """Start the threads not running (the window does at once, so that no open or
+        close pays for it)."""
         with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="drop-project",
-                                                daemon=True)
-                self._thread.start()
+            for i, thread in enumerate(self._threads):
+                if thread is None or not thread.is_alive():
+                    thread = threading.Thread(target=self._run, name="drop-project",
+                                              daemon=True)
+                    thread.start()
+                    self._threads[i] = thread
 
     def put(self, holder: list[object], steps: list[Any], wait_s: float) -> Dropped:
         dropped = Dropped()
@@ -108,8 +118,8 @@ _freer = _Freer()
 
 
 def start_freeing() -> None:
-    """Start the thread that :func:`drop_in_background` hands to (at once, not on the first
-    close or open)."""
+    """Start the threads that :func:`drop_in_background` hands to (at once, not on the
+    first close or open)."""
     _freer.start()
 
 
@@ -129,8 +139,8 @@ def drop_in_background(obj: object, wait_s: float = 2.0,
     the thread holds the last reference (it waits up to ``wait_s`` for the caller to let
     go); otherwise the object is simply released. ``steps``: the project's undo steps
     (:meth:`UndoStack.take`), freed first, a piece at a time: they refer to the project
-    (a cycle), and a propagation's step holds thousands of annotations. One thread frees
-    everything handed to it, in order."""
+    (a cycle), and a propagation's step holds thousands of annotations. The threads are
+    started once (:func:`start_freeing`), not per call."""
     holder = [obj]
     del obj
     return _freer.put(holder, [] if steps is None else steps, wait_s)
