@@ -52,14 +52,29 @@ def big_project(tmp_path, n: int) -> Project:  # noqa: ANN001
     return Project(str(folder), records, SCHEMA, annotations)
 
 
-def test_gallery_with_10000_images_stays_fast(qtbot, tmp_path):  # noqa: ANN001
-    project = big_project(tmp_path, 10_000)
+def empty_panel(qtbot, height: int = 700) -> tuple[ThumbnailLoader, GalleryPanel]:  # noqa: ANN001
+    """A gallery panel, 400 pixels wide, on screen, with no project yet."""
     loader = ThumbnailLoader()
     panel = GalleryPanel(loader)
     qtbot.addWidget(panel)
-    panel.resize(400, 900)
+    panel.resize(400, height)
     panel.show()
     qtbot.waitExposed(panel)
+    return loader, panel
+
+
+def shown_panel(qtbot, project: Project) -> tuple[ThumbnailLoader, GalleryPanel]:  # noqa: ANN001
+    """:func:`empty_panel` showing ``project``, its first layout done."""
+    loader, panel = empty_panel(qtbot)
+    loader.set_root(project.image_root)
+    panel.model.set_project(project)
+    qtbot.wait(200)
+    return loader, panel
+
+
+def test_gallery_with_10000_images_stays_fast(qtbot, tmp_path):  # noqa: ANN001
+    project = big_project(tmp_path, 10_000)
+    loader, panel = empty_panel(qtbot, 900)
     loader.set_root(project.image_root)
     t = time.perf_counter()
     panel.model.set_project(project)
@@ -320,15 +335,7 @@ def test_gallery_layout_does_not_call_the_python_model_per_row(qtbot, tmp_path, 
     monkeypatch.setattr(GalleryModel, "rowCount", counting)
     n = 3000
     project = big_project(tmp_path, n)
-    loader = ThumbnailLoader()
-    panel = GalleryPanel(loader)
-    qtbot.addWidget(panel)
-    panel.resize(400, 700)
-    panel.show()
-    qtbot.waitExposed(panel)
-    loader.set_root(project.image_root)
-    panel.model.set_project(project)
-    qtbot.wait(200)
+    loader, panel = shown_panel(qtbot, project)
     assert panel.proxy.rowCount() == n  # every image is in the view
     calls[0] = 0
     panel.view.doItemsLayout()  # a full relayout, as after a resize
@@ -351,15 +358,7 @@ def test_a_whole_project_change_repaints_the_tiles_without_walking_every_row(qtb
     from PySide6.QtCore import QEvent, QObject
 
     project = big_project(tmp_path, 3000)
-    loader = ThumbnailLoader()
-    panel = GalleryPanel(loader)
-    qtbot.addWidget(panel)
-    panel.resize(400, 700)
-    panel.show()
-    qtbot.waitExposed(panel)
-    loader.set_root(project.image_root)
-    panel.model.set_project(project)
-    qtbot.wait(200)
+    loader, panel = shown_panel(qtbot, project)
 
     class Paints(QObject):
         count = 0
