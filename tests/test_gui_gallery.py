@@ -379,3 +379,26 @@ def test_a_whole_project_change_repaints_the_tiles_without_walking_every_row(qtb
     qtbot.waitUntil(lambda: paints.count > 0, timeout=2000)
     assert ranges == []
     loader.stop()
+
+
+def test_a_big_gallerys_replaced_rows_are_freed_off_the_gui_thread(qtbot, tmp_path, monkeypatch):  # noqa: ANN001
+    """Closing a big project hands its rows (10^5 keys and tuples) to the freeing threads;
+    a full load that keeps the preview's rows hands over only what it replaces."""
+    from annotator.gui import gallery
+    from annotator.gui.gallery import prepare_order
+
+    handed: list[list] = []
+    monkeypatch.setattr(gallery, "drop_in_background", lambda obj, **_: handed.append(obj))
+    monkeypatch.setattr(gallery, "RELEASE_ROWS", 50)
+    project = big_project(tmp_path, 60)
+    loader, panel = shown_panel(qtbot, project)
+    order = prepare_order(project)
+    panel.model.set_project(project, order=order)
+    handed.clear()
+    panel.model.set_project(project, order=prepare_order(project, like=order))  # kept
+    assert len(handed) == 1 and all(part is not order.rows for part in handed[0])
+    assert panel.model.path_at(59) == project.images[59].path
+    panel.model.set_project(None)  # closed
+    assert len(handed) == 2 and any(part is order.rows for part in handed[1])
+    assert panel.model.rowCount() == 0
+    loader.stop()

@@ -85,8 +85,8 @@ def qt_isolated(qapp, tmp_path, monkeypatch):  # noqa: ANN001, ANN201
 @pytest.fixture
 def no_thread_leaks(qapp):  # noqa: ANN001, ANN201
     """Fail a test that leaves a worker thread, a thumbnail decode, a free of a closed
-    project or a Python thread running (the thread that frees closed projects lives as long
-    as the process: started before, it must be idle after)."""
+    project or a Python thread running (the threads that free closed projects live as long
+    as the process: started before, they must be idle after)."""
     from annotator.gui.release import frees_pending, start_freeing
     from annotator.gui.thumbnails import busy_thumbnail_threads
     from annotator.gui.worker import running_worker_threads

@@ -161,22 +161,38 @@ class GalleryModel(QAbstractListModel):
         """Show ``project``. ``summary``: status and worst confidence of the
         images whose annotation the project does not hold yet (a store still loading);
         ``order``: the rows made off the GUI thread (used for the default sort and filter)."""
-        shown = (order is not None and project is not None and self.sort == GallerySort.NAME
-                 and self.filter == GalleryFilter.ALL)
-        if shown and order is not None and order.rows is self._rows \
-                and order.index_of is self._index_of:
-            self._keep_rows(project, summary)  # the rows on show (the preview's) stay
-            return
-        old = [self._rows, self._keys, self._key_of, self._index_of, self._row_of,
-               self._summary, self._worst_cache]
+        big = len(self._rows) > RELEASE_ROWS  # what it replaces: freed off the GUI thread
+        shown = order if (project is not None and self.sort == GallerySort.NAME
+                          and self.filter == GalleryFilter.ALL) else None
+        if shown is not None and shown.rows is self._rows \
+                and shown.index_of is self._index_of:
+            # the rows on show (the preview's) stay: resetting 100,000 rows costs the GUI
+            # thread 5-9 ms; their facts are repainted instead
+            old = self._take(project, summary)
+            self._stale = set()
+            self.images_changed(frozenset(), live=False)
+        else:
+            old = [self._rows, self._keys, self._key_of, self._index_of, self._row_of,
+                   *self._take(project, summary)]
+            self._show_order(shown)
+        if big:
+            drop_in_background(old)
+
+    def _take(self, project: Project | None,
+              summary: Mapping[str, Summary] | None) -> list[object]:
+        """Take ``project`` and ``summary`` on; returns what they replace."""
+        old = [self._summary, self._worst_cache]
         self._project = project
         # taken over, not copied (10^5 entries): annotation_loaded() drops entries
         self._summary = summary if isinstance(summary, dict) or summary is None \
             else dict(summary)
         self._errors.clear()
         self._worst_cache = {}
-        if shown:
-            assert order is not None
+        return old
+
+    def _show_order(self, order: PreparedOrder | None) -> None:
+        """Put ``order``'s rows in place (None: compute them)."""
+        if order is not None:
             self._stale = set()
             self._index_of, self._keys, self._key_of = order.index_of, order.keys, order.key_of
             self.beginResetModel()
@@ -184,23 +200,6 @@ class GalleryModel(QAbstractListModel):
             self.endResetModel()
         else:
             self.refresh()
-        if len(old[0]) > RELEASE_ROWS:  # 10^5 keys and tuples: freed off the GUI thread
-            drop_in_background(old)
-
-    def _keep_rows(self, project: Project, summary: Mapping[str, Summary] | None) -> None:
-        """Show ``project`` in the rows on show: the same images in the same order (the full
-        load of the project previewed). Resetting 100,000 rows would cost the GUI thread
-        5-9 ms; their facts are repainted instead."""
-        old = [self._summary, self._worst_cache]
-        self._project = project
-        self._summary = summary if isinstance(summary, dict) or summary is None \
-            else dict(summary)
-        self._errors.clear()
-        self._worst_cache = {}
-        self._stale = set()
-        self.images_changed(frozenset(), live=False)
-        if self._rows and len(self._rows) > RELEASE_ROWS:
-            drop_in_background(old)
 
     def annotation_loaded(self, path: str) -> None:
         """The project now holds the annotation of ``path`` (its summary is dropped)."""

@@ -72,13 +72,13 @@ class _Freer:
         self._queue: queue.SimpleQueue[tuple[list[object], list[Any], float, Dropped]] = \
             queue.SimpleQueue()
         self._threads: list[threading.Thread | None] = [None] * threads
-        self._start_lock = threading.Lock()
-        self._pending = 0  # handed and not yet freed (under _start_lock)
+        self._lock = threading.Lock()
+        self._pending = 0  # handed and not yet freed (under _lock, like the threads)
 
     def start(self) -> None:
         """Start the threads not running (the window does at once, so that no open or
         close pays for it)."""
-        with self._start_lock:
+        with self._lock:
             for i, thread in enumerate(self._threads):
                 if thread is None or not thread.is_alive():
                     thread = threading.Thread(target=self._run, name="drop-project",
@@ -88,7 +88,7 @@ class _Freer:
 
     def put(self, holder: list[object], steps: list[Any], wait_s: float) -> Dropped:
         dropped = Dropped()
-        with self._start_lock:
+        with self._lock:
             self._pending += 1
         self._queue.put((holder, steps, wait_s, dropped))
         self.start()
@@ -96,7 +96,7 @@ class _Freer:
 
     def pending(self) -> int:
         """How many of the objects handed over are not freed yet."""
-        with self._start_lock:
+        with self._lock:
             return self._pending
 
     def _run(self) -> None:
@@ -109,7 +109,7 @@ class _Freer:
             finally:
                 holder.clear()
                 del holder, steps
-                with self._start_lock:
+                with self._lock:
                     self._pending -= 1
                 dropped._done.set()
 
