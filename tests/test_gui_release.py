@@ -61,6 +61,30 @@ def test_frees_wait_while_paused():
     assert first() is None
 
 
+def test_a_hold_keeps_the_frees_waiting_until_released_once_from_any_thread():
+    import threading
+    import time
+
+    from annotator.gui.release import frees_held, hold_frees, paused
+
+    project = _project(6000)
+    first = weakref.ref(project.annotation(project.images[0].path))  # freed last
+    held = hold_frees()
+    with paused():  # nested with a block: the hold still counts after it
+        pass
+    thread = drop_in_background(project)
+    del project
+    time.sleep(0.3)
+    assert first() is not None and frees_held() == 1
+    other = threading.Thread(target=held.release)
+    other.start()
+    other.join()
+    held.release()  # again: nothing (it would let another hold's frees go on)
+    assert frees_held() == 0
+    thread.join(10)
+    assert not thread.is_alive() and first() is None
+
+
 def test_undo_steps_are_freed_first_a_piece_at_a_time_and_release_the_project():
     import threading
 

@@ -87,7 +87,7 @@ def no_thread_leaks(qapp):  # noqa: ANN001, ANN201
     """Fail a test that leaves a worker thread, a thumbnail decode, a free of a closed
     project or a Python thread running (the threads that free closed projects live as long
     as the process: started before, they must be idle after)."""
-    from annotator.gui.release import frees_pending, start_freeing
+    from annotator.gui.release import frees_held, frees_pending, start_freeing
     from annotator.gui.thumbnails import busy_thumbnail_threads
     from annotator.gui.worker import running_worker_threads
 
@@ -95,13 +95,14 @@ def no_thread_leaks(qapp):  # noqa: ANN001, ANN201
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5.0
-    while (running_worker_threads() or busy_thumbnail_threads() or frees_pending()) \
-            and time.monotonic() < deadline:
+    while (running_worker_threads() or busy_thumbnail_threads() or frees_pending()
+           or frees_held()) and time.monotonic() < deadline:
         qapp.processEvents()
         time.sleep(0.01)
     leaked = running_worker_threads()
     assert not leaked, f"worker threads still running: {leaked}"
     assert busy_thumbnail_threads() == 0, "thumbnail decodes still running"
+    assert frees_held() == 0, "the frees of closed projects are still held back"
     assert frees_pending() == 0, "a closed project is still being freed"
     extra = [
         t for t in threading.enumerate()

@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
 from annotator.gui.gc_pause import made_and_frozen
 from annotator.gui.pool_owner import PoolOwner
-from annotator.gui.release import paused
+from annotator.gui.release import FreesHeld, hold_frees
 from annotator.gui.thumbnails import register_pool_user
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,11 @@ BACKGROUND_OPEN_IMAGES = 100
 #: a JSON project of a previous version at least this big (bytes; about 50 images of three
 #: 17-keypoint instances) is read and migrated to a store in the background too
 BACKGROUND_OPEN_JSON_BYTES = 100_000
+#: the frees of a project closed just before (four threads, 5-10 s at 100,000 x 3) wait from
+#: the start of a store's open until this long after its preview is on show (the gallery's
+#: first paint included): beside them the preview's handler stalled the window 31-39 ms, and
+#: 10-14 ms while they waited (BENCHMARKS.md, section 7q)
+PREVIEW_SHOWN_FREES_WAIT_MS = 500
 
 
 Prepare = Callable[[Any], Any]
@@ -59,6 +64,9 @@ class _OpenTask(QRunnable):
         super().__init__()
         self._emitter, self._path, self._cancel = emitter, path, cancel
         self._prepare, self._preview = prepare, preview
+        # what holds the frees back (ProjectOpener.start): released here when no preview is
+        # sent, else by the opener once it is on show
+        self._held: FreesHeld | None = None
         self._previewed: Any = None  # what preview() made, for prepare() after the load
         self._last = -1
 
@@ -80,15 +88,21 @@ class _OpenTask(QRunnable):
 
         assert self._preview is not None
         try:
-            with paused():  # a closed project is freed after, not meanwhile
-                preview = read_preview(self._path)
-                prepared = _frozen(self._preview, preview, len(preview.project))
+            preview = read_preview(self._path)
+            prepared = _frozen(self._preview, preview, len(preview.project))
         except Exception:  # noqa: BLE001 (never in the way of the open itself)
             log.info("no preview of %s", self._path, exc_info=True)
+            self._release_frees()
             return
-        if not self._cancel.is_set():
+        if self._cancel.is_set():
+            self._release_frees()
+        else:
             self._previewed = prepared
             self._emitter.preview.emit((preview, prepared), self._path)
+
+    def _release_frees(self) -> None:
+        if self._held is not None:
+            self._held.release()
 
     def run(self) -> None:
         from annotator.io.project_file import LoadCancelled, ProjectFileError, open_project_file
@@ -138,6 +152,7 @@ class ProjectOpener(QObject, PoolOwner):
         self._cancel: threading.Event | None = None
         self.path: str | None = None
         self.counts: Any = None
+        self._held: FreesHeld | None = None  # the frees waiting for this open's preview
         register_pool_user(self)
 
     @property
@@ -152,12 +167,16 @@ class ProjectOpener(QObject, PoolOwner):
         what ``preview`` made, None without one); its result is :attr:`counts` while
         ``finished`` is emitted. With ``preview`` (a store), the
         store's gallery rows are read first and :attr:`previewed` is emitted with
-        ``preview(project_preview)`` (run on the pool thread)."""
+        ``preview(project_preview)`` (run on the pool thread). The frees of closed projects
+        wait until the preview is on show (:data:`PREVIEW_SHOWN_FREES_WAIT_MS`), or the
+        open ends without one."""
         if self.busy:
             return False
         self.path = path
         self._cancel = threading.Event()
-        self._pool.start(_OpenTask(self._emitter, path, self._cancel, prepare, preview))
+        task = _OpenTask(self._emitter, path, self._cancel, prepare, preview)
+        task._held = self._held = hold_frees() if preview is not None else None
+        self._pool.start(task)
         return True
 
     def cancel(self) -> None:
@@ -170,12 +189,21 @@ class ProjectOpener(QObject, PoolOwner):
             self.progress.emit(path, permille)
 
     def _on_preview(self, result: tuple[Any, Any], path: str) -> None:
-        if path == self.path and not (self._cancel and self._cancel.is_set()):
-            self.previewed.emit(result[0], result[1], path)
+        held, self._held = self._held, None
+        try:
+            if path == self.path and not (self._cancel and self._cancel.is_set()):
+                self.previewed.emit(result[0], result[1], path)
+        finally:
+            if held is not None:  # after the gallery's first paint; a lambda: PySide holds
+                # a bound method weakly, and nothing else refers to the hold
+                QTimer.singleShot(PREVIEW_SHOWN_FREES_WAIT_MS, lambda: held.release())
 
     def _on_done(self, result: object, error: str, path: str) -> None:
         cancelled = self._cancel is not None and self._cancel.is_set()
         self.path, self._cancel = None, None
+        held, self._held = self._held, None
+        if held is not None:  # no preview was shown
+            held.release()
         opened, self.counts = result if isinstance(result, tuple) else (None, None)
         try:
             self.finished.emit(None if cancelled else opened, error, path)

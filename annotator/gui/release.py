@@ -22,22 +22,46 @@ _paused_by = 0
 _lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def paused() -> Iterator[None]:
-    """Background frees wait while the block runs (what the user waits for: the gallery of
-    a project being opened, often right after another was closed; the window switching
-    projects, which hands the old one's parts to the frees as it goes)."""
-    global _paused_by
-    with _lock:
-        _paused_by += 1
-        _running.clear()
-    try:
-        yield
-    finally:
+class FreesHeld:
+    """Background frees wait from its making until :meth:`release` (once, from any thread):
+    a hold that spans more than one block of code, such as an open from its start until
+    the window has shown the preview (see :func:`hold_frees`)."""
+
+    def __init__(self) -> None:
+        global _paused_by
+        self._released = False
         with _lock:
+            _paused_by += 1
+            _running.clear()
+
+    def release(self) -> None:
+        """Let the frees go on (again: nothing)."""
+        global _paused_by
+        with _lock:
+            if self._released:
+                return
+            self._released = True
             _paused_by -= 1
             if not _paused_by:
                 _running.set()
+
+
+def hold_frees() -> FreesHeld:
+    """Background frees wait until the returned hold is released. A free waits 30 s at
+    most for one (:func:`_free`, :func:`_pause`): a hold never released slows the frees
+    down, it does not stop them."""
+    return FreesHeld()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Background frees wait while the block runs (what the user waits for: the window
+    switching projects, which hands the old one's parts to the frees as it goes)."""
+    held = FreesHeld()
+    try:
+        yield
+    finally:
+        held.release()
 
 
 class Dropped:
@@ -123,6 +147,12 @@ def start_freeing() -> None:
     _freer.start()
 
 
+def frees_held() -> int:
+    """How many holds (:func:`paused` blocks, :class:`FreesHeld`) keep the frees waiting."""
+    with _lock:
+        return _paused_by
+
+
 def frees_pending() -> int:
     """How many objects handed to :func:`drop_in_background` are not freed yet."""
     return _freer.pending()
@@ -181,4 +211,5 @@ def _pause(freed: int) -> int:
     return freed + 1
 
 
-__all__ = ["Dropped", "drop_in_background", "frees_pending", "paused", "start_freeing"]
+__all__ = ["Dropped", "FreesHeld", "drop_in_background", "frees_held", "frees_pending",
+           "hold_frees", "paused", "start_freeing"]
