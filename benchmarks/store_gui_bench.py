@@ -221,6 +221,41 @@ class SideBeat:
         self.proc.wait()
 
 
+def threads_cpu_ns() -> dict[str, int]:
+    """CPU time (ns, ``/proc/self/task/*/schedstat``) of each thread of this process by
+    name: the Python thread's name where there is one, else the kernel's (Qt names its
+    threads); threads of one name are summed."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, int] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as f:
+                ns = int(f.read().split()[0])
+            name = names.get(int(tid))
+            if name is None:
+                with open(f"/proc/self/task/{tid}/comm", encoding="ascii") as f:
+                    name = f.read().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        out[name] = out.get(name, 0) + ns
+    return out
+
+
+def busy_threads(before: dict[str, int], after: dict[str, int],
+                 at_least_ms: float = 1.0) -> dict[str, float]:
+    """The threads that ran at least ``at_least_ms`` between two :func:`threads_cpu_ns` (a
+    thread that ended in between is not seen; one that started counts from zero)."""
+    ran = {n: (ns - before.get(n, 0)) / 1e6 for n, ns in after.items()}
+    return {n: round(ms, 1) for n, ms in sorted(ran.items(), key=lambda x: -x[1])
+            if ms >= at_least_ms}
+
+
 def rss_mb() -> float:
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -495,10 +530,12 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
         measure_exports(win, begin, phase, formats, path.parent / "bench-exports", res)
     # ---- close
     begin()
-    t = time.perf_counter()
+    t, ran = time.perf_counter(), threads_cpu_ns()
     with timed_steps(win, res, "close_step"):
         win.close_project()
     res["close_call_s"] = time.perf_counter() - t
+    # which threads ran beside it (some closes ran every step 10-40 times slower)
+    res["close_call_threads_ms"] = busy_threads(ran, threads_cpu_ns())
     run_for(0.5)
     phase("close")
     del project
@@ -572,7 +609,8 @@ def main() -> int:
     for name, path in (("demo", demo_path), ("big", big)):
         rounds = [one_round(win, path, beat, gcw, formats, args.propagate, side)
                   for _ in range(args.rounds)]
-        worst = {k: round(max(r[k] for r in rounds), 3) for k in rounds[0]}
+        worst = {k: round(max(r[k] for r in rounds), 3) for k in rounds[0]
+                 if isinstance(rounds[0][k], (int, float))}  # not the per-thread tables
         for key in [k for k in worst if k.endswith(ATTRIBUTION)]:  # the worst stall's own
             stall = key.rsplit("_stall_", 1)[0] + "_stall_ms"
             worst[key] = max(rounds, key=lambda r: r[stall])[key]  # noqa: B023
