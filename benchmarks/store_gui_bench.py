@@ -406,6 +406,11 @@ OPEN_STEPS = ("set_project", "_detach_project", "editor.set_project", "retrainer
               "_update_actions", "_update_counts")
 
 
+#: what a propagation does on the GUI thread: its start (the baseline snapshot), each
+#: tick's slice of streamed predictions applied, its end
+PROPAGATE_STEPS = ("start_propagation", "flush_predictions", "_finish_run_ui")
+
+
 _MISSING = object()  # an attribute that was not on the instance before timed_steps
 
 
@@ -414,7 +419,9 @@ def timed_steps(win, res: dict[str, float], prefix: str,  # noqa: ANN001
                 steps: tuple[str, ...] = CLOSE_STEPS) -> Iterator[None]:
     """Time each of ``steps`` (methods of the window or of its parts) while the block runs:
     ``res[f"{prefix}_{step}_ms"]`` (wall) and ``..._cpu_ms`` (the calling thread's CPU),
-    summed over calls; the module's ``drop_in_background`` too. Nothing else changes."""
+    summed over calls, and ``..._max_ms`` (the longest call); the module's
+    ``drop_in_background`` too. Nothing else changes. (A method a signal was connected to
+    before is called by the signal unwrapped: time what it calls.)"""
     import resource
 
     import annotator.gui.main_window as mw
@@ -431,7 +438,10 @@ def timed_steps(win, res: dict[str, float], prefix: str,  # noqa: ANN001
                 return fn(*args, **kwargs)
             finally:
                 v = resource.getrusage(resource.RUSAGE_THREAD)
-                for what, value in (("ms", (time.perf_counter() - t) * 1000),
+                took = (time.perf_counter() - t) * 1000
+                longest = f"{prefix}_{key}_max_ms"  # the longest single call
+                res[longest] = round(max(res.get(longest, 0), took), 2)
+                for what, value in (("ms", took),
                                     ("cpu_ms", (time.thread_time() - c) * 1000),
                                     ("sys_ms", (v.ru_stime - u.ru_stime) * 1000),
                                     ("minflt", v.ru_minflt - u.ru_minflt)):
@@ -521,7 +531,8 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
     # ---- propagation streaming (fake fast engine)
     if propagate:
         begin()
-        measure_propagation(win, project, paths, propagate, res)
+        with timed_steps(win, res, "propagate_step", PROPAGATE_STEPS):
+            measure_propagation(win, project, paths, propagate, res)
         run_until(lambda: not win.autosaver.dirty, 60)
         phase("propagate")
     # ---- exports
