@@ -60,13 +60,14 @@ class _Emitter(QObject):
 
 class _OpenTask(QRunnable):
     def __init__(self, emitter: _Emitter, path: str, cancel: threading.Event,
-                 prepare: PrepareOpened | None, preview: Prepare | None) -> None:
+                 prepare: PrepareOpened | None, preview: Prepare | None,
+                 held: FreesHeld | None) -> None:
         super().__init__()
         self._emitter, self._path, self._cancel = emitter, path, cancel
         self._prepare, self._preview = prepare, preview
         # what holds the frees back (ProjectOpener.start): released here when no preview is
         # sent, else by the opener once it is on show
-        self._held: FreesHeld | None = None
+        self._held = held
         self._previewed: Any = None  # what preview() made, for prepare() after the load
         self._last = -1
 
@@ -174,9 +175,9 @@ class ProjectOpener(QObject, PoolOwner):
             return False
         self.path = path
         self._cancel = threading.Event()
-        task = _OpenTask(self._emitter, path, self._cancel, prepare, preview)
-        task._held = self._held = hold_frees() if preview is not None else None
-        self._pool.start(task)
+        self._held = hold_frees() if preview is not None else None
+        self._pool.start(_OpenTask(self._emitter, path, self._cancel, prepare, preview,
+                                   self._held))
         return True
 
     def cancel(self) -> None:
