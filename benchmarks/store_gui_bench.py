@@ -26,7 +26,10 @@ is imported before the window is made (``annotator.gui.app.preload_before_window
 the GIL switch interval is the application's (``responsive_gil``) unless
 ``--default-switch-interval``. Between phases (not measured), the files an export wrote
 and the placeholder images are flushed to disk (``os.sync``; ``export_*_sync_s``), so one
-phase's writeback does not land in the next one.
+phase's writeback does not land in the next one. The GUI-thread steps of the open, the
+propagation and the close are timed one by one (``open_step_*``, ``propagate_step_*``,
+``close_step_*``: summed, CPU, and the longest call), and the threads that ran beside the
+close call are named with their CPU time (``close_call_threads_ms``, per round only).
 
     QT_QPA_PLATFORM=offscreen PYTHONPATH=$PWD python benchmarks/store_gui_bench.py \\
         --images 100000 --rounds 3 --out /tmp/store-gui.json
