@@ -28,8 +28,10 @@ the GIL switch interval is the application's (``responsive_gil``) unless
 and the placeholder images are flushed to disk (``os.sync``; ``export_*_sync_s``), so one
 phase's writeback does not land in the next one. The GUI-thread steps of the open, the
 propagation and the close are timed one by one (``open_step_*``, ``propagate_step_*``,
-``close_step_*``: summed, CPU, and the longest call), and the threads that ran beside the
-close call are named with their CPU time (``close_call_threads_ms``, per round only).
+``close_step_*``: summed, CPU, and the longest call; the close's steps include its last
+ones, run over the turns after the call: ``close_steps_s``), and the threads that ran
+beside the close call are named with their CPU time (``close_call_threads_ms``, per round
+only).
 
     QT_QPA_PLATFORM=offscreen PYTHONPATH=$PWD python benchmarks/store_gui_bench.py \\
         --images 100000 --rounds 3 --out /tmp/store-gui.json
@@ -410,8 +412,10 @@ OPEN_STEPS = ("set_project", "_detach_project", "editor.set_project", "retrainer
 
 
 #: what a propagation does on the GUI thread: its start (the baseline snapshot), each
-#: tick's slice of streamed predictions applied, its end
-PROPAGATE_STEPS = ("start_propagation", "flush_predictions", "_finish_run_ui")
+#: tick's slice of streamed predictions applied (and in it, the views told of each chunk),
+#: the gallery's live re-sort (every 300 ms of a stream), its end
+PROPAGATE_STEPS = ("start_propagation", "flush_predictions", "editor.project_changed",
+                   "editor.gallery.model.refresh", "_finish_run_ui")
 
 
 _MISSING = object()  # an attribute that was not on the instance before timed_steps
@@ -547,9 +551,11 @@ def one_round(win, path: Path, beat: Heartbeat, gcw: GcWatch,  # noqa: ANN001
     t, ran = time.perf_counter(), threads_cpu_ns()
     with timed_steps(win, res, "close_step"):
         win.close_project()
-    res["close_call_s"] = time.perf_counter() - t
-    # which threads ran beside it (some closes ran every step 10-40 times slower)
-    res["close_call_threads_ms"] = busy_threads(ran, threads_cpu_ns())
+        res["close_call_s"] = time.perf_counter() - t
+        # which threads ran beside it (some closes ran every step 10-40 times slower)
+        res["close_call_threads_ms"] = busy_threads(ran, threads_cpu_ns())
+        run_until(lambda: not win.closing, 30)  # its last steps, one per turn after it
+        res["close_steps_s"] = time.perf_counter() - t
     run_for(0.5)
     phase("close")
     del project

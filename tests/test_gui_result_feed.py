@@ -278,6 +278,7 @@ def test_a_closed_project_is_not_kept_by_its_last_run(qtbot, tmp_path, monkeypat
     reference_ann = weakref.ref(project.annotation(project.images[0].path))
     window.close_project()
     assert window.project is None
+    qtbot.waitUntil(lambda: not window.closing)  # the views put away over the next turns
     del project
     gc.collect()
     assert predicted_ann() is None and reference_ann() is None

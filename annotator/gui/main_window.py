@@ -44,7 +44,7 @@ from annotator.gui.project_open import (
     ProjectOpener,
 )
 from annotator.gui.recent import add_recent_project
-from annotator.gui.release import drop_in_background, paused, start_freeing
+from annotator.gui.release import drop_in_background, hold_frees, paused, start_freeing
 from annotator.gui.requests import ProjectSnapshot
 from annotator.gui.result_feed import BoundedFeed
 from annotator.gui.retrain import RetrainScheduler
@@ -52,6 +52,7 @@ from annotator.gui.schema_dialog import SchemaDialog
 from annotator.gui.settings_dialog import SettingsDialog
 from annotator.gui.status_fit import StatusFit
 from annotator.gui.thumbnails import ThumbnailLoader
+from annotator.gui.turns import TurnSteps
 from annotator.gui.video_actions import VideoSupport
 from annotator.gui.welcome import WelcomePage
 from annotator.gui.worker import EngineFactory, WorkerController, default_preloader
@@ -249,6 +250,8 @@ class MainWindow(QMainWindow):
         self._reference_dock_decided = False
         self._shut_down = False
         self._backups: list[threading.Thread] = []  # backups, store closes after a close
+        # a close's last steps (the closed project's views and caches), over the next turns
+        self._closing = TurnSteps(self)
         self.messages: list[tuple[str, str, str]] = []  # (level, title, text), for tests
         self._recovered = 0  # journaled edits recovered when the project was opened
         self._counts: dict[str, int] = {}  # path -> 1 reviewed/reference, 2 needs review
@@ -526,6 +529,12 @@ class MainWindow(QMainWindow):
         (browsing only: edits, propagation and exports wait for the full load)."""
         return self.loading_path is not None
 
+    @property
+    def closing(self) -> bool:
+        """Whether a close's last steps (the closed project's gallery and image caches put
+        away, over the turns after the welcome page is on show) are still to run."""
+        return bool(self._closing.pending)
+
     def set_project(self, project: Project | None, path: str | None, *,
                     prep: OpenPrep | None = None, preview: ProjectPreview | None = None,
                     keep: str | None = None) -> None:
@@ -543,6 +552,7 @@ class MainWindow(QMainWindow):
                      keep: str | None) -> None:
         if self.opener.busy and preview is None:
             self.cancel_open()  # another project was shown meanwhile (or none): it stays
+        self._closing.drop()  # a close's last steps: what they would clear is replaced below
         self._detach_project()
         old, self.project, self.project_path = self.project, project, path
         # the undo steps refer to the project: a reference cycle, which the collector never
@@ -582,12 +592,17 @@ class MainWindow(QMainWindow):
                 self.preload_timer.start()
             self.device_label.setText(f"device: {project.settings.device}")
         else:
-            self.loader.set_root("")
-            self.editor.set_project(None)
             self.reference_dock.hide()
             self._reference_dock_decided = False
             self.welcome.refresh()
             self.stack.setCurrentWidget(self.welcome)
+            # the closed project's gallery, image and thumbnail caches go over the next
+            # turns, one per turn (each 1 ms at 100,000 images, but ten times that when the
+            # machine slows the GUI thread down: together they stalled a close 50-90 ms);
+            # the frees wait until they are done
+            self._closing.start((lambda: self.editor.set_project(None),
+                                 lambda: self.loader.set_root("")),
+                                then=hold_frees().release)
         self._update_title()
         self._update_actions()
         self._update_counts()
@@ -1628,6 +1643,7 @@ class MainWindow(QMainWindow):
         if self._shut_down:
             return
         self._shut_down = True
+        self._closing.finish()
         self.autosave_timer.stop()
         self.flush_timer.stop()
         self.catch_up_timer.stop()
