@@ -333,6 +333,7 @@ def test_an_open_without_a_preview_on_show_lets_the_frees_go_on(qtbot, tmp_path,
             qtbot.waitUntil(lambda: frees_held() == 0, timeout=10_000)
             assert window.opener.busy and window.project is None  # loading, no preview
             release.set()
+    qtbot.waitUntil(lambda: not window.closing)  # a cancelled preview's close, if any
     assert frees_held() == 0
     window.close()
 

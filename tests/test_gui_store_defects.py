@@ -266,6 +266,26 @@ def test_a_close_shows_the_welcome_page_at_once_and_puts_the_views_away_turn_by_
     window.close()
 
 
+def test_a_closed_project_on_show_until_its_views_are_put_away_is_left_alone(qtbot, tmp_path):
+    """Between the close and the turn that puts its views away, nothing due on the editor
+    acts on the closed project: the reference pane's update and the gallery's live re-sort
+    (started by the run's last results, applied as it closes) are stopped, and images still
+    being decoded for it are dropped."""
+    window, project = demo(qtbot, tmp_path)
+    editor = window.editor
+    project.move_keypoint(TARGET, 0, 12.0, 13.0)  # an edit: the views update a moment later
+    assert editor._pane_timer.isActive()  # noqa: SLF001
+    editor.gallery.live_timer.start()
+    decoding = editor.images._generation  # noqa: SLF001
+    window.close_project()
+    assert window.closing and editor.project is project  # put away a turn later
+    assert not editor._pane_timer.isActive()  # noqa: SLF001
+    assert not editor.gallery.live_timer.isActive()
+    assert editor.images._generation > decoding  # noqa: SLF001  (late results dropped)
+    qtbot.waitUntil(lambda: not window.closing)
+    window.close()
+
+
 def test_a_project_opened_right_after_a_close_is_never_put_away_by_the_close(
         qtbot, tmp_path):
     from annotator.gui.release import frees_held

@@ -59,6 +59,7 @@ class EditorPage(QWidget):
         self.current_instance = 0  # the instance placed keypoints go to
         self.instance_filter = InstanceFilter()  # which instances the canvas draws
         self.shown_path: str | None = None  # the path whose image is on the canvas
+        self._first_for: Project | None = None  # the project whose first image is due
         self.images = ImageLoader(parent=self)
         self.images.loaded.connect(self._on_image_loaded)
         self._heat: QImage | None = None  # the heatmap over the current image, once it came
@@ -185,6 +186,7 @@ class EditorPage(QWidget):
                 refs = project.reference_paths() if refs is None else refs
                 first = refs[0] if refs else (project.images[0].path if len(project) else None)
             if first is not None and show_later:
+                self._first_for = project
                 QTimer.singleShot(0, self, lambda: self._show_first(project, first))
             elif first is not None:
                 self.show_image(first)
@@ -193,9 +195,19 @@ class EditorPage(QWidget):
 
     def _show_first(self, project: Project, path: str) -> None:
         """The deferred first image of ``project``, unless another project or image is on
-        show by now."""
-        if self.project is project and self.current_path is None:
+        show by now (or the project is being closed)."""
+        if self._first_for is project and self.project is project and self.current_path is None:
             self.show_image(path)
+
+    def quiesce(self) -> None:
+        """Stop acting on the project on show, which is being closed (its views are put
+        away a turn or two later, :meth:`set_project`): no reference-pane update, live
+        re-sort, deferred first image or image decode still to come lands on it."""
+        self._first_for = None
+        self._pane_timer.stop()
+        self.gallery.live_timer.stop()
+        self.images.drop_work()
+        self.reference_pane.images.drop_work()
 
     def apply_settings(self) -> None:
         if self.project is not None:

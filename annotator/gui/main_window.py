@@ -552,7 +552,6 @@ class MainWindow(QMainWindow):
                      keep: str | None) -> None:
         if self.opener.busy and preview is None:
             self.cancel_open()  # another project was shown meanwhile (or none): it stays
-        self._closing.drop()  # a close's last steps: what they would clear is replaced below
         self._detach_project()
         old, self.project, self.project_path = self.project, project, path
         # the undo steps refer to the project: a reference cycle, which the collector never
@@ -584,6 +583,7 @@ class MainWindow(QMainWindow):
                                     summary=preview.summary if preview else None,
                                     order=prep.order if prep else None, keep=keep,
                                     show_later=loading)
+            self._closing.drop()  # a close's last steps: what they would clear is replaced
             self.stack.setCurrentWidget(self.editor)
             if self.width() >= 1280 and not self._reference_dock_decided:
                 self.reference_dock.show()
@@ -596,6 +596,7 @@ class MainWindow(QMainWindow):
             self._reference_dock_decided = False
             self.welcome.refresh()
             self.stack.setCurrentWidget(self.welcome)
+            self.editor.quiesce()
             # the closed project's gallery, image and thumbnail caches go over the next
             # turns, one per turn (each 1 ms at 100,000 images, but ten times that when the
             # machine slows the GUI thread down: together they stalled a close 50-90 ms);

@@ -49,10 +49,14 @@ class ImagePool(PoolOwner):
         self._cache.clear()
         self._forget()
 
-    def stop(self, timeout_ms: int = 10_000) -> bool:
-        """Drop waiting work and wait for the running decodes (their results are dropped)."""
+    def drop_work(self) -> None:
+        """Drop waiting work and the results of the running decodes (nothing waits)."""
         self._generation += 1
         self._forget()
+
+    def stop(self, timeout_ms: int = 10_000) -> bool:
+        """Drop waiting work and wait for the running decodes (their results are dropped)."""
+        self.drop_work()
         return self.wait(timeout_ms)
 
     def _forget(self) -> None:
