@@ -170,6 +170,7 @@ class EditorPage(QWidget):
         points, each 7-14 ms at 100,000 images, are put in place in two short turns of
         the GUI thread rather than one long one)."""
         self.project = project
+        self._first_for = None
         self.current_path = None
         self.current_keypoint = 0
         self.current_instance = 0
@@ -196,7 +197,8 @@ class EditorPage(QWidget):
     def _show_first(self, project: Project, path: str) -> None:
         """The deferred first image of ``project``, unless another project or image is on
         show by now (or the project is being closed)."""
-        if self._first_for is project and self.project is project and self.current_path is None:
+        due, self._first_for = self._first_for is project, None  # never keeps it alive
+        if due and self.project is project and self.current_path is None:
             self.show_image(path)
 
     def quiesce(self) -> None:
