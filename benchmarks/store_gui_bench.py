@@ -402,7 +402,7 @@ def measure_propagation(win, project, paths: list[str], n: int,  # noqa: ANN001
 #: what a close does on the GUI thread, step by step (see :func:`timed_steps`)
 CLOSE_STEPS = ("_saved_or_confirmed", "set_project", "_detach_project", "editor.set_project",
                "retrainer.attach", "loader.set_root", "welcome.refresh", "_update_title",
-               "_update_actions", "_update_counts")
+               "_update_actions", "_update_counts", "editor.quiesce")
 
 
 #: what showing an opened project does on the GUI thread (the preview's, then the full load's)
