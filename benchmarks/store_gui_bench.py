@@ -335,13 +335,16 @@ def measure_exports(win, begin: Callable[[], None], phase: Callable[[str], None]
     for fmt in formats:
         target = out_dir / default_output_name(fmt, "bench")
         begin()
-        t = time.perf_counter()
-        if fmt == "coco":
-            started = win.export_coco(str(target), ExportChoice(ExportScope.PREDICTIONS))
-        else:
-            started = win.export_as(fmt, str(target), ExportOptions(include_predictions=True))
-        ok = started and run_until(lambda: not win.exporter.busy, 1800)
+        t, ran = time.perf_counter(), threads_cpu_ns()
+        with timed_steps(win, res, f"export_{fmt}_step", EXPORT_STEPS):
+            if fmt == "coco":
+                started = win.export_coco(str(target), ExportChoice(ExportScope.PREDICTIONS))
+            else:
+                started = win.export_as(fmt, str(target),
+                                        ExportOptions(include_predictions=True))
+            ok = started and run_until(lambda: not win.exporter.busy, 1800)
         res[f"export_{fmt}_s"] = time.perf_counter() - t if ok else float("nan")
+        res[f"export_{fmt}_threads_ms"] = busy_threads(ran, threads_cpu_ns())
         phase(f"export_{fmt}")
         t = time.perf_counter()
         if hasattr(os, "sync"):  # this export's writeback is not the next phase's
@@ -409,6 +412,12 @@ CLOSE_STEPS = ("_saved_or_confirmed", "set_project", "_detach_project", "editor.
 OPEN_STEPS = ("set_project", "_detach_project", "editor.set_project", "retrainer.attach",
               "loader.set_root", "attach_autosaver", "set_review_counts", "_update_title",
               "_update_actions", "_update_counts")
+
+
+#: what an export does on the GUI thread: its start (pending predictions applied, the
+#: child process or the snapshot, the progress bar), each progress report, its end
+EXPORT_STEPS = ("export_coco", "export_as", "flush_predictions", "_show_export_progress",
+                "exporter._child", "exporter._start", "export_bar.setValue", "_record_export")
 
 
 #: what a propagation does on the GUI thread: its start (the baseline snapshot), each
