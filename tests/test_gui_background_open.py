@@ -480,3 +480,28 @@ def test_a_cancelled_json_migration_loses_nothing_and_can_be_opened_again(qtbot,
         project_to_dict(project)["annotations"]
     assert old.read_bytes() == before
     window.close()
+
+
+@pytest.mark.parametrize("how", ["cancel button", "close project"])
+def test_a_project_opened_again_right_after_its_open_was_stopped_opens(qtbot, tmp_path,
+                                                                       monkeypatch, how):
+    """Stop an open (Cancel, or close its preview) and open the same project again while the
+    stopped open is still ending on its thread: the new request is not taken for the old
+    one (it was ignored as "being opened already")."""
+    path = _big_store(tmp_path, 1500)
+    release = _blocked_full_load(monkeypatch)
+    window = make_window(qtbot)
+    window.background_open_images = 1000
+    assert window.open_project(str(path)) is None
+    qtbot.waitUntil(lambda: window.loading, timeout=20_000)
+    if how == "close project":
+        window.close_project()
+    else:
+        window.open_cancel.click()
+    assert window.opener.busy and window.opener.cancelled  # still ending on its thread
+    assert window.open_project(str(path)) is None
+    release.set()
+    qtbot.waitUntil(lambda: window.project is not None and not window.loading, timeout=60_000)
+    assert window.project_path == str(path) and len(window.project) == 1500
+    qtbot.waitUntil(lambda: not window.closing)
+    window.close()

@@ -717,7 +717,8 @@ class MainWindow(QMainWindow):
         it is loaded (``opener.finished``); None is returned then."""
         if self.project is not None and self._is_open(path):
             return self.project  # already open: the file on disk may be older than the edits
-        if self.opener.busy and self.opener.path == path and self._open_next is None:
+        if (self.opener.busy and self.opener.path == path and not self.opener.cancelled
+                and self._open_next is None):
             return None  # being opened already
         if self.opener.busy:
             self.opener.cancel()  # the latest request wins

@@ -160,6 +160,11 @@ class ProjectOpener(QObject, PoolOwner):
     def busy(self) -> bool:
         return self.path is not None
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the running open was cancelled (it is still busy until it ends)."""
+        return self._cancel is not None and self._cancel.is_set()
+
     def start(self, path: str, prepare: PrepareOpened | None = None,
               preview: Prepare | None = None) -> bool:
         """Open ``path`` in the background; False while another open is running.
