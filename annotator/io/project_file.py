@@ -70,28 +70,6 @@ def _encode_keypoint(kp: Keypoint) -> list[Any]:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class ProjectSnapshot:
-    """An immutable view of a project at one revision (taken in about a millisecond: the
-    annotations are immutable values), serialized later on another thread."""
-
-    image_root: str
-    schema: KeypointSchema
-    settings: ProjectSettings
-    images: tuple[ImageRecord, ...]
-    annotation_map: Mapping[str, ImageAnnotation]
-    revision: int
-
-    def annotations(self) -> Mapping[str, ImageAnnotation]:
-        return self.annotation_map
-
-
-def snapshot(project: Project) -> ProjectSnapshot:
-    """Everything :func:`project_to_dict` reads, frozen at the current revision."""
-    return ProjectSnapshot(project.image_root, project.schema, project.settings,
-                           project.images, project.annotations(), project.revision)
-
-
 def encode_annotation(ann: ImageAnnotation) -> dict[str, Any]:
     """The JSON form of one image's annotation (as in the project file)."""
     return {
@@ -120,8 +98,8 @@ def encode_schema(s: KeypointSchema) -> dict[str, Any]:
     }
 
 
-def project_to_dict(project: Project | ProjectSnapshot) -> dict[str, Any]:
-    """The JSON-ready document for ``project`` (or a :class:`ProjectSnapshot`)."""
+def project_to_dict(project: Project) -> dict[str, Any]:
+    """The JSON-ready document for ``project``."""
     annotations = {path: encode_annotation(ann) for path, ann in project.annotations().items()}
     return {
         "format": FORMAT_NAME,
@@ -483,7 +461,7 @@ def _dump(obj: Any) -> str:
     return text
 
 
-def document_text(project: Project | ProjectSnapshot, image_root: str | None = None,
+def document_text(project: Project, image_root: str | None = None,
                   cooperative: bool = False) -> str:
     """The project file's text: one line per top-level field, image and annotation.
 
@@ -524,7 +502,7 @@ def is_json_path(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(".json")
 
 
-def save_project(project: Project | ProjectSnapshot, path: str | os.PathLike[str],
+def save_project(project: Project, path: str | os.PathLike[str],
                  cooperative: bool = False) -> None:
     """Save the whole project at ``path``, atomically: the SQLite store, or for a name ending
     in ``.json`` the JSON document (keeping one backup, ``path~``). The image root is stored
@@ -537,7 +515,7 @@ def save_project(project: Project | ProjectSnapshot, path: str | os.PathLike[str
     log.debug("saved project %s (revision %d)", path, project.revision)
 
 
-def save_json_copy(project: Project | ProjectSnapshot, path: str | os.PathLike[str]) -> None:
+def save_json_copy(project: Project, path: str | os.PathLike[str]) -> None:
     """"Save a copy as JSON": the JSON document at ``path`` (for diffs and version control)."""
     root = _portable_root(project.image_root, Path(path).parent)
     atomic_write_text(path, document_text(project, root))
