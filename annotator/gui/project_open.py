@@ -191,13 +191,13 @@ class ProjectOpener(QObject, PoolOwner):
             self._cancel.set()
 
     def _on_progress(self, path: str, permille: int) -> None:
-        if path == self.path and not (self._cancel and self._cancel.is_set()):
+        if path == self.path and not self.cancelled:
             self.progress.emit(path, permille)
 
     def _on_preview(self, result: tuple[Any, Any], path: str) -> None:
         held, self._held = self._held, None
         try:
-            if path == self.path and not (self._cancel and self._cancel.is_set()):
+            if path == self.path and not self.cancelled:
                 self.previewed.emit(result[0], result[1], path)
         finally:
             if held is not None:  # after the gallery's first paint; a lambda: PySide holds
@@ -205,7 +205,7 @@ class ProjectOpener(QObject, PoolOwner):
                 QTimer.singleShot(PREVIEW_SHOWN_FREES_WAIT_MS, lambda: held.release())
 
     def _on_done(self, result: object, error: str, path: str) -> None:
-        cancelled = self._cancel is not None and self._cancel.is_set()
+        cancelled = self.cancelled
         self.path, self._cancel = None, None
         held, self._held = self._held, None
         if held is not None:  # no preview was shown
